@@ -1,0 +1,106 @@
+// The CPU module: numpy buffers in, numpy arrays out, the GIL released around every kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "buffers.h"
+#include "tokenset/cpu_runtime.h"
+#include "tokenset/maxsim.h"
+
+namespace py = pybind11;
+using namespace tokenset;
+using tokenset::bindings::host_set_batch;
+using tokenset::bindings::int64_data;
+
+namespace {
+
+MaxsimParams maxsim_params(const py::array& q_values, int q_dtype, const py::array& q_offsets,
+                           const py::array& d_values, int d_dtype, const py::array& d_offsets) {
+  MaxsimParams p;
+  p.queries = host_set_batch(q_values, q_dtype, q_offsets, "queries");
+  p.documents = host_set_batch(d_values, d_dtype, d_offsets, "documents");
+  if (p.queries.dim != p.documents.dim)
+    throw ValueError("queries have dimension " + std::to_string(p.queries.dim) + " but documents have dimension " +
+                     std::to_string(p.documents.dim));
+  return p;
+}
+
+py::tuple maxsim_scores(const py::array& q_values, int q_dtype, const py::array& q_offsets, const py::array& d_values,
+                        int d_dtype, const py::array& d_offsets, py::object candidates, bool with_argmax) {
+  MaxsimParams p = maxsim_params(q_values, q_dtype, q_offsets, d_values, d_dtype, d_offsets);
+  py::array cand_array;
+  if (!candidates.is_none()) {
+    cand_array = py::reinterpret_borrow<py::array>(candidates);
+    p.candidates = int64_data(cand_array, "candidates", 2);
+    if (cand_array.shape(0) != p.queries.count)
+      throw ValueError("candidates has " + std::to_string(cand_array.shape(0)) + " rows but there are " +
+                       std::to_string(p.queries.count) + " queries");
+    p.num_candidates = cand_array.shape(1);
+  }
+  const int64_t nq = p.queries.count, columns = p.columns();
+  py::array_t<float> scores({nq, columns});
+  p.scores = scores.mutable_data();
+  py::object argmax = py::none();
+  if (with_argmax) {
+    py::array_t<int32_t> arg({nq, columns, p.queries.max_length});
+    p.argmax = arg.mutable_data();
+    argmax = arg;
+  }
+  {
+    py::gil_scoped_release release;
+    cpu::maxsim(p);
+  }
+  return py::make_tuple(scores, argmax);
+}
+
+py::tuple maxsim_topk(const py::array& q_values, int q_dtype, const py::array& q_offsets, const py::array& d_values,
+                      int d_dtype, const py::array& d_offsets, int64_t k) {
+  if (k < 1) throw ValueError("k must be >= 1, got " + std::to_string(k));
+  MaxsimParams p = maxsim_params(q_values, q_dtype, q_offsets, d_values, d_dtype, d_offsets);
+  const int64_t nq = p.queries.count;
+  py::array_t<float> scores({nq, k});
+  py::array_t<int64_t> indices({nq, k});
+  float* s = scores.mutable_data();
+  int64_t* i = indices.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cpu::maxsim_topk(p, k, s, i);
+  }
+  return py::make_tuple(scores, indices);
+}
+
+cpu::SimdLevel simd_level_from_name(const std::string& name) {
+  for (cpu::SimdLevel level : {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVX512})
+    if (name == cpu::simd_level_name(level)) return level;
+  throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avx512'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "tokenset CPU kernels (internal: use the tokenset package)";
+  tokenset::bindings::register_exceptions(m);
+
+  m.def("maxsim", &maxsim_scores, py::arg("q_values"), py::arg("q_dtype"), py::arg("q_offsets"), py::arg("d_values"),
+        py::arg("d_dtype"), py::arg("d_offsets"), py::arg("candidates") = py::none(), py::arg("with_argmax") = false,
+        "MaxSim scores of all (query, document) pairs, or of given candidates. Returns (scores, argmax or None).");
+  m.def("maxsim_topk", &maxsim_topk, py::arg("q_values"), py::arg("q_dtype"), py::arg("q_offsets"),
+        py::arg("d_values"), py::arg("d_dtype"), py::arg("d_offsets"), py::arg("k"),
+        "Fused MaxSim top-k over all documents. Returns (scores [nq, k], indices [nq, k]).");
+
+  m.def("simd_level", [] { return std::string(cpu::simd_level_name(cpu::active_simd_level())); });
+  m.def("best_simd_level", [] { return std::string(cpu::simd_level_name(cpu::best_simd_level())); });
+  m.def("set_simd_level", [](const std::string& name) { cpu::set_simd_level(simd_level_from_name(name)); });
+  m.def("compiled_simd_levels", [] { return std::string(cpu::compiled_simd_levels()); });
+  m.def("num_threads", &cpu::num_threads);
+  m.def("set_num_threads", &cpu::set_num_threads, py::arg("threads"));
+  m.def("build_info", [] {
+    py::dict info;
+    info["version"] = TOKENSET_VERSION;
+    info["compiler"] = TOKENSET_COMPILER;
+    info["build_type"] = TOKENSET_BUILD_TYPE;
+    return info;
+  });
+}

@@ -1,0 +1,554 @@
+// MaxSim on the CPU: score(q, D) = sum_i max_j <q_i, d_j>.
+//
+// This file is compiled once per SIMD level (TOKENSET_SIMD_NS = scalar | avx2 | avx512). Each build defines a kernel
+// table in its own namespace; the scalar build also holds the dispatch (level choice, threads, top-k).
+//
+// Register tiling: a query's tokens are packed once, transposed, as float32 panels P[k][lane] of QB = QV * W tokens
+// (zero-padded). A tile of R document tokens is scored against a panel with R * QV vector accumulators: for every
+// k, broadcast d_j[k] and FMA it with the panel's vectors. Accumulator row r then holds <q_lane, d_{j0+r}> for the
+// panel's QB query tokens, so the max over document tokens is an elementwise vector max: no horizontal reduction,
+// no similarity matrix in memory, and document rows are read in place (float32) or converted R rows at a time
+// (float16 / bfloat16).
+//
+// Everything here is either in the level namespace or `static`: inline functions shared between translation units
+// compiled with different -m flags would let the linker pick an AVX-512 copy for the scalar path.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "tokenset/cpu_runtime.h"
+#include "tokenset/maxsim.h"
+
+#if defined(TOKENSET_SIMD_AVX2) || defined(TOKENSET_SIMD_AVX512)
+#include <immintrin.h>
+#endif
+
+namespace tokenset {
+namespace cpu {
+
+// The per-level kernel table.
+struct MaxsimKernel {
+  int query_block;  // query tokens per packed panel (QB)
+  int doc_block;    // document tokens per register tile (R): rows of conversion scratch
+  // packed: ceil(len / QB) panels of dim * QB floats.
+  void (*pack_query)(const SetBatch& queries, int64_t set, float* packed);
+  // scratch: doc_block * dim floats. argmax (optional): query_length entries.
+  void (*score)(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
+                float* score, int32_t* argmax);
+};
+
+namespace scalar {
+extern const MaxsimKernel maxsim_kernel;
+}
+#if defined(TOKENSET_X86_LEVELS)
+namespace avx2 {
+extern const MaxsimKernel maxsim_kernel;
+}
+namespace avx512 {
+extern const MaxsimKernel maxsim_kernel;
+}
+#endif
+
+namespace TOKENSET_SIMD_NS {
+
+// ---- vector traits ---------------------------------------------------------------------------------------------------
+#if defined(TOKENSET_SIMD_AVX512)
+struct V {
+  using type = __m512;
+  using itype = __m512i;
+  using mask = __mmask16;
+  static constexpr int width = 16;
+  static constexpr int query_vectors = 2;  // 32 query tokens per panel
+  static constexpr int doc_rows = 12;      // 24 accumulators + 2 panel vectors + 1 broadcast of 32 registers
+  static type zero() { return _mm512_setzero_ps(); }
+  static type set1(float x) { return _mm512_set1_ps(x); }
+  static type load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, type v) { _mm512_storeu_ps(p, v); }
+  static type fmadd(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
+  // max(a, b) returns b when either is NaN: NaN is tracked separately by unordered().
+  static type max(type a, type b) { return _mm512_max_ps(a, b); }
+  static mask no_mask() { return 0; }
+  static mask unordered(type a, mask m) { return m | _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+  static mask greater(type a, type b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static type select(mask m, type if_false, type if_true) { return _mm512_mask_blend_ps(m, if_false, if_true); }
+  static itype iset1(int32_t x) { return _mm512_set1_epi32(x); }
+  static itype iselect(mask m, itype if_false, itype if_true) { return _mm512_mask_blend_epi32(m, if_false, if_true); }
+  static void istore(int32_t* p, itype v) { _mm512_storeu_si512(p, v); }
+  static void store_mask(bool* out, mask m) {
+    for (int i = 0; i < width; ++i) out[i] = (m >> i) & 1;
+  }
+};
+#elif defined(TOKENSET_SIMD_AVX2)
+struct V {
+  using type = __m256;
+  using itype = __m256i;
+  using mask = __m256;
+  static constexpr int width = 8;
+  static constexpr int query_vectors = 2;  // 16 query tokens per panel
+  static constexpr int doc_rows = 6;       // 12 accumulators + 2 panel vectors + 1 broadcast of 16 registers
+  static type zero() { return _mm256_setzero_ps(); }
+  static type set1(float x) { return _mm256_set1_ps(x); }
+  static type load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, type v) { _mm256_storeu_ps(p, v); }
+  static type fmadd(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
+  static type max(type a, type b) { return _mm256_max_ps(a, b); }
+  static mask no_mask() { return _mm256_setzero_ps(); }
+  static mask unordered(type a, mask m) { return _mm256_or_ps(m, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
+  static mask greater(type a, type b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static type select(mask m, type if_false, type if_true) { return _mm256_blendv_ps(if_false, if_true, m); }
+  static itype iset1(int32_t x) { return _mm256_set1_epi32(x); }
+  static itype iselect(mask m, itype if_false, itype if_true) {
+    return _mm256_blendv_epi8(if_false, if_true, _mm256_castps_si256(m));
+  }
+  static void istore(int32_t* p, itype v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static void store_mask(bool* out, mask m) {
+    const int bits = _mm256_movemask_ps(m);
+    for (int i = 0; i < width; ++i) out[i] = (bits >> i) & 1;
+  }
+};
+#else
+struct V {
+  using type = float;
+  using itype = int32_t;
+  using mask = bool;
+  static constexpr int width = 1;
+  static constexpr int query_vectors = 8;
+  static constexpr int doc_rows = 4;
+  static type zero() { return 0.0f; }
+  static type set1(float x) { return x; }
+  static type load(const float* p) { return *p; }
+  static void store(float* p, type v) { *p = v; }
+  static type fmadd(type a, type b, type c) { return a * b + c; }
+  static type max(type a, type b) { return a > b ? a : b; }  // b when either is NaN, as the SIMD paths
+  static mask no_mask() { return false; }
+  static mask unordered(type a, mask m) { return m || a != a; }
+  static mask greater(type a, type b) { return a > b; }
+  static type select(mask m, type if_false, type if_true) { return m ? if_true : if_false; }
+  static itype iset1(int32_t x) { return x; }
+  static itype iselect(mask m, itype if_false, itype if_true) { return m ? if_true : if_false; }
+  static void istore(int32_t* p, itype v) { *p = v; }
+  static void store_mask(bool* out, mask m) { out[0] = m; }
+};
+#endif
+
+constexpr int W = V::width;
+constexpr int QV = V::query_vectors;
+constexpr int QB = QV * W;
+constexpr int R = V::doc_rows;
+
+// ---- element conversion ----------------------------------------------------------------------------------------------
+static inline float half_to_float(uint16_t h) {
+  // IEEE binary16 -> binary32, exact, including subnormals, inf and NaN.
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {
+    exponent = 113;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+static inline float bfloat_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+static inline float element_to_float(const void* base, int64_t index, DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return static_cast<const float*>(base)[index];
+    case DType::Float16: return half_to_float(static_cast<const uint16_t*>(base)[index]);
+    case DType::BFloat16: return bfloat_to_float(static_cast<const uint16_t*>(base)[index]);
+  }
+  return 0.0f;
+}
+
+// Converts `count` contiguous 16-bit elements to float32.
+static void convert_row(const uint16_t* src, float* dst, int64_t count, DType dtype) {
+  int64_t i = 0;
+#if defined(TOKENSET_SIMD_AVX512)
+  if (dtype == DType::Float16) {
+    for (; i + 16 <= count; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  } else {
+    for (; i + 16 <= count; i += 16) {
+      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    }
+  }
+#elif defined(TOKENSET_SIMD_AVX2)
+  if (dtype == DType::Float16) {
+    for (; i + 8 <= count; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  } else {
+    for (; i + 8 <= count; i += 8) {
+      const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+  }
+#endif
+  if (dtype == DType::Float16) {
+    for (; i < count; ++i) dst[i] = half_to_float(src[i]);
+  } else {
+    for (; i < count; ++i) dst[i] = bfloat_to_float(src[i]);
+  }
+}
+
+// ---- packing ---------------------------------------------------------------------------------------------------------
+static void pack_query(const SetBatch& queries, int64_t set, float* packed) {
+  const int64_t length = queries.length(set), dim = queries.dim;
+  const int64_t panels = (length + QB - 1) / QB;
+  std::memset(packed, 0, sizeof(float) * panels * dim * QB);
+  for (int64_t t = 0; t < length; ++t) {
+    const int64_t row = (queries.begin(set) + t) * queries.row_stride;
+    float* panel = packed + (t / QB) * dim * QB + (t % QB);
+    for (int64_t k = 0; k < dim; ++k) panel[k * QB] = element_to_float(queries.values, row + k, queries.dtype);
+  }
+}
+
+// ---- register tile ---------------------------------------------------------------------------------------------------
+// Scores ROWS document rows (rows[r * stride + k]) against one panel and folds them into the running maxima.
+template <int ROWS, bool kArgmax>
+static inline void tile(const float* panel, const float* rows, int64_t stride, int64_t dim, int32_t first_row,
+                        V::type* running_max, V::itype* running_arg, V::mask* nan_seen) {
+  V::type acc[ROWS][QV];
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < QV; ++v) acc[r][v] = V::zero();
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < dim; ++k) {
+    V::type p[QV];
+    for (int v = 0; v < QV; ++v) p[v] = V::load(panel + k * QB + v * W);
+    for (int r = 0; r < ROWS; ++r) {
+      const V::type b = V::set1(rows[r * stride + k]);
+      for (int v = 0; v < QV; ++v) acc[r][v] = V::fmadd(b, p[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    for (int v = 0; v < QV; ++v) {
+      nan_seen[v] = V::unordered(acc[r][v], nan_seen[v]);
+      if (kArgmax) {
+        // Strictly greater: the earlier (lower-index) row keeps a tie.
+        const V::mask better = V::greater(acc[r][v], running_max[v]);
+        running_max[v] = V::select(better, running_max[v], acc[r][v]);
+        running_arg[v] = V::iselect(better, running_arg[v], V::iset1(first_row + r));
+      } else {
+        running_max[v] = V::max(acc[r][v], running_max[v]);
+      }
+    }
+  }
+}
+
+template <int ROWS, bool kArgmax>
+static inline void tile_any(int rows_left, const float* panel, const float* rows, int64_t stride, int64_t dim,
+                            int32_t first_row, V::type* running_max, V::itype* running_arg, V::mask* nan_seen) {
+  if constexpr (ROWS >= 1) {
+    if (rows_left == ROWS)
+      tile<ROWS, kArgmax>(panel, rows, stride, dim, first_row, running_max, running_arg, nan_seen);
+    else
+      tile_any<ROWS - 1, kArgmax>(rows_left, panel, rows, stride, dim, first_row, running_max, running_arg, nan_seen);
+  }
+}
+
+template <bool kArgmax>
+static void score_impl(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
+                       float* score, int32_t* argmax) {
+  const int64_t length = docs.length(doc), dim = docs.dim;
+  if (length == 0) {
+    *score = -std::numeric_limits<float>::infinity();
+    if (kArgmax)
+      for (int64_t i = 0; i < query_length; ++i) argmax[i] = -1;
+    return;
+  }
+  const int64_t first = docs.begin(doc) * docs.row_stride;
+  const int64_t panels = (query_length + QB - 1) / QB;
+  float total = 0.0f;
+  for (int64_t c = 0; c < panels; ++c) {
+    const float* panel = packed + c * dim * QB;
+    V::type running_max[QV];
+    V::itype running_arg[QV];
+    V::mask nan_seen[QV];
+    for (int v = 0; v < QV; ++v) {
+      running_max[v] = V::set1(-std::numeric_limits<float>::infinity());
+      running_arg[v] = V::iset1(0);  // all similarities -inf: the first token, as numpy's argmax
+      nan_seen[v] = V::no_mask();
+    }
+    for (int64_t j0 = 0; j0 < length; j0 += R) {
+      const int rows_left = static_cast<int>(length - j0 < R ? length - j0 : R);
+      const float* rows;
+      int64_t stride;
+      if (docs.dtype == DType::Float32) {
+        rows = static_cast<const float*>(docs.values) + first + j0 * docs.row_stride;
+        stride = docs.row_stride;
+      } else {
+        const uint16_t* src = static_cast<const uint16_t*>(docs.values) + first + j0 * docs.row_stride;
+        for (int r = 0; r < rows_left; ++r) convert_row(src + r * docs.row_stride, scratch + r * dim, dim, docs.dtype);
+        rows = scratch;
+        stride = dim;
+      }
+      tile_any<R, kArgmax>(rows_left, panel, rows, stride, dim, static_cast<int32_t>(j0), running_max, running_arg,
+                           nan_seen);
+    }
+    float maxima[QB];
+    int32_t args[QB];
+    bool nans[QB];
+    for (int v = 0; v < QV; ++v) {
+      V::store(maxima + v * W, running_max[v]);
+      V::istore(args + v * W, running_arg[v]);
+      V::store_mask(nans + v * W, nan_seen[v]);
+    }
+    const int64_t lanes = query_length - c * QB < QB ? query_length - c * QB : QB;
+    for (int64_t lane = 0; lane < lanes; ++lane) {
+      total += nans[lane] ? std::numeric_limits<float>::quiet_NaN() : maxima[lane];
+      if (kArgmax) argmax[c * QB + lane] = args[lane];
+    }
+  }
+  *score = total;
+}
+
+static void score(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
+                  float* out, int32_t* argmax) {
+  if (argmax)
+    score_impl<true>(packed, query_length, docs, doc, scratch, out, argmax);
+  else
+    score_impl<false>(packed, query_length, docs, doc, scratch, out, nullptr);
+}
+
+extern const MaxsimKernel maxsim_kernel = {QB, R, &pack_query, &score};
+
+}  // namespace TOKENSET_SIMD_NS
+}  // namespace cpu
+}  // namespace tokenset
+
+// =====================================================================================================================
+// Dispatch (compiled once, in the scalar build): level choice, query packing, threads, fused top-k.
+// =====================================================================================================================
+#if defined(TOKENSET_SIMD_SCALAR)
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tokenset {
+namespace cpu {
+namespace {
+
+const MaxsimKernel& active_kernel() {
+#if defined(TOKENSET_X86_LEVELS)
+  switch (active_simd_level()) {
+    case SimdLevel::AVX512: return avx512::maxsim_kernel;
+    case SimdLevel::AVX2: return avx2::maxsim_kernel;
+    case SimdLevel::Scalar: break;
+  }
+#endif
+  return scalar::maxsim_kernel;
+}
+
+struct AlignedFloats {
+  explicit AlignedFloats(size_t count) : data(static_cast<float*>(std::aligned_alloc(64, ((count * 4 + 63) / 64) * 64 + 64))) {
+    if (!data) throw std::bad_alloc();
+  }
+  ~AlignedFloats() { std::free(data); }
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+  float* data;
+};
+
+void check_params(const MaxsimParams& p) {
+  if (p.queries.dim != p.documents.dim)
+    throw ValueError("queries have dimension " + std::to_string(p.queries.dim) + " but documents have dimension " +
+                     std::to_string(p.documents.dim));
+  for (int64_t q = 0; q < p.queries.count; ++q)
+    if (p.queries.length(q) == 0)
+      throw ValueError("query " + std::to_string(q) + " has no tokens: an empty query has no MaxSim score");
+  if (p.candidates) {
+    for (int64_t i = 0; i < p.queries.count * p.num_candidates; ++i)
+      if (p.candidates[i] < -1 || p.candidates[i] >= p.documents.count)
+        throw ValueError("candidates[" + std::to_string(i / p.num_candidates) + ", " +
+                         std::to_string(i % p.num_candidates) + "] = " + std::to_string(p.candidates[i]) +
+                         " is not a document index in [0, " + std::to_string(p.documents.count) + ") or -1");
+  }
+}
+
+// Packed queries: every query set's panels, side by side.
+struct PackedQueries {
+  PackedQueries(const MaxsimParams& p, const MaxsimKernel& kernel) : offsets(p.queries.count + 1, 0) {
+    const int64_t qb = kernel.query_block, dim = p.queries.dim;
+    for (int64_t q = 0; q < p.queries.count; ++q)
+      offsets[q + 1] = offsets[q] + (p.queries.length(q) + qb - 1) / qb * qb * dim;
+    storage.reset(new AlignedFloats(static_cast<size_t>(offsets.back())));
+    struct Ctx {
+      const MaxsimParams* p;
+      const MaxsimKernel* kernel;
+      PackedQueries* self;
+    } ctx{&p, &kernel, this};
+    parallel_for(p.queries.count, 16, num_threads(), [](void* c, int64_t begin, int64_t end, int) {
+      auto* x = static_cast<Ctx*>(c);
+      for (int64_t q = begin; q < end; ++q) x->kernel->pack_query(x->p->queries, q, x->self->at(q));
+    }, &ctx);
+  }
+  float* at(int64_t q) { return storage->data + offsets[q]; }
+  std::vector<int64_t> offsets;
+  std::unique_ptr<AlignedFloats> storage;
+};
+
+struct ScoreCtx {
+  const MaxsimParams* p;
+  const MaxsimKernel* kernel;
+  PackedQueries* packed;
+  float* scratch;
+  int64_t scratch_per_worker;
+};
+
+void score_items(void* c, int64_t begin, int64_t end, int worker) {
+  auto* x = static_cast<ScoreCtx*>(c);
+  const MaxsimParams& p = *x->p;
+  float* scratch = x->scratch + worker * x->scratch_per_worker;
+  const int64_t nq = p.queries.count, columns = p.columns();
+  for (int64_t item = begin; item < end; ++item) {
+    int64_t q, col, doc;
+    if (p.candidates) {  // query-major: one query's candidates share its packed panels
+      q = item / columns;
+      col = item % columns;
+      doc = p.candidates[item];
+    } else {  // document-major: a document stays in cache while every query scores it
+      doc = item / nq;
+      q = item % nq;
+      col = doc;
+    }
+    const int64_t out = q * columns + col;
+    int32_t* argmax = p.argmax ? p.argmax + out * p.queries.max_length : nullptr;
+    if (argmax)
+      for (int64_t i = p.queries.length(q); i < p.queries.max_length; ++i) argmax[i] = -1;
+    if (doc < 0) {
+      p.scores[out] = -std::numeric_limits<float>::infinity();
+      if (argmax)
+        for (int64_t i = 0; i < p.queries.length(q); ++i) argmax[i] = -1;
+      continue;
+    }
+    x->kernel->score(x->packed->at(q), p.queries.length(q), p.documents, doc, scratch, p.scores + out, argmax);
+  }
+}
+
+int64_t grain_for(int64_t items, int threads) {
+  return std::max<int64_t>(1, items / (static_cast<int64_t>(threads) * 32));
+}
+
+// Ranking used by top-k: higher score first, NaN ranks as -inf, ties to the lower index.
+struct Entry {
+  float score;
+  int64_t index;
+};
+inline float rank_key(float s) { return std::isnan(s) ? -std::numeric_limits<float>::infinity() : s; }
+inline bool ranks_before(const Entry& a, const Entry& b) {
+  const float ka = rank_key(a.score), kb = rank_key(b.score);
+  return ka > kb || (ka == kb && a.index < b.index);
+}
+
+struct TopkCtx {
+  const MaxsimParams* p;
+  const MaxsimKernel* kernel;
+  PackedQueries* packed;
+  float* scratch;
+  int64_t scratch_per_worker;
+  int64_t k;
+  Entry* heaps;     // [workers][nq][k]; heap top = the worst kept entry
+  int64_t* sizes;   // [workers][nq]
+};
+
+void topk_items(void* c, int64_t begin, int64_t end, int worker) {
+  auto* x = static_cast<TopkCtx*>(c);
+  const MaxsimParams& p = *x->p;
+  const int64_t nq = p.queries.count, k = x->k;
+  float* scratch = x->scratch + worker * x->scratch_per_worker;
+  Entry* heaps = x->heaps + worker * nq * k;
+  int64_t* sizes = x->sizes + worker * nq;
+  for (int64_t doc = begin; doc < end; ++doc) {
+    for (int64_t q = 0; q < nq; ++q) {
+      Entry e{0.0f, doc};
+      x->kernel->score(x->packed->at(q), p.queries.length(q), p.documents, doc, scratch, &e.score, nullptr);
+      Entry* heap = heaps + q * k;
+      int64_t& size = sizes[q];
+      if (size < k) {
+        heap[size++] = e;
+        std::push_heap(heap, heap + size, ranks_before);
+      } else if (ranks_before(e, heap[0])) {
+        std::pop_heap(heap, heap + size, ranks_before);
+        heap[size - 1] = e;
+        std::push_heap(heap, heap + size, ranks_before);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void maxsim(const MaxsimParams& p) {
+  check_params(p);
+  const int64_t items = p.queries.count * p.columns();
+  if (items == 0) return;
+  const MaxsimKernel& kernel = active_kernel();
+  PackedQueries packed(p, kernel);
+  const int threads = num_threads();
+  const int64_t scratch_per_worker = static_cast<int64_t>(kernel.doc_block) * p.documents.dim;
+  AlignedFloats scratch(static_cast<size_t>(scratch_per_worker) * threads);
+  ScoreCtx ctx{&p, &kernel, &packed, scratch.data, scratch_per_worker};
+  parallel_for(items, grain_for(items, threads), threads, score_items, &ctx);
+}
+
+void maxsim_topk(const MaxsimParams& p, int64_t k, float* top_scores, int64_t* top_indices) {
+  if (k < 1) throw ValueError("k must be >= 1, got " + std::to_string(k));
+  if (p.candidates) throw ValueError("maxsim_topk scores all documents; candidates are not supported");
+  check_params(p);
+  const int64_t nq = p.queries.count, nd = p.documents.count;
+  if (nq == 0) return;
+  const int64_t kept = std::min(k, nd);
+  for (int64_t i = 0; i < nq * k; ++i) {
+    top_scores[i] = -std::numeric_limits<float>::infinity();
+    top_indices[i] = -1;
+  }
+  if (kept == 0) return;
+  const MaxsimKernel& kernel = active_kernel();
+  PackedQueries packed(p, kernel);
+  const int threads = num_threads();
+  const int64_t scratch_per_worker = static_cast<int64_t>(kernel.doc_block) * p.documents.dim;
+  AlignedFloats scratch(static_cast<size_t>(scratch_per_worker) * threads);
+  std::vector<Entry> heaps(static_cast<size_t>(threads) * nq * kept);
+  std::vector<int64_t> sizes(static_cast<size_t>(threads) * nq, 0);
+  TopkCtx ctx{&p, &kernel, &packed, scratch.data, scratch_per_worker, kept, heaps.data(), sizes.data()};
+  parallel_for(nd, grain_for(nd, threads), threads, topk_items, &ctx);
+  // Merge the workers' heaps per query.
+  std::vector<Entry> merged;
+  for (int64_t q = 0; q < nq; ++q) {
+    merged.clear();
+    for (int w = 0; w < threads; ++w) {
+      const Entry* heap = heaps.data() + (static_cast<int64_t>(w) * nq + q) * kept;
+      merged.insert(merged.end(), heap, heap + sizes[static_cast<size_t>(w) * nq + q]);
+    }
+    const int64_t take = std::min<int64_t>(kept, static_cast<int64_t>(merged.size()));
+    std::partial_sort(merged.begin(), merged.begin() + take, merged.end(), ranks_before);
+    for (int64_t i = 0; i < take; ++i) {
+      top_scores[q * k + i] = merged[i].score;
+      top_indices[q * k + i] = merged[i].index;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace tokenset
+#endif  // TOKENSET_SIMD_SCALAR

@@ -1,0 +1,255 @@
+// SIMD level selection and the persistent thread pool used by every CPU op.
+#include "tokenset/cpu_runtime.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tokenset/common.h"
+
+namespace tokenset {
+namespace cpu {
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::Scalar: return "scalar";
+    case SimdLevel::AVX2: return "avx2";
+    case SimdLevel::AVX512: return "avx512";
+  }
+  return "unknown";
+}
+
+const char* compiled_simd_levels() { return TOKENSET_SIMD_LEVELS; }
+
+static bool level_compiled(SimdLevel level) {
+  const std::string levels = std::string(",") + TOKENSET_SIMD_LEVELS + ",";
+  return levels.find(std::string(",") + simd_level_name(level) + ",") != std::string::npos;
+}
+
+static bool cpu_supports(SimdLevel level) {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  switch (level) {
+    case SimdLevel::Scalar: return true;
+    // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
+    case SimdLevel::AVX2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case SimdLevel::AVX512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }
+  return false;
+#else
+  return level == SimdLevel::Scalar;
+#endif
+}
+
+SimdLevel best_simd_level() {
+  for (SimdLevel level : {SimdLevel::AVX512, SimdLevel::AVX2})
+    if (level_compiled(level) && cpu_supports(level)) return level;
+  return SimdLevel::Scalar;
+}
+
+static SimdLevel initial_simd_level() {
+  SimdLevel level = best_simd_level();
+  // TOKENSET_SIMD=scalar|avx2|avx512 caps the level (for testing and for comparing paths).
+  if (const char* env = std::getenv("TOKENSET_SIMD")) {
+    for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512})
+      if (std::strcmp(env, simd_level_name(l)) == 0 && static_cast<int>(l) < static_cast<int>(level)) level = l;
+  }
+  return level;
+}
+
+static std::atomic<int> g_simd_level{static_cast<int>(initial_simd_level())};
+
+SimdLevel active_simd_level() { return static_cast<SimdLevel>(g_simd_level.load(std::memory_order_relaxed)); }
+
+void set_simd_level(SimdLevel level) {
+  if (!level_compiled(level))
+    throw ValueError(std::string("SIMD level '") + simd_level_name(level) + "' is not compiled into this build (built: " +
+                     TOKENSET_SIMD_LEVELS + ")");
+  if (!cpu_supports(level))
+    throw ValueError(std::string("this CPU does not support SIMD level '") + simd_level_name(level) + "'");
+  g_simd_level.store(static_cast<int>(level), std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Thread pool
+// ---------------------------------------------------------------------------------------------------------------------
+
+static int default_threads() {
+  if (const char* env = std::getenv("TOKENSET_NUM_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+namespace {
+
+struct Job {
+  RangeFn fn = nullptr;
+  void* ctx = nullptr;
+  int64_t n = 0;
+  int64_t grain = 1;
+  std::atomic<int64_t> next{0};
+};
+
+void run_chunks(Job& job, int worker) {
+  for (;;) {
+    const int64_t begin = job.next.fetch_add(job.grain, std::memory_order_relaxed);
+    if (begin >= job.n) return;
+    job.fn(job.ctx, begin, std::min(job.n, begin + job.grain), worker);
+  }
+}
+
+class ThreadPool {
+ public:
+  ThreadPool() : threads_(default_threads()) {}
+  ~ThreadPool() { stop_workers(); }
+
+  int threads() const { return threads_.load(); }
+
+  void set_threads(int threads) {
+    if (threads < 1) throw ValueError("number of threads must be >= 1, got " + std::to_string(threads));
+    std::lock_guard<std::mutex> run(run_mutex_);  // waits for a running job
+    stop_workers();
+    threads_.store(threads);
+  }
+
+  void parallel_for(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx) {
+    if (n <= 0) return;
+    grain = std::max<int64_t>(grain, 1);
+    const int64_t chunks = (n + grain - 1) / grain;
+    const int workers = static_cast<int>(std::min<int64_t>({threads_.load(), max_workers, chunks}));
+    std::unique_lock<std::mutex> run(run_mutex_, std::try_to_lock);
+    if (workers <= 1 || !run.owns_lock()) {  // small job, or the pool is busy with another caller's job
+      fn(ctx, 0, n, 0);  // NB: worker 0 only; callers size scratch for at least one worker
+      return;
+    }
+    ensure_workers(threads_.load() - 1);
+    Job job;
+    job.fn = fn;
+    job.ctx = ctx;
+    job.n = n;
+    job.grain = grain;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &job;
+      helpers_wanted_ = workers - 1;
+      helpers_running_ = 0;
+      next_worker_id_ = 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    run_chunks(job, 0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    helpers_wanted_ = 0;  // helpers that have not started yet stay asleep
+    done_.wait(lock, [&] { return helpers_running_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void ensure_workers(int count) {
+    // After fork() the child has none of the parent's threads: start afresh.
+    if (owner_pid_ != getpid()) {
+      for (auto& t : workers_) t.detach();
+      workers_.clear();
+      owner_pid_ = getpid();
+    }
+    if (static_cast<int>(workers_.size()) >= count) return;
+    stopping_ = false;
+    while (static_cast<int>(workers_.size()) < count) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    if (owner_pid_ == getpid()) {
+      for (auto& t : workers_)
+        if (t.joinable()) t.join();
+    } else {
+      for (auto& t : workers_) t.detach();
+    }
+    workers_.clear();
+    stopping_ = false;
+  }
+
+  void worker_loop() {
+    uint64_t seen = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      seen = generation_;
+    }
+    for (;;) {
+      Job* job = nullptr;
+      int id = 0;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && helpers_wanted_ > 0); });
+        if (stopping_) return;
+        seen = generation_;
+        --helpers_wanted_;
+        ++helpers_running_;
+        id = next_worker_id_++;
+        job = job_;
+      }
+      run_chunks(*job, id);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --helpers_running_;
+      }
+      done_.notify_all();
+    }
+  }
+
+  std::atomic<int> threads_;
+  std::mutex run_mutex_;  // one job at a time
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  Job* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int helpers_wanted_ = 0;
+  int helpers_running_ = 0;
+  int next_worker_id_ = 1;
+  bool stopping_ = false;
+  pid_t owner_pid_ = getpid();
+};
+
+ThreadPool& pool() {
+  // Never destroyed: worker threads must not be joined during static destruction at interpreter exit.
+  static ThreadPool* instance = new ThreadPool();
+  return *instance;
+}
+
+}  // namespace
+
+int num_threads() { return pool().threads(); }
+void set_num_threads(int threads) { pool().set_threads(threads); }
+
+void parallel_for(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx) {
+  pool().parallel_for(n, grain, max_workers, fn, ctx);
+}
+
+}  // namespace cpu
+}  // namespace tokenset

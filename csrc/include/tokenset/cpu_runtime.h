@@ -1,0 +1,32 @@
+// CPU runtime shared by all CPU ops: SIMD level selection and a small persistent thread pool.
+#pragma once
+
+#include <cstdint>
+
+namespace tokenset {
+namespace cpu {
+
+enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2 };
+
+const char* simd_level_name(SimdLevel level);
+// Comma-separated levels compiled into this build.
+const char* compiled_simd_levels();
+// Best level both compiled and supported by this CPU.
+SimdLevel best_simd_level();
+// Level used by kernels now: best_simd_level(), or a lower one chosen with set_simd_level / TOKENSET_SIMD.
+SimdLevel active_simd_level();
+// Throws ValueError if the level is not compiled or the CPU lacks it.
+void set_simd_level(SimdLevel level);
+
+int num_threads();
+void set_num_threads(int threads);
+
+// Runs fn(ctx, begin, end, worker) over [0, n) in chunks of `grain` items, on up to `max_workers` workers
+// (worker ids are < max_workers). The calling thread takes part. Safe to call from several threads at once: a call
+// that finds the pool busy runs on its own thread. A plain function pointer keeps this ABI free of templates, which
+// matters because the kernels calling it are compiled with different instruction sets.
+using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end, int worker);
+void parallel_for(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx);
+
+}  // namespace cpu
+}  // namespace tokenset

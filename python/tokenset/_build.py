@@ -1,0 +1,49 @@
+"""What was compiled, and the CPU runtime's knobs (SIMD level, threads)."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from . import _backend
+
+
+def build_info() -> Dict[str, Any]:
+    """What this build contains and what it uses now.
+
+    Keys: ``version``, ``compiler``, ``build_type``, ``simd_compiled`` (levels built), ``simd_best`` (best level this
+    CPU runs), ``simd_active`` (level in use), ``num_threads``, ``cuda`` (whether the CUDA module was built),
+    ``cuda_archs``, ``cuda_version``, ``cuda_devices`` (visible GPUs, 0 without a driver), ``cuda_error``.
+    """
+    core = _backend._core
+    info = dict(core.build_info())
+    info["simd_compiled"] = core.compiled_simd_levels().split(",")
+    info["simd_best"] = core.best_simd_level()
+    info["simd_active"] = core.simd_level()
+    info["num_threads"] = core.num_threads()
+    cuda = _backend._cuda
+    info["cuda"] = cuda is not None
+    if cuda is not None:
+        info.update(cuda.build_info())
+    else:
+        info.update({"cuda_archs": None, "cuda_version": None, "cuda_devices": 0,
+                     "cuda_error": _backend.CUDA_IMPORT_ERROR})
+    return info
+
+
+def simd_level() -> str:
+    """The SIMD level the CPU kernels use now: 'avx512', 'avx2' or 'scalar'."""
+    return _backend._core.simd_level()
+
+
+def set_simd_level(level: str) -> None:
+    """Use a SIMD level ('scalar', 'avx2', 'avx512') for all CPU kernels; raises ValueError if this CPU or build
+    lacks it. The environment variable ``TOKENSET_SIMD`` caps the level at import."""
+    _backend._core.set_simd_level(level)
+
+
+def get_num_threads() -> int:
+    """Threads used by CPU kernels (default: the CPUs this process may run on, or ``TOKENSET_NUM_THREADS``)."""
+    return _backend._core.num_threads()
+
+
+def set_num_threads(threads: int) -> None:
+    _backend._core.set_num_threads(int(threads))

@@ -1,0 +1,159 @@
+"""MaxSim, the late-interaction score of ColBERT, ColPali and XTR.
+
+.. math:: \\mathrm{score}(q, D) = \\sum_{i \\in q} \\max_{j \\in D} \\langle q_i, d_j \\rangle
+
+Padded tokens do not exist (they never win a max); a document with no tokens scores ``-inf``; an all-negative
+document scores negative (never clamped at 0); NaN in a query token's similarities makes the score NaN.
+Accumulation is float32 for float32, float16 and bfloat16 inputs.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _array
+from .ops import maxsim as _ops  # the ops module, not the function
+from .ragged import Ragged, ragged
+
+
+def _needs_grad(*batches: Ragged) -> bool:
+    torch = _array._torch()
+    if torch is None or not torch.is_grad_enabled():
+        return False
+    return any(_array.is_torch(b.values) and b.values.requires_grad for b in batches)
+
+
+def maxsim(queries: Any, documents: Any, *, return_argmax: bool = False):
+    """MaxSim scores of every query against every document.
+
+    Args:
+        queries: a set batch (``Ragged``, list of ``[n_i, d]`` arrays, ``[B, N, d]`` or ``[n, d]`` array).
+        documents: a set batch with the same token dimension, on the same device.
+        return_argmax: also return ``argmax [nq, nd, max query length]`` (int32): for query token ``i`` of query
+            ``a``, the index within document ``b`` of its best token (lowest index on ties; -1 for padding query
+            tokens and empty documents).
+
+    Returns:
+        ``scores [nq, nd]`` float32 in the caller's library and device (and ``argmax`` if asked).
+
+    Differentiable for torch tensors: gradients flow to each query token's best document token.
+
+    >>> import numpy as np, tokenset
+    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    >>> docs = [np.array([[1.0, 0.0]], np.float32), np.array([[-1.0, -1.0], [0.5, 0.5]], np.float32)]
+    >>> tokenset.maxsim(q, docs)
+    array([[1. , 1. ]], dtype=float32)
+    """
+    q = ragged(queries, name="queries")
+    d = ragged(documents, name="documents")
+    if _needs_grad(q, d):
+        scores, argmax = _MaxSimFunction.apply(q.values, d.values, q.offsets, d.offsets)
+        return (scores, argmax) if return_argmax else scores
+    scores, argmax = _ops.maxsim(q, d, with_argmax=return_argmax)
+    return (scores, argmax) if return_argmax else scores
+
+
+def maxsim_pairs(queries: Any, documents: Any, candidates: Any):
+    """MaxSim of each query against its own candidate documents (reranking).
+
+    Args:
+        candidates: integers ``[nq, c]``: document indices, or -1 for "no candidate" (scores ``-inf``).
+
+    Returns:
+        ``scores [nq, c]`` float32.
+
+    >>> import numpy as np, tokenset
+    >>> q = [np.ones((2, 4), np.float32)]
+    >>> docs = [np.ones((3, 4), np.float32), -np.ones((1, 4), np.float32)]
+    >>> tokenset.maxsim_pairs(q, docs, np.array([[1, -1, 0]]))
+    array([[ -8., -inf,   8.]], dtype=float32)
+    """
+    q = ragged(queries, name="queries")
+    d = ragged(documents, name="documents")
+    scores, _ = _ops.maxsim(q, d, candidates=candidates)
+    return scores
+
+
+def maxsim_topk(queries: Any, documents: Any, k: int):
+    """Top-k documents per query by MaxSim, fused: the full score matrix is never kept.
+
+    Returns:
+        ``(scores float32 [nq, k], indices int64 [nq, k])``, best first; ties go to the lower document index, NaN
+        ranks as -inf, and with fewer than k documents the rest of a row is ``(-inf, -1)``.
+
+    >>> import numpy as np, tokenset
+    >>> q = [np.ones((1, 2), np.float32)]
+    >>> docs = [np.zeros((1, 2), np.float32), np.ones((2, 2), np.float32)]
+    >>> tokenset.maxsim_topk(q, docs, k=1)
+    (array([[2.]], dtype=float32), array([[1]]))
+    """
+    q = ragged(queries, name="queries")
+    d = ragged(documents, name="documents")
+    return _ops.maxsim_topk(q, d, k)
+
+
+# ---- autograd -------------------------------------------------------------------------------------------------------
+
+def _sparse_assignment(grad, argmax, q_offsets: np.ndarray, d_offsets: np.ndarray, q_rows: int, d_rows: int):
+    """W [q_rows, d_rows] with W[query token, its argmax document token] += dL/dscore; grad_q = W @ D, grad_d = W^T Q.
+
+    W has at most nq * nd * max_query_length entries (the size of argmax), never a dense similarity tensor.
+    """
+    torch = _array._torch()
+    dev = grad.device
+    nq, nd, lmax = argmax.shape
+    arg = argmax.long()
+    valid = arg >= 0
+    q_off = torch.from_numpy(q_offsets[:-1]).to(dev)
+    d_off = torch.from_numpy(d_offsets[:-1]).to(dev)
+    rows = (q_off[:, None, None] + torch.arange(lmax, device=dev)[None, None, :]).expand(nq, nd, lmax)
+    cols = d_off[None, :, None] + arg
+    vals = grad.float()[:, :, None].expand(nq, nd, lmax)
+    index = torch.stack([rows[valid], cols[valid]])
+    return torch.sparse_coo_tensor(index, vals[valid], (q_rows, d_rows)).coalesce()
+
+
+def _make_function():
+    torch = _array._torch()
+
+    class MaxSimFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q_values, d_values, q_offsets, d_offsets):
+            q = Ragged(q_values.detach(), q_offsets, name="queries")
+            d = Ragged(d_values.detach(), d_offsets, name="documents")
+            scores, argmax = _ops.maxsim(q, d, with_argmax=True)
+            ctx.save_for_backward(q_values.detach(), d_values.detach(), argmax)
+            ctx.offsets = (q_offsets, d_offsets)
+            ctx.mark_non_differentiable(argmax)
+            return scores, argmax
+
+        @staticmethod
+        def backward(ctx, grad_scores, _grad_argmax):
+            q_values, d_values, argmax = ctx.saved_tensors
+            q_offsets, d_offsets = ctx.offsets
+            grad_q = grad_d = None
+            # NaN/inf scores would spread through W; only finite incoming gradients are routed.
+            w = _sparse_assignment(torch.nan_to_num(grad_scores, nan=0.0, posinf=0.0, neginf=0.0), argmax,
+                                   q_offsets, d_offsets, q_values.shape[0], d_values.shape[0])
+            if ctx.needs_input_grad[0]:
+                grad_q = torch.sparse.mm(w, d_values.float()).to(q_values.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_d = torch.sparse.mm(w.t().coalesce(), q_values.float()).to(d_values.dtype)
+            return grad_q, grad_d, None, None
+
+    return MaxSimFunction
+
+
+class _LazyFunction:
+    """Defers building the torch.autograd.Function until torch is actually used (torch stays optional)."""
+
+    _fn = None
+
+    def apply(self, *args):
+        if _LazyFunction._fn is None:
+            _LazyFunction._fn = _make_function()
+        return _LazyFunction._fn.apply(*args)
+
+
+_MaxSimFunction = _LazyFunction()

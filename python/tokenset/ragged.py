@@ -1,0 +1,196 @@
+"""Ragged batches of token sets: ``values [T, d]`` + ``offsets [B+1]`` (int64, CSR).
+
+Every op takes a *set batch*: a :class:`Ragged`, a list of ``[n_i, d]`` arrays, a 3-D ``[B, N, d]`` array (all tokens
+valid) or a 2-D ``[n, d]`` array (one set). Padded input goes through :func:`ragged` with ``lengths`` or ``mask``:
+padded tokens do not exist for any kernel.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import _array
+
+
+def _check_offsets(offsets: np.ndarray, rows: int, name: str) -> None:
+    if offsets.ndim != 1 or offsets.shape[0] < 1:
+        raise ValueError(f"{name}: offsets must be 1-D with B+1 >= 1 entries, got shape {tuple(offsets.shape)}")
+    if offsets[0] < 0:
+        raise ValueError(f"{name}: offsets[0] must be >= 0, got {offsets[0]}")
+    steps = np.diff(offsets)
+    if steps.size and steps.min() < 0:
+        bad = int(np.argmax(steps < 0))
+        raise ValueError(f"{name}: offsets must be non-decreasing, but offsets[{bad + 1}]={offsets[bad + 1]} < "
+                         f"offsets[{bad}]={offsets[bad]}")
+    if offsets[-1] > rows:
+        raise ValueError(f"{name}: offsets[-1]={offsets[-1]} is past the end of values, which has {rows} rows")
+
+
+class Ragged:
+    """B sets of d-dimensional tokens: set ``i`` is ``values[offsets[i]:offsets[i+1]]``.
+
+    ``values`` is a 2-D numpy array, torch tensor or cupy array, kept as given (no copy); ``offsets`` are validated
+    once, here, and kept on the host as int64 (device copies are made on demand and cached).
+
+    >>> import numpy as np, tokenset
+    >>> r = tokenset.Ragged(np.ones((5, 4), np.float32), [0, 2, 5])
+    >>> len(r), r.lengths.tolist(), r.dim
+    (2, [2, 3], 4)
+    """
+
+    __slots__ = ("values", "offsets", "_device_offsets")
+
+    def __init__(self, values: Any, offsets: Any, *, name: str = "Ragged"):
+        if not _array.is_array(values):
+            raise TypeError(f"{name}: values must be a numpy array, torch tensor or cupy array, got "
+                            f"{type(values).__name__}")
+        if values.ndim != 2:
+            raise ValueError(f"{name}: values must be 2-D [tokens, dim], got shape {tuple(values.shape)}")
+        offsets = _array.int64_host(offsets, f"{name}: offsets")
+        _check_offsets(offsets, int(values.shape[0]), name)
+        offsets.setflags(write=False)
+        self.values = values
+        self.offsets = offsets
+        self._device_offsets = None
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    @property
+    def device(self):
+        return _array.device(self.values)
+
+    def __getitem__(self, i: int):
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"set index {i} out of range for {n} sets")
+        i %= n
+        return self.values[int(self.offsets[i]):int(self.offsets[i + 1])]
+
+    def device_offsets(self, lib: str, dev):
+        """Offsets as an int64 array on the values' device (cached)."""
+        cached = self._device_offsets
+        if cached is None or cached[0] != (lib, dev):
+            self._device_offsets = ((lib, dev), _array.to_device_int64(self.offsets, lib, dev))
+        return self._device_offsets[1]
+
+    def to_padded(self, fill: float = 0.0):
+        """``(padded [B, N, d], lengths [B])`` in the values' library, N the longest set."""
+        lengths = self.lengths
+        n_max = int(lengths.max()) if lengths.size else 0
+        lib = _array.library(self.values)
+        if lib == "torch":
+            torch = _array._torch()
+            out = torch.full((len(self), n_max, self.dim), fill, dtype=self.values.dtype, device=self.values.device)
+        elif lib == "cupy":
+            out = _array._cupy().full((len(self), n_max, self.dim), fill, dtype=self.values.dtype)
+        else:
+            out = np.full((len(self), n_max, self.dim), fill, dtype=self.values.dtype)
+        for i in range(len(self)):
+            out[i, : lengths[i]] = self[i]
+        return out, lengths
+
+    def __repr__(self) -> str:
+        return (f"Ragged(sets={len(self)}, dim={self.dim}, tokens={int(self.offsets[-1] - self.offsets[0])}, "
+                f"dtype={self.values.dtype}, device={_array.device_name(self.device)})")
+
+
+def _concat(arrays: Sequence[Any]):
+    lib = _array.library(arrays[0])
+    if lib == "torch":
+        return _array._torch().cat(list(arrays), dim=0)
+    if lib == "cupy":
+        return _array._cupy().concatenate(list(arrays), axis=0)
+    return np.concatenate(arrays, axis=0)
+
+
+def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *, name: str = "x") -> Ragged:
+    """Turns any set batch into a :class:`Ragged`.
+
+    * ``Ragged``: returned as is.
+    * list of ``[n_i, d]`` arrays: concatenated (one copy).
+    * ``[B, N, d]`` array: all tokens valid (a view), or padded with ``lengths [B]`` (valid prefix of each row) or a
+      boolean ``mask [B, N]`` (valid tokens anywhere): the valid tokens are gathered (one copy).
+    * ``[n, d]`` array: one set.
+
+    >>> import numpy as np, tokenset
+    >>> x = np.zeros((2, 3, 4), np.float32)
+    >>> tokenset.ragged(x, lengths=[1, 3]).lengths.tolist()
+    [1, 3]
+    """
+    if isinstance(x, Ragged):
+        if lengths is not None or mask is not None:
+            raise ValueError(f"{name}: lengths/mask apply to padded [B, N, d] arrays, not to a Ragged")
+        return x
+    if isinstance(x, (list, tuple)):
+        if lengths is not None or mask is not None:
+            raise ValueError(f"{name}: lengths/mask apply to padded [B, N, d] arrays, not to a list of sets")
+        if len(x) == 0:
+            raise ValueError(f"{name}: an empty list has no sets and no token dimension; pass a Ragged with zero sets")
+        for i, a in enumerate(x):
+            if not _array.is_array(a):
+                raise TypeError(f"{name}[{i}]: expected an array, got {type(a).__name__}")
+            if a.ndim != 2:
+                raise ValueError(f"{name}[{i}]: each set must be 2-D [n_i, d], got shape {tuple(a.shape)}")
+            if a.shape[1] != x[0].shape[1]:
+                raise ValueError(f"{name}[{i}]: token dimension {a.shape[1]} differs from {name}[0]'s {x[0].shape[1]}")
+        libs = {_array.library(a) for a in x}
+        if len(libs) > 1:
+            raise TypeError(f"{name}: all sets must come from one array library, got {sorted(libs)}")
+        offsets = np.zeros(len(x) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([a.shape[0] for a in x])
+        return Ragged(_concat(x), offsets, name=name)
+    if not _array.is_array(x):
+        raise TypeError(f"{name}: expected a set batch (Ragged, list of [n, d] arrays, [B, N, d] or [n, d] array), "
+                        f"got {type(x).__name__}")
+    if x.ndim == 2:
+        if lengths is not None or mask is not None:
+            raise ValueError(f"{name}: lengths/mask need a padded [B, N, d] array, got a 2-D array (one set)")
+        return Ragged(x, np.array([0, x.shape[0]], dtype=np.int64), name=name)
+    if x.ndim != 3:
+        raise ValueError(f"{name}: expected a [B, N, d] or [n, d] array, got shape {tuple(x.shape)}")
+    b, n, d = (int(s) for s in x.shape)
+    if lengths is not None and mask is not None:
+        raise ValueError(f"{name}: pass lengths or mask, not both")
+    lib = _array.library(x)
+    if lengths is None and mask is None:
+        return Ragged(x.reshape(b * n, d), np.arange(b + 1, dtype=np.int64) * n, name=name)
+    if lengths is not None:
+        lens = _array.int64_host(lengths, f"{name}: lengths")
+        if lens.shape != (b,):
+            raise ValueError(f"{name}: lengths must have shape ({b},), got {tuple(lens.shape)}")
+        if lens.size and (lens.min() < 0 or lens.max() > n):
+            raise ValueError(f"{name}: lengths must lie in [0, {n}], got min {lens.min()} max {lens.max()}")
+        keep = np.arange(n)[None, :] < lens[:, None]
+    else:
+        keep = _array.host_copy(mask)
+        if keep.dtype != np.bool_:
+            raise TypeError(f"{name}: mask must be boolean, got dtype {keep.dtype}")
+        if keep.shape != (b, n):
+            raise ValueError(f"{name}: mask must have shape ({b}, {n}), got {tuple(keep.shape)}")
+        lens = keep.sum(axis=1).astype(np.int64)
+    offsets = np.zeros(b + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lens)
+    flat_index = np.flatnonzero(keep.reshape(-1))
+    flat = x.reshape(b * n, d)
+    if lib == "torch":
+        torch = _array._torch()
+        values = flat.index_select(0, torch.from_numpy(flat_index).to(flat.device))
+    elif lib == "cupy":
+        values = flat[_array._cupy().asarray(flat_index)]
+    else:
+        values = flat[flat_index]
+    return Ragged(values, offsets, name=name)
