@@ -45,7 +45,7 @@ SetBatch host_set_batch(const py::array& values, int dtype_code, const py::array
   const int64_t item = values.itemsize();
   batch.rows = values.shape(0);
   batch.dim = values.shape(1);
-  if (batch.dim > 1 && values.strides(1) != item)
+  if (batch.rows > 0 && batch.dim > 1 && values.strides(1) != item)
     throw ValueError(n + " values must be contiguous along the token dimension; try np.ascontiguousarray");
   if (values.strides(0) % item != 0) throw ValueError(n + " values have a row stride that is not a whole element");
   batch.row_stride = values.strides(0) / item;

@@ -97,7 +97,7 @@ def host_view(x: Any, name: str) -> Tuple[np.ndarray, int]:
         arr = x
         if code == BFLOAT16:
             arr = arr.view(np.uint16)
-    if arr.ndim == 2 and arr.shape[1] > 1 and arr.strides[1] != arr.itemsize:
+    if arr.ndim == 2 and arr.shape[0] > 0 and arr.shape[1] > 1 and arr.strides[1] != arr.itemsize:
         arr = np.ascontiguousarray(arr)
     return arr, code
 

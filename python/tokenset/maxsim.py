@@ -105,13 +105,13 @@ def _sparse_assignment(grad, argmax, q_offsets: np.ndarray, d_offsets: np.ndarra
     nq, nd, lmax = argmax.shape
     arg = argmax.long()
     valid = arg >= 0
-    q_off = torch.from_numpy(q_offsets[:-1]).to(dev)
-    d_off = torch.from_numpy(d_offsets[:-1]).to(dev)
+    q_off = torch.tensor(q_offsets[:-1], device=dev)
+    d_off = torch.tensor(d_offsets[:-1], device=dev)
     rows = (q_off[:, None, None] + torch.arange(lmax, device=dev)[None, None, :]).expand(nq, nd, lmax)
     cols = d_off[None, :, None] + arg
     vals = grad.float()[:, :, None].expand(nq, nd, lmax)
     index = torch.stack([rows[valid], cols[valid]])
-    return torch.sparse_coo_tensor(index, vals[valid], (q_rows, d_rows)).coalesce()
+    return torch.sparse_coo_tensor(index, vals[valid], (q_rows, d_rows), check_invariants=False).coalesce()
 
 
 def _make_function():

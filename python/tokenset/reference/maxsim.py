@@ -10,7 +10,8 @@ import numpy as np
 
 
 def _sims(q: np.ndarray, d: np.ndarray) -> np.ndarray:
-    return np.asarray(q, dtype=np.float64) @ np.asarray(d, dtype=np.float64).T
+    with np.errstate(invalid="ignore"):  # inf * 0 = NaN is part of the semantics, not an accident
+        return np.asarray(q, dtype=np.float64) @ np.asarray(d, dtype=np.float64).T
 
 
 def maxsim_one(q: np.ndarray, d: np.ndarray) -> float:

@@ -1,0 +1,349 @@
+"""MaxSim against the numpy reference: random sweeps over shapes, dtypes and SIMD levels, and hand-made edge cases."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import tokenset
+from tokenset.reference import maxsim as ref
+
+from conftest import BF16, as_float64, maxsim_error_bound, random_sets, requires_torch
+
+
+def cast(sets, dtype):
+    """Inputs in a given dtype, plus their exact float64 values (what the kernel sees after conversion)."""
+    if dtype == "bfloat16":
+        if BF16 is None:
+            pytest.skip("ml_dtypes not installed")
+        low = [s.astype(BF16) for s in sets]
+    else:
+        low = [s.astype(dtype) for s in sets]
+    return low, [s.astype(np.float64) for s in low]
+
+
+SHAPES = [  # (dim, query lengths, document lengths)
+    (1, [1, 3], [0, 1, 2, 7]),
+    (3, [5], [1, 12, 13, 25]),
+    (16, [16, 17, 1], [11, 12, 24, 0, 5]),
+    (17, [31, 32, 33], [1, 6, 7, 13]),
+    (128, [32, 8], [40, 173, 300, 0, 1]),
+    (384, [32, 70], [12, 57]),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("dim,q_lengths,d_lengths", SHAPES)
+def test_all_pairs_match_reference(simd, dtype, dim, q_lengths, d_lengths):
+    rng = np.random.default_rng(dim * 1000 + len(q_lengths))
+    queries, q64 = cast(random_sets(rng, q_lengths, dim), dtype)
+    documents, d64 = cast(random_sets(rng, d_lengths, dim), dtype)
+    got = tokenset.maxsim(queries, documents)
+    want = ref.maxsim(q64, d64)
+    assert got.dtype == np.float32 and got.shape == (len(queries), len(documents))
+    empty = np.isinf(want)
+    assert np.array_equal(np.isneginf(got), empty)
+    bound = maxsim_error_bound(q64, d64)
+    np.testing.assert_array_less(np.abs(got[~empty] - want[~empty]), bound[~empty])
+
+
+def test_random_sweep_many_shapes(simd):
+    rng = np.random.default_rng(7)
+    for trial in range(25):
+        dim = int(rng.integers(1, 200))
+        queries = random_sets(rng, rng.integers(1, 80, size=rng.integers(1, 5)), dim)
+        documents = random_sets(rng, rng.integers(0, 120, size=rng.integers(1, 9)), dim)
+        got = tokenset.maxsim(queries, documents)
+        want = ref.maxsim(as_float64(queries), as_float64(documents))
+        finite = np.isfinite(want)
+        assert np.array_equal(np.isneginf(got), np.isneginf(want)), trial
+        assert np.all(np.abs(got[finite] - want[finite]) < maxsim_error_bound(queries, documents)[finite]), trial
+
+
+def test_simd_levels_agree_with_scalar():
+    rng = np.random.default_rng(3)
+    queries = random_sets(rng, [32, 7, 45], 96)
+    documents = random_sets(rng, rng.integers(0, 150, 40), 96)
+    results = {}
+    for level in tokenset.build_info()["simd_compiled"]:
+        try:
+            tokenset.set_simd_level(level)
+        except ValueError:
+            continue
+        results[level] = tokenset.maxsim(queries, documents)
+    tokenset.set_simd_level(tokenset.build_info()["simd_best"])
+    bound = maxsim_error_bound(queries, documents)
+    for level, got in results.items():
+        finite = np.isfinite(results["scalar"])
+        assert np.all(np.abs(got[finite] - results["scalar"][finite]) < 2 * bound[finite]), level
+
+
+def test_empty_document_scores_minus_inf_and_all_negative_stays_negative(simd):
+    q = np.ones((4, 8), np.float32)
+    docs = [np.zeros((0, 8), np.float32), -np.ones((3, 8), np.float32), np.full((1, 8), -0.5, np.float32)]
+    got = tokenset.maxsim(q, docs)
+    assert got[0, 0] == -np.inf
+    assert got[0, 1] == pytest.approx(-32.0)  # never clamped at 0 as ColBERT's CPU path / PyLate padding do
+    assert got[0, 2] == pytest.approx(-16.0)
+
+
+def test_padding_never_wins_a_max(simd):
+    rng = np.random.default_rng(11)
+    docs = -np.abs(rng.standard_normal((3, 10, 16))).astype(np.float32)  # all similarities negative for q >= 0
+    lengths = np.array([10, 4, 1])
+    q = np.abs(rng.standard_normal((5, 16))).astype(np.float32)
+    got = tokenset.maxsim(q, tokenset.ragged(docs, lengths=lengths))
+    want = ref.maxsim([q], [docs[i, :n] for i, n in enumerate(lengths)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert np.all(got < 0)
+
+
+def test_one_token_each(simd):
+    q = np.array([[2.0, -1.0]], np.float32)
+    d = [np.array([[3.0, 4.0]], np.float32)]
+    assert tokenset.maxsim(q, d)[0, 0] == pytest.approx(2.0)
+
+
+def test_argmax_ties_go_to_lowest_index(simd):
+    q = np.ones((3, 4), np.float32)
+    doc = np.zeros((30, 4), np.float32)
+    doc[[5, 9, 29]] = 1.0  # three equal best tokens, spanning register tiles
+    scores, argmax = tokenset.maxsim(q, [doc], return_argmax=True)
+    assert scores[0, 0] == pytest.approx(12.0)
+    assert argmax.shape == (1, 1, 3) and argmax.dtype == np.int32
+    assert np.all(argmax[0, 0] == 5)
+
+
+def test_argmax_matches_reference_and_pads(simd):
+    rng = np.random.default_rng(5)
+    queries = random_sets(rng, [3, 40], 24)
+    documents = random_sets(rng, [17, 0, 33], 24)
+    scores, argmax = tokenset.maxsim(queries, documents, return_argmax=True)
+    assert argmax.shape == (2, 3, 40)
+    for a, q in enumerate(queries):
+        for b, d in enumerate(documents):
+            want = ref.maxsim_argmax(q, d)
+            np.testing.assert_array_equal(argmax[a, b, : len(q)], want)
+            assert np.all(argmax[a, b, len(q):] == -1)
+    plain = tokenset.maxsim(queries, documents)
+    np.testing.assert_array_equal(plain, scores)
+
+
+def test_all_similarities_minus_inf_argmax_first(simd):
+    q = np.array([[1.0, 0.0]], np.float32)
+    d = np.array([[-np.inf, 0.0], [-np.inf, 0.0]], np.float32)
+    scores, argmax = tokenset.maxsim(q, [d], return_argmax=True)
+    assert scores[0, 0] == -np.inf and argmax[0, 0, 0] == 0
+
+
+def test_nan_propagates(simd):
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((3, 8)).astype(np.float32)
+    docs = random_sets(rng, [5, 5, 20], 8)
+    docs[1][2, 3] = np.nan  # one NaN coordinate: every similarity with that token is NaN
+    q2 = q.copy()
+    q2[1, 0] = np.nan
+    got = tokenset.maxsim([q, q2], docs)
+    want = ref.maxsim(as_float64([q, q2]), as_float64(docs))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[0, 1]) and not np.isnan(got[0, 0]) and np.all(np.isnan(got[1]))
+
+
+def test_infinities_match_reference(simd):
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    docs = [np.array([[np.inf, 0.0], [1.0, 1.0]], np.float32),      # +inf similarity wins
+            np.array([[-np.inf, 1.0]], np.float32),                  # -inf max for token 0 -> score -inf
+            np.array([[np.inf, 0.0], [0.0, -np.inf]], np.float32)]   # inf*0 = NaN
+    got = tokenset.maxsim(q, docs)
+    want = ref.maxsim(as_float64([q]), as_float64(docs))
+    np.testing.assert_array_equal(got[0], want[0].astype(np.float32))
+
+
+def test_non_contiguous_inputs(simd):
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal((200, 64)).astype(np.float32)
+    strided_rows = base[::2]  # row stride 128 elements: read in place
+    reversed_rows = base[::-1]  # negative row stride
+    fortran = np.asfortranarray(base[:50])  # inner stride != 1: one documented copy
+    q = rng.standard_normal((9, 64)).astype(np.float32)[:, :]
+    for docs in (strided_rows, reversed_rows, fortran, base[:, :]):
+        r = tokenset.Ragged(docs, [0, 10, 10, len(docs)])
+        got = tokenset.maxsim(q[::-1], r)
+        want = ref.maxsim([q[::-1].astype(np.float64)], [np.asarray(r[i], np.float64) for i in range(3)])
+        fin = np.isfinite(want)
+        np.testing.assert_allclose(got[fin], want[fin], rtol=1e-5, atol=1e-4)
+        assert got[0, 1] == -np.inf
+
+
+def test_input_forms_agree():
+    rng = np.random.default_rng(4)
+    padded = rng.standard_normal((4, 9, 16)).astype(np.float32)
+    lengths = np.array([9, 3, 0, 5])
+    mask = np.arange(9)[None, :] < lengths[:, None]
+    q = rng.standard_normal((2, 6, 16)).astype(np.float32)
+    as_list = [padded[i, :n] for i, n in enumerate(lengths)]
+    want = ref.maxsim(as_float64(list(q)), as_float64(as_list))
+    for docs in (as_list, tokenset.ragged(padded, lengths=lengths), tokenset.ragged(padded, mask=mask),
+                 tokenset.Ragged(np.concatenate(as_list), np.r_[0, np.cumsum(lengths)])):
+        got = tokenset.maxsim(q, docs)  # 3-D queries: all tokens valid
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # a scattered mask (not a prefix) selects exactly the masked tokens
+    scattered = rng.random((4, 9)) < 0.5
+    got = tokenset.maxsim(q, tokenset.ragged(padded, mask=scattered))
+    want = ref.maxsim(as_float64(list(q)), as_float64([padded[i][scattered[i]] for i in range(4)]))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_two_d_input_is_one_set():
+    q = np.ones((3, 4), np.float32)
+    assert tokenset.maxsim(q, q).shape == (1, 1)
+
+
+def test_mixed_dtypes_cpu(simd):
+    rng = np.random.default_rng(12)
+    q = rng.standard_normal((7, 32)).astype(np.float32)
+    docs = random_sets(rng, [5, 19], 32, np.float16)
+    got = tokenset.maxsim(q, docs)
+    want = ref.maxsim([q.astype(np.float64)], as_float64(docs))
+    np.testing.assert_array_less(np.abs(got - want), maxsim_error_bound([q], as_float64(docs)))
+
+
+def test_pairs_match_reference(simd):
+    rng = np.random.default_rng(21)
+    queries = random_sets(rng, [4, 33, 12], 40)
+    documents = random_sets(rng, rng.integers(0, 60, 25), 40)
+    cand = rng.integers(-1, 25, (3, 7))
+    got = tokenset.maxsim_pairs(queries, documents, cand)
+    want = ref.maxsim_pairs(as_float64(queries), as_float64(documents), cand)
+    assert got.shape == (3, 7)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-5, atol=1e-4)
+    full = tokenset.maxsim(queries, documents)
+    valid = cand >= 0
+    np.testing.assert_array_equal(got[valid], np.take_along_axis(full, np.where(valid, cand, 0), 1)[valid])
+
+
+def test_pairs_zero_candidates():
+    q = np.ones((2, 4), np.float32)
+    assert tokenset.maxsim_pairs(q, [q], np.zeros((1, 0), np.int64)).shape == (1, 0)
+
+
+@pytest.mark.parametrize("k", [1, 5, 30, 100])
+def test_topk_matches_reference(simd, k):
+    rng = np.random.default_rng(k)
+    queries = random_sets(rng, [8, 32, 3], 48)
+    documents = random_sets(rng, rng.integers(0, 90, 60), 48)
+    scores, indices = tokenset.maxsim_topk(queries, documents, k)
+    full = tokenset.maxsim(queries, documents)
+    want_s, want_i = ref.maxsim_topk(None, None, k, scores=full.astype(np.float64))
+    np.testing.assert_array_equal(indices, want_i)
+    np.testing.assert_array_equal(scores, want_s.astype(np.float32))
+    assert indices.dtype == np.int64 and scores.shape == (3, k)
+
+
+def test_topk_ties_nan_and_short_rows(simd):
+    q = np.ones((1, 2), np.float32)
+    docs = [np.ones((1, 2), np.float32)] * 5 + [np.full((1, 2), np.nan, np.float32), np.zeros((0, 2), np.float32)]
+    docs[3] = np.full((1, 2), 2.0, np.float32)
+    scores, indices = tokenset.maxsim_topk(q, docs, k=9)
+    # best first; equal scores by index; NaN ranks as -inf, tied with the empty doc, so by index; then padding
+    np.testing.assert_array_equal(indices[0], [3, 0, 1, 2, 4, 5, 6, -1, -1])
+    assert scores[0, 0] == 4.0 and np.isnan(scores[0, 5]) and scores[0, 6] == -np.inf and scores[0, 8] == -np.inf
+
+
+def test_zero_queries_and_zero_documents():
+    q = tokenset.Ragged(np.zeros((0, 4), np.float32), [0])
+    d = [np.ones((2, 4), np.float32)]
+    assert tokenset.maxsim(q, d).shape == (0, 1)
+    no_docs = tokenset.Ragged(np.zeros((0, 4), np.float32), [0])
+    assert tokenset.maxsim(np.ones((2, 4), np.float32), no_docs).shape == (1, 0)
+    s, i = tokenset.maxsim_topk(np.ones((2, 4), np.float32), no_docs, 3)
+    assert np.all(s == -np.inf) and np.all(i == -1)
+
+
+def test_threads_give_identical_results():
+    rng = np.random.default_rng(8)
+    queries = random_sets(rng, [32, 32, 5], 64)
+    documents = random_sets(rng, rng.integers(1, 200, 300), 64)
+    before = tokenset.get_num_threads()
+    try:
+        tokenset.set_num_threads(1)
+        one = tokenset.maxsim(queries, documents)
+        one_topk = tokenset.maxsim_topk(queries, documents, 10)
+        tokenset.set_num_threads(3)
+        many = tokenset.maxsim(queries, documents)
+        many_topk = tokenset.maxsim_topk(queries, documents, 10)
+    finally:
+        tokenset.set_num_threads(before)
+    np.testing.assert_array_equal(one, many)
+    np.testing.assert_array_equal(one_topk[1], many_topk[1])
+
+
+def test_concurrent_calls_from_python_threads():
+    rng = np.random.default_rng(10)
+    queries = random_sets(rng, [32] * 3, 64)
+    documents = tokenset.ragged(random_sets(rng, rng.integers(1, 200, 200), 64))
+    want = tokenset.maxsim(queries, documents)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(tokenset.maxsim(queries, documents))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 20
+    for r in results:
+        np.testing.assert_array_equal(r, want)
+
+
+@requires_torch
+def test_torch_inputs_return_torch():
+    import torch
+
+    rng = np.random.default_rng(13)
+    q = torch.from_numpy(rng.standard_normal((2, 6, 32)).astype(np.float32))
+    docs = [torch.from_numpy(d) for d in random_sets(rng, [4, 0, 9], 32)]
+    got = tokenset.maxsim(q, docs)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    want = ref.maxsim([x.numpy().astype(np.float64) for x in q], [d.numpy().astype(np.float64) for d in docs])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    s, i = tokenset.maxsim_topk(q, docs, 2)
+    assert isinstance(i, torch.Tensor) and i.dtype == torch.int64
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_torch_half_precision(simd, dtype):
+    import torch
+
+    rng = np.random.default_rng(14)
+    tdtype = getattr(torch, dtype)
+    q = torch.from_numpy(rng.standard_normal((20, 48)).astype(np.float32)).to(tdtype)
+    docs = torch.from_numpy(rng.standard_normal((3, 30, 48)).astype(np.float32)).to(tdtype)
+    got = tokenset.maxsim(q, tokenset.ragged(docs, lengths=torch.tensor([30, 1, 17])))
+    q64 = q.double().numpy()
+    d64 = [docs[0].double().numpy(), docs[1, :1].double().numpy(), docs[2, :17].double().numpy()]
+    want = ref.maxsim([q64], d64)
+    np.testing.assert_array_less(np.abs(got.numpy() - want), maxsim_error_bound([q64], d64))
+
+
+@requires_torch
+def test_torch_non_contiguous():
+    import torch
+
+    x = torch.randn(64, 40)
+    q = torch.randn(5, 20)
+    got = tokenset.maxsim(q, x[:, ::2])  # inner stride 2: copied once
+    want = ref.maxsim([q.double().numpy()], [x[:, ::2].double().numpy()])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+    got_t = tokenset.maxsim(q, x.t()[:20].t().contiguous().t().t())  # a transposed view
+    assert got_t.shape == (1, 1)
