@@ -1,0 +1,195 @@
+"""MaxSim benchmark: tokenset against what users run today, in the same process, as ratios.
+
+Workloads (issue 2): a 32-token query against 1,000 and 10,000 documents of 40..300 tokens, dim 128 and 384, float32
+and float16. Alternatives: torch einsum over padded batches (PyLate's colbert_scores), torch per-document matmul
+(ColBERT-style loops), a numpy per-document loop, fast-maxsim (when installed). The machine's ceiling is the rate of a
+large torch float32 matmul in the same run. Every alternative is first checked to agree with tokenset.
+
+    python benchmarks/bench_maxsim.py            # full run, writes benchmarks/results/maxsim-<machine>-<date>.{json,md}
+    python benchmarks/bench_maxsim.py --quick    # 1,000 documents only
+    python benchmarks/bench_maxsim.py --device cuda   # GPU: float16 scan of 100k documents vs memory bandwidth
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tokenset  # noqa: E402
+from _common import machine_name, time_interleaved, write_results  # noqa: E402
+
+try:
+    import torch
+except ImportError:
+    sys.exit("this benchmark compares against torch: pip install torch==2.13.0")
+try:
+    import fast_maxsim
+except ImportError:
+    fast_maxsim = None
+
+
+def pylate_colbert_scores(q, d_padded, mask):
+    """PyLate's colbert_scores: einsum over padded batches, padding multiplied to 0, max, sum."""
+    scores = torch.einsum("ash,bth->abst", q, d_padded)
+    scores = scores * mask[None, :, None, :]
+    return scores.max(dim=-1).values.sum(dim=-1)
+
+
+def torch_per_document(q, docs):
+    return torch.stack([(q @ d.T).max(dim=1).values.sum() for d in docs])
+
+
+def numpy_per_document(q, docs):
+    return np.array([(q @ d.T).max(axis=1).sum() for d in docs], dtype=np.float32)
+
+
+def matmul_gflops(repeats=5):
+    a = torch.randn(2048, 2048)
+    b = torch.randn(2048, 2048)
+    t = time_interleaved({"mm": lambda: a @ b}, repeats)["mm"]
+    return 2 * 2048 ** 3 / t / 1e9
+
+
+def run_cpu_case(n_docs, dim, dtype, rng, repeats):
+    lengths = rng.integers(40, 301, n_docs)
+    docs32 = [rng.standard_normal((int(n), dim)).astype(np.float32) for n in lengths]
+    q32 = rng.standard_normal((32, dim)).astype(np.float32)
+    docs = [d.astype(dtype) for d in docs32]
+    q = q32.astype(dtype)
+    ragged_docs = tokenset.ragged(docs)
+    tdtype = torch.float32 if dtype == np.float32 else torch.float16
+    tq = torch.from_numpy(q)
+    tdocs = [torch.from_numpy(d) for d in docs]
+    padded = torch.nn.utils.rnn.pad_sequence(tdocs, batch_first=True)
+    mask = (torch.arange(padded.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]).to(tdtype)
+    # numpy and fast-maxsim take float32: float16 data is upcast once, outside the timing
+    nq = q.astype(np.float32)
+    ndocs = [d.astype(np.float32) for d in docs]
+
+    methods = {
+        "tokenset": lambda: tokenset.maxsim(q, ragged_docs),
+        "torch_einsum_padded": lambda: pylate_colbert_scores(tq[None], padded, mask),
+        "torch_matmul_per_doc": lambda: torch_per_document(tq, tdocs),
+        "numpy_per_doc": lambda: numpy_per_document(nq, ndocs),
+    }
+    if fast_maxsim is not None:
+        methods["fast_maxsim"] = lambda: np.asarray(fast_maxsim.maxsim_scores_variable(nq, ndocs))
+
+    # Agreement first: every alternative must give tokenset's scores.
+    ours = np.asarray(methods["tokenset"]()).reshape(-1).astype(np.float64)
+    agreement = {}
+    for name, fn in methods.items():
+        theirs = fn()
+        theirs = (theirs.float().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs))
+        theirs = theirs.reshape(-1).astype(np.float64)
+        rel = float(np.max(np.abs(theirs - ours) / np.maximum(1.0, np.abs(ours))))
+        tol = 1e-4 if dtype == np.float32 else 2e-2  # float16 torch CPU kernels may accumulate in float16
+        if not rel <= tol:
+            raise SystemExit(f"{name} disagrees with tokenset: max relative difference {rel:.2e} > {tol}")
+        agreement[name] = rel
+
+    times = time_interleaved(methods, repeats)
+    flops = 2.0 * 32 * dim * float(lengths.sum())
+    return {
+        "documents": n_docs, "dim": dim, "dtype": np.dtype(dtype).name, "query_tokens": 32,
+        "document_tokens": int(lengths.sum()),
+        "ms": {k: v * 1e3 for k, v in times.items()},
+        "speedup_vs": {k: v / times["tokenset"] for k, v in times.items() if k != "tokenset"},
+        "tokenset_gflops": flops / times["tokenset"] / 1e9,
+        "max_rel_diff": agreement,
+    }
+
+
+def cpu_main(args):
+    rng = np.random.default_rng(0)
+    ceiling = matmul_gflops()
+    cases = []
+    sizes = [1000] if args.quick else [1000, 10000]
+    for n_docs in sizes:
+        for dim in (128, 384):
+            for dtype in (np.float32, np.float16):
+                repeats = args.repeats if n_docs <= 1000 else max(3, args.repeats // 3)
+                case = run_cpu_case(n_docs, dim, dtype, rng, repeats)
+                case["fraction_of_matmul"] = case["tokenset_gflops"] / ceiling
+                cases.append(case)
+                print(f"{n_docs:>6} docs dim {dim} {case['dtype']:>7}: tokenset {case['ms']['tokenset']:8.2f} ms "
+                      f"({case['tokenset_gflops']:.0f} GFLOP/s, {100 * case['fraction_of_matmul']:.0f}% of matmul)  " +
+                      "  ".join(f"{k} x{v:.1f}" for k, v in case["speedup_vs"].items()), flush=True)
+    info = tokenset.build_info()
+    payload = {"benchmark": "maxsim", "device": "cpu", "simd": info["simd_active"], "threads": info["num_threads"],
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+               "matmul_gflops": ceiling, "cases": cases}
+    alts = [k for k in cases[0]["speedup_vs"]]
+    lines = [f"# MaxSim on {machine_name()} ({info['simd_active']}, {info['num_threads']} threads)", "",
+             f"Large float32 matmul (torch, 2048^3) in the same run: {ceiling:.0f} GFLOP/s.", "",
+             "Query 32 tokens; documents 40..300 tokens. Times are medians (ms); `xN` = alternative time / tokenset "
+             "time (higher is better for tokenset).", "",
+             "| docs | dim | dtype | tokenset ms | GFLOP/s | % of matmul | " + " | ".join(alts) + " |",
+             "|---" * (6 + len(alts)) + "|"]
+    for c in cases:
+        lines.append(f"| {c['documents']} | {c['dim']} | {c['dtype']} | {c['ms']['tokenset']:.2f} | "
+                     f"{c['tokenset_gflops']:.0f} | {100 * c['fraction_of_matmul']:.0f}% | " +
+                     " | ".join(f"{c['ms'][a]:.1f} ms (x{c['speedup_vs'][a]:.1f})" for a in alts) + " |")
+    path = write_results("maxsim", "cpu", payload, "\n".join(lines))
+    print(f"wrote {path}.json and .md")
+
+
+def cuda_main(args):
+    if not torch.cuda.is_available() or tokenset.build_info()["cuda_devices"] == 0:
+        sys.exit("no CUDA device (or tokenset was built without CUDA)")
+    rng = np.random.default_rng(0)
+    n_docs, dim = (10000 if args.quick else 100000), 128
+    lengths = rng.integers(40, 301, n_docs)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    values = torch.randn(int(offsets[-1]), dim, device="cuda", dtype=torch.float16)
+    q = torch.randn(32, dim, device="cuda", dtype=torch.float16)
+    docs = tokenset.Ragged(values, offsets)
+    # agreement with the CPU kernel on a slice
+    sub = tokenset.Ragged(values[: offsets[200]], offsets[:201])
+    gpu = tokenset.maxsim(q, sub).cpu().numpy()
+    cpu = tokenset.maxsim(q.cpu(), tokenset.Ragged(values[: offsets[200]].cpu(), offsets[:201]))
+    rel = float(np.max(np.abs(gpu - cpu) / np.maximum(1, np.abs(cpu))))
+    assert rel < 1e-3, rel
+    methods = {"tokenset": lambda: tokenset.maxsim(q, docs)}
+    padded_n = 5000  # padded einsum over a chunk of documents, as PyLate on GPU
+    pad = torch.nn.utils.rnn.pad_sequence([values[offsets[i]:offsets[i + 1]] for i in range(padded_n)], True)
+    mask = (torch.arange(pad.shape[1], device="cuda")[None] < torch.from_numpy(lengths[:padded_n]).cuda()[:, None]).half()
+    methods["torch_einsum_padded_5k"] = lambda: pylate_colbert_scores(q[None], pad, mask)
+    times = time_interleaved(methods, args.repeats, sync=torch.cuda.synchronize)
+    bytes_read = values.numel() * 2
+    bw = bytes_read / times["tokenset"] / 1e9
+    # peak bandwidth: a large device-to-device copy in the same run
+    big = torch.empty(int(2e9) // 2, dtype=torch.float16, device="cuda")
+    big2 = torch.empty_like(big)
+    copy_t = time_interleaved({"copy": lambda: big2.copy_(big)}, 10, sync=torch.cuda.synchronize)["copy"]
+    copy_bw = 2 * big.numel() * 2 / copy_t / 1e9
+    per_doc = {"tokenset": times["tokenset"] / n_docs, "torch_einsum_padded": times["torch_einsum_padded_5k"] / padded_n}
+    payload = {"benchmark": "maxsim", "device": "cuda", "gpu": torch.cuda.get_device_name(), "documents": n_docs,
+               "dim": dim, "dtype": "float16", "ms": {k: v * 1e3 for k, v in times.items()},
+               "tokenset_gbps": bw, "copy_gbps": copy_bw, "fraction_of_copy_bandwidth": bw / copy_bw,
+               "speedup_per_document_vs_padded_einsum": per_doc["torch_einsum_padded"] / per_doc["tokenset"],
+               "max_rel_diff_vs_cpu": rel}
+    table = "\n".join([f"# MaxSim on {torch.cuda.get_device_name()}", "",
+                       "| docs | tokenset ms | GB/s | % of copy bandwidth | per-doc speed-up vs padded einsum |",
+                       "|---|---|---|---|---|",
+                       f"| {n_docs} | {times['tokenset'] * 1e3:.2f} | {bw:.0f} | {100 * bw / copy_bw:.0f}% | "
+                       f"x{payload['speedup_per_document_vs_padded_einsum']:.1f} |"])
+    print(table)
+    path = write_results("maxsim", "cuda", payload, table)
+    print(f"wrote {path}.json and .md")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    cuda_main(args) if args.device == "cuda" else cpu_main(args)
+
+
+if __name__ == "__main__":
+    main()
