@@ -224,17 +224,19 @@ static void pack_query(const SetBatch& queries, int64_t set, float* packed) {
 
 // ---- register tile ---------------------------------------------------------------------------------------------------
 // Scores ROWS document rows (rows[r * stride + k]) against one panel and folds them into the running maxima.
+// `prefetch` points at the source row that follows this tile (`prefetch_stride` bytes between rows,
+// `element_bytes` per element): for float16/bfloat16 `rows` is conversion scratch, so it cannot tell where memory goes.
 template <int ROWS, bool kArgmax>
 static inline void tile(const float* panel, const float* rows, int64_t stride, int64_t dim, int32_t first_row,
-                        V::type* running_max, V::itype* running_arg, V::mask* nan_seen) {
+                        const char* prefetch, int64_t prefetch_stride, int element_bytes, V::type* running_max,
+                        V::itype* running_arg, V::mask* nan_seen) {
   V::type acc[ROWS][QV];
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < QV; ++v) acc[r][v] = V::zero();
   // A single-query scan streams documents from memory once: fetch the next tile's rows (the following rows of the
   // batch, usually contiguous) one cache line per row per 16 k-steps while this tile computes.
-  const float* next = rows + ROWS * stride;
   for (int64_t k0 = 0; k0 < dim; k0 += 16) {
-    for (int r = 0; r < ROWS; ++r) __builtin_prefetch(next + r * stride + k0, 0, 3);
+    for (int r = 0; r < ROWS; ++r) __builtin_prefetch(prefetch + r * prefetch_stride + k0 * element_bytes, 0, 3);
     const int64_t k1 = k0 + 16 < dim ? k0 + 16 : dim;
 #pragma GCC unroll 4
     for (int64_t k = k0; k < k1; ++k) {
@@ -263,12 +265,15 @@ static inline void tile(const float* panel, const float* rows, int64_t stride, i
 
 template <int ROWS, bool kArgmax>
 static inline void tile_any(int rows_left, const float* panel, const float* rows, int64_t stride, int64_t dim,
-                            int32_t first_row, V::type* running_max, V::itype* running_arg, V::mask* nan_seen) {
+                            int32_t first_row, const char* prefetch, int64_t prefetch_stride, int element_bytes,
+                            V::type* running_max, V::itype* running_arg, V::mask* nan_seen) {
   if constexpr (ROWS >= 1) {
     if (rows_left == ROWS)
-      tile<ROWS, kArgmax>(panel, rows, stride, dim, first_row, running_max, running_arg, nan_seen);
+      tile<ROWS, kArgmax>(panel, rows, stride, dim, first_row, prefetch, prefetch_stride, element_bytes, running_max,
+                          running_arg, nan_seen);
     else
-      tile_any<ROWS - 1, kArgmax>(rows_left, panel, rows, stride, dim, first_row, running_max, running_arg, nan_seen);
+      tile_any<ROWS - 1, kArgmax>(rows_left, panel, rows, stride, dim, first_row, prefetch, prefetch_stride,
+                                  element_bytes, running_max, running_arg, nan_seen);
   }
 }
 
@@ -308,8 +313,10 @@ static void score_impl(const float* packed, int64_t query_length, const SetBatch
         rows = scratch;
         stride = dim;
       }
-      tile_any<R, kArgmax>(rows_left, panel, rows, stride, dim, static_cast<int32_t>(j0), running_max, running_arg,
-                           nan_seen);
+      const int element_bytes = dtype_size(docs.dtype);
+      const char* prefetch = static_cast<const char*>(docs.values) + (first + (j0 + R) * docs.row_stride) * element_bytes;
+      tile_any<R, kArgmax>(rows_left, panel, rows, stride, dim, static_cast<int32_t>(j0), prefetch,
+                           docs.row_stride * element_bytes, element_bytes, running_max, running_arg, nan_seen);
     }
     float maxima[QB];
     int32_t args[QB];
