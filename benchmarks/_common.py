@@ -37,7 +37,9 @@ def machine_name(device: str = "cpu") -> str:
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None] = lambda: None,
                      budget_s: float = 60.0) -> Dict[str, float]:
-    """Median seconds per call. Methods run in rotating order each round, so that machine noise hits all alike."""
+    """Median seconds per call. Methods run in rotating order each round, so that machine noise hits all alike; each
+    timed call follows an untimed call of the same method, so no method is timed while the previous one's threads
+    still spin (torch's OpenMP workers busy-wait after a parallel region and would take the cores)."""
     names = list(fns)
     for name in names:  # warm-up
         fns[name]()
@@ -47,6 +49,7 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, sync: C
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            fns[name]()
             sync()
             t0 = time.perf_counter()
             fns[name]()

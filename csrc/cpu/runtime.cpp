@@ -175,7 +175,14 @@ class ThreadPool {
     }
     if (static_cast<int>(workers_.size()) >= count) return;
     stopping_ = false;
-    while (static_cast<int>(workers_.size()) < count) workers_.emplace_back([this] { worker_loop(); });
+    // A worker starts from the generation current now, so it cannot miss the job about to be published.
+    uint64_t generation;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      generation = generation_;
+    }
+    while (static_cast<int>(workers_.size()) < count)
+      workers_.emplace_back([this, generation] { worker_loop(generation); });
   }
 
   void stop_workers() {
@@ -194,12 +201,7 @@ class ThreadPool {
     stopping_ = false;
   }
 
-  void worker_loop() {
-    uint64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      seen = generation_;
-    }
+  void worker_loop(uint64_t seen) {
     for (;;) {
       Job* job = nullptr;
       int id = 0;
