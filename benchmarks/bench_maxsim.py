@@ -113,6 +113,27 @@ def run_cpu_case(n_docs, dim, dtype, rng, repeats):
     }
 
 
+def write_cpu_results(cases, ceiling):
+    info = tokenset.build_info()
+    payload = {"benchmark": "maxsim", "device": "cpu", "simd": info["simd_active"], "threads": info["num_threads"],
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+               "matmul_gflops": ceiling, "cases": cases}
+    alts = sorted({k for c in cases for k in c["speedup_vs"]})
+    lines = [f"# MaxSim on {machine_name()} ({info['simd_active']}, {info['num_threads']} threads)", "",
+             f"Large float32 matmul (torch, 2048^3) in the same run: {ceiling:.0f} GFLOP/s.", "",
+             "Query 32 tokens; documents 40..300 tokens. Times are medians (ms); `xN` = alternative time / tokenset "
+             "time (higher is better for tokenset); `*` = timed from one call (over 3 s per call). numpy and "
+             "fast-maxsim take float32, so in float16 rows they get float32 copies made outside the timing.", "",
+             "| docs | dim | dtype | tokenset ms | GFLOP/s | % of matmul | " + " | ".join(alts) + " |",
+             "|---" * (6 + len(alts)) + "|"]
+    for c in cases:
+        cells = [f"{c['ms'][a]:.1f} ms (x{c['speedup_vs'][a]:.1f})" + ("*" if a in c["timed_from_one_call"] else "")
+                 if a in c["ms"] else "-" for a in alts]
+        lines.append(f"| {c['documents']} | {c['dim']} | {c['dtype']} | {c['ms']['tokenset']:.2f} | "
+                     f"{c['tokenset_gflops']:.0f} | {100 * c['fraction_of_matmul']:.0f}% | " + " | ".join(cells) + " |")
+    return write_results("maxsim", "cpu", payload, "\n".join(lines))
+
+
 def cpu_main(args):
     rng = np.random.default_rng(0)
     ceiling = matmul_gflops()
@@ -128,24 +149,7 @@ def cpu_main(args):
                 print(f"{n_docs:>6} docs dim {dim} {case['dtype']:>7}: tokenset {case['ms']['tokenset']:8.2f} ms "
                       f"({case['tokenset_gflops']:.0f} GFLOP/s, {100 * case['fraction_of_matmul']:.0f}% of matmul)  " +
                       "  ".join(f"{k} x{v:.1f}" for k, v in case["speedup_vs"].items()), flush=True)
-    info = tokenset.build_info()
-    payload = {"benchmark": "maxsim", "device": "cpu", "simd": info["simd_active"], "threads": info["num_threads"],
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "matmul_gflops": ceiling, "cases": cases}
-    alts = [k for k in cases[0]["speedup_vs"]]
-    lines = [f"# MaxSim on {machine_name()} ({info['simd_active']}, {info['num_threads']} threads)", "",
-             f"Large float32 matmul (torch, 2048^3) in the same run: {ceiling:.0f} GFLOP/s.", "",
-             "Query 32 tokens; documents 40..300 tokens. Times are medians (ms); `xN` = alternative time / tokenset "
-             "time (higher is better for tokenset); `*` = timed from one call (over 3 s per call). numpy and "
-             "fast-maxsim take float32, so in float16 rows they get float32 copies made outside the timing.", "",
-             "| docs | dim | dtype | tokenset ms | GFLOP/s | % of matmul | " + " | ".join(alts) + " |",
-             "|---" * (6 + len(alts)) + "|"]
-    for c in cases:
-        lines.append(f"| {c['documents']} | {c['dim']} | {c['dtype']} | {c['ms']['tokenset']:.2f} | "
-                     f"{c['tokenset_gflops']:.0f} | {100 * c['fraction_of_matmul']:.0f}% | " +
-                     " | ".join(f"{c['ms'][a]:.1f} ms (x{c['speedup_vs'][a]:.1f})"
-                                + ("*" if a in c["timed_from_one_call"] else "") for a in alts) + " |")
-    path = write_results("maxsim", "cpu", payload, "\n".join(lines))
+                path = write_cpu_results(cases, ceiling)  # after every case: an interrupted run keeps its results
     print(f"wrote {path}.json and .md")
 
 
