@@ -46,7 +46,7 @@ def demo(n_docs: int, dim: int, seed: int) -> int:
     print(f"  empty document scores {scores[2]}; all-negative document scores {scores[1]:.2f} (not clamped to 0)")
 
     top_s, top_i = tokenset.maxsim_topk(query, batch, k=5)
-    print(f"  top-5 documents: {top_i[0].tolist()} scores {np.round(top_s[0], 2).tolist()}")
+    print(f"  top-5 documents: {top_i[0].tolist()} scores {[round(float(s), 2) for s in top_s[0]]}")
 
     total = int(lengths.sum())
     t_ours = _median_seconds(lambda: tokenset.maxsim(query, batch))
