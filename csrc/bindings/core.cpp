@@ -21,9 +21,7 @@ MaxsimParams maxsim_params(const py::array& q_values, int q_dtype, const py::arr
   MaxsimParams p;
   p.queries = host_set_batch(q_values, q_dtype, q_offsets, "queries");
   p.documents = host_set_batch(d_values, d_dtype, d_offsets, "documents");
-  if (p.queries.dim != p.documents.dim)
-    throw ValueError("queries have dimension " + std::to_string(p.queries.dim) + " but documents have dimension " +
-                     std::to_string(p.documents.dim));
+  check_same_dim(p);
   return p;
 }
 

@@ -39,9 +39,7 @@ void maxsim(const py::tuple& q_spec, const py::tuple& d_spec, uintptr_t candidat
   MaxsimParams p;
   p.queries = device_set_batch(q_spec, "queries");
   p.documents = device_set_batch(d_spec, "documents");
-  if (p.queries.dim != p.documents.dim)
-    throw ValueError("queries have dimension " + std::to_string(p.queries.dim) + " but documents have dimension " +
-                     std::to_string(p.documents.dim));
+  check_same_dim(p);
   p.candidates = reinterpret_cast<const int64_t*>(candidates);
   p.num_candidates = candidates ? num_candidates : 0;
   if (candidates && num_candidates < 0) throw ValueError("negative number of candidates");

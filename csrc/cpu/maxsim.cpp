@@ -289,6 +289,7 @@ static void score_impl(const float* packed, int64_t query_length, const SetBatch
   }
   const int64_t first = docs.begin(doc) * docs.row_stride;
   const int64_t panels = (query_length + QB - 1) / QB;
+  const int element_bytes = dtype_size(docs.dtype);
   float total = 0.0f;
   for (int64_t c = 0; c < panels; ++c) {
     const float* panel = packed + c * dim * QB;
@@ -313,7 +314,6 @@ static void score_impl(const float* packed, int64_t query_length, const SetBatch
         rows = scratch;
         stride = dim;
       }
-      const int element_bytes = dtype_size(docs.dtype);
       const char* prefetch = static_cast<const char*>(docs.values) + (first + (j0 + R) * docs.row_stride) * element_bytes;
       tile_any<R, kArgmax>(rows_left, panel, rows, stride, dim, static_cast<int32_t>(j0), prefetch,
                            docs.row_stride * element_bytes, element_bytes, running_max, running_arg, nan_seen);
@@ -384,9 +384,7 @@ struct AlignedFloats {
 };
 
 void check_params(const MaxsimParams& p) {
-  if (p.queries.dim != p.documents.dim)
-    throw ValueError("queries have dimension " + std::to_string(p.queries.dim) + " but documents have dimension " +
-                     std::to_string(p.documents.dim));
+  check_same_dim(p);
   for (int64_t q = 0; q < p.queries.count; ++q)
     if (p.queries.length(q) == 0)
       throw ValueError("query " + std::to_string(q) + " has no tokens: an empty query has no MaxSim score");

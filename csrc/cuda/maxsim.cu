@@ -209,7 +209,7 @@ void launch(const MaxsimParams& p, int64_t pairs, int grid, cudaStream_t stream)
 }  // namespace
 
 void maxsim(const MaxsimParams& p, void* stream_handle) {
-  if (p.queries.dim != p.documents.dim) throw ValueError("queries and documents have different token dimensions");
+  check_same_dim(p);
   if (p.queries.dtype != p.documents.dtype)
     throw TypeError("on the GPU, queries and documents must have the same dtype");
   const int64_t columns = p.candidates ? p.num_candidates : p.documents.count;

@@ -27,6 +27,13 @@ struct MaxsimParams {
   int64_t columns() const { return candidates ? num_candidates : documents.count; }
 };
 
+// Queries and documents must share the token dimension (checked by every binding and backend).
+inline void check_same_dim(const MaxsimParams& p) {
+  if (p.queries.dim != p.documents.dim)
+    throw ValueError("queries have dimension " + std::to_string(p.queries.dim) + " but documents have dimension " +
+                     std::to_string(p.documents.dim));
+}
+
 namespace cpu {
 // All pairs or pairs mode (by params.candidates). Multi-threaded, SIMD level chosen at run time.
 void maxsim(const MaxsimParams& params);
