@@ -7,6 +7,7 @@
 
 #include "buffers.h"
 #include "tokenset/cpu_runtime.h"
+#include "tokenset/fde.h"
 #include "tokenset/maxsim.h"
 
 namespace py = pybind11;
@@ -69,6 +70,29 @@ py::tuple maxsim_topk(const py::array& q_values, int q_dtype, const py::array& q
   return py::make_tuple(scores, indices);
 }
 
+py::tuple fde_encode(const py::array& values, int dtype, const py::array& offsets, const py::dict& state, bool documents,
+                     bool fill_empty, bool with_partitions) {
+  FdeParams p;
+  p.sets = host_set_batch(values, dtype, offsets, documents ? "documents" : "queries");
+  p.average = documents;
+  p.fill_empty = documents && fill_empty;
+  bindings::fde_state_from_dict(state, p);
+  py::array_t<float> out({p.sets.count, p.output_dim()});
+  p.out = out.mutable_data();
+  py::object partitions = py::none();
+  if (with_partitions) {
+    const int64_t tokens = p.sets.offsets[p.sets.count] - p.sets.offsets[0];
+    py::array_t<int32_t> parts({tokens, p.reps});
+    p.partitions = parts.mutable_data();
+    partitions = parts;
+  }
+  {
+    py::gil_scoped_release release;
+    cpu::fde_encode(p);
+  }
+  return py::make_tuple(out, partitions);
+}
+
 cpu::SimdLevel simd_level_from_name(const std::string& name) {
   for (cpu::SimdLevel level : {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVX512})
     if (name == cpu::simd_level_name(level)) return level;
@@ -87,6 +111,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("maxsim_topk", &maxsim_topk, py::arg("q_values"), py::arg("q_dtype"), py::arg("q_offsets"),
         py::arg("d_values"), py::arg("d_dtype"), py::arg("d_offsets"), py::arg("k"),
         "Fused MaxSim top-k over all documents. Returns (scores [nq, k], indices [nq, k]).");
+
+  m.def("fde_encode", &fde_encode, py::arg("values"), py::arg("dtype"), py::arg("offsets"), py::arg("state"),
+        py::arg("documents"), py::arg("fill_empty"), py::arg("with_partitions") = false,
+        "MUVERA FDE of every set: documents average (and may fill empty partitions), queries sum. "
+        "Returns (fde [B, F] float32, partitions [tokens, reps] int32 or None).");
 
   m.def("simd_level", [] { return std::string(cpu::simd_level_name(cpu::active_simd_level())); });
   m.def("best_simd_level", [] { return std::string(cpu::simd_level_name(cpu::best_simd_level())); });

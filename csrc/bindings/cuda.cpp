@@ -7,6 +7,7 @@
 
 #include "buffers.h"
 #include "tokenset/cuda_runtime.h"
+#include "tokenset/fde.h"
 #include "tokenset/maxsim.h"
 
 namespace py = pybind11;
@@ -51,6 +52,56 @@ void maxsim(const py::tuple& q_spec, const py::tuple& d_spec, uintptr_t candidat
   cuda::maxsim(p, reinterpret_cast<void*>(stream));
 }
 
+template <typename Ptr>
+Ptr* device_item(const py::dict& pointers, const char* key) {
+  if (!pointers.contains(key)) return nullptr;
+  return reinterpret_cast<Ptr*>(pointers[key].cast<uintptr_t>());
+}
+
+// `state` holds host numpy arrays (checked here, every index included); `pointers` their device copies, same keys.
+void fde_encode(const py::tuple& spec, const py::dict& state, const py::dict& pointers, const py::dict& scratch,
+                uintptr_t out, bool documents, bool fill_empty, int device, uintptr_t stream) {
+  FdeParams p;
+  p.sets = device_set_batch(spec, documents ? "documents" : "queries");
+  const py::array host_offsets = spec[6].cast<py::array>();
+  const int64_t* offsets = static_cast<const int64_t*>(host_offsets.data());
+  p.average = documents;
+  p.fill_empty = documents && fill_empty;
+  if (!documents)
+    for (int64_t q = 0; q < p.sets.count; ++q)
+      if (offsets[q + 1] == offsets[q])
+        throw ValueError("query " + std::to_string(q) + " has no tokens: an empty query has no FDE; drop it");
+  bindings::fde_state_from_dict(state, p);  // host pointers, checked
+  const bool projected = p.proj_index != nullptr, sketched = p.final_dim > 0;
+  if (projected && p.proj_order == nullptr) throw ValueError("the CUDA FDE needs proj_order / proj_starts");
+  // Swap in the device copies.
+  p.simhash = device_item<const float>(pointers, "simhash");
+  if (p.simhash == nullptr && p.simhash_bits > 0) throw ValueError("device simhash missing");
+  if (projected) {
+    p.proj_index = device_item<const int32_t>(pointers, "proj_index");
+    p.proj_weight = device_item<const float>(pointers, "proj_weight");
+    p.proj_order = device_item<const int32_t>(pointers, "proj_order");
+    p.proj_starts = device_item<const int32_t>(pointers, "proj_starts");
+  }
+  if (sketched) {
+    p.final_index = device_item<const int32_t>(pointers, "final_index");
+    p.final_sign = device_item<const float>(pointers, "final_sign");
+    p.final_order = device_item<const int32_t>(pointers, "final_order");
+    p.final_starts = device_item<const int64_t>(pointers, "final_starts");
+  }
+  p.out = reinterpret_cast<float*>(out);
+  p.codes = device_item<uint32_t>(scratch, "codes");
+  p.token_partitions = device_item<int32_t>(scratch, "partitions");
+  p.counts = device_item<int32_t>(scratch, "counts");
+  p.fde_rows = device_item<float>(scratch, "fde_rows");
+  p.chunk_sets = scratch.contains("chunk_sets") ? scratch["chunk_sets"].cast<int64_t>() : 0;
+  p.base_row = offsets[0];
+  p.tokens = offsets[p.sets.count] - offsets[0];
+  py::gil_scoped_release release;
+  cuda::DeviceGuard guard(device);
+  cuda::fde_encode(p, reinterpret_cast<void*>(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -58,6 +109,8 @@ PYBIND11_MODULE(_cuda, m) {
   bindings::register_exceptions(m);
   m.def("maxsim", &maxsim, py::arg("q_spec"), py::arg("d_spec"), py::arg("candidates"), py::arg("num_candidates"),
         py::arg("scores"), py::arg("argmax"), py::arg("device"), py::arg("stream"));
+  m.def("fde_encode", &fde_encode, py::arg("spec"), py::arg("state"), py::arg("pointers"), py::arg("scratch"),
+        py::arg("out"), py::arg("documents"), py::arg("fill_empty"), py::arg("device"), py::arg("stream"));
   m.def("build_info", [] {
     py::dict info;
     std::string error;

@@ -1,12 +1,13 @@
 """tokenset: one fast native engine for sets of token vectors.
 
-MaxSim for late-interaction retrieval (ColBERT, ColPali, XTR) on ragged batches, on CPU and GPU, with numpy, torch and
-cupy arrays in and out without copies.
+MaxSim for late-interaction retrieval (ColBERT, ColPali, XTR) and MUVERA Fixed Dimensional Encodings, on ragged
+batches, on CPU and GPU, with numpy, torch and cupy arrays in and out without copies.
 """
 from __future__ import annotations
 
 from ._backend import _core
 from ._build import build_info, get_num_threads, set_num_threads, set_simd_level, simd_level
+from .fde import FDE
 from .maxsim import maxsim, maxsim_pairs, maxsim_topk
 from .ragged import Ragged, ragged
 
@@ -18,6 +19,7 @@ __all__ = [
     "maxsim",
     "maxsim_pairs",
     "maxsim_topk",
+    "FDE",
     "build_info",
     "simd_level",
     "set_simd_level",

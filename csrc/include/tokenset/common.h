@@ -5,6 +5,13 @@
 #include <stdexcept>
 #include <string>
 
+// Small accessors of the plain params structs are callable from CUDA kernels too.
+#if defined(__CUDACC__)
+#define TOKENSET_HOST_DEVICE __host__ __device__
+#else
+#define TOKENSET_HOST_DEVICE
+#endif
+
 namespace tokenset {
 
 // Element types of token values. Accumulation is always float32.
@@ -41,8 +48,8 @@ struct SetBatch {
   int64_t count = 0;
   int64_t max_length = 0;  // filled by check_set_batch
 
-  int64_t begin(int64_t i) const { return offsets[i]; }
-  int64_t length(int64_t i) const { return offsets[i + 1] - offsets[i]; }
+  TOKENSET_HOST_DEVICE int64_t begin(int64_t i) const { return offsets[i]; }
+  TOKENSET_HOST_DEVICE int64_t length(int64_t i) const { return offsets[i + 1] - offsets[i]; }
 };
 
 // Validates offsets against the values before any kernel reads memory; fills max_length.

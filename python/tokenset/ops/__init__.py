@@ -2,6 +2,6 @@
 
 Most users want the top-level API (``tokenset.maxsim``); these are for code that already holds ``Ragged`` batches.
 """
-from . import maxsim
+from . import fde, maxsim
 
-__all__ = ["maxsim"]
+__all__ = ["fde", "maxsim"]

@@ -1,4 +1,4 @@
 """Plain numpy references of every kernel: readable, slow, and the oracle every fast backend is tested against."""
-from . import maxsim
+from . import fde, maxsim
 
-__all__ = ["maxsim"]
+__all__ = ["fde", "maxsim"]

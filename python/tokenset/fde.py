@@ -1,0 +1,462 @@
+"""MUVERA Fixed Dimensional Encodings: one vector per token set whose inner products approximate MaxSim.
+
+For each of ``reps`` repetitions, ``simhash_bits`` random Gaussian hyperplanes cut token space into
+``2**simhash_bits`` partitions; a query's FDE block for partition ``p`` is the SUM of its (projected) tokens in ``p``,
+a document's the AVERAGE, so that
+
+.. math:: \\langle \\mathrm{FDE}(q), \\mathrm{FDE}(D) \\rangle = \\sum_r \\sum_{i \\in q} \\langle q_i,
+          \\overline{D}_{r, p_r(q_i)} \\rangle \\approx \\mathrm{reps} \\cdot \\mathrm{MaxSim}(q, D)
+
+when the tokens that share a partition with ``q_i`` are close to its best match. This is exactly the algorithm of the
+authors' C++ (google/graph-mining ``fixed_dimensional_encoding.cc``): Gray-code partition ids, the sparse ±1 "AMS"
+projection, Hamming-distance filling of a document's empty partitions, and an optional final Count-Sketch.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import numbers
+import os
+import zipfile
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _array
+from .ops import fde as _ops
+from .ragged import ragged
+
+_FORMAT = "tokenset.FDE"
+_FORMAT_VERSION = 1
+_MAX_FDE_DIM = 2**31 - 1
+
+
+def _int_arg(value: Any, name: str, low: int, high: Optional[int] = None, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def _fde_dim(reps: int, bits: int, pd: int) -> int:
+    size = reps * (1 << bits) * pd
+    if size > _MAX_FDE_DIM:
+        raise ValueError(f"reps * 2**simhash_bits * proj_dim = {size} coordinates per set is more than 2^31 - 1; lower "
+                         f"simhash_bits or reps, or project tokens to fewer dimensions with proj_dim")
+    return size
+
+
+class FDE:
+    """A MUVERA Fixed Dimensional Encoder for sets of ``dim``-dimensional tokens.
+
+    Args:
+        dim: token dimension.
+        reps: independent repetitions (each with its own hyperplanes and projection), concatenated.
+        simhash_bits: hyperplanes per repetition, 0..30; ``2**simhash_bits`` partitions.
+        proj_dim: AMS projection of each token to this many dimensions (one random ±1 per input coordinate, in a
+            random output column, unscaled), or None for the identity.
+        fill_empty: documents fill an empty partition with the token nearest to it in Hamming distance.
+        final_dim: optional final Count-Sketch to this many dimensions.
+        seed: random state. Repetition ``r`` draws its hyperplanes then its projection from
+            ``numpy.random.default_rng([seed, 0, r])``; the Count-Sketch from ``default_rng([seed, 1])``.
+
+    Output size: ``reps * 2**simhash_bits * (proj_dim or dim)`` (or ``final_dim``), float32.
+
+    >>> import numpy as np, tokenset
+    >>> fde = tokenset.FDE(dim=8, reps=2, simhash_bits=2, proj_dim=4, seed=1)
+    >>> rng = np.random.default_rng(0)
+    >>> docs = [rng.standard_normal((5, 8)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)]
+    >>> fde.encode_documents(docs).shape
+    (2, 32)
+    >>> fde.encode_queries(docs[0][:2]).shape
+    (1, 32)
+    """
+
+    def __init__(self, dim: int, reps: int = 20, simhash_bits: int = 5, proj_dim: Optional[int] = None,
+                 fill_empty: bool = True, final_dim: Optional[int] = None, seed: int = 0):
+        dim = _int_arg(dim, "dim", 1)
+        reps = _int_arg(reps, "reps", 1)
+        bits = _int_arg(simhash_bits, "simhash_bits", 0, 30)
+        proj_dim = _int_arg(proj_dim, "proj_dim", 1, allow_none=True)
+        final_dim = _int_arg(final_dim, "final_dim", 1, _MAX_FDE_DIM, allow_none=True)
+        seed = _int_arg(seed, "seed", 0)
+        if not isinstance(fill_empty, (bool, np.bool_)):
+            raise TypeError(f"fill_empty must be a bool, got {fill_empty!r}")
+        _fde_dim(reps, bits, proj_dim or dim)
+        simhash = np.empty((reps, dim, bits), dtype=np.float32)
+        proj_index = proj_weight = None
+        if proj_dim is not None:
+            proj_index = np.empty((reps, dim), dtype=np.int32)
+            proj_weight = np.empty((reps, dim), dtype=np.float32)
+        for r in range(reps):
+            rng = np.random.default_rng([seed, 0, r])
+            simhash[r] = rng.standard_normal((dim, bits))
+            if proj_dim is not None:
+                proj_index[r] = rng.integers(0, proj_dim, size=dim)
+                proj_weight[r] = 2.0 * rng.integers(0, 2, size=dim) - 1.0
+        final_index = final_sign = None
+        if final_dim is not None:
+            rng = np.random.default_rng([seed, 1])
+            n = _fde_dim(reps, bits, proj_dim or dim)
+            final_index = rng.integers(0, final_dim, size=n).astype(np.int32)
+            final_sign = (2.0 * rng.integers(0, 2, size=n) - 1.0).astype(np.float32)
+        self._set_state(simhash, proj_index, proj_weight, proj_dim, bool(fill_empty), final_index, final_sign,
+                        final_dim, seed)
+
+    # ---- construction from explicit matrices --------------------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, simhash: Any, projection: Any = None, *, fill_empty: bool = True,
+                    final_index: Any = None, final_sign: Any = None, final_dim: Optional[int] = None) -> "FDE":
+        """An encoder with given random state, e.g. another implementation's hyperplanes.
+
+        Args:
+            simhash: ``[reps, dim, simhash_bits]`` hyperplanes.
+            projection: ``[reps, dim, proj_dim]`` with at most one nonzero per row (an AMS-style projection), or
+                None for the identity.
+            final_index, final_sign, final_dim: a Count-Sketch (``[fde_dim]`` output index and weight per coordinate).
+        """
+        simhash = np.array(_array.host_copy(simhash), dtype=np.float32, copy=True)
+        if simhash.ndim != 3:
+            raise ValueError(f"simhash must be [reps, dim, simhash_bits], got shape {simhash.shape}")
+        reps, dim, bits = simhash.shape
+        _int_arg(reps, "reps (simhash.shape[0])", 1)
+        _int_arg(dim, "dim (simhash.shape[1])", 1)
+        _int_arg(bits, "simhash_bits (simhash.shape[2])", 0, 30)
+        if not np.isfinite(simhash).all():
+            raise ValueError("simhash holds NaN or inf")
+        proj_index = proj_weight = proj_dim = None
+        if projection is not None:
+            dense = np.asarray(_array.host_copy(projection), dtype=np.float32)
+            if dense.ndim != 3 or dense.shape[:2] != (reps, dim) or dense.shape[2] < 1:
+                raise ValueError(f"projection must be [reps={reps}, dim={dim}, proj_dim], got shape {dense.shape}")
+            if not np.isfinite(dense).all():
+                raise ValueError("projection holds NaN or inf")
+            nonzeros = (dense != 0).sum(axis=2)
+            if nonzeros.max(initial=0) > 1:
+                r, i = np.argwhere(nonzeros > 1)[0]
+                raise ValueError(f"projection[{r}, {i}] has {nonzeros[r, i]} nonzeros; an AMS projection sends each "
+                                 f"input coordinate to one output column")
+            proj_dim = dense.shape[2]
+            proj_index = np.argmax(dense != 0, axis=2).astype(np.int32)
+            proj_weight = np.take_along_axis(dense, proj_index[..., None].astype(np.int64), 2)[..., 0].copy()
+        n = _fde_dim(reps, bits, proj_dim or dim)
+        if (final_index is None) != (final_dim is None) or (final_index is None) != (final_sign is None):
+            raise ValueError("a Count-Sketch needs final_index, final_sign and final_dim together")
+        if final_dim is not None:
+            final_dim = _int_arg(final_dim, "final_dim", 1, _MAX_FDE_DIM)
+            final_index = np.asarray(_array.host_copy(final_index))
+            if final_index.shape != (n,) or not np.issubdtype(final_index.dtype, np.integer):
+                raise ValueError(f"final_index must be {n} integers (one per FDE coordinate), got {final_index.dtype} "
+                                 f"{final_index.shape}")
+            if final_index.min(initial=0) < 0 or final_index.max(initial=0) >= final_dim:
+                raise ValueError(f"final_index values must lie in [0, final_dim={final_dim})")
+            final_index = final_index.astype(np.int32)
+            final_sign = np.array(_array.host_copy(final_sign), dtype=np.float32, copy=True)
+            if final_sign.shape != (n,) or not np.isfinite(final_sign).all():
+                raise ValueError(f"final_sign must be {n} finite numbers, got shape {final_sign.shape}")
+        self = cls.__new__(cls)
+        self._set_state(simhash, proj_index, proj_weight, proj_dim, bool(fill_empty), final_index, final_sign,
+                        final_dim, None)
+        return self
+
+    def _set_state(self, simhash, proj_index, proj_weight, proj_dim, fill_empty, final_index, final_sign, final_dim,
+                   seed) -> None:
+        for a in (simhash, proj_index, proj_weight, final_index, final_sign):
+            if a is not None:
+                a.setflags(write=False)
+        self._simhash = simhash
+        self._proj_index, self._proj_weight, self._proj_dim = proj_index, proj_weight, proj_dim
+        self._fill_empty = fill_empty
+        self._final_index, self._final_sign, self._final_dim = final_index, final_sign, final_dim
+        self._seed = seed
+        self._kernel_state: Optional[Dict[str, Any]] = None
+        self._device_states: Dict[Tuple[str, Tuple[str, int]], Dict[str, Any]] = {}
+
+    # ---- configuration ------------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self._simhash.shape[1])
+
+    @property
+    def reps(self) -> int:
+        return int(self._simhash.shape[0])
+
+    @property
+    def simhash_bits(self) -> int:
+        return int(self._simhash.shape[2])
+
+    @property
+    def proj_dim(self) -> Optional[int]:
+        """Projected dimension, or None for the identity."""
+        return self._proj_dim
+
+    @property
+    def fill_empty(self) -> bool:
+        return self._fill_empty
+
+    @property
+    def final_dim(self) -> Optional[int]:
+        return self._final_dim
+
+    @property
+    def seed(self) -> Optional[int]:
+        """The seed the state was drawn from (None for :meth:`from_arrays` / loaded-from-arrays encoders)."""
+        return self._seed
+
+    @property
+    def num_partitions(self) -> int:
+        return 1 << self.simhash_bits
+
+    @property
+    def fde_dim(self) -> int:
+        """Size before the Count-Sketch: ``reps * 2**simhash_bits * (proj_dim or dim)``."""
+        return self.reps * self.num_partitions * (self._proj_dim or self.dim)
+
+    @property
+    def output_dim(self) -> int:
+        """Size of every encoding: ``final_dim``, or ``fde_dim`` without a Count-Sketch."""
+        return self._final_dim or self.fde_dim
+
+    # ---- inspectable random state -------------------------------------------------------------------------------
+    @property
+    def simhash(self) -> np.ndarray:
+        """``[reps, dim, simhash_bits]`` float32 Gaussian hyperplanes (read-only)."""
+        return self._simhash
+
+    @property
+    def projection(self) -> Optional[np.ndarray]:
+        """``[reps, dim, proj_dim]`` float32 AMS matrix (one ±1 per row), or None for the identity. A new array."""
+        if self._proj_index is None:
+            return None
+        dense = np.zeros((self.reps, self.dim, self._proj_dim), dtype=np.float32)
+        np.put_along_axis(dense, self._proj_index[..., None].astype(np.int64), self._proj_weight[..., None], axis=2)
+        return dense
+
+    @property
+    def projection_index(self) -> Optional[np.ndarray]:
+        """``[reps, dim]`` int32: the output column of every input coordinate (read-only), or None."""
+        return self._proj_index
+
+    @property
+    def projection_weight(self) -> Optional[np.ndarray]:
+        """``[reps, dim]`` float32: the weight (±1) of every input coordinate (read-only), or None."""
+        return self._proj_weight
+
+    @property
+    def final_index(self) -> Optional[np.ndarray]:
+        """``[fde_dim]`` int32: the Count-Sketch output coordinate of every FDE coordinate, or None."""
+        return self._final_index
+
+    @property
+    def final_sign(self) -> Optional[np.ndarray]:
+        """``[fde_dim]`` float32: the Count-Sketch sign of every FDE coordinate, or None."""
+        return self._final_sign
+
+    def __repr__(self) -> str:
+        return (f"FDE(dim={self.dim}, reps={self.reps}, simhash_bits={self.simhash_bits}, proj_dim={self._proj_dim}, "
+                f"fill_empty={self._fill_empty}, final_dim={self._final_dim}, seed={self._seed}) -> "
+                f"{self.output_dim} dims")
+
+    # ---- encoding -----------------------------------------------------------------------------------------------
+    def kernel_state(self) -> Dict[str, Any]:
+        """The state as the kernels take it (host arrays; hyperplanes as ``[dim, reps * simhash_bits]``)."""
+        if self._kernel_state is None:
+            columns = np.ascontiguousarray(self._simhash.transpose(1, 0, 2).reshape(self.dim, -1))
+            state = {"dim": self.dim, "reps": self.reps, "simhash_bits": self.simhash_bits,
+                     "proj_dim": self._proj_dim or self.dim, "simhash": columns,
+                     "proj_index": self._proj_index, "proj_weight": self._proj_weight,
+                     "final_dim": self._final_dim or 0, "final_index": self._final_index,
+                     "final_sign": self._final_sign}
+            if self._proj_index is not None:  # the GPU's projection, grouped by output column per repetition
+                pd = self._proj_dim
+                state["proj_order"] = np.argsort(self._proj_index, axis=1, kind="stable").astype(np.int32)
+                starts = np.zeros((self.reps, pd + 1), dtype=np.int32)
+                for r in range(self.reps):
+                    starts[r, 1:] = np.cumsum(np.bincount(self._proj_index[r], minlength=pd))
+                state["proj_starts"] = starts
+            if self._final_index is not None:  # the GPU's Count-Sketch, grouped by output coordinate
+                state["final_order"] = np.argsort(self._final_index, kind="stable").astype(np.int32)
+                starts = np.zeros(self._final_dim + 1, dtype=np.int64)
+                starts[1:] = np.cumsum(np.bincount(self._final_index, minlength=self._final_dim))
+                state["final_starts"] = starts
+            self._kernel_state = state
+        return self._kernel_state
+
+    def _device_state(self, lib: str, dev) -> Dict[str, Any]:
+        key = (lib, dev)
+        if key not in self._device_states:
+            host = self.kernel_state()
+            names = ("simhash", "proj_index", "proj_weight", "proj_order", "proj_starts", "final_index",
+                     "final_sign", "final_order", "final_starts")
+            self._device_states[key] = {n: (None if host.get(n) is None else _to_device(host[n], lib, dev))
+                                        for n in names}
+        return self._device_states[key]
+
+    def encode_documents(self, documents: Any, *, lengths: Any = None, mask: Any = None):
+        """FDEs of documents, ``[nd, output_dim]`` float32 in the input's library and device.
+
+        Each partition holds the average of the document's projected tokens in it; with ``fill_empty`` an empty
+        partition takes the token nearest to it in Hamming distance. A document with no tokens encodes to zeros.
+        ``documents`` is any set batch (``Ragged``, list of ``[n_i, dim]`` arrays, ``[B, N, dim]`` with optional
+        ``lengths`` / ``mask``, or one ``[n, dim]`` set).
+        """
+        sets = ragged(documents, lengths, mask, name="documents")
+        out, _ = _ops.encode(sets, self.kernel_state(), documents=True, fill_empty=self._fill_empty,
+                             device_state=self._device_state)
+        return out
+
+    def encode_queries(self, queries: Any, *, lengths: Any = None, mask: Any = None):
+        """FDEs of queries, ``[nq, output_dim]`` float32: each partition holds the SUM of the query's projected
+        tokens in it (never filled). An empty query is a ValueError."""
+        sets = ragged(queries, lengths, mask, name="queries")
+        out, _ = _ops.encode(sets, self.kernel_state(), documents=False, device_state=self._device_state)
+        return out
+
+    def partitions(self, sets: Any, *, lengths: Any = None, mask: Any = None):
+        """``[tokens, reps]`` int32: the partition of every token in every repetition (tokens in batch order)."""
+        batch = ragged(sets, lengths, mask, name="sets")
+        _, parts = _ops.encode(batch, self.kernel_state(), documents=True, fill_empty=False, with_partitions=True,
+                               device_state=self._device_state)
+        return parts
+
+    # ---- persistence --------------------------------------------------------------------------------------------
+    def _arrays(self) -> Dict[str, np.ndarray]:
+        arrays = {"simhash": self._simhash}
+        if self._proj_index is not None:
+            arrays["projection_index"] = self._proj_index
+            arrays["projection_weight"] = self._proj_weight
+        if self._final_index is not None:
+            arrays["final_index"] = self._final_index
+            arrays["final_sign"] = self._final_sign
+        return arrays
+
+    def save(self, path: str) -> None:
+        """Writes the encoder to ``path``: a zip of ``config.json`` and one ``.npy`` per array (never pickle),
+        with a SHA-256 of every array in the config. Written to a temporary file, then renamed."""
+        arrays = self._arrays()
+        config = {"format": _FORMAT, "version": _FORMAT_VERSION, "dim": self.dim, "reps": self.reps,
+                  "simhash_bits": self.simhash_bits, "proj_dim": self._proj_dim, "fill_empty": self._fill_empty,
+                  "final_dim": self._final_dim, "seed": self._seed,
+                  "sha256": {name: hashlib.sha256(a.tobytes()).hexdigest() for name, a in arrays.items()}}
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+                z.writestr("config.json", json.dumps(config, indent=1))
+                for name, a in arrays.items():
+                    buf = io.BytesIO()
+                    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+                    z.writestr(f"{name}.npy", buf.getvalue())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str) -> "FDE":
+        """Reads an encoder written by :meth:`save`, checking everything (nothing on disk is trusted)."""
+        path = os.fspath(path)
+
+        def corrupt(why: str) -> ValueError:
+            return ValueError(f"{path}: not a valid tokenset FDE file ({why})")
+
+        try:
+            z = zipfile.ZipFile(path, "r")
+        except zipfile.BadZipFile as exc:
+            raise corrupt("not a zip archive") from exc
+        with z:
+            names = set(z.namelist())
+            if "config.json" not in names:
+                raise corrupt("config.json missing")
+            info = z.getinfo("config.json")
+            if info.file_size > 1 << 20:
+                raise corrupt("config.json is too large")
+            try:
+                config = json.loads(z.read("config.json").decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+                raise corrupt(f"config.json unreadable: {exc}") from exc
+            if not isinstance(config, dict) or config.get("format") != _FORMAT:
+                raise corrupt("config.json does not describe a tokenset.FDE")
+            if config.get("version") != _FORMAT_VERSION:
+                raise corrupt(f"format version {config.get('version')!r}, this tokenset reads {_FORMAT_VERSION}")
+            try:
+                dim = _int_arg(config.get("dim"), "dim", 1)
+                reps = _int_arg(config.get("reps"), "reps", 1)
+                bits = _int_arg(config.get("simhash_bits"), "simhash_bits", 0, 30)
+                proj_dim = _int_arg(config.get("proj_dim"), "proj_dim", 1, allow_none=True)
+                final_dim = _int_arg(config.get("final_dim"), "final_dim", 1, _MAX_FDE_DIM, allow_none=True)
+                seed = _int_arg(config.get("seed"), "seed", 0, allow_none=True)
+                n = _fde_dim(reps, bits, proj_dim or dim)
+            except (TypeError, ValueError) as exc:
+                raise corrupt(str(exc)) from exc
+            fill_empty = config.get("fill_empty")
+            if not isinstance(fill_empty, bool):
+                raise corrupt("fill_empty must be true or false")
+            expected = {"simhash": (np.float32, (reps, dim, bits))}
+            if proj_dim is not None:
+                expected["projection_index"] = (np.int32, (reps, dim))
+                expected["projection_weight"] = (np.float32, (reps, dim))
+            if final_dim is not None:
+                expected["final_index"] = (np.int32, (n,))
+                expected["final_sign"] = (np.float32, (n,))
+            if names != {"config.json"} | {f"{k}.npy" for k in expected}:
+                raise corrupt(f"members {sorted(names)} do not match the configuration")
+            digests = config.get("sha256")
+            if not isinstance(digests, dict) or set(digests) != set(expected):
+                raise corrupt("sha256 digests missing")
+            arrays = {}
+            for name, (dtype, shape) in expected.items():
+                member = z.getinfo(f"{name}.npy")
+                nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                if member.file_size > nbytes + 4096:
+                    raise corrupt(f"{name}.npy is larger than its shape {shape} allows")
+                try:
+                    a = np.lib.format.read_array(io.BytesIO(z.read(member)), allow_pickle=False)
+                except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                    raise corrupt(f"{name}.npy unreadable: {exc}") from exc
+                if a.dtype != np.dtype(dtype) or a.shape != shape:
+                    raise corrupt(f"{name}.npy holds {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}")
+                a = np.ascontiguousarray(a)
+                if hashlib.sha256(a.tobytes()).hexdigest() != digests[name]:
+                    raise corrupt(f"{name}.npy does not match its checksum")
+                arrays[name] = a
+        simhash = arrays["simhash"]
+        if not np.isfinite(simhash).all():
+            raise corrupt("simhash holds NaN or inf")
+        proj_index, proj_weight = arrays.get("projection_index"), arrays.get("projection_weight")
+        if proj_index is not None and (proj_index.min(initial=0) < 0 or proj_index.max(initial=0) >= proj_dim
+                                       or not np.isfinite(proj_weight).all()):
+            raise corrupt("projection index out of range or weights not finite")
+        final_index, final_sign = arrays.get("final_index"), arrays.get("final_sign")
+        if final_index is not None and (final_index.min(initial=0) < 0 or final_index.max(initial=0) >= final_dim
+                                        or not np.isfinite(final_sign).all()):
+            raise corrupt("Count-Sketch index out of range or signs not finite")
+        self = cls.__new__(cls)
+        self._set_state(simhash, proj_index, proj_weight, proj_dim, fill_empty, final_index, final_sign, final_dim,
+                        seed)
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FDE):
+            return NotImplemented
+        mine, theirs = self._arrays(), other._arrays()
+        return (self._proj_dim == other._proj_dim and self._fill_empty == other._fill_empty
+                and self._final_dim == other._final_dim and mine.keys() == theirs.keys()
+                and all(np.array_equal(mine[k], theirs[k]) for k in mine))
+
+    __hash__ = None  # mutable-looking, array-valued: not hashable
+
+
+def _to_device(arr: np.ndarray, lib: str, dev) -> Any:
+    arr = np.ascontiguousarray(arr)
+    if lib == "torch":
+        return _array._torch().from_numpy(arr.copy()).to(f"cuda:{dev[1]}")
+    cupy = _array._cupy()
+    with cupy.cuda.Device(dev[1]):
+        return cupy.asarray(arr)
