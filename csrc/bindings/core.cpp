@@ -71,16 +71,21 @@ py::tuple maxsim_topk(const py::array& q_values, int q_dtype, const py::array& q
 }
 
 py::tuple fde_encode(const py::array& values, int dtype, const py::array& offsets, const py::dict& state, bool documents,
-                     bool fill_empty, bool with_partitions) {
+                     bool fill_empty, bool with_partitions, bool encode) {
   FdeParams p;
   p.sets = host_set_batch(values, dtype, offsets, documents ? "documents" : "queries");
   p.average = documents;
   p.fill_empty = documents && fill_empty;
   bindings::fde_state_from_dict(state, p);
-  py::array_t<float> out({p.sets.count, p.output_dim()});
-  p.out = out.mutable_data();
+  p.encode = encode;
+  py::object out = py::none();
+  if (encode) {
+    py::array_t<float> fde({p.sets.count, p.output_dim()});
+    p.out = fde.mutable_data();
+    out = fde;
+  }
   py::object partitions = py::none();
-  if (with_partitions) {
+  if (with_partitions || !encode) {
     const int64_t tokens = p.sets.offsets[p.sets.count] - p.sets.offsets[0];
     py::array_t<int32_t> parts({tokens, p.reps});
     p.partitions = parts.mutable_data();
@@ -113,9 +118,9 @@ PYBIND11_MODULE(_core, m) {
         "Fused MaxSim top-k over all documents. Returns (scores [nq, k], indices [nq, k]).");
 
   m.def("fde_encode", &fde_encode, py::arg("values"), py::arg("dtype"), py::arg("offsets"), py::arg("state"),
-        py::arg("documents"), py::arg("fill_empty"), py::arg("with_partitions") = false,
+        py::arg("documents"), py::arg("fill_empty"), py::arg("with_partitions") = false, py::arg("encode") = true,
         "MUVERA FDE of every set: documents average (and may fill empty partitions), queries sum. "
-        "Returns (fde [B, F] float32, partitions [tokens, reps] int32 or None).");
+        "Returns (fde [B, F] float32 or None when encode is false, partitions [tokens, reps] int32 or None).");
 
   m.def("simd_level", [] { return std::string(cpu::simd_level_name(cpu::active_simd_level())); });
   m.def("best_simd_level", [] { return std::string(cpu::simd_level_name(cpu::best_simd_level())); });

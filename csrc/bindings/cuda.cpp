@@ -60,7 +60,7 @@ Ptr* device_item(const py::dict& pointers, const char* key) {
 
 // `state` holds host numpy arrays (checked here, every index included); `pointers` their device copies, same keys.
 void fde_encode(const py::tuple& spec, const py::dict& state, const py::dict& pointers, const py::dict& scratch,
-                uintptr_t out, bool documents, bool fill_empty, int device, uintptr_t stream) {
+                uintptr_t out, bool documents, bool fill_empty, bool encode, int device, uintptr_t stream) {
   FdeParams p;
   p.sets = device_set_batch(spec, documents ? "documents" : "queries");
   const py::array host_offsets = spec[6].cast<py::array>();
@@ -90,6 +90,7 @@ void fde_encode(const py::tuple& spec, const py::dict& state, const py::dict& po
     p.final_starts = device_item<const int64_t>(pointers, "final_starts");
   }
   p.out = reinterpret_cast<float*>(out);
+  p.encode = encode;
   p.codes = device_item<uint32_t>(scratch, "codes");
   p.token_partitions = device_item<int32_t>(scratch, "partitions");
   p.counts = device_item<int32_t>(scratch, "counts");
@@ -110,7 +111,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("maxsim", &maxsim, py::arg("q_spec"), py::arg("d_spec"), py::arg("candidates"), py::arg("num_candidates"),
         py::arg("scores"), py::arg("argmax"), py::arg("device"), py::arg("stream"));
   m.def("fde_encode", &fde_encode, py::arg("spec"), py::arg("state"), py::arg("pointers"), py::arg("scratch"),
-        py::arg("out"), py::arg("documents"), py::arg("fill_empty"), py::arg("device"), py::arg("stream"));
+        py::arg("out"), py::arg("documents"), py::arg("fill_empty"), py::arg("encode"), py::arg("device"),
+        py::arg("stream"));
   m.def("build_info", [] {
     py::dict info;
     std::string error;

@@ -237,9 +237,6 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
   const int64_t dim = p.sets.dim, n = p.sets.length(set), first = p.sets.begin(set);
   const int64_t reps = p.reps, bits = p.simhash_bits, parts = p.num_partitions(), pd = p.proj_dim;
   const bool identity = p.proj_index == nullptr;
-  float* row = p.final_dim > 0 ? s.row.data() : p.out + set * p.output_dim();
-  std::fill(row, row + p.fde_dim(), 0.0f);
-
   // The set's tokens as float32 rows: in place for float32 input, converted once otherwise.
   const float* x;
   int64_t stride;
@@ -274,6 +271,10 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
     int32_t* out = p.partitions + (first - p.sets.offsets[0]) * reps;
     for (int64_t i = 0; i < n * reps; ++i) out[i] = static_cast<int32_t>(partition_of(codes[i]));
   }
+  if (!p.encode) return;
+
+  float* row = p.final_dim > 0 ? s.row.data() : p.out + set * p.output_dim();
+  std::fill(row, row + p.fde_dim(), 0.0f);
 
   int32_t* counts = s.counts.data();
   for (int64_t r = 0; r < reps; ++r) {
@@ -339,7 +340,8 @@ void encode_range(void* ctx, int64_t begin, int64_t end, int worker) {
 
 void fde_encode(const FdeParams& p) {
   check_fde_params(p, p.proj_index, p.final_index, nullptr, nullptr);
-  if (p.out == nullptr && p.sets.count > 0) throw ValueError("FDE output pointer is null");
+  if (p.sets.count > 0 && (p.encode ? p.out == nullptr : p.partitions == nullptr))
+    throw ValueError("FDE output pointer is null");
   if (!p.average)
     for (int64_t q = 0; q < p.sets.count; ++q)
       if (p.sets.length(q) == 0)
@@ -371,6 +373,7 @@ void fde_encode(const FdeParams& p) {
     if (p.sets.dtype != DType::Float32) s.tokens.resize(static_cast<size_t>(longest * dim));
     s.codes.resize(static_cast<size_t>(longest * p.reps));
     s.dots.resize(static_cast<size_t>(kDotTokens * std::max<int64_t>(c.cpad, 1)));
+    if (!p.encode) continue;
     s.counts.resize(static_cast<size_t>(p.num_partitions()));
     if (c.sum_then_project) s.sums.resize(static_cast<size_t>(p.num_partitions() * dim));
     if (p.final_dim > 0) s.row.resize(static_cast<size_t>(p.fde_dim()));

@@ -221,6 +221,7 @@ void encode_typed(const FdeParams& p, int64_t base_row, int64_t tokens, cudaStre
     }
     check_launch("fde_codes launch");
   }
+  if (!p.encode) return;
   const int64_t parts = p.num_partitions();
   const int columns_per_rep = static_cast<int>(p.proj_dim < kThreads ? p.proj_dim : kThreads);
   const int reps_per_block = kThreads / columns_per_rep;
@@ -250,7 +251,7 @@ void encode_typed(const FdeParams& p, int64_t base_row, int64_t tokens, cudaStre
 
 void fde_encode(const FdeParams& p, void* stream_handle) {
   if (p.sets.count == 0) return;
-  if (p.out == nullptr || p.codes == nullptr || (p.partitions == nullptr && p.token_partitions == nullptr) ||
+  if ((p.encode && p.out == nullptr) || p.codes == nullptr || (p.partitions == nullptr && p.token_partitions == nullptr) ||
       p.counts == nullptr || p.chunk_sets < 1 || (p.final_dim > 0 && p.fde_rows == nullptr))
     throw ValueError("FDE CUDA scratch missing");
   if (p.proj_index != nullptr && (p.proj_order == nullptr || p.proj_starts == nullptr))

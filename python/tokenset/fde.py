@@ -321,9 +321,7 @@ class FDE:
     def partitions(self, sets: Any, *, lengths: Any = None, mask: Any = None):
         """``[tokens, reps]`` int32: the partition of every token in every repetition (tokens in batch order)."""
         batch = ragged(sets, lengths, mask, name="sets")
-        _, parts = _ops.encode(batch, self.kernel_state(), documents=True, fill_empty=False, with_partitions=True,
-                               device_state=self._device_state)
-        return parts
+        return _ops.partitions(batch, self.kernel_state(), device_state=self._device_state)
 
     # ---- persistence --------------------------------------------------------------------------------------------
     def _arrays(self) -> Dict[str, np.ndarray]:

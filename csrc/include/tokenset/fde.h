@@ -40,6 +40,8 @@ struct FdeParams {
   float* out = nullptr;
   // Optional: partition of every token in every repetition, [tokens, reps] int32, tokens counted from offsets[0].
   int32_t* partitions = nullptr;
+  // false: only fill `partitions` (no encoding; `out` unused).
+  bool encode = true;
 
   // GPU only. The AMS projection grouped by output column, per repetition: proj_order[r * dim + proj_starts[r][j] ..]
   // lists (ascending) the input coordinates that land in column j; proj_starts is [reps, proj_dim + 1].

@@ -36,6 +36,15 @@ def encode(sets: Ragged, state: Dict[str, Any], *, documents: bool, fill_empty: 
     ``state`` is a kernel state dict (host numpy arrays); ``device_state(lib, dev)`` returns its device copy for
     CUDA input. Documents average per partition (and fill empty ones if ``fill_empty``); queries sum.
     """
+    return _run(sets, state, documents, fill_empty, with_partitions, True, device_state)
+
+
+def partitions(sets: Ragged, state: Dict[str, Any], *, device_state=None) -> Any:
+    """``[tokens, reps]`` int32 partition of every token in every repetition (no encoding is computed)."""
+    return _run(sets, state, True, False, True, False, device_state)[1]
+
+
+def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, device_state):
     name = "documents" if documents else "queries"
     _check(sets, state, documents, name)
     lib = _array.library(sets.values)
@@ -44,12 +53,14 @@ def encode(sets: Ragged, state: Dict[str, Any], *, documents: bool, fill_empty: 
     if dev[0] == "cpu":
         values, code = _array.host_view(sets.values, name)
         out, parts = _backend._core.fde_encode(values, code, sets.offsets, kernel_state, bool(documents),
-                                               bool(fill_empty), bool(with_partitions))
-        return _array.from_host(out, lib), (None if parts is None else _array.from_host(parts, lib))
-    return _encode_cuda(sets, kernel_state, documents, fill_empty, with_partitions, lib, dev, device_state, name)
+                                               bool(fill_empty), bool(with_partitions), bool(encode_sets))
+        return (None if out is None else _array.from_host(out, lib),
+                None if parts is None else _array.from_host(parts, lib))
+    return _encode_cuda(sets, kernel_state, documents, fill_empty, with_partitions, encode_sets, lib, dev,
+                        device_state, name)
 
 
-def _encode_cuda(sets, state, documents, fill_empty, with_partitions, lib, dev, device_state, name):
+def _encode_cuda(sets, state, documents, fill_empty, with_partitions, encode_sets, lib, dev, device_state, name):
     from .maxsim import _device_batch  # shared device-batch description
 
     cuda = _backend.cuda()
@@ -64,13 +75,13 @@ def _encode_cuda(sets, state, documents, fill_empty, with_partitions, lib, dev, 
     out_dim = final_dim if final_dim else fde_dim
     count = len(sets)
     tokens = int(sets.offsets[-1] - sets.offsets[0])
-    out = _array.empty_device((count, out_dim), "float32", lib, dev)
+    out = _array.empty_device((count, out_dim), "float32", lib, dev) if encode_sets else None
     partitions = _array.empty_device((tokens, reps), "int32", lib, dev)
     codes = _array.empty_device((tokens, reps), "int32", lib, dev)  # uint32 patterns, stored in int32
     per_set = 4 * reps * parts + (4 * fde_dim if final_dim else 0)
-    chunk = int(max(1, min(count, CUDA_SCRATCH_BYTES // per_set))) if count else 1
-    counts = _array.empty_device((chunk, reps, parts), "int32", lib, dev)
-    rows = _array.empty_device((chunk, fde_dim), "float32", lib, dev) if final_dim else None
+    chunk = int(max(1, min(count, CUDA_SCRATCH_BYTES // per_set))) if count and encode_sets else 1
+    counts = _array.empty_device((chunk if encode_sets else 1, reps, parts if encode_sets else 1), "int32", lib, dev)
+    rows = _array.empty_device((chunk, fde_dim), "float32", lib, dev) if final_dim and encode_sets else None
     scratch = {
         "codes": _array.device_pointer(codes),
         "partitions": _array.device_pointer(partitions),
@@ -80,7 +91,7 @@ def _encode_cuda(sets, state, documents, fill_empty, with_partitions, lib, dev, 
     }
     pointers = {k: (_array.device_pointer(v) if v is not None else 0) for k, v in dstate.items()}
     if count:
-        cuda.fde_encode(spec, state, pointers, scratch, _array.device_pointer(out), bool(documents),
-                        bool(fill_empty), dev[1], _array.current_stream(lib, dev))
+        cuda.fde_encode(spec, state, pointers, scratch, 0 if out is None else _array.device_pointer(out),
+                        bool(documents), bool(fill_empty), bool(encode_sets), dev[1], _array.current_stream(lib, dev))
     del keep, counts, rows, codes
-    return out, (partitions if with_partitions else None)
+    return out, (partitions if with_partitions or not encode_sets else None)
