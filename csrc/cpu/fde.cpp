@@ -30,10 +30,19 @@ struct FdeKernel {
                        float* dots);
   // acc[k] += x[k] for k < dim.
   void (*add_row)(float* acc, const float* x, int64_t dim);
-  // y[j] += sum_i x[i] * dense[i * pdpad + j] for j < pd, with pd <= 4 * width and pdpad = pd rounded up to width:
-  // the AMS projection as a dense row-by-row product (one broadcast-FMA per input coordinate and vector), which
-  // beats scattered scalar adds (each waits for the previous store to the same column) for small pd.
-  void (*project_dense)(const float* x, const float* dense, int64_t dim, int64_t pd, int64_t pdpad, float* y);
+  // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (width x width register tiles).
+  void (*transpose)(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst, int64_t dst_stride);
+  // The AMS projection of all tokens of a set at once, in transposed form: yt[j * npad + t] = sum over the input
+  // coordinates i sent to column j (order[starts[j] .. starts[j+1])) of weight[i] * xt[i * npad + t]. Each input
+  // coordinate costs one broadcast-FMA per `width` tokens, instead of one per token with a dense matrix.
+  void (*project_tokens)(const float* xt, int64_t npad, const int32_t* order, const int32_t* starts,
+                         const float* weight, int64_t pd, float* yt);
+  // codes[t * reps + r] = bits of dots[t * cpad + r * bits .. + bits) > 0, column r * bits + m giving bit m (the
+  // driver stores each repetition's hyperplanes in reverse, so bit m is hyperplane bits - 1 - m: the first hyperplane
+  // ends up most significant). NaN is not > 0.
+  void (*sign_patterns)(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint32_t* codes);
+  // dst[k] = src[k] / divisor for k < n (IEEE division, as the reference).
+  void (*divide_row)(float* dst, const float* src, int64_t n, float divisor);
 };
 
 namespace scalar {
@@ -121,41 +130,170 @@ static void add_row(float* acc, const float* x, int64_t dim) {
   for (; k < dim; ++k) acc[k] += x[k];
 }
 
-// PV vectors of output columns, CH independent FMA chains (input coordinates i = c mod CH) to hide FMA latency.
-template <int PV, int CH>
-static void project_dense_impl(const float* x, const float* dense, int64_t dim, int64_t pd, int64_t pdpad, float* y) {
-  V::type acc[CH][PV];
-  for (int c = 0; c < CH; ++c)
-    for (int v = 0; v < PV; ++v) acc[c][v] = V::zero();
-  int64_t i = 0;
-  for (; i + CH <= dim; i += CH)
-    for (int c = 0; c < CH; ++c) {
-      const V::type b = V::set1(x[i + c]);
-      for (int v = 0; v < PV; ++v) acc[c][v] = V::fmadd(b, V::load(dense + (i + c) * pdpad + v * W), acc[c][v]);
+#if defined(TOKENSET_SIMD_AVX512)
+// 16 x 16 tile: 32-bit then 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+static inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + m], lane L: column 4L + m of rows 4g .. 4g + 3.
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    r[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 v0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+    _mm512_storeu_ps(dst + (0 + m) * ds, _mm512_shuffle_f32x4(v0, w0, 0x88));
+    _mm512_storeu_ps(dst + (4 + m) * ds, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+    _mm512_storeu_ps(dst + (8 + m) * ds, _mm512_shuffle_f32x4(v1, w1, 0x88));
+    _mm512_storeu_ps(dst + (12 + m) * ds, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+  }
+}
+#elif defined(TOKENSET_SIMD_AVX2)
+// 8 x 8 tile: 32-bit then 64-bit interleaves within 128-bit lanes, then one 128-bit lane permute.
+static inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 2; ++g) {
+    const __m256d a = _mm256_castps_pd(t[4 * g]), b = _mm256_castps_pd(t[4 * g + 1]);
+    const __m256d c = _mm256_castps_pd(t[4 * g + 2]), d = _mm256_castps_pd(t[4 * g + 3]);
+    r[4 * g + 0] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
+    r[4 * g + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+    r[4 * g + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
+    r[4 * g + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    _mm256_storeu_ps(dst + m * ds, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
+    _mm256_storeu_ps(dst + (4 + m) * ds, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
+  }
+}
+#else
+static inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) { (void)ss, (void)ds; *dst = *src; }
+#endif
+
+static void transpose(const float* src, int64_t rows, int64_t cols, int64_t ss, float* dst, int64_t ds) {
+  for (int64_t r0 = 0; r0 < rows; r0 += W) {
+    for (int64_t c0 = 0; c0 < cols; c0 += W) {
+      if (r0 + W <= rows && c0 + W <= cols) {
+        transpose_tile(src + r0 * ss + c0, ss, dst + c0 * ds + r0, ds);
+      } else {
+        for (int64_t r = r0; r < rows && r < r0 + W; ++r)
+          for (int64_t c = c0; c < cols && c < c0 + W; ++c) dst[c * ds + r] = src[r * ss + c];
+      }
     }
-  for (; i < dim; ++i) {
-    const V::type b = V::set1(x[i]);
-    for (int v = 0; v < PV; ++v) acc[0][v] = V::fmadd(b, V::load(dense + i * pdpad + v * W), acc[0][v]);
-  }
-  float sum[PV * W];
-  for (int v = 0; v < PV; ++v) {
-    V::type total = acc[0][v];
-    for (int c = 1; c < CH; ++c) total = V::add(total, acc[c][v]);
-    V::store(sum + v * W, total);
-  }
-  for (int64_t j = 0; j < pd; ++j) y[j] += sum[j];
-}
-
-static void project_dense(const float* x, const float* dense, int64_t dim, int64_t pd, int64_t pdpad, float* y) {
-  switch ((pd + W - 1) / W) {
-    case 1: project_dense_impl<1, 8>(x, dense, dim, pd, pdpad, y); break;
-    case 2: project_dense_impl<2, 4>(x, dense, dim, pd, pdpad, y); break;
-    case 3: project_dense_impl<3, 2>(x, dense, dim, pd, pdpad, y); break;
-    default: project_dense_impl<4, 2>(x, dense, dim, pd, pdpad, y); break;
   }
 }
 
-extern const FdeKernel fde_kernel = {W, &convert_rows, &simhash_dots, &add_row, &project_dense};
+// Columns j and j + 1 together, VS vectors of tokens each: 2 * VS independent FMA chains while their input
+// coordinates stream past (a column has dim / pd of them on average).
+template <int VS, bool kPair>
+static inline void project_columns(const float* xt, int64_t npad, const int32_t* order, const int32_t* starts,
+                                   const float* weight, float* out) {
+  V::type a[VS], b[VS];
+  for (int v = 0; v < VS; ++v) a[v] = b[v] = V::zero();
+  const int32_t a0 = starts[0], a1 = starts[1];
+  const int32_t b0 = kPair ? starts[1] : 0, b1 = kPair ? starts[2] : 0;
+  const int32_t common = kPair ? (a1 - a0 < b1 - b0 ? a1 - a0 : b1 - b0) : 0;
+  for (int32_t k = 0; k < common; ++k) {
+    const int32_t i = order[a0 + k], l = order[b0 + k];
+    const V::type wi = V::set1(weight[i]), wl = V::set1(weight[l]);
+    for (int v = 0; v < VS; ++v) {
+      a[v] = V::fmadd(wi, V::load(xt + i * npad + v * W), a[v]);
+      b[v] = V::fmadd(wl, V::load(xt + l * npad + v * W), b[v]);
+    }
+  }
+  for (int32_t k = a0 + common; k < a1; ++k) {
+    const V::type w = V::set1(weight[order[k]]);
+    for (int v = 0; v < VS; ++v) a[v] = V::fmadd(w, V::load(xt + order[k] * npad + v * W), a[v]);
+  }
+  for (int32_t k = b0 + common; k < b1; ++k) {
+    const V::type w = V::set1(weight[order[k]]);
+    for (int v = 0; v < VS; ++v) b[v] = V::fmadd(w, V::load(xt + order[k] * npad + v * W), b[v]);
+  }
+  for (int v = 0; v < VS; ++v) V::store(out + v * W, a[v]);
+  if (kPair)
+    for (int v = 0; v < VS; ++v) V::store(out + npad + v * W, b[v]);
+}
+
+// npad tokens (a multiple of W, at most kProjectTokens) per call.
+static void project_tokens(const float* xt, int64_t npad, const int32_t* order, const int32_t* starts,
+                           const float* weight, int64_t pd, float* yt) {
+  constexpr int kVectors = 64 / W < 8 ? 64 / W : 8;
+  for (int64_t t0 = 0; t0 < npad; t0 += kVectors * W) {
+    const int64_t vs = (npad - t0) / W < kVectors ? (npad - t0) / W : kVectors;
+    for (int64_t j = 0; j < pd; j += 2) {
+      const bool pair = j + 1 < pd;
+      const float* x = xt + t0;
+      float* out = yt + j * npad + t0;
+#define TOKENSET_PROJECT_CASE(N)                                                          \
+  case N:                                                                                 \
+    if (pair)                                                                             \
+      project_columns<(N < kVectors ? N : kVectors), true>(x, npad, order, starts + j, weight, out);  \
+    else                                                                                  \
+      project_columns<(N < kVectors ? N : kVectors), false>(x, npad, order, starts + j, weight, out); \
+    break;
+      switch (vs) {
+        TOKENSET_PROJECT_CASE(1)
+        TOKENSET_PROJECT_CASE(2)
+        TOKENSET_PROJECT_CASE(3)
+        TOKENSET_PROJECT_CASE(4)
+        TOKENSET_PROJECT_CASE(5)
+        TOKENSET_PROJECT_CASE(6)
+        TOKENSET_PROJECT_CASE(7)
+        default:
+          if (pair)
+            project_columns<kVectors, true>(x, npad, order, starts + j, weight, out);
+          else
+            project_columns<kVectors, false>(x, npad, order, starts + j, weight, out);
+      }
+#undef TOKENSET_PROJECT_CASE
+    }
+  }
+}
+
+static void sign_patterns(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint32_t* codes) {
+  const int64_t vectors = cpad / W;
+  uint64_t words[64];  // sign bits of up to 4096 columns; the driver falls back to scalar code above that
+  const uint32_t low = bits >= 32 ? 0xffffffffu : ((1u << bits) - 1u);
+  for (int64_t t = 0; t < count; ++t) {
+    const float* d = dots + t * cpad;
+    for (int64_t w = 0; w * 64 < cpad; ++w) words[w] = 0;
+    for (int64_t v = 0; v < vectors; ++v) {
+      const uint64_t m = V::mask_bits(V::greater(V::load(d + v * W), V::zero()));
+      const int64_t bit = v * W;
+      words[bit / 64] |= m << (bit % 64);  // W divides 64: a vector's bits never straddle two words
+    }
+    for (int64_t r = 0; r < reps; ++r) {
+      const int64_t start = r * bits, word = start / 64, offset = start % 64;
+      uint64_t value = words[word] >> offset;
+      if (offset + bits > 64) value |= words[word + 1] << (64 - offset);
+      codes[t * reps + r] = static_cast<uint32_t>(value) & low;
+    }
+  }
+}
+
+static void divide_row(float* dst, const float* src, int64_t n, float divisor) {
+  const V::type d = V::set1(divisor);
+  int64_t k = 0;
+  for (; k + W <= n; k += W) V::store(dst + k, V::div(V::load(src + k), d));
+  for (; k < n; ++k) dst[k] = src[k] / divisor;
+}
+
+extern const FdeKernel fde_kernel = {W,          &convert_rows,   &simhash_dots,  &add_row,
+                                     &transpose, &project_tokens, &sign_patterns, &divide_row};
 
 }  // namespace TOKENSET_SIMD_NS
 }  // namespace cpu
@@ -185,9 +323,11 @@ const FdeKernel& active_kernel() {
 
 // Tokens whose hyperplane dots are computed together (bounds the dots scratch at kDotTokens * cpad floats).
 constexpr int64_t kDotTokens = 64;
-// A projected encoder sums raw tokens per partition in scratch of 2^bits * dim floats when it is at most this large;
-// above it (many partitions) it projects each token instead.
+// Raw tokens are summed per partition in scratch of 2^bits * dim floats when it is at most this large; above it
+// (many partitions) tokens go straight to the output row.
 constexpr int64_t kMaxPartitionSums = int64_t(1) << 20;
+// Sign patterns come from vector compare masks up to this many hyperplane columns (64 words of 64 bits).
+constexpr int64_t kMaxMaskColumns = 64 * 64;
 
 inline uint32_t partition_of(uint32_t pattern) {  // the p whose Gray code p ^ (p >> 1) is `pattern`
   uint32_t p = pattern;
@@ -201,8 +341,11 @@ struct Scratch {
   std::vector<float> tokens;    // the set as float32 (float16 / bfloat16 input only) [n, dim]
   std::vector<float> dots;      // [kDotTokens, cpad]
   std::vector<uint32_t> codes;  // sign patterns [n, reps]
-  std::vector<int32_t> counts;  // tokens per partition of the current repetition [2^bits]
-  std::vector<float> sums;      // raw partition sums of the current repetition [2^bits, dim] (projected encoders)
+  std::vector<int32_t> counts;  // tokens per partition [2^bits] ([reps, 2^bits] for projected encoders)
+  std::vector<float> sums;      // raw partition sums of the current repetition [2^bits, dim]
+  std::vector<float> xt;        // projected encoders: a block of tokens transposed [dim, kProjectTokens]
+  std::vector<float> yt;        // ... its projection, transposed [proj_dim, kProjectTokens]
+  std::vector<float> y;         // ... and in rows [kProjectTokens, proj_dim]
   std::vector<float> row;       // the FDE before the Count-Sketch [fde_dim]
 };
 
@@ -211,23 +354,147 @@ struct Ctx {
   const FdeKernel* kernel;
   std::vector<float> hyperplanes;  // [dim, cpad], columns past reps * bits zero
   int64_t cpad = 0;
-  bool sum_then_project = false;
-  std::vector<float> dense;  // [reps, dim, pdpad]: the projection as dense rows, when proj_dim <= 4 * width
-  int64_t pdpad = 0;
+  bool via_sums = false;  // encode_rep_via_sums (else encode_rep_direct)
+  // The AMS projection grouped by output column, per repetition: proj_order[r * dim + ..], proj_starts[r][pd + 1].
+  std::vector<int32_t> proj_order, proj_starts;
   std::vector<Scratch> scratch;  // one per worker
 };
 
-// Adds x projected by repetition `rep` into `block` [proj_dim].
-inline void add_projected(const Ctx& c, int64_t rep, const float* x, float* block) {
-  const FdeParams& p = *c.p;
-  const int64_t dim = p.sets.dim;
-  if (!c.dense.empty()) {
-    c.kernel->project_dense(x, c.dense.data() + rep * dim * c.pdpad, dim, p.proj_dim, c.pdpad, block);
-    return;
+// The token nearest to empty partition `part` of repetition `rep`: least Hamming distance between its sign pattern
+// and the partition's Gray code, lowest index on ties. 1 is the least distance possible for an empty partition.
+int64_t nearest_token(const uint32_t* codes, int64_t n, int64_t reps, int64_t rep, int64_t part) {
+  const uint32_t target = gray_code(static_cast<uint32_t>(part));
+  int64_t best = 0;
+  int best_distance = 33;
+  for (int64_t t = 0; t < n && best_distance > 1; ++t) {
+    const int distance = __builtin_popcount(codes[t * reps + rep] ^ target);
+    if (distance < best_distance) {
+      best_distance = distance;
+      best = t;
+    }
   }
-  const int32_t* index = p.proj_index + rep * dim;
-  const float* weight = p.proj_weight + rep * dim;
-  for (int64_t i = 0; i < dim; ++i) block[index[i]] += weight[i] * x[i];
+  return best;
+}
+
+// Identity projection, one repetition, when 2^bits * dim floats of partition sums fit in scratch: tokens are summed
+// per partition (SIMD adds), then every block of the output is written exactly once (divided, filled or zeroed).
+void encode_rep_via_sums(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t stride, int64_t n, float* rep_row) {
+  const FdeParams& p = *c.p;
+  const FdeKernel& kernel = *c.kernel;
+  const int64_t dim = p.sets.dim, reps = p.reps, parts = p.num_partitions(), pd = dim;
+  const uint32_t* codes = s.codes.data();
+  int32_t* counts = s.counts.data();
+  float* sums = s.sums.data();
+  std::fill(counts, counts + parts, 0);
+  for (int64_t t = 0; t < n; ++t) {
+    const uint32_t part = partition_of(codes[t * reps + r]);
+    float* sum = sums + part * dim;
+    if (counts[part]++ == 0)
+      std::memcpy(sum, x + t * stride, sizeof(float) * dim);
+    else
+      kernel.add_row(sum, x + t * stride, dim);
+  }
+  for (int64_t part = 0; part < parts; ++part) {
+    float* block = rep_row + part * pd;
+    const int32_t count = counts[part];
+    const float* source;  // the block's value before any division
+    if (count > 0) {
+      source = sums + part * dim;
+    } else if (p.fill_empty && p.simhash_bits > 0 && n > 0) {
+      source = x + nearest_token(codes, n, reps, r, part) * stride;
+    } else {
+      std::memset(block, 0, sizeof(float) * pd);
+      continue;
+    }
+    if (count > 1 && p.average)
+      kernel.divide_row(block, source, pd, static_cast<float>(count));
+    else
+      std::memcpy(block, source, sizeof(float) * pd);
+  }
+}
+
+// One repetition, tokens already projected (rows of `y`, `y_stride` floats apart, pd wide; for the identity, the
+// tokens themselves): each is added to its zeroed output block, then non-empty blocks are divided and empty ones
+// filled with the nearest token's row.
+void encode_rep_direct(Ctx& c, Scratch& s, int64_t r, const float* y, int64_t y_stride, int64_t n, float* rep_row) {
+  const FdeParams& p = *c.p;
+  const FdeKernel& kernel = *c.kernel;
+  const int64_t reps = p.reps, parts = p.num_partitions(), pd = p.proj_dim;
+  const uint32_t* codes = s.codes.data();
+  int32_t* counts = s.counts.data();
+  std::fill(counts, counts + parts, 0);
+  std::fill(rep_row, rep_row + parts * pd, 0.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    const uint32_t part = partition_of(codes[t * reps + r]);
+    kernel.add_row(rep_row + part * pd, y + t * y_stride, pd);
+    ++counts[part];
+  }
+  for (int64_t part = 0; part < parts; ++part) {
+    float* block = rep_row + part * pd;
+    const int32_t count = counts[part];
+    if (count > 1 && p.average)
+      kernel.divide_row(block, block, pd, static_cast<float>(count));
+    else if (count == 0 && p.fill_empty && p.simhash_bits > 0 && n > 0)
+      std::memcpy(block, y + nearest_token(codes, n, reps, r, part) * y_stride, sizeof(float) * pd);
+  }
+}
+
+// Constant for every level: the transposed token block of a projected encoder is dim x 64 floats (32 KiB at dim 128,
+// so it stays in L1 while every repetition projects it).
+constexpr int64_t kProjectTokens = 64;
+
+// The AMS projection of token x by repetition r into y [proj_dim] (used to fill empty partitions).
+void project_token(const Ctx& c, int64_t r, const float* x, float* y) {
+  const FdeParams& p = *c.p;
+  const int64_t dim = p.sets.dim, pd = p.proj_dim;
+  const int32_t* order = c.proj_order.data() + r * dim;
+  const int32_t* starts = c.proj_starts.data() + r * (pd + 1);
+  for (int64_t j = 0; j < pd; ++j) {
+    float v = 0.0f;
+    for (int32_t k = starts[j]; k < starts[j + 1]; ++k) v += p.proj_weight[r * dim + order[k]] * x[order[k]];
+    y[j] = v;
+  }
+}
+
+// Projected encoders. Tokens go in blocks of 64: a block is transposed once; every repetition projects the whole
+// block with the sparse AMS structure (project_tokens), transposes the result back and adds each token's row to its
+// partition in the zeroed output row. Then blocks are divided and empty ones filled.
+void encode_projected(Ctx& c, Scratch& s, const float* x, int64_t stride, int64_t n, float* row) {
+  const FdeParams& p = *c.p;
+  const FdeKernel& kernel = *c.kernel;
+  const int64_t dim = p.sets.dim, reps = p.reps, parts = p.num_partitions(), pd = p.proj_dim;
+  const uint32_t* codes = s.codes.data();
+  int32_t* counts = s.counts.data();  // [reps, parts]
+  std::fill(counts, counts + reps * parts, 0);
+  std::fill(row, row + p.fde_dim(), 0.0f);
+  float* xt = s.xt.data();
+  for (int64_t t0 = 0; t0 < n; t0 += kProjectTokens) {
+    const int64_t nb = std::min(kProjectTokens, n - t0);
+    if (nb < kProjectTokens) std::fill(xt, xt + dim * kProjectTokens, 0.0f);
+    kernel.transpose(x + t0 * stride, nb, dim, stride, xt, kProjectTokens);
+    for (int64_t r = 0; r < reps; ++r) {
+      kernel.project_tokens(xt, kProjectTokens, c.proj_order.data() + r * dim, c.proj_starts.data() + r * (pd + 1),
+                            p.proj_weight + r * dim, pd, s.yt.data());
+      kernel.transpose(s.yt.data(), pd, nb, kProjectTokens, s.y.data(), pd);
+      float* rep_row = row + r * parts * pd;
+      int32_t* rep_counts = counts + r * parts;
+      for (int64_t t = 0; t < nb; ++t) {
+        const uint32_t part = partition_of(codes[(t0 + t) * reps + r]);
+        kernel.add_row(rep_row + part * pd, s.y.data() + t * pd, pd);
+        ++rep_counts[part];
+      }
+    }
+  }
+  for (int64_t r = 0; r < reps; ++r) {
+    for (int64_t part = 0; part < parts; ++part) {
+      float* block = row + (r * parts + part) * pd;
+      const int32_t count = counts[r * parts + part];
+      if (count > 1 && p.average)
+        kernel.divide_row(block, block, pd, static_cast<float>(count));
+      else if (count == 0 && p.fill_empty && p.simhash_bits > 0 && n > 0)
+        project_token(c, r, x + nearest_token(codes, n, reps, r, part) * stride, block);
+    }
+  }
 }
 
 // Encodes one set into its output row; `s` was sized by fde_encode for the longest set (nothing here allocates).
@@ -257,11 +524,15 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
     for (int64_t t0 = 0; t0 < n; t0 += kDotTokens) {
       const int64_t count = std::min(kDotTokens, n - t0);
       kernel.simhash_dots(x + t0 * stride, stride, count, dim, c.hyperplanes.data(), c.cpad, s.dots.data());
+      if (c.cpad <= kMaxMaskColumns) {
+        kernel.sign_patterns(s.dots.data(), count, c.cpad, reps, static_cast<int>(bits), codes + t0 * reps);
+        continue;
+      }
       for (int64_t t = 0; t < count; ++t) {
         const float* d = s.dots.data() + t * c.cpad;
         for (int64_t r = 0; r < reps; ++r) {
           uint32_t pattern = 0;
-          for (int64_t j = 0; j < bits; ++j) pattern = (pattern << 1) | (d[r * bits + j] > 0.0f ? 1u : 0u);
+          for (int64_t m = 0; m < bits; ++m) pattern |= (d[r * bits + m] > 0.0f ? 1u : 0u) << m;
           codes[(t0 + t) * reps + r] = pattern;
         }
       }
@@ -274,52 +545,14 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
   if (!p.encode) return;
 
   float* row = p.final_dim > 0 ? s.row.data() : p.out + set * p.output_dim();
-  std::fill(row, row + p.fde_dim(), 0.0f);
-
-  int32_t* counts = s.counts.data();
-  for (int64_t r = 0; r < reps; ++r) {
-    float* rep_row = row + r * parts * pd;
-    std::fill(counts, counts + parts, 0);
-    for (int64_t t = 0; t < n; ++t) {
-      const uint32_t part = partition_of(codes[t * reps + r]);
-      const float* token = x + t * stride;
-      if (identity) {
-        kernel.add_row(rep_row + part * pd, token, dim);
-      } else if (c.sum_then_project) {
-        float* sum = s.sums.data() + part * dim;
-        if (counts[part] == 0)
-          std::memcpy(sum, token, sizeof(float) * dim);
-        else
-          kernel.add_row(sum, token, dim);
-      } else {
-        add_projected(c, r, token, rep_row + part * pd);
-      }
-      ++counts[part];
-    }
-    for (int64_t part = 0; part < parts; ++part) {
-      float* block = rep_row + part * pd;
-      const int32_t count = counts[part];
-      if (count > 0) {
-        if (c.sum_then_project) add_projected(c, r, s.sums.data() + part * dim, block);
-        if (p.average)
-          for (int64_t k = 0; k < pd; ++k) block[k] /= static_cast<float>(count);
-      } else if (p.fill_empty && bits > 0 && n > 0) {
-        // Nearest token by Hamming distance of sign patterns; 1 is the least possible for an empty partition.
-        const uint32_t target = gray_code(static_cast<uint32_t>(part));
-        int64_t best = 0;
-        int best_distance = 33;
-        for (int64_t t = 0; t < n && best_distance > 1; ++t) {
-          const int distance = __builtin_popcount(codes[t * reps + r] ^ target);
-          if (distance < best_distance) {
-            best_distance = distance;
-            best = t;
-          }
-        }
-        if (identity)
-          std::memcpy(block, x + best * stride, sizeof(float) * dim);
-        else
-          add_projected(c, r, x + best * stride, block);
-      }
+  if (p.proj_index != nullptr) {
+    encode_projected(c, s, x, stride, n, row);
+  } else {
+    for (int64_t r = 0; r < reps; ++r) {
+      if (c.via_sums)
+        encode_rep_via_sums(c, s, r, x, stride, n, row + r * parts * pd);
+      else
+        encode_rep_direct(c, s, r, x, stride, n, row + r * parts * pd);
     }
   }
 
@@ -353,16 +586,27 @@ void fde_encode(const FdeParams& p) {
   c.kernel = &active_kernel();
   const int64_t dim = p.sets.dim, columns = p.reps * p.simhash_bits, width = c.kernel->width;
   c.cpad = (columns + width - 1) / width * width;
+  // Each repetition's hyperplanes in reverse order: column r * bits + m holds hyperplane bits - 1 - m, so that the
+  // compare-mask bit m is pattern bit m (the first hyperplane is the most significant bit).
+  const int64_t bits = p.simhash_bits;
   c.hyperplanes.assign(static_cast<size_t>(dim * c.cpad), 0.0f);
   for (int64_t k = 0; k < dim; ++k)
-    std::memcpy(c.hyperplanes.data() + k * c.cpad, p.simhash + k * columns, sizeof(float) * columns);
-  c.sum_then_project = p.proj_index != nullptr && p.num_partitions() * dim <= kMaxPartitionSums;
-  if (p.proj_index != nullptr && p.proj_dim <= 4 * width) {
-    c.pdpad = (p.proj_dim + width - 1) / width * width;
-    c.dense.assign(static_cast<size_t>(p.reps * dim * c.pdpad), 0.0f);
     for (int64_t r = 0; r < p.reps; ++r)
-      for (int64_t i = 0; i < dim; ++i)
-        c.dense[static_cast<size_t>((r * dim + i) * c.pdpad + p.proj_index[r * dim + i])] = p.proj_weight[r * dim + i];
+      for (int64_t m = 0; m < bits; ++m)
+        c.hyperplanes[static_cast<size_t>(k * c.cpad + r * bits + m)] = p.simhash[k * columns + r * bits + bits - 1 - m];
+  c.via_sums = p.proj_index == nullptr && p.num_partitions() * dim <= kMaxPartitionSums;
+  if (p.proj_index != nullptr) {  // group input coordinates by output column (counting sort, ascending within)
+    const int64_t pd = p.proj_dim;
+    c.proj_order.resize(static_cast<size_t>(p.reps * dim));
+    c.proj_starts.assign(static_cast<size_t>(p.reps * (pd + 1)), 0);
+    for (int64_t r = 0; r < p.reps; ++r) {
+      int32_t* starts = c.proj_starts.data() + r * (pd + 1);
+      const int32_t* index = p.proj_index + r * dim;
+      for (int64_t i = 0; i < dim; ++i) ++starts[index[i] + 1];
+      for (int64_t j = 0; j < pd; ++j) starts[j + 1] += starts[j];
+      std::vector<int32_t> next(starts, starts + pd);
+      for (int64_t i = 0; i < dim; ++i) c.proj_order[static_cast<size_t>(r * dim + next[index[i]]++)] = static_cast<int32_t>(i);
+    }
   }
 
   // All scratch is allocated here: workers must not throw (std::bad_alloc included).
@@ -375,7 +619,13 @@ void fde_encode(const FdeParams& p) {
     s.dots.resize(static_cast<size_t>(kDotTokens * std::max<int64_t>(c.cpad, 1)));
     if (!p.encode) continue;
     s.counts.resize(static_cast<size_t>(p.num_partitions()));
-    if (c.sum_then_project) s.sums.resize(static_cast<size_t>(p.num_partitions() * dim));
+    if (c.via_sums) s.sums.resize(static_cast<size_t>(p.num_partitions() * dim));
+    if (p.proj_index != nullptr) {
+      s.counts.resize(static_cast<size_t>(p.reps * p.num_partitions()));
+      s.xt.resize(static_cast<size_t>(dim * kProjectTokens));
+      s.yt.resize(static_cast<size_t>(p.proj_dim * kProjectTokens));
+      s.y.resize(static_cast<size_t>(kProjectTokens * p.proj_dim));
+    }
     if (p.final_dim > 0) s.row.resize(static_cast<size_t>(p.fde_dim()));
   }
   const int64_t grain = std::max<int64_t>(1, p.sets.count / (static_cast<int64_t>(threads) * 16));

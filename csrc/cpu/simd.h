@@ -43,6 +43,8 @@ struct V {
   static void store_mask(bool* out, mask m) {
     for (int i = 0; i < width; ++i) out[i] = (m >> i) & 1;
   }
+  static uint32_t mask_bits(mask m) { return static_cast<uint32_t>(m); }  // lane i -> bit i
+  static type div(type a, type b) { return _mm512_div_ps(a, b); }
 };
 #elif defined(TOKENSET_SIMD_AVX2)
 struct V {
@@ -70,6 +72,8 @@ struct V {
     const int bits = _mm256_movemask_ps(m);
     for (int i = 0; i < width; ++i) out[i] = (bits >> i) & 1;
   }
+  static uint32_t mask_bits(mask m) { return static_cast<uint32_t>(_mm256_movemask_ps(m)); }
+  static type div(type a, type b) { return _mm256_div_ps(a, b); }
 };
 #else
 struct V {
@@ -92,6 +96,8 @@ struct V {
   static itype iselect(mask m, itype if_false, itype if_true) { return m ? if_true : if_false; }
   static void istore(int32_t* p, itype v) { *p = v; }
   static void store_mask(bool* out, mask m) { out[0] = m; }
+  static uint32_t mask_bits(mask m) { return m ? 1u : 0u; }
+  static type div(type a, type b) { return a / b; }
 };
 #endif
 
