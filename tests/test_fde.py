@@ -268,6 +268,27 @@ def test_input_forms_agree():
     np.testing.assert_array_equal(fde.encode_documents(tokenset.Ragged(wide[:, ::2], [0, 3, 8, 9])), expected)
 
 
+def test_out_argument(tmp_path):
+    fde = tokenset.FDE(16, reps=2, simhash_bits=3, proj_dim=4)
+    docs = [np.random.default_rng(i).standard_normal((i + 1, 16)).astype(np.float32) for i in range(5)]
+    expected = fde.encode_documents(docs)
+    store = np.lib.format.open_memmap(tmp_path / "fde.npy", mode="w+", dtype=np.float32, shape=(5, fde.output_dim))
+    head = store[:3]
+    assert fde.encode_documents(docs[:3], out=head) is head
+    fde.encode_documents(docs[3:], out=store[3:])
+    np.testing.assert_array_equal(store, expected)
+    with pytest.raises(ValueError, match="shape"):
+        fde.encode_documents(docs, out=np.zeros((4, fde.output_dim), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        fde.encode_documents(docs, out=np.zeros((5, fde.output_dim)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fde.encode_documents(docs, out=np.zeros((5, 2 * fde.output_dim), np.float32)[:, ::2])
+    frozen = np.zeros((5, fde.output_dim), np.float32)
+    frozen.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        fde.encode_documents(docs, out=frozen)
+
+
 @requires_torch
 def test_torch_in_torch_out():
     import torch

@@ -71,7 +71,7 @@ py::tuple maxsim_topk(const py::array& q_values, int q_dtype, const py::array& q
 }
 
 py::tuple fde_encode(const py::array& values, int dtype, const py::array& offsets, const py::dict& state, bool documents,
-                     bool fill_empty, bool with_partitions, bool encode) {
+                     bool fill_empty, bool with_partitions, bool encode, py::object out_array) {
   FdeParams p;
   p.sets = host_set_batch(values, dtype, offsets, documents ? "documents" : "queries");
   p.average = documents;
@@ -79,7 +79,13 @@ py::tuple fde_encode(const py::array& values, int dtype, const py::array& offset
   bindings::fde_state_from_dict(state, p);
   p.encode = encode;
   py::object out = py::none();
-  if (encode) {
+  if (encode && !out_array.is_none()) {
+    py::array given = py::reinterpret_borrow<py::array>(out_array);
+    if (!given.writeable()) throw ValueError("out is read-only");
+    p.out = static_cast<float*>(const_cast<void*>(
+        bindings::checked_data(given, "out", 'f', 4, {p.sets.count, p.output_dim()})));
+    out = given;
+  } else if (encode) {
     py::array_t<float> fde({p.sets.count, p.output_dim()});
     p.out = fde.mutable_data();
     out = fde;
@@ -119,6 +125,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("fde_encode", &fde_encode, py::arg("values"), py::arg("dtype"), py::arg("offsets"), py::arg("state"),
         py::arg("documents"), py::arg("fill_empty"), py::arg("with_partitions") = false, py::arg("encode") = true,
+        py::arg("out") = py::none(),
         "MUVERA FDE of every set: documents average (and may fill empty partitions), queries sum. "
         "Returns (fde [B, F] float32 or None when encode is false, partitions [tokens, reps] int32 or None).");
 

@@ -32,8 +32,9 @@ struct FdeKernel {
   void (*add_row)(float* acc, const float* x, int64_t dim);
   // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (width x width register tiles).
   void (*transpose)(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst, int64_t dst_stride);
-  // The AMS projection of all tokens of a set at once, in transposed form: yt[j * npad + t] = sum over the input
-  // coordinates i sent to column j (order[starts[j] .. starts[j+1])) of weight[i] * xt[i * npad + t]. Each input
+  // The AMS projection of all tokens of a set at once, in transposed form: yt[j * npad + t] = sum over k in
+  // starts[j] .. starts[j+1] of weight[k] * xt[order[k] * npad + t] (order: the input coordinates sent to column j,
+  // weight: theirs, in the same order). Each input
   // coordinate costs one broadcast-FMA per `width` tokens, instead of one per token with a dense matrix.
   void (*project_tokens)(const float* xt, int64_t npad, const int32_t* order, const int32_t* starts,
                          const float* weight, int64_t pd, float* yt);
@@ -209,18 +210,18 @@ static inline void project_columns(const float* xt, int64_t npad, const int32_t*
   const int32_t common = kPair ? (a1 - a0 < b1 - b0 ? a1 - a0 : b1 - b0) : 0;
   for (int32_t k = 0; k < common; ++k) {
     const int32_t i = order[a0 + k], l = order[b0 + k];
-    const V::type wi = V::set1(weight[i]), wl = V::set1(weight[l]);
+    const V::type wi = V::set1(weight[a0 + k]), wl = V::set1(weight[b0 + k]);
     for (int v = 0; v < VS; ++v) {
       a[v] = V::fmadd(wi, V::load(xt + i * npad + v * W), a[v]);
       b[v] = V::fmadd(wl, V::load(xt + l * npad + v * W), b[v]);
     }
   }
   for (int32_t k = a0 + common; k < a1; ++k) {
-    const V::type w = V::set1(weight[order[k]]);
+    const V::type w = V::set1(weight[k]);
     for (int v = 0; v < VS; ++v) a[v] = V::fmadd(w, V::load(xt + order[k] * npad + v * W), a[v]);
   }
   for (int32_t k = b0 + common; k < b1; ++k) {
-    const V::type w = V::set1(weight[order[k]]);
+    const V::type w = V::set1(weight[k]);
     for (int v = 0; v < VS; ++v) b[v] = V::fmadd(w, V::load(xt + order[k] * npad + v * W), b[v]);
   }
   for (int v = 0; v < VS; ++v) V::store(out + v * W, a[v]);
@@ -357,6 +358,7 @@ struct Ctx {
   bool via_sums = false;  // encode_rep_via_sums (else encode_rep_direct)
   // The AMS projection grouped by output column, per repetition: proj_order[r * dim + ..], proj_starts[r][pd + 1].
   std::vector<int32_t> proj_order, proj_starts;
+  std::vector<float> proj_weight_ordered;  // proj_weight[r][proj_order[r][k]] at [r * dim + k]
   std::vector<Scratch> scratch;  // one per worker
 };
 
@@ -474,7 +476,7 @@ void encode_projected(Ctx& c, Scratch& s, const float* x, int64_t stride, int64_
     kernel.transpose(x + t0 * stride, nb, dim, stride, xt, kProjectTokens);
     for (int64_t r = 0; r < reps; ++r) {
       kernel.project_tokens(xt, kProjectTokens, c.proj_order.data() + r * dim, c.proj_starts.data() + r * (pd + 1),
-                            p.proj_weight + r * dim, pd, s.yt.data());
+                            c.proj_weight_ordered.data() + r * dim, pd, s.yt.data());
       kernel.transpose(s.yt.data(), pd, nb, kProjectTokens, s.y.data(), pd);
       float* rep_row = row + r * parts * pd;
       int32_t* rep_counts = counts + r * parts;
@@ -607,6 +609,10 @@ void fde_encode(const FdeParams& p) {
       std::vector<int32_t> next(starts, starts + pd);
       for (int64_t i = 0; i < dim; ++i) c.proj_order[static_cast<size_t>(r * dim + next[index[i]]++)] = static_cast<int32_t>(i);
     }
+    c.proj_weight_ordered.resize(c.proj_order.size());
+    for (int64_t r = 0; r < p.reps; ++r)
+      for (int64_t k = 0; k < dim; ++k)
+        c.proj_weight_ordered[static_cast<size_t>(r * dim + k)] = p.proj_weight[r * dim + c.proj_order[static_cast<size_t>(r * dim + k)]];
   }
 
   // All scratch is allocated here: workers must not throw (std::bad_alloc included).

@@ -298,25 +298,27 @@ class FDE:
                                         for n in names}
         return self._device_states[key]
 
-    def encode_documents(self, documents: Any, *, lengths: Any = None, mask: Any = None):
+    def encode_documents(self, documents: Any, *, lengths: Any = None, mask: Any = None, out: Any = None):
         """FDEs of documents, ``[nd, output_dim]`` float32 in the input's library and device.
 
         Each partition holds the average of the document's projected tokens in it; with ``fill_empty`` an empty
         partition takes the token nearest to it in Hamming distance. A document with no tokens encodes to zeros.
         ``documents`` is any set batch (``Ragged``, list of ``[n_i, dim]`` arrays, ``[B, N, dim]`` with optional
-        ``lengths`` / ``mask``, or one ``[n, dim]`` set).
+        ``lengths`` / ``mask``, or one ``[n, dim]`` set). ``out``: write into this C-contiguous float32
+        ``[nd, output_dim]`` array instead (e.g. a slice of a memory-mapped file, when encoding a corpus in batches).
         """
         sets = ragged(documents, lengths, mask, name="documents")
-        out, _ = _ops.encode(sets, self.kernel_state(), documents=True, fill_empty=self._fill_empty,
-                             device_state=self._device_state)
-        return out
+        result, _ = _ops.encode(sets, self.kernel_state(), documents=True, fill_empty=self._fill_empty,
+                                device_state=self._device_state, out=out)
+        return result
 
-    def encode_queries(self, queries: Any, *, lengths: Any = None, mask: Any = None):
+    def encode_queries(self, queries: Any, *, lengths: Any = None, mask: Any = None, out: Any = None):
         """FDEs of queries, ``[nq, output_dim]`` float32: each partition holds the SUM of the query's projected
-        tokens in it (never filled). An empty query is a ValueError."""
+        tokens in it (never filled). An empty query is a ValueError. ``out`` as in :meth:`encode_documents`."""
         sets = ragged(queries, lengths, mask, name="queries")
-        out, _ = _ops.encode(sets, self.kernel_state(), documents=False, device_state=self._device_state)
-        return out
+        result, _ = _ops.encode(sets, self.kernel_state(), documents=False, device_state=self._device_state,
+                                out=out)
+        return result
 
     def partitions(self, sets: Any, *, lengths: Any = None, mask: Any = None):
         """``[tokens, reps]`` int32: the partition of every token in every repetition (tokens in batch order)."""

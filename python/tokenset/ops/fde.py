@@ -30,13 +30,14 @@ def _check(sets: Ragged, state: Dict[str, Any], documents: bool, name: str) -> N
 
 
 def encode(sets: Ragged, state: Dict[str, Any], *, documents: bool, fill_empty: bool = False,
-           with_partitions: bool = False, device_state=None) -> Tuple[Any, Optional[Any]]:
+           with_partitions: bool = False, device_state=None, out: Any = None) -> Tuple[Any, Optional[Any]]:
     """FDE of every set: ``(fde [B, output_dim] float32, partitions [tokens, reps] int32 or None)``.
 
     ``state`` is a kernel state dict (host numpy arrays); ``device_state(lib, dev)`` returns its device copy for
-    CUDA input. Documents average per partition (and fill empty ones if ``fill_empty``); queries sum.
+    CUDA input. Documents average per partition (and fill empty ones if ``fill_empty``); queries sum. ``out``: an
+    optional C-contiguous float32 ``[B, output_dim]`` array of the input's library and device to write into.
     """
-    return _run(sets, state, documents, fill_empty, with_partitions, True, device_state)
+    return _run(sets, state, documents, fill_empty, with_partitions, True, device_state, out)
 
 
 def partitions(sets: Ragged, state: Dict[str, Any], *, device_state=None) -> Any:
@@ -44,23 +45,44 @@ def partitions(sets: Ragged, state: Dict[str, Any], *, device_state=None) -> Any
     return _run(sets, state, True, False, True, False, device_state)[1]
 
 
-def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, device_state):
+def _check_out(out: Any, lib: str, dev, shape) -> None:
+    if _array.library(out) != lib or _array.device(out) != dev:
+        raise ValueError(f"out must be a {lib} array on {_array.device_name(dev)}, like the input")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if str(out.dtype).replace("torch.", "") != "float32":
+        raise TypeError(f"out must be float32, got {out.dtype}")
+    contiguous = out.is_contiguous() if lib == "torch" else out.flags.c_contiguous
+    if not contiguous:
+        raise ValueError("out must be C-contiguous (a row slice out[i:j] of a C-contiguous array is)")
+
+
+def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, device_state, out=None):
     name = "documents" if documents else "queries"
     _check(sets, state, documents, name)
     lib = _array.library(sets.values)
     dev = sets.device
     kernel_state = {k: v for k, v in state.items() if k != "dim"}
+    if out is not None:
+        out_dim = state["final_dim"] or state["reps"] * (1 << state["simhash_bits"]) * state["proj_dim"]
+        _check_out(out, lib, dev, (len(sets), out_dim))
     if dev[0] == "cpu":
         values, code = _array.host_view(sets.values, name)
-        out, parts = _backend._core.fde_encode(values, code, sets.offsets, kernel_state, bool(documents),
-                                               bool(fill_empty), bool(with_partitions), bool(encode_sets))
-        return (None if out is None else _array.from_host(out, lib),
-                None if parts is None else _array.from_host(parts, lib))
+        out_view = None if out is None else (out.detach().numpy() if lib == "torch" else out)
+        result, parts = _backend._core.fde_encode(values, code, sets.offsets, kernel_state, bool(documents),
+                                                  bool(fill_empty), bool(with_partitions), bool(encode_sets),
+                                                  out_view)
+        if out is not None:
+            result = out
+        elif result is not None:
+            result = _array.from_host(result, lib)
+        return result, (None if parts is None else _array.from_host(parts, lib))
     return _encode_cuda(sets, kernel_state, documents, fill_empty, with_partitions, encode_sets, lib, dev,
-                        device_state, name)
+                        device_state, name, out)
 
 
-def _encode_cuda(sets, state, documents, fill_empty, with_partitions, encode_sets, lib, dev, device_state, name):
+def _encode_cuda(sets, state, documents, fill_empty, with_partitions, encode_sets, lib, dev, device_state, name,
+                 given_out=None):
     from .maxsim import _device_batch  # shared device-batch description
 
     cuda = _backend.cuda()
@@ -75,7 +97,9 @@ def _encode_cuda(sets, state, documents, fill_empty, with_partitions, encode_set
     out_dim = final_dim if final_dim else fde_dim
     count = len(sets)
     tokens = int(sets.offsets[-1] - sets.offsets[0])
-    out = _array.empty_device((count, out_dim), "float32", lib, dev) if encode_sets else None
+    out = None
+    if encode_sets:
+        out = given_out if given_out is not None else _array.empty_device((count, out_dim), "float32", lib, dev)
     partitions = _array.empty_device((tokens, reps), "int32", lib, dev)
     codes = _array.empty_device((tokens, reps), "int32", lib, dev)  # uint32 patterns, stored in int32
     per_set = 4 * reps * parts + (4 * fde_dim if final_dim else 0)
