@@ -158,6 +158,14 @@ def test_gray_code_round_trip(bits):
     np.testing.assert_array_equal(got, ref.partitions(tokens, fde.simhash)[:, 0])
 
 
+def test_many_hyperplane_columns():
+    """180 repetitions x 23 bits = 4,140 hyperplane columns: sign bits span more than 64 words of 64 bits."""
+    fde = tokenset.FDE(8, reps=180, simhash_bits=23, proj_dim=1, seed=2)
+    rng = np.random.default_rng(3)
+    tokens = sanitize(rng, [rng.standard_normal((5, 8))], fde.simhash, np.float32)[0]
+    np.testing.assert_array_equal(fde.partitions(tokens), ref.partitions(tokens, fde.simhash))
+
+
 def test_gray_code_by_hand():
     # Bits 1, 0 -> idx = (0 << 1) + (1 ^ 0) = 1, then (1 << 1) + (0 ^ 1) = 3: partition 3, whose Gray code is 0b10.
     fde = axis_encoder(2)

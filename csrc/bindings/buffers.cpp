@@ -101,12 +101,10 @@ void fde_state_from_dict(const py::dict& state, FdeParams& p) {
   p.reps = state_int(state, "reps");
   const int64_t bits = state_int(state, "simhash_bits");
   if (bits < 0 || bits > 30) throw ValueError("simhash_bits must be in 0..30, got " + std::to_string(bits));
-  p.simhash_bits = static_cast<int32_t>(bits);
+  p.simhash_bits = static_cast<int32_t>(bits);  // in range before the narrowing
   p.proj_dim = state_int(state, "proj_dim");
   p.final_dim = state_int(state, "final_dim");
-  if (p.reps < 1) throw ValueError("reps must be >= 1, got " + std::to_string(p.reps));
-  if (p.reps > kMaxFdeDim / (p.simhash_bits > 0 ? p.simhash_bits : 1))
-    throw ValueError("reps * simhash_bits is too large");
+  check_fde_config(p);  // every shape below is computed from these
   p.simhash = static_cast<const float*>(
       checked_data(state["simhash"].cast<py::array>(), "FDE simhash", 'f', 4, {dim, p.reps * p.simhash_bits}));
   const py::object proj_index = state_item(state, "proj_index"), proj_weight = state_item(state, "proj_weight");
@@ -119,8 +117,6 @@ void fde_state_from_dict(const py::dict& state, FdeParams& p) {
   const int32_t* order = nullptr;
   const int64_t* starts = nullptr;
   if (p.final_dim > 0) {
-    if (p.proj_dim < 1 || p.reps * p.num_partitions() > kMaxFdeDim / p.proj_dim)
-      throw ValueError("the FDE would have more than 2^31 - 1 coordinates per set");
     const int64_t n = p.fde_dim();
     p.final_index = static_cast<const int32_t*>(
         checked_data(state_item(state, "final_index").cast<py::array>(), "Count-Sketch index", 'i', 4, {n}));
@@ -139,7 +135,6 @@ void fde_state_from_dict(const py::dict& state, FdeParams& p) {
   const int32_t* proj_starts = nullptr;
   const py::object po = state_item(state, "proj_order"), ps = state_item(state, "proj_starts");
   if (p.proj_index != nullptr && (!po.is_none() || !ps.is_none())) {
-    if (p.proj_dim < 1 || p.proj_dim > kMaxFdeDim) throw ValueError("proj_dim out of range");
     proj_order = static_cast<const int32_t*>(
         checked_data(po.cast<py::array>(), "projection order", 'i', 4, {p.reps, dim}));
     proj_starts = static_cast<const int32_t*>(

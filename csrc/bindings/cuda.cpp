@@ -67,10 +67,7 @@ void fde_encode(const py::tuple& spec, const py::dict& state, const py::dict& po
   const int64_t* offsets = static_cast<const int64_t*>(host_offsets.data());
   p.average = documents;
   p.fill_empty = documents && fill_empty;
-  if (!documents)
-    for (int64_t q = 0; q < p.sets.count; ++q)
-      if (offsets[q + 1] == offsets[q])
-        throw ValueError("query " + std::to_string(q) + " has no tokens: an empty query has no FDE; drop it");
+  check_fde_queries(p, offsets);
   bindings::fde_state_from_dict(state, p);  // host pointers, checked
   const bool projected = p.proj_index != nullptr, sketched = p.final_dim > 0;
   if (projected && p.proj_order == nullptr) throw ValueError("the CUDA FDE needs proj_order / proj_starts");

@@ -5,10 +5,10 @@
 //
 // Per set, one pass computes the sign patterns of every token in every repetition: the dot products of a tile of
 // tokens with all reps * simhash_bits hyperplanes at once (a GEMM-shaped register tile: broadcast x[k], FMA with a
-// row of the packed hyperplane matrix). Then, repetition by repetition, tokens are added to their partition.
-// The AMS projection is linear, so a projected encoder adds the raw tokens of each partition first (SIMD adds) and
-// projects each non-empty partition once, instead of projecting every token: n * dim / W adds plus (non-empty
-// partitions) * dim scattered adds, instead of n * dim scattered adds.
+// row of the packed hyperplane matrix), read back as compare masks. Identity encoders then sum tokens per partition
+// (SIMD adds) and write each output block once. Projected encoders transpose blocks of 64 tokens and project a whole
+// block per repetition with the sparse AMS structure (encode_projected), then add the projected rows to their
+// partitions.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -40,8 +40,9 @@ struct FdeKernel {
                          const float* weight, int64_t pd, float* yt);
   // codes[t * reps + r] = bits of dots[t * cpad + r * bits .. + bits) > 0, column r * bits + m giving bit m (the
   // driver stores each repetition's hyperplanes in reverse, so bit m is hyperplane bits - 1 - m: the first hyperplane
-  // ends up most significant). NaN is not > 0.
-  void (*sign_patterns)(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint32_t* codes);
+  // ends up most significant). NaN is not > 0. words: scratch of cpad / 64 + 1 words.
+  void (*sign_patterns)(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint64_t* words,
+                        uint32_t* codes);
   // dst[k] = src[k] / divisor for k < n (IEEE division, as the reference).
   void (*divide_row)(float* dst, const float* src, int64_t n, float divisor);
 };
@@ -265,9 +266,9 @@ static void project_tokens(const float* xt, int64_t npad, const int32_t* order, 
   }
 }
 
-static void sign_patterns(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint32_t* codes) {
+static void sign_patterns(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint64_t* words,
+                          uint32_t* codes) {
   const int64_t vectors = cpad / W;
-  uint64_t words[64];  // sign bits of up to 4096 columns; the driver falls back to scalar code above that
   const uint32_t low = bits >= 32 ? 0xffffffffu : ((1u << bits) - 1u);
   for (int64_t t = 0; t < count; ++t) {
     const float* d = dots + t * cpad;
@@ -327,8 +328,6 @@ constexpr int64_t kDotTokens = 64;
 // Raw tokens are summed per partition in scratch of 2^bits * dim floats when it is at most this large; above it
 // (many partitions) tokens go straight to the output row.
 constexpr int64_t kMaxPartitionSums = int64_t(1) << 20;
-// Sign patterns come from vector compare masks up to this many hyperplane columns (64 words of 64 bits).
-constexpr int64_t kMaxMaskColumns = 64 * 64;
 
 inline uint32_t partition_of(uint32_t pattern) {  // the p whose Gray code p ^ (p >> 1) is `pattern`
   uint32_t p = pattern;
@@ -342,6 +341,7 @@ struct Scratch {
   std::vector<float> tokens;    // the set as float32 (float16 / bfloat16 input only) [n, dim]
   std::vector<float> dots;      // [kDotTokens, cpad]
   std::vector<uint32_t> codes;  // sign patterns [n, reps]
+  std::vector<uint64_t> words;  // one token's sign bits, all columns [cpad / 64 + 1]
   std::vector<int32_t> counts;  // tokens per partition [2^bits] ([reps, 2^bits] for projected encoders)
   std::vector<float> sums;      // raw partition sums of the current repetition [2^bits, dim]
   std::vector<float> xt;        // projected encoders: a block of tokens transposed [dim, kProjectTokens]
@@ -415,9 +415,9 @@ void encode_rep_via_sums(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t 
   }
 }
 
-// One repetition, tokens already projected (rows of `y`, `y_stride` floats apart, pd wide; for the identity, the
-// tokens themselves): each is added to its zeroed output block, then non-empty blocks are divided and empty ones
-// filled with the nearest token's row.
+// Identity projection, one repetition, when partition sums would not fit in scratch (many partitions): each token
+// (a row of `y`, `y_stride` floats apart) is added to its zeroed output block, then non-empty blocks are divided and
+// empty ones filled with the nearest token.
 void encode_rep_direct(Ctx& c, Scratch& s, int64_t r, const float* y, int64_t y_stride, int64_t n, float* rep_row) {
   const FdeParams& p = *c.p;
   const FdeKernel& kernel = *c.kernel;
@@ -505,7 +505,6 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
   const FdeKernel& kernel = *c.kernel;
   const int64_t dim = p.sets.dim, n = p.sets.length(set), first = p.sets.begin(set);
   const int64_t reps = p.reps, bits = p.simhash_bits, parts = p.num_partitions(), pd = p.proj_dim;
-  const bool identity = p.proj_index == nullptr;
   // The set's tokens as float32 rows: in place for float32 input, converted once otherwise.
   const float* x;
   int64_t stride;
@@ -526,18 +525,8 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
     for (int64_t t0 = 0; t0 < n; t0 += kDotTokens) {
       const int64_t count = std::min(kDotTokens, n - t0);
       kernel.simhash_dots(x + t0 * stride, stride, count, dim, c.hyperplanes.data(), c.cpad, s.dots.data());
-      if (c.cpad <= kMaxMaskColumns) {
-        kernel.sign_patterns(s.dots.data(), count, c.cpad, reps, static_cast<int>(bits), codes + t0 * reps);
-        continue;
-      }
-      for (int64_t t = 0; t < count; ++t) {
-        const float* d = s.dots.data() + t * c.cpad;
-        for (int64_t r = 0; r < reps; ++r) {
-          uint32_t pattern = 0;
-          for (int64_t m = 0; m < bits; ++m) pattern |= (d[r * bits + m] > 0.0f ? 1u : 0u) << m;
-          codes[(t0 + t) * reps + r] = pattern;
-        }
-      }
+      kernel.sign_patterns(s.dots.data(), count, c.cpad, reps, static_cast<int>(bits), s.words.data(),
+                           codes + t0 * reps);
     }
   }
   if (p.partitions) {
@@ -577,10 +566,7 @@ void fde_encode(const FdeParams& p) {
   check_fde_params(p, p.proj_index, p.final_index, nullptr, nullptr);
   if (p.sets.count > 0 && (p.encode ? p.out == nullptr : p.partitions == nullptr))
     throw ValueError("FDE output pointer is null");
-  if (!p.average)
-    for (int64_t q = 0; q < p.sets.count; ++q)
-      if (p.sets.length(q) == 0)
-        throw ValueError("query " + std::to_string(q) + " has no tokens: an empty query has no FDE; drop it");
+  check_fde_queries(p, p.sets.offsets);
   if (p.sets.count == 0) return;
 
   Ctx c;
@@ -622,6 +608,7 @@ void fde_encode(const FdeParams& p) {
   for (Scratch& s : c.scratch) {
     if (p.sets.dtype != DType::Float32) s.tokens.resize(static_cast<size_t>(longest * dim));
     s.codes.resize(static_cast<size_t>(longest * p.reps));
+    s.words.resize(static_cast<size_t>(c.cpad / 64 + 1));
     s.dots.resize(static_cast<size_t>(kDotTokens * std::max<int64_t>(c.cpad, 1)));
     if (!p.encode) continue;
     s.counts.resize(static_cast<size_t>(p.num_partitions()));

@@ -149,12 +149,18 @@ def empty_device(shape, dtype: str, lib: str, dev: Tuple[str, int]) -> Any:
         return cupy.empty(shape, dtype=dtype)
 
 
-def to_device_int64(arr: np.ndarray, lib: str, dev: Tuple[str, int]) -> Any:
+def to_device(arr: np.ndarray, lib: str, dev: Tuple[str, int]) -> Any:
+    """A contiguous copy of a host array on CUDA device `dev`, in library `lib` (torch or cupy)."""
+    arr = np.ascontiguousarray(arr)
     if lib == "torch":
-        return _torch().from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).to(f"cuda:{dev[1]}", non_blocking=False)
+        return _torch().from_numpy(arr if arr.flags.writeable else arr.copy()).to(f"cuda:{dev[1]}")
     cupy = _cupy()
     with cupy.cuda.Device(dev[1]):
-        return cupy.asarray(np.ascontiguousarray(arr, dtype=np.int64))
+        return cupy.asarray(arr)
+
+
+def to_device_int64(arr: np.ndarray, lib: str, dev: Tuple[str, int]) -> Any:
+    return to_device(np.ascontiguousarray(arr, dtype=np.int64), lib, dev)
 
 
 def device_pointer(x: Any) -> int:

@@ -294,7 +294,7 @@ class FDE:
             host = self.kernel_state()
             names = ("simhash", "proj_index", "proj_weight", "proj_order", "proj_starts", "final_index",
                      "final_sign", "final_order", "final_starts")
-            self._device_states[key] = {n: (None if host.get(n) is None else _to_device(host[n], lib, dev))
+            self._device_states[key] = {n: (None if host.get(n) is None else _array.to_device(host[n], lib, dev))
                                         for n in names}
         return self._device_states[key]
 
@@ -452,11 +452,3 @@ class FDE:
 
     __hash__ = None  # mutable-looking, array-valued: not hashable
 
-
-def _to_device(arr: np.ndarray, lib: str, dev) -> Any:
-    arr = np.ascontiguousarray(arr)
-    if lib == "torch":
-        return _array._torch().from_numpy(arr.copy()).to(f"cuda:{dev[1]}")
-    cupy = _array._cupy()
-    with cupy.cuda.Device(dev[1]):
-        return cupy.asarray(arr)

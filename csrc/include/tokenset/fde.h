@@ -70,8 +70,6 @@ struct FdeParams {
 // Largest FDE accepted: coordinates are indexed with int32 (Count-Sketch hash) and a row is 8 GiB at this size.
 constexpr int64_t kMaxFdeDim = (int64_t(1) << 31) - 1;
 
-// Checks the configuration and every index the kernels will follow, before any kernel reads memory. The host_*
-// pointers hold the same data as the params' (which may be device pointers); pass nulls where the params hold none.
 // Checks that order/starts group the coordinates 0..n-1 by index[] (values in 0..groups-1), ascending within a group.
 template <typename Start>
 inline void check_grouping(const int32_t* index, int64_t n, int64_t groups, const int32_t* order, const Start* starts,
@@ -90,24 +88,42 @@ inline void check_grouping(const int32_t* index, int64_t n, int64_t groups, cons
   }
 }
 
-inline void check_fde_params(const FdeParams& p, const int32_t* host_proj_index, const int32_t* host_final_index,
-                             const int32_t* host_final_order, const int64_t* host_final_starts,
-                             const int32_t* host_proj_order = nullptr, const int32_t* host_proj_starts = nullptr) {
+// Checks the sizes alone (reps, simhash_bits, proj_dim, final_dim, and the FDE size they make), so that shapes
+// computed from them are safe before any array is looked at.
+inline void check_fde_config(const FdeParams& p) {
   if (p.reps < 1) throw ValueError("reps must be >= 1, got " + std::to_string(p.reps));
   if (p.simhash_bits < 0 || p.simhash_bits > 30)
     throw ValueError("simhash_bits must be in 0..30, got " + std::to_string(p.simhash_bits));
-  if (p.simhash_bits > 0 && p.simhash == nullptr) throw ValueError("simhash matrix missing");
   if (p.proj_dim < 1) throw ValueError("proj_dim must be >= 1, got " + std::to_string(p.proj_dim));
-  if ((p.proj_index == nullptr) != (p.proj_weight == nullptr))
-    throw ValueError("an AMS projection needs both its index and its weights");
-  if (p.proj_index == nullptr && p.proj_dim != p.sets.dim)
-    throw ValueError("the identity projection keeps the token dimension: proj_dim must equal dim");
   if (p.fill_empty && !p.average)
     throw ValueError("fill_empty applies to documents only (a query's empty partitions stay zero)");
   const int64_t partitions = p.num_partitions();
   if (p.reps > kMaxFdeDim / partitions || p.reps * partitions > kMaxFdeDim / p.proj_dim)
     throw ValueError("the FDE would have more than 2^31 - 1 coordinates per set; lower simhash_bits or reps, or "
                      "project to fewer dimensions with proj_dim");
+  if (p.final_dim < 0) throw ValueError("final_dim must be >= 1 (or 0 for none)");
+  if (p.final_dim > kMaxFdeDim) throw ValueError("final_dim must be < 2^31");
+}
+
+// An empty query has no FDE (documents may be empty). `host_offsets`: the sets' offsets on the host.
+inline void check_fde_queries(const FdeParams& p, const int64_t* host_offsets) {
+  if (p.average) return;
+  for (int64_t q = 0; q < p.sets.count; ++q)
+    if (host_offsets[q + 1] == host_offsets[q])
+      throw ValueError("query " + std::to_string(q) + " has no tokens: an empty query has no FDE; drop it");
+}
+
+// Checks the configuration and every index the kernels will follow, before any kernel reads memory. The host_*
+// pointers hold the same data as the params' (which may be device pointers); pass nulls where the params hold none.
+inline void check_fde_params(const FdeParams& p, const int32_t* host_proj_index, const int32_t* host_final_index,
+                             const int32_t* host_final_order, const int64_t* host_final_starts,
+                             const int32_t* host_proj_order = nullptr, const int32_t* host_proj_starts = nullptr) {
+  check_fde_config(p);
+  if (p.simhash_bits > 0 && p.simhash == nullptr) throw ValueError("simhash matrix missing");
+  if ((p.proj_index == nullptr) != (p.proj_weight == nullptr))
+    throw ValueError("an AMS projection needs both its index and its weights");
+  if (p.proj_index == nullptr && p.proj_dim != p.sets.dim)
+    throw ValueError("the identity projection keeps the token dimension: proj_dim must equal dim");
   if (p.proj_index) {
     if (host_proj_index == nullptr) throw ValueError("projection index not given on the host for checking");
     for (int64_t i = 0; i < p.reps * p.sets.dim; ++i)
@@ -116,9 +132,7 @@ inline void check_fde_params(const FdeParams& p, const int32_t* host_proj_index,
                          std::to_string(i % p.sets.dim) + "] = " + std::to_string(host_proj_index[i]) +
                          " is outside [0, proj_dim=" + std::to_string(p.proj_dim) + ")");
   }
-  if (p.final_dim < 0) throw ValueError("final_dim must be >= 1 (or 0 for none)");
   if (p.final_dim > 0) {
-    if (p.final_dim > kMaxFdeDim) throw ValueError("final_dim must be < 2^31");
     if (p.final_index == nullptr || p.final_sign == nullptr || host_final_index == nullptr)
       throw ValueError("the Count-Sketch needs its index and signs");
     const int64_t n = p.fde_dim();

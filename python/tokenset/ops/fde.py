@@ -45,6 +45,10 @@ def partitions(sets: Ragged, state: Dict[str, Any], *, device_state=None) -> Any
     return _run(sets, state, True, False, True, False, device_state)[1]
 
 
+def _output_dim(state: Dict[str, Any]) -> int:
+    return state["final_dim"] or state["reps"] * (1 << state["simhash_bits"]) * state["proj_dim"]
+
+
 def _check_out(out: Any, lib: str, dev, shape) -> None:
     if _array.library(out) != lib or _array.device(out) != dev:
         raise ValueError(f"out must be a {lib} array on {_array.device_name(dev)}, like the input")
@@ -62,14 +66,12 @@ def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, devic
     _check(sets, state, documents, name)
     lib = _array.library(sets.values)
     dev = sets.device
-    kernel_state = {k: v for k, v in state.items() if k != "dim"}
     if out is not None:
-        out_dim = state["final_dim"] or state["reps"] * (1 << state["simhash_bits"]) * state["proj_dim"]
-        _check_out(out, lib, dev, (len(sets), out_dim))
+        _check_out(out, lib, dev, (len(sets), _output_dim(state)))
     if dev[0] == "cpu":
         values, code = _array.host_view(sets.values, name)
         out_view = None if out is None else (out.detach().numpy() if lib == "torch" else out)
-        result, parts = _backend._core.fde_encode(values, code, sets.offsets, kernel_state, bool(documents),
+        result, parts = _backend._core.fde_encode(values, code, sets.offsets, state, bool(documents),
                                                   bool(fill_empty), bool(with_partitions), bool(encode_sets),
                                                   out_view)
         if out is not None:
@@ -77,7 +79,7 @@ def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, devic
         elif result is not None:
             result = _array.from_host(result, lib)
         return result, (None if parts is None else _array.from_host(parts, lib))
-    return _encode_cuda(sets, kernel_state, documents, fill_empty, with_partitions, encode_sets, lib, dev,
+    return _encode_cuda(sets, state, documents, fill_empty, with_partitions, encode_sets, lib, dev,
                         device_state, name, out)
 
 
@@ -94,7 +96,7 @@ def _encode_cuda(sets, state, documents, fill_empty, with_partitions, encode_set
     parts = 1 << bits
     fde_dim = reps * parts * pd
     final_dim = state["final_dim"]
-    out_dim = final_dim if final_dim else fde_dim
+    out_dim = _output_dim(state)
     count = len(sets)
     tokens = int(sets.offsets[-1] - sets.offsets[0])
     out = None
