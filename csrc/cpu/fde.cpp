@@ -3,12 +3,12 @@
 // This file is compiled once per SIMD level (TOKENSET_SIMD_NS = scalar | avx2 | avx512); each build defines a kernel
 // table, and the scalar build also holds the driver (threads over sets, partitions, fill, Count-Sketch).
 //
-// Per set, one pass computes the sign patterns of every token in every repetition: the dot products of a tile of
-// tokens with all reps * simhash_bits hyperplanes at once (a GEMM-shaped register tile: broadcast x[k], FMA with a
-// row of the packed hyperplane matrix), read back as compare masks. Identity encoders then sum tokens per partition
-// (SIMD adds) and write each output block once. Projected encoders transpose blocks of 64 tokens and project a whole
-// block per repetition with the sparse AMS structure (encode_projected), then add the projected rows to their
-// partitions.
+// Per set, tokens go in blocks of 64, each transposed once so that tokens sit in vector lanes. One GEMM-shaped
+// register tile gives the block's dots with all reps * simhash_bits hyperplanes at once (broadcast a hyperplane
+// coefficient, FMA with a vector of tokens); compares of whole vectors of tokens then give every sign pattern and its
+// Gray-decoded partition. Projected encoders project the transposed block per repetition with the sparse AMS
+// structure and add the projected tokens to their partitions, transposing tiles back in registers. Identity encoders
+// sum raw token rows per partition (SIMD adds) and write each output block once.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -25,9 +25,9 @@ struct FdeKernel {
   int width;  // floats per vector: hyperplane columns are padded to a multiple of it
   // dst[t * dim + k] = float(set row `first + t`, element k) for t < count.
   void (*convert_rows)(const SetBatch& sets, int64_t first, int64_t count, float* dst);
-  // dots[t * cpad + c] = <x_t, g[:, c]> for t < count; x rows `stride` floats apart, g packed [dim][cpad].
-  void (*simhash_dots)(const float* x, int64_t stride, int64_t count, int64_t dim, const float* g, int64_t cpad,
-                       float* dots);
+  // The hyperplane dots of a transposed block of tokens, tokens in lanes: dots[c * npad + t] = sum over k of
+  // g[k * columns + c] * xt[k * npad + t] for c < columns, t < npad (npad a multiple of width, at most 64).
+  void (*simhash_dots)(const float* xt, int64_t npad, int64_t dim, const float* g, int64_t columns, float* dots);
   // acc[k] += x[k] for k < dim.
   void (*add_row)(float* acc, const float* x, int64_t dim);
   // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (width x width register tiles).
@@ -38,11 +38,14 @@ struct FdeKernel {
   // coordinate costs one broadcast-FMA per `width` tokens, instead of one per token with a dense matrix.
   void (*project_tokens)(const float* xt, int64_t npad, const int32_t* order, const int32_t* starts,
                          const float* weight, int64_t pd, float* yt);
-  // codes[t * reps + r] = bits of dots[t * cpad + r * bits .. + bits) > 0, column r * bits + m giving bit m (the
-  // driver stores each repetition's hyperplanes in reverse, so bit m is hyperplane bits - 1 - m: the first hyperplane
-  // ends up most significant). NaN is not > 0. words: scratch of cpad / 64 + 1 words.
-  void (*sign_patterns)(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint64_t* words,
-                        uint32_t* codes);
+  // rep_row[parts[t] * pd + j] += yt[j * npad + t] for t < nb, j < pd; counts[parts[t]] += 1.
+  void (*accumulate_projected)(const float* yt, int64_t npad, int64_t nb, int64_t pd, const int32_t* parts,
+                               float* rep_row, int32_t* counts);
+  // Sign patterns and partitions of `count` tokens of a block from its dots: codes[r * stride + t] has bit
+  // bits - 1 - m set when dots[(r * bits + m) * npad + t] > 0 (the first hyperplane is the most significant bit; NaN
+  // is not > 0), and parts[r * stride + t] is the partition whose Gray code is that pattern.
+  void (*sign_codes)(const float* dots, int64_t npad, int64_t count, int64_t reps, int bits, int64_t stride,
+                     uint32_t* codes, int32_t* parts);
   // dst[k] = src[k] / divisor for k < n (IEEE division, as the reference).
   void (*divide_row)(float* dst, const float* src, int64_t n, float divisor);
 };
@@ -61,13 +64,13 @@ extern const FdeKernel fde_kernel;
 
 namespace TOKENSET_SIMD_NS {
 
-// Register tile of the hyperplane dots: TT tokens x CV vectors of columns.
+// Register tile of the hyperplane dots: CT hyperplane columns x TV vectors of tokens (a 64-token block at most).
 #if defined(TOKENSET_SIMD_AVX512)
-constexpr int kTileTokens = 4, kTileVectors = 4;  // 16 accumulators + 4 hyperplane vectors + 1 broadcast
+constexpr int kTileColumns = 6, kTileVectors = 4;  // 24 accumulators + 4 token vectors + 1 broadcast
 #elif defined(TOKENSET_SIMD_AVX2)
-constexpr int kTileTokens = 4, kTileVectors = 2;  // 8 accumulators + 2 hyperplane vectors + 1 broadcast
+constexpr int kTileColumns = 4, kTileVectors = 2;  // 8 accumulators + 2 token vectors + 1 broadcast
 #else
-constexpr int kTileTokens = 4, kTileVectors = 4;
+constexpr int kTileColumns = 4, kTileVectors = 4;
 #endif
 
 static void convert_rows(const SetBatch& sets, int64_t first, int64_t count, float* dst) {
@@ -81,47 +84,47 @@ static void convert_rows(const SetBatch& sets, int64_t first, int64_t count, flo
   }
 }
 
-template <int TT, int CV>
-static inline void dots_tile(const float* x, int64_t stride, int64_t dim, const float* g, int64_t cpad, float* dots) {
-  V::type acc[TT][CV];
-  for (int t = 0; t < TT; ++t)
-    for (int v = 0; v < CV; ++v) acc[t][v] = V::zero();
+template <int CT, int TV>
+static inline void dots_tile(const float* xt, int64_t npad, int64_t dim, const float* g, int64_t columns,
+                             float* dots) {
+  V::type acc[CT][TV];
+  for (int c = 0; c < CT; ++c)
+    for (int v = 0; v < TV; ++v) acc[c][v] = V::zero();
 #pragma GCC unroll 4
   for (int64_t k = 0; k < dim; ++k) {
-    V::type h[CV];
-    for (int v = 0; v < CV; ++v) h[v] = V::load(g + k * cpad + v * W);
-    for (int t = 0; t < TT; ++t) {
-      const V::type b = V::set1(x[t * stride + k]);
-      for (int v = 0; v < CV; ++v) acc[t][v] = V::fmadd(b, h[v], acc[t][v]);
+    V::type x[TV];
+    for (int v = 0; v < TV; ++v) x[v] = V::load(xt + k * npad + v * W);
+    for (int c = 0; c < CT; ++c) {
+      const V::type b = V::set1(g[k * columns + c]);
+      for (int v = 0; v < TV; ++v) acc[c][v] = V::fmadd(b, x[v], acc[c][v]);
     }
   }
-  for (int t = 0; t < TT; ++t)
-    for (int v = 0; v < CV; ++v) V::store(dots + t * cpad + v * W, acc[t][v]);
+  for (int c = 0; c < CT; ++c)
+    for (int v = 0; v < TV; ++v) V::store(dots + c * npad + v * W, acc[c][v]);
 }
 
-template <int TT, int CV>
-static inline void dots_tile_any(int tokens, int vectors, const float* x, int64_t stride, int64_t dim, const float* g,
-                                 int64_t cpad, float* dots) {
-  if constexpr (TT >= 1 && CV >= 1) {
-    if (tokens < TT) {
-      dots_tile_any<TT - 1, CV>(tokens, vectors, x, stride, dim, g, cpad, dots);
-    } else if (vectors < CV) {
-      dots_tile_any<TT, CV - 1>(tokens, vectors, x, stride, dim, g, cpad, dots);
+template <int CT, int TV>
+static inline void dots_tile_any(int cols, int vectors, const float* xt, int64_t npad, int64_t dim, const float* g,
+                                 int64_t columns, float* dots) {
+  if constexpr (CT >= 1 && TV >= 1) {
+    if (cols < CT) {
+      dots_tile_any<CT - 1, TV>(cols, vectors, xt, npad, dim, g, columns, dots);
+    } else if (vectors < TV) {
+      dots_tile_any<CT, TV - 1>(cols, vectors, xt, npad, dim, g, columns, dots);
     } else {
-      dots_tile<TT, CV>(x, stride, dim, g, cpad, dots);
+      dots_tile<CT, TV>(xt, npad, dim, g, columns, dots);
     }
   }
 }
 
-static void simhash_dots(const float* x, int64_t stride, int64_t count, int64_t dim, const float* g, int64_t cpad,
-                         float* dots) {
-  const int64_t vectors = cpad / W;
-  for (int64_t t0 = 0; t0 < count; t0 += kTileTokens) {
-    const int tokens = static_cast<int>(count - t0 < kTileTokens ? count - t0 : kTileTokens);
-    for (int64_t v0 = 0; v0 < vectors; v0 += kTileVectors) {
-      const int vs = static_cast<int>(vectors - v0 < kTileVectors ? vectors - v0 : kTileVectors);
-      dots_tile_any<kTileTokens, kTileVectors>(tokens, vs, x + t0 * stride, stride, dim, g + v0 * W, cpad,
-                                               dots + t0 * cpad + v0 * W);
+static void simhash_dots(const float* xt, int64_t npad, int64_t dim, const float* g, int64_t columns, float* dots) {
+  const int64_t vectors = npad / W;
+  for (int64_t v0 = 0; v0 < vectors; v0 += kTileVectors) {
+    const int vs = static_cast<int>(vectors - v0 < kTileVectors ? vectors - v0 : kTileVectors);
+    for (int64_t c0 = 0; c0 < columns; c0 += kTileColumns) {
+      const int cs = static_cast<int>(columns - c0 < kTileColumns ? columns - c0 : kTileColumns);
+      dots_tile_any<kTileColumns, kTileVectors>(cs, vs, xt + v0 * W, npad, dim, g + c0, columns,
+                                                dots + c0 * npad + v0 * W);
     }
   }
 }
@@ -134,7 +137,8 @@ static void add_row(float* acc, const float* x, int64_t dim) {
 
 #if defined(TOKENSET_SIMD_AVX512)
 // 16 x 16 tile: 32-bit then 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles.
-static inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
+// out[c] = column c of the tile (rows src + i * ss).
+static inline void transpose_tile_regs(const float* src, int64_t ss, V::type out[W]) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
   for (int i = 0; i < 8; ++i) {
@@ -154,15 +158,15 @@ static inline void transpose_tile(const float* src, int64_t ss, float* dst, int6
     const __m512 v0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
     const __m512 w0 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44);
     const __m512 w1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
-    _mm512_storeu_ps(dst + (0 + m) * ds, _mm512_shuffle_f32x4(v0, w0, 0x88));
-    _mm512_storeu_ps(dst + (4 + m) * ds, _mm512_shuffle_f32x4(v0, w0, 0xDD));
-    _mm512_storeu_ps(dst + (8 + m) * ds, _mm512_shuffle_f32x4(v1, w1, 0x88));
-    _mm512_storeu_ps(dst + (12 + m) * ds, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+    out[0 + m] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    out[4 + m] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    out[8 + m] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    out[12 + m] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
   }
 }
 #elif defined(TOKENSET_SIMD_AVX2)
 // 8 x 8 tile: 32-bit then 64-bit interleaves within 128-bit lanes, then one 128-bit lane permute.
-static inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
+static inline void transpose_tile_regs(const float* src, int64_t ss, V::type out[W]) {
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
   for (int i = 0; i < 4; ++i) {
@@ -178,13 +182,19 @@ static inline void transpose_tile(const float* src, int64_t ss, float* dst, int6
     r[4 * g + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
   }
   for (int m = 0; m < 4; ++m) {
-    _mm256_storeu_ps(dst + m * ds, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
-    _mm256_storeu_ps(dst + (4 + m) * ds, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
+    out[m] = _mm256_permute2f128_ps(r[m], r[4 + m], 0x20);
+    out[4 + m] = _mm256_permute2f128_ps(r[m], r[4 + m], 0x31);
   }
 }
 #else
-static inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) { (void)ss, (void)ds; *dst = *src; }
+static inline void transpose_tile_regs(const float* src, int64_t ss, V::type out[W]) { (void)ss, out[0] = *src; }
 #endif
+
+static inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
+  V::type columns[W];
+  transpose_tile_regs(src, ss, columns);
+  for (int c = 0; c < W; ++c) V::store(dst + c * ds, columns[c]);
+}
 
 static void transpose(const float* src, int64_t rows, int64_t cols, int64_t ss, float* dst, int64_t ds) {
   for (int64_t r0 = 0; r0 < rows; r0 += W) {
@@ -230,7 +240,7 @@ static inline void project_columns(const float* xt, int64_t npad, const int32_t*
     for (int v = 0; v < VS; ++v) V::store(out + npad + v * W, b[v]);
 }
 
-// npad tokens (a multiple of W, at most kProjectTokens) per call.
+// npad tokens (a multiple of W, at most 64) per call.
 static void project_tokens(const float* xt, int64_t npad, const int32_t* order, const int32_t* starts,
                            const float* weight, int64_t pd, float* yt) {
   constexpr int kVectors = 64 / W < 8 ? 64 / W : 8;
@@ -266,23 +276,58 @@ static void project_tokens(const float* xt, int64_t npad, const int32_t* order, 
   }
 }
 
-static void sign_patterns(const float* dots, int64_t count, int64_t cpad, int64_t reps, int bits, uint64_t* words,
-                          uint32_t* codes) {
-  const int64_t vectors = cpad / W;
-  const uint32_t low = bits >= 32 ? 0xffffffffu : ((1u << bits) - 1u);
-  for (int64_t t = 0; t < count; ++t) {
-    const float* d = dots + t * cpad;
-    for (int64_t w = 0; w * 64 < cpad; ++w) words[w] = 0;
-    for (int64_t v = 0; v < vectors; ++v) {
-      const uint64_t m = V::mask_bits(V::greater(V::load(d + v * W), V::zero()));
-      const int64_t bit = v * W;
-      words[bit / 64] |= m << (bit % 64);  // W divides 64: a vector's bits never straddle two words
+// Adds a projected block to its partitions: token t (t < nb) is column t of yt [pd][npad] and is added to
+// rep_row[parts[t] * pd ..]. Whole tiles of W tokens x W columns are transposed in registers, not through memory.
+static void accumulate_projected(const float* yt, int64_t npad, int64_t nb, int64_t pd, const int32_t* parts,
+                                 float* rep_row, int32_t* counts) {
+  for (int64_t t0 = 0; t0 < nb; t0 += W) {  // npad is a multiple of W: a tile never reads past it
+    const int tokens = static_cast<int>(nb - t0 < W ? nb - t0 : W);
+    float* dst[W];
+    for (int i = 0; i < tokens; ++i) {
+      dst[i] = rep_row + parts[t0 + i] * pd;
+      ++counts[parts[t0 + i]];
     }
+    int64_t j0 = 0;
+    for (; j0 + W <= pd; j0 += W) {
+      V::type rows[W];
+      transpose_tile_regs(yt + j0 * npad + t0, npad, rows);
+      if (tokens == W) {  // constant trip count: rows stay in registers
+#pragma GCC unroll 16
+        for (int i = 0; i < W; ++i) V::store(dst[i] + j0, V::add(V::load(dst[i] + j0), rows[i]));
+      } else {
+        for (int i = 0; i < tokens; ++i) V::store(dst[i] + j0, V::add(V::load(dst[i] + j0), rows[i]));
+      }
+    }
+    for (; j0 < pd; ++j0)
+      for (int i = 0; i < tokens; ++i) dst[i][j0] += yt[j0 * npad + t0 + i];
+  }
+}
+
+static void sign_codes(const float* dots, int64_t npad, int64_t count, int64_t reps, int bits, int64_t stride,
+                       uint32_t* codes, int32_t* parts) {
+  const V::itype one = V::iset1(1);
+  for (int64_t t0 = 0; t0 < count; t0 += W) {
+    const int64_t lanes = count - t0 < W ? count - t0 : W;
     for (int64_t r = 0; r < reps; ++r) {
-      const int64_t start = r * bits, word = start / 64, offset = start % 64;
-      uint64_t value = words[word] >> offset;
-      if (offset + bits > 64) value |= words[word + 1] << (64 - offset);
-      codes[t * reps + r] = static_cast<uint32_t>(value) & low;
+      V::itype code = V::iset1(0);
+      for (int m = 0; m < bits; ++m) {  // code = 2 * code + bit, first hyperplane first
+        code = V::iadd(code, code);
+        code = V::iselect(V::greater(V::load(dots + (r * bits + m) * npad + t0), V::zero()), code, V::iadd(code, one));
+      }
+      V::itype part = code;  // Gray decode: the prefix XOR of the pattern's bits, in log2(bits) steps
+      for (int shift = 1; shift < bits; shift <<= 1) part = V::ixor(part, V::isrl(part, shift));
+      int32_t* code_out = reinterpret_cast<int32_t*>(codes) + r * stride + t0;
+      int32_t* part_out = parts + r * stride + t0;
+      if (lanes == W) {
+        V::istore(code_out, code);
+        V::istore(part_out, part);
+      } else {  // the block's last tokens: only `lanes` of the W are real
+        int32_t code_lanes[W], part_lanes[W];
+        V::istore(code_lanes, code);
+        V::istore(part_lanes, part);
+        std::memcpy(code_out, code_lanes, sizeof(int32_t) * lanes);
+        std::memcpy(part_out, part_lanes, sizeof(int32_t) * lanes);
+      }
     }
   }
 }
@@ -294,8 +339,8 @@ static void divide_row(float* dst, const float* src, int64_t n, float divisor) {
   for (; k < n; ++k) dst[k] = src[k] / divisor;
 }
 
-extern const FdeKernel fde_kernel = {W,          &convert_rows,   &simhash_dots,  &add_row,
-                                     &transpose, &project_tokens, &sign_patterns, &divide_row};
+extern const FdeKernel fde_kernel = {W,          &convert_rows,   &simhash_dots,         &add_row,       &transpose,
+                                     &project_tokens, &accumulate_projected, &sign_codes,    &divide_row};
 
 }  // namespace TOKENSET_SIMD_NS
 }  // namespace cpu
@@ -323,38 +368,47 @@ const FdeKernel& active_kernel() {
   return scalar::fde_kernel;
 }
 
-// Tokens whose hyperplane dots are computed together (bounds the dots scratch at kDotTokens * cpad floats).
-constexpr int64_t kDotTokens = 64;
+// Tokens go through the encoder in blocks of this many: a block is transposed once (dim x 64 floats, 32 KiB at dim
+// 128, so it stays in L1) and its hyperplane dots and projections are computed with tokens in vector lanes.
+constexpr int64_t kBlockTokens = 64;
 // Raw tokens are summed per partition in scratch of 2^bits * dim floats when it is at most this large; above it
 // (many partitions) tokens go straight to the output row.
 constexpr int64_t kMaxPartitionSums = int64_t(1) << 20;
 
-inline uint32_t partition_of(uint32_t pattern) {  // the p whose Gray code p ^ (p >> 1) is `pattern`
-  uint32_t p = pattern;
-  for (int shift = 1; shift < 32; shift <<= 1) p ^= p >> shift;
-  return p;
-}
-
 inline uint32_t gray_code(uint32_t p) { return p ^ (p >> 1); }
 
+// Float scratch starting on a cache line (std::vector only promises 16 bytes): a 64-byte vector load or store that
+// straddles two lines costs two.
+class AlignedFloats {
+ public:
+  void resize(size_t n) {
+    storage_.assign(n + 16, 0.0f);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
+    data_ = storage_.data() + ((64 - address % 64) % 64) / sizeof(float);
+  }
+  float* data() { return data_; }
+
+ private:
+  std::vector<float> storage_;
+  float* data_ = nullptr;
+};
+
 struct Scratch {
-  std::vector<float> tokens;    // the set as float32 (float16 / bfloat16 input only) [n, dim]
-  std::vector<float> dots;      // [kDotTokens, cpad]
-  std::vector<uint32_t> codes;  // sign patterns [n, reps]
-  std::vector<uint64_t> words;  // one token's sign bits, all columns [cpad / 64 + 1]
+  AlignedFloats tokens;         // the set as float32 (float16 / bfloat16 input only) [n, dim]
+  AlignedFloats xt;             // a block of tokens, transposed [dim, kBlockTokens]
+  AlignedFloats dots;           // its hyperplane dots [reps * bits, kBlockTokens]
+  AlignedFloats yt;             // projected encoders: its projection by one repetition [proj_dim, kBlockTokens]
+  std::vector<uint32_t> codes;  // sign pattern of every token in every repetition [reps, n]
+  std::vector<int32_t> parts;   // ... and its partition [reps, n]
   std::vector<int32_t> counts;  // tokens per partition [2^bits] ([reps, 2^bits] for projected encoders)
-  std::vector<float> sums;      // raw partition sums of the current repetition [2^bits, dim]
-  std::vector<float> xt;        // projected encoders: a block of tokens transposed [dim, kProjectTokens]
-  std::vector<float> yt;        // ... its projection, transposed [proj_dim, kProjectTokens]
-  std::vector<float> y;         // ... and in rows [kProjectTokens, proj_dim]
-  std::vector<float> row;       // the FDE before the Count-Sketch [fde_dim]
+  AlignedFloats sums;           // identity encoders: raw partition sums of the current repetition [2^bits, dim];
+                                // projected encoders: projected partition sums, all repetitions [fde_dim]
+  AlignedFloats row;            // the FDE before the Count-Sketch [fde_dim]
 };
 
 struct Ctx {
   const FdeParams* p;
   const FdeKernel* kernel;
-  std::vector<float> hyperplanes;  // [dim, cpad], columns past reps * bits zero
-  int64_t cpad = 0;
   bool via_sums = false;  // encode_rep_via_sums (else encode_rep_direct)
   // The AMS projection grouped by output column, per repetition: proj_order[r * dim + ..], proj_starts[r][pd + 1].
   std::vector<int32_t> proj_order, proj_starts;
@@ -362,14 +416,15 @@ struct Ctx {
   std::vector<Scratch> scratch;  // one per worker
 };
 
-// The token nearest to empty partition `part` of repetition `rep`: least Hamming distance between its sign pattern
-// and the partition's Gray code, lowest index on ties. 1 is the least distance possible for an empty partition.
-int64_t nearest_token(const uint32_t* codes, int64_t n, int64_t reps, int64_t rep, int64_t part) {
+// The token nearest to empty partition `part`, given the sign patterns of one repetition: least Hamming distance
+// between a token's pattern and the partition's Gray code, lowest index on ties. 1 is the least distance possible
+// for an empty partition.
+int64_t nearest_token(const uint32_t* rep_codes, int64_t n, int64_t part) {
   const uint32_t target = gray_code(static_cast<uint32_t>(part));
   int64_t best = 0;
   int best_distance = 33;
   for (int64_t t = 0; t < n && best_distance > 1; ++t) {
-    const int distance = __builtin_popcount(codes[t * reps + rep] ^ target);
+    const int distance = __builtin_popcount(rep_codes[t] ^ target);
     if (distance < best_distance) {
       best_distance = distance;
       best = t;
@@ -383,13 +438,14 @@ int64_t nearest_token(const uint32_t* codes, int64_t n, int64_t reps, int64_t re
 void encode_rep_via_sums(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t stride, int64_t n, float* rep_row) {
   const FdeParams& p = *c.p;
   const FdeKernel& kernel = *c.kernel;
-  const int64_t dim = p.sets.dim, reps = p.reps, parts = p.num_partitions(), pd = dim;
-  const uint32_t* codes = s.codes.data();
+  const int64_t dim = p.sets.dim, parts = p.num_partitions(), pd = dim;
+  const uint32_t* rep_codes = s.codes.data() + r * n;
+  const int32_t* token_parts = s.parts.data() + r * n;
   int32_t* counts = s.counts.data();
   float* sums = s.sums.data();
   std::fill(counts, counts + parts, 0);
   for (int64_t t = 0; t < n; ++t) {
-    const uint32_t part = partition_of(codes[t * reps + r]);
+    const int32_t part = token_parts[t];
     float* sum = sums + part * dim;
     if (counts[part]++ == 0)
       std::memcpy(sum, x + t * stride, sizeof(float) * dim);
@@ -403,7 +459,7 @@ void encode_rep_via_sums(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t 
     if (count > 0) {
       source = sums + part * dim;
     } else if (p.fill_empty && p.simhash_bits > 0 && n > 0) {
-      source = x + nearest_token(codes, n, reps, r, part) * stride;
+      source = x + nearest_token(rep_codes, n, part) * stride;
     } else {
       std::memset(block, 0, sizeof(float) * pd);
       continue;
@@ -416,20 +472,19 @@ void encode_rep_via_sums(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t 
 }
 
 // Identity projection, one repetition, when partition sums would not fit in scratch (many partitions): each token
-// (a row of `y`, `y_stride` floats apart) is added to its zeroed output block, then non-empty blocks are divided and
-// empty ones filled with the nearest token.
-void encode_rep_direct(Ctx& c, Scratch& s, int64_t r, const float* y, int64_t y_stride, int64_t n, float* rep_row) {
+// is added to its zeroed output block, then non-empty blocks are divided and empty ones filled with the nearest token.
+void encode_rep_direct(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t stride, int64_t n, float* rep_row) {
   const FdeParams& p = *c.p;
   const FdeKernel& kernel = *c.kernel;
-  const int64_t reps = p.reps, parts = p.num_partitions(), pd = p.proj_dim;
-  const uint32_t* codes = s.codes.data();
+  const int64_t parts = p.num_partitions(), pd = p.proj_dim;
+  const uint32_t* rep_codes = s.codes.data() + r * n;
+  const int32_t* token_parts = s.parts.data() + r * n;
   int32_t* counts = s.counts.data();
   std::fill(counts, counts + parts, 0);
   std::fill(rep_row, rep_row + parts * pd, 0.0f);
   for (int64_t t = 0; t < n; ++t) {
-    const uint32_t part = partition_of(codes[t * reps + r]);
-    kernel.add_row(rep_row + part * pd, y + t * y_stride, pd);
-    ++counts[part];
+    kernel.add_row(rep_row + token_parts[t] * pd, x + t * stride, pd);
+    ++counts[token_parts[t]];
   }
   for (int64_t part = 0; part < parts; ++part) {
     float* block = rep_row + part * pd;
@@ -437,13 +492,9 @@ void encode_rep_direct(Ctx& c, Scratch& s, int64_t r, const float* y, int64_t y_
     if (count > 1 && p.average)
       kernel.divide_row(block, block, pd, static_cast<float>(count));
     else if (count == 0 && p.fill_empty && p.simhash_bits > 0 && n > 0)
-      std::memcpy(block, y + nearest_token(codes, n, reps, r, part) * y_stride, sizeof(float) * pd);
+      std::memcpy(block, x + nearest_token(rep_codes, n, part) * stride, sizeof(float) * pd);
   }
 }
-
-// Constant for every level: the transposed token block of a projected encoder is dim x 64 floats (32 KiB at dim 128,
-// so it stays in L1 while every repetition projects it).
-constexpr int64_t kProjectTokens = 64;
 
 // The AMS projection of token x by repetition r into y [proj_dim] (used to fill empty partitions).
 void project_token(const Ctx& c, int64_t r, const float* x, float* y) {
@@ -458,53 +509,30 @@ void project_token(const Ctx& c, int64_t r, const float* x, float* y) {
   }
 }
 
-// Projected encoders. Tokens go in blocks of 64: a block is transposed once; every repetition projects the whole
-// block with the sparse AMS structure (project_tokens), transposes the result back and adds each token's row to its
-// partition in the zeroed output row. Then blocks are divided and empty ones filled.
-void encode_projected(Ctx& c, Scratch& s, const float* x, int64_t stride, int64_t n, float* row) {
-  const FdeParams& p = *c.p;
-  const FdeKernel& kernel = *c.kernel;
-  const int64_t dim = p.sets.dim, reps = p.reps, parts = p.num_partitions(), pd = p.proj_dim;
-  const uint32_t* codes = s.codes.data();
-  int32_t* counts = s.counts.data();  // [reps, parts]
-  std::fill(counts, counts + reps * parts, 0);
-  std::fill(row, row + p.fde_dim(), 0.0f);
-  float* xt = s.xt.data();
-  for (int64_t t0 = 0; t0 < n; t0 += kProjectTokens) {
-    const int64_t nb = std::min(kProjectTokens, n - t0);
-    if (nb < kProjectTokens) std::fill(xt, xt + dim * kProjectTokens, 0.0f);
-    kernel.transpose(x + t0 * stride, nb, dim, stride, xt, kProjectTokens);
-    for (int64_t r = 0; r < reps; ++r) {
-      kernel.project_tokens(xt, kProjectTokens, c.proj_order.data() + r * dim, c.proj_starts.data() + r * (pd + 1),
-                            c.proj_weight_ordered.data() + r * dim, pd, s.yt.data());
-      kernel.transpose(s.yt.data(), pd, nb, kProjectTokens, s.y.data(), pd);
-      float* rep_row = row + r * parts * pd;
-      int32_t* rep_counts = counts + r * parts;
-      for (int64_t t = 0; t < nb; ++t) {
-        const uint32_t part = partition_of(codes[(t0 + t) * reps + r]);
-        kernel.add_row(rep_row + part * pd, s.y.data() + t * pd, pd);
-        ++rep_counts[part];
-      }
-    }
-  }
-  for (int64_t r = 0; r < reps; ++r) {
-    for (int64_t part = 0; part < parts; ++part) {
-      float* block = row + (r * parts + part) * pd;
-      const int32_t count = counts[r * parts + part];
-      if (count > 1 && p.average)
-        kernel.divide_row(block, block, pd, static_cast<float>(count));
-      else if (count == 0 && p.fill_empty && p.simhash_bits > 0 && n > 0)
-        project_token(c, r, x + nearest_token(codes, n, reps, r, part) * stride, block);
-    }
-  }
+// Asks for the input rows that the next block reads (into L2: the current block's working set fills L1), so that
+// reading the input from memory overlaps with computing on the current block.
+inline void prefetch_rows(const SetBatch& sets, int64_t first, int64_t rows) {
+  const int64_t size = dtype_size(sets.dtype), bytes = sets.dim * size;
+  const char* values = static_cast<const char*>(sets.values);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(values + ((first + t) * sets.row_stride) * size + b, 0, 2);
 }
 
-// Encodes one set into its output row; `s` was sized by fde_encode for the longest set (nothing here allocates).
-void encode_set(Ctx& c, int64_t set, Scratch& s) {
+// Encodes one set into its output row (sets up to `last_set` follow on this worker); `s` was sized by fde_encode for
+// the longest set (nothing here allocates).
+//
+// Tokens go in blocks of up to 64. A block is transposed once (the last one padded only to a multiple of the vector
+// width); its hyperplane dots for all repetitions at once give every token's sign pattern and partition. Projected
+// encoders then project the block per repetition with the sparse AMS structure (project_tokens) and add the projected
+// tokens to their partitions in the zeroed output row (accumulate_projected). Identity encoders sum raw token rows per
+// partition once every partition is known. Last, blocks are divided and empty ones filled.
+void encode_set(Ctx& c, int64_t set, int64_t last_set, Scratch& s) {
   const FdeParams& p = *c.p;
   const FdeKernel& kernel = *c.kernel;
   const int64_t dim = p.sets.dim, n = p.sets.length(set), first = p.sets.begin(set);
   const int64_t reps = p.reps, bits = p.simhash_bits, parts = p.num_partitions(), pd = p.proj_dim;
+  const int64_t width = kernel.width;
+  const bool projected = p.proj_index != nullptr && p.encode;
   // The set's tokens as float32 rows: in place for float32 input, converted once otherwise.
   const float* x;
   int64_t stride;
@@ -517,27 +545,68 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
     stride = dim;
   }
 
-  // Sign patterns of every token in every repetition.
   uint32_t* codes = s.codes.data();
+  int32_t* token_parts = s.parts.data();
   if (bits == 0) {
     std::fill(codes, codes + n * reps, 0u);
-  } else {
-    for (int64_t t0 = 0; t0 < n; t0 += kDotTokens) {
-      const int64_t count = std::min(kDotTokens, n - t0);
-      kernel.simhash_dots(x + t0 * stride, stride, count, dim, c.hyperplanes.data(), c.cpad, s.dots.data());
-      kernel.sign_patterns(s.dots.data(), count, c.cpad, reps, static_cast<int>(bits), s.words.data(),
-                           codes + t0 * reps);
+    std::fill(token_parts, token_parts + n * reps, 0);
+  }
+  // Projected encoders accumulate in scratch (cache-resident), then write each output block once.
+  float* out_row = p.final_dim > 0 ? s.row.data() : p.out + set * p.output_dim();
+  float* row = projected ? s.sums.data() : out_row;
+  int32_t* counts = s.counts.data();
+  if (projected) {
+    std::fill(counts, counts + reps * parts, 0);
+    std::fill(row, row + p.fde_dim(), 0.0f);
+  }
+  if (bits > 0 || projected) {
+    float* xt = s.xt.data();
+    for (int64_t t0 = 0; t0 < n; t0 += kBlockTokens) {
+      const int64_t nb = std::min(kBlockTokens, n - t0);
+      const int64_t npad = (nb + width - 1) / width * width;
+      kernel.transpose(x + t0 * stride, nb, dim, stride, xt, npad);
+      if (nb < npad)  // padding lanes are computed too (and ignored): keep them finite
+        for (int64_t k = 0; k < dim; ++k) std::fill(xt + k * npad + nb, xt + (k + 1) * npad, 0.0f);
+      if (bits > 0) {
+        kernel.simhash_dots(xt, npad, dim, p.simhash, reps * bits, s.dots.data());
+        kernel.sign_codes(s.dots.data(), npad, nb, reps, static_cast<int>(bits), n, codes + t0, token_parts + t0);
+      }
+      if (!projected) continue;
+      // The next block's input rows are prefetched a slice per repetition (a burst would stall on outstanding misses).
+      int64_t next_first = first + t0 + nb, next_rows = std::min(kBlockTokens, n - t0 - nb);
+      if (next_rows == 0 && set + 1 < last_set)
+        next_first = p.sets.begin(set + 1), next_rows = std::min(kBlockTokens, p.sets.length(set + 1));
+      for (int64_t r = 0; r < reps; ++r) {
+        const int64_t slice_begin = next_rows * r / reps, slice_end = next_rows * (r + 1) / reps;
+        prefetch_rows(p.sets, next_first + slice_begin, slice_end - slice_begin);
+        kernel.project_tokens(xt, npad, c.proj_order.data() + r * dim, c.proj_starts.data() + r * (pd + 1),
+                              c.proj_weight_ordered.data() + r * dim, pd, s.yt.data());
+        kernel.accumulate_projected(s.yt.data(), npad, nb, pd, token_parts + r * n + t0, row + r * parts * pd,
+                                    counts + r * parts);
+      }
     }
   }
   if (p.partitions) {
     int32_t* out = p.partitions + (first - p.sets.offsets[0]) * reps;
-    for (int64_t i = 0; i < n * reps; ++i) out[i] = static_cast<int32_t>(partition_of(codes[i]));
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = 0; r < reps; ++r) out[t * reps + r] = token_parts[r * n + t];
   }
   if (!p.encode) return;
 
-  float* row = p.final_dim > 0 ? s.row.data() : p.out + set * p.output_dim();
-  if (p.proj_index != nullptr) {
-    encode_projected(c, s, x, stride, n, row);
+  if (projected) {
+    for (int64_t r = 0; r < reps; ++r) {
+      for (int64_t part = 0; part < parts; ++part) {
+        const float* sum = row + (r * parts + part) * pd;
+        float* block = out_row + (r * parts + part) * pd;
+        const int32_t count = counts[r * parts + part];
+        if (count > 1 && p.average)
+          kernel.divide_row(block, sum, pd, static_cast<float>(count));
+        else if (count == 0 && p.fill_empty && bits > 0 && n > 0)
+          project_token(c, r, x + nearest_token(codes + r * n, n, part) * stride, block);
+        else
+          std::memcpy(block, sum, sizeof(float) * pd);
+      }
+    }
   } else {
     for (int64_t r = 0; r < reps; ++r) {
       if (c.via_sums)
@@ -551,13 +620,13 @@ void encode_set(Ctx& c, int64_t set, Scratch& s) {
     float* out = p.out + set * p.final_dim;
     std::fill(out, out + p.final_dim, 0.0f);
     const int64_t fde_dim = p.fde_dim();
-    for (int64_t i = 0; i < fde_dim; ++i) out[p.final_index[i]] += p.final_sign[i] * row[i];
+    for (int64_t i = 0; i < fde_dim; ++i) out[p.final_index[i]] += p.final_sign[i] * out_row[i];
   }
 }
 
 void encode_range(void* ctx, int64_t begin, int64_t end, int worker) {
   Ctx& c = *static_cast<Ctx*>(ctx);
-  for (int64_t set = begin; set < end; ++set) encode_set(c, set, c.scratch[static_cast<size_t>(worker)]);
+  for (int64_t set = begin; set < end; ++set) encode_set(c, set, end, c.scratch[static_cast<size_t>(worker)]);
 }
 
 }  // namespace
@@ -572,16 +641,7 @@ void fde_encode(const FdeParams& p) {
   Ctx c;
   c.p = &p;
   c.kernel = &active_kernel();
-  const int64_t dim = p.sets.dim, columns = p.reps * p.simhash_bits, width = c.kernel->width;
-  c.cpad = (columns + width - 1) / width * width;
-  // Each repetition's hyperplanes in reverse order: column r * bits + m holds hyperplane bits - 1 - m, so that the
-  // compare-mask bit m is pattern bit m (the first hyperplane is the most significant bit).
-  const int64_t bits = p.simhash_bits;
-  c.hyperplanes.assign(static_cast<size_t>(dim * c.cpad), 0.0f);
-  for (int64_t k = 0; k < dim; ++k)
-    for (int64_t r = 0; r < p.reps; ++r)
-      for (int64_t m = 0; m < bits; ++m)
-        c.hyperplanes[static_cast<size_t>(k * c.cpad + r * bits + m)] = p.simhash[k * columns + r * bits + bits - 1 - m];
+  const int64_t dim = p.sets.dim, columns = p.reps * p.simhash_bits;
   c.via_sums = p.proj_index == nullptr && p.num_partitions() * dim <= kMaxPartitionSums;
   if (p.proj_index != nullptr) {  // group input coordinates by output column (counting sort, ascending within)
     const int64_t pd = p.proj_dim;
@@ -607,17 +667,17 @@ void fde_encode(const FdeParams& p) {
   c.scratch.resize(static_cast<size_t>(threads));
   for (Scratch& s : c.scratch) {
     if (p.sets.dtype != DType::Float32) s.tokens.resize(static_cast<size_t>(longest * dim));
+    s.xt.resize(static_cast<size_t>(dim * kBlockTokens));
+    s.dots.resize(static_cast<size_t>(columns * kBlockTokens));
     s.codes.resize(static_cast<size_t>(longest * p.reps));
-    s.words.resize(static_cast<size_t>(c.cpad / 64 + 1));
-    s.dots.resize(static_cast<size_t>(kDotTokens * std::max<int64_t>(c.cpad, 1)));
+    s.parts.resize(static_cast<size_t>(longest * p.reps));
     if (!p.encode) continue;
     s.counts.resize(static_cast<size_t>(p.num_partitions()));
     if (c.via_sums) s.sums.resize(static_cast<size_t>(p.num_partitions() * dim));
+    if (p.proj_index != nullptr) s.sums.resize(static_cast<size_t>(p.fde_dim()));
     if (p.proj_index != nullptr) {
       s.counts.resize(static_cast<size_t>(p.reps * p.num_partitions()));
-      s.xt.resize(static_cast<size_t>(dim * kProjectTokens));
-      s.yt.resize(static_cast<size_t>(p.proj_dim * kProjectTokens));
-      s.y.resize(static_cast<size_t>(kProjectTokens * p.proj_dim));
+      s.yt.resize(static_cast<size_t>(p.proj_dim * kBlockTokens));
     }
     if (p.final_dim > 0) s.row.resize(static_cast<size_t>(p.fde_dim()));
   }

@@ -40,6 +40,9 @@ struct V {
   static itype iset1(int32_t x) { return _mm512_set1_epi32(x); }
   static itype iselect(mask m, itype if_false, itype if_true) { return _mm512_mask_blend_epi32(m, if_false, if_true); }
   static void istore(int32_t* p, itype v) { _mm512_storeu_si512(p, v); }
+  static itype iadd(itype a, itype b) { return _mm512_add_epi32(a, b); }
+  static itype ixor(itype a, itype b) { return _mm512_xor_si512(a, b); }
+  static itype isrl(itype a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }  // logical shift
   static void store_mask(bool* out, mask m) {
     for (int i = 0; i < width; ++i) out[i] = (m >> i) & 1;
   }
@@ -68,6 +71,9 @@ struct V {
     return _mm256_blendv_epi8(if_false, if_true, _mm256_castps_si256(m));
   }
   static void istore(int32_t* p, itype v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static itype iadd(itype a, itype b) { return _mm256_add_epi32(a, b); }
+  static itype ixor(itype a, itype b) { return _mm256_xor_si256(a, b); }
+  static itype isrl(itype a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
   static void store_mask(bool* out, mask m) {
     const int bits = _mm256_movemask_ps(m);
     for (int i = 0; i < width; ++i) out[i] = (bits >> i) & 1;
@@ -95,6 +101,9 @@ struct V {
   static itype iset1(int32_t x) { return x; }
   static itype iselect(mask m, itype if_false, itype if_true) { return m ? if_true : if_false; }
   static void istore(int32_t* p, itype v) { *p = v; }
+  static itype iadd(itype a, itype b) { return static_cast<itype>(static_cast<uint32_t>(a) + static_cast<uint32_t>(b)); }
+  static itype ixor(itype a, itype b) { return a ^ b; }
+  static itype isrl(itype a, int n) { return static_cast<itype>(static_cast<uint32_t>(a) >> n); }
   static void store_mask(bool* out, mask m) { out[0] = m; }
   static uint32_t mask_bits(mask m) { return m ? 1u : 0u; }
   static type div(type a, type b) { return a / b; }
