@@ -75,10 +75,11 @@ SWEEP = [
     (64, 4, 5, 16, True, None),
     (64, 2, 8, 8, True, None),
     (130, 2, 4, None, False, None),
-    (130, 2, 4, 70, True, 500),   # proj_dim > 4 vectors: the scattered projection path
+    (130, 2, 4, 70, True, 500),   # proj_dim not a multiple of the vector width: tail columns
     (33, 5, 2, 33, True, 9),
     (20, 2, 12, 3, True, None),   # 4096 partitions, mostly empty: fill dominates
-    (8, 2, 16, 1, True, None),    # 2^16 partitions x dim > the partition-sum scratch cap: per-token projection
+    (8, 2, 16, 1, True, None),    # 2^16 partitions, one projected coordinate each
+    (20, 1, 16, None, True, None),  # 2^16 partitions x dim > the partition-sum scratch cap: tokens added in place
 ]
 
 
