@@ -22,7 +22,7 @@ namespace cpu {
 
 // The per-level kernel table.
 struct FdeKernel {
-  int width;  // floats per vector: hyperplane columns are padded to a multiple of it
+  int width;  // floats per vector: a block's tokens are padded to a multiple of it
   // dst[t * dim + k] = float(set row `first + t`, element k) for t < count.
   void (*convert_rows)(const SetBatch& sets, int64_t first, int64_t count, float* dst);
   // The hyperplane dots of a transposed block of tokens, tokens in lanes: dots[c * npad + t] = sum over k of
@@ -32,10 +32,10 @@ struct FdeKernel {
   void (*add_row)(float* acc, const float* x, int64_t dim);
   // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (width x width register tiles).
   void (*transpose)(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst, int64_t dst_stride);
-  // The AMS projection of all tokens of a set at once, in transposed form: yt[j * npad + t] = sum over k in
-  // starts[j] .. starts[j+1] of weight[k] * xt[order[k] * npad + t] (order: the input coordinates sent to column j,
-  // weight: theirs, in the same order). Each input
-  // coordinate costs one broadcast-FMA per `width` tokens, instead of one per token with a dense matrix.
+  // The AMS projection of a transposed block of tokens: yt[j * npad + t] = sum over k in starts[j] .. starts[j+1] of
+  // weight[k] * xt[order[k] * npad + t] (order: the input coordinates sent to column j, weight: theirs, in the same
+  // order). Each input coordinate costs one broadcast-FMA per `width` tokens, instead of one per token with a dense
+  // matrix.
   void (*project_tokens)(const float* xt, int64_t npad, const int32_t* order, const int32_t* starts,
                          const float* weight, int64_t pd, float* yt);
   // rep_row[parts[t] * pd + j] += yt[j * npad + t] for t < nb, j < pd; counts[parts[t]] += 1.
