@@ -674,8 +674,8 @@ void fde_encode(const FdeParams& p) {
     if (!p.encode) continue;
     s.counts.resize(static_cast<size_t>(p.num_partitions()));
     if (c.via_sums) s.sums.resize(static_cast<size_t>(p.num_partitions() * dim));
-    if (p.proj_index != nullptr) s.sums.resize(static_cast<size_t>(p.fde_dim()));
     if (p.proj_index != nullptr) {
+      s.sums.resize(static_cast<size_t>(p.fde_dim()));
       s.counts.resize(static_cast<size_t>(p.reps * p.num_partitions()));
       s.yt.resize(static_cast<size_t>(p.proj_dim * kBlockTokens));
     }
