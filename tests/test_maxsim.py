@@ -48,6 +48,38 @@ def test_all_pairs_match_reference(simd, dtype, dim, q_lengths, d_lengths):
     np.testing.assert_array_less(np.abs(got[~empty] - want[~empty]), bound[~empty])
 
 
+# Widths the CPU kernel compiles as constants (csrc/cpu/maxsim.cpp: float32 rows with stride == dim, or any
+# float16/bfloat16 rows), next to one it does not.
+COMPILED_WIDTHS = [64, 96, 128, 256, 384, 512, 768, 1024, 200]
+
+
+@pytest.mark.parametrize("dim", COMPILED_WIDTHS)
+def test_compiled_widths_match_reference_and_the_strided_path(simd, dim):
+    rng = np.random.default_rng(dim)
+    queries = random_sets(rng, [32, 5], dim)
+    lengths = [12, 24, 25, 1, 0, 37]  # full 12-row tiles, partial tiles, one token, empty
+    documents = random_sets(rng, lengths, dim)
+    documents[2][7, dim // 2] = np.nan  # a NaN inside a full tile
+    got = tokenset.maxsim(queries, documents)
+    want = ref.maxsim(as_float64(queries), as_float64(documents))
+    assert np.isnan(got[:, 2]).all() and np.isnan(want[:, 2]).all()
+    finite = np.isfinite(want)
+    assert np.array_equal(np.isneginf(got), np.isneginf(want))
+    assert np.all(np.abs(got[finite] - want[finite]) < maxsim_error_bound(queries, documents)[finite])
+    # The same rows with a row stride of dim + 3 take the generic-width path: same arithmetic, same bits.
+    offsets = np.r_[0, np.cumsum(lengths)]
+    wide = np.zeros((offsets[-1], dim + 3), np.float32)
+    wide[:, :dim] = np.concatenate(documents)
+    strided = tokenset.maxsim(queries, tokenset.Ragged(wide[:, :dim], offsets))
+    np.testing.assert_array_equal(strided, got)
+    # float16 rows are converted into packed scratch, so they take the compiled width too.
+    half_q = [q.astype(np.float16) for q in queries]
+    half_d = [d.astype(np.float16) for d in documents]
+    got16 = tokenset.maxsim(half_q, half_d)
+    want16 = ref.maxsim(as_float64(half_q), as_float64(half_d))
+    assert np.all(np.abs(got16[finite] - want16[finite]) < maxsim_error_bound(half_q, half_d)[finite])
+
+
 def test_random_sweep_many_shapes(simd):
     rng = np.random.default_rng(7)
     for trial in range(25):
