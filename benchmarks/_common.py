@@ -36,10 +36,13 @@ def machine_name(device: str = "cpu") -> str:
 
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None] = lambda: None,
-                     budget_s: float = 60.0) -> Dict[str, float]:
-    """Median seconds per call. Methods run in rotating order each round, so that machine noise hits all alike; each
-    timed call follows an untimed call of the same method, so no method is timed while the previous one's threads
-    still spin (torch's OpenMP workers busy-wait after a parallel region and would take the cores)."""
+                     budget_s: float = 60.0, settle_s: float = 0.2) -> Dict[str, float]:
+    """Median seconds per call. Methods run in rotating order each round, so that machine noise hits all alike.
+
+    Each timed call follows untimed calls of the same method lasting at least `settle_s` (one call at least), so no
+    method is timed while the previous one's thread pool still holds the cores: numpy's OpenBLAS workers busy-wait
+    about 0.1 s after a call (measured: a 4.0 ms tokenset scan took 9.1 ms right after numpy, 4.0 ms after 0.2 s of
+    its own calls), torch's OpenMP workers spin too, and a core left idle comes back slowly."""
     names = list(fns)
     for name in names:  # warm-up
         fns[name]()
@@ -49,8 +52,12 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, sync: C
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            settle_start = time.perf_counter()
             fns[name]()
             sync()
+            while time.perf_counter() - settle_start < settle_s:
+                fns[name]()
+                sync()
             t0 = time.perf_counter()
             fns[name]()
             sync()
