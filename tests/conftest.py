@@ -27,7 +27,7 @@ requires_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed 
 
 def supported_simd_levels():
     levels = []
-    for level in ("scalar", "avx2", "avx512"):
+    for level in ("scalar", "avx2", "avx512", "amx"):
         if level in tokenset.build_info()["simd_compiled"]:
             try:
                 tokenset.set_simd_level(level)

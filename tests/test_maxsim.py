@@ -9,7 +9,7 @@ import pytest
 import tokenset
 from tokenset.reference import maxsim as ref
 
-from conftest import BF16, as_float64, maxsim_error_bound, random_sets, requires_torch
+from conftest import BF16, SIMD_LEVELS, as_float64, maxsim_error_bound, random_sets, requires_torch
 
 
 def cast(sets, dtype):
@@ -379,3 +379,86 @@ def test_torch_non_contiguous():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
     got_t = tokenset.maxsim(q, x.t()[:20].t().contiguous().t().t())  # a transposed view
     assert got_t.shape == (1, 1)
+
+
+# ---- AMX-BF16 tiles (bfloat16 queries and documents, dim a multiple of 32) -------------------------------------------
+requires_amx = pytest.mark.skipif("amx" not in SIMD_LEVELS, reason="this CPU, OS or build has no AMX-BF16 tiles")
+
+
+def amx_then_avx512(fn):
+    """fn() at the 'amx' level and at 'avx512', which runs the same bfloat16 inputs through FMAs."""
+    try:
+        tokenset.set_simd_level("amx")
+        on_tiles = fn()
+        tokenset.set_simd_level("avx512")
+        on_vectors = fn()
+    finally:
+        tokenset.set_simd_level(tokenset.build_info()["simd_best"])
+    return on_tiles, on_vectors
+
+
+@requires_amx
+@pytest.mark.parametrize("dim", [32, 64, 96, 128, 384, 1024])
+def test_amx_matches_reference_and_vector_kernel(dim):
+    rng = np.random.default_rng(100 + dim)
+    queries, q64 = cast(random_sets(rng, [1, 16, 17, 32, 33, 70], dim), "bfloat16")
+    # 32-token steps: partial first and last steps, exact multiples, empty, long
+    documents, d64 = cast(random_sets(rng, [1, 15, 16, 17, 31, 32, 33, 0, 64, 300], dim), "bfloat16")
+    got, vectors = amx_then_avx512(lambda: tokenset.maxsim(queries, documents))
+    want = ref.maxsim(q64, d64)
+    bound = maxsim_error_bound(q64, d64)
+    empty = np.isneginf(want)
+    assert np.array_equal(np.isneginf(got), empty)
+    np.testing.assert_array_less(np.abs(got[~empty] - want[~empty]), bound[~empty])
+    np.testing.assert_array_less(np.abs(got[~empty] - vectors[~empty]), 2 * bound[~empty])
+
+
+@requires_amx
+def test_amx_strided_rows_nan_inf_and_all_negative():
+    rng = np.random.default_rng(17)
+    dim, lengths = 64, [40, 33, 7, 32]
+    offsets = np.r_[0, np.cumsum(lengths)]
+    wide = np.zeros((offsets[-1], dim + 32), BF16)  # row stride 96 elements: tiles load with the row stride
+    rows = rng.standard_normal((offsets[-1], dim)).astype(BF16)
+    rows[offsets[1] + 32, 5] = np.nan    # doc 1: NaN in the last, partial step
+    rows[offsets[2] + 3, 0] = np.inf     # doc 2: +inf with a positive query coordinate -> +inf
+    rows[offsets[3]:offsets[4]] = -np.abs(rows[offsets[3]:offsets[4]])  # doc 3: all similarities negative
+    wide[:, :dim] = rows
+    docs = tokenset.Ragged(wide[:, :dim], offsets)
+    q = np.abs(rng.standard_normal((20, dim))).astype(BF16)
+    got, vectors = amx_then_avx512(lambda: tokenset.maxsim(q, docs))
+    want = ref.maxsim([q.astype(np.float64)], [rows[a:b].astype(np.float64) for a, b in zip(offsets, offsets[1:])])
+    assert np.isnan(got[0, 1]) and np.isnan(vectors[0, 1])
+    assert got[0, 2] == np.inf and vectors[0, 2] == np.inf
+    assert got[0, 3] < 0
+    for col in (0, 3):
+        assert abs(got[0, col] - want[0, col]) < maxsim_error_bound([q], [rows[offsets[col]:offsets[col + 1]]])[0, 0]
+
+
+@requires_amx
+def test_amx_pairs_topk_threads_and_argmax_fallback():
+    rng = np.random.default_rng(23)
+    queries, _ = cast(random_sets(rng, [32, 9], 128), "bfloat16")
+    documents, _ = cast(random_sets(rng, rng.integers(0, 120, 50), 128), "bfloat16")
+    candidates = np.array([[3, -1, 49, 0], [7, 7, 1, -1]])
+
+    threads = tokenset.get_num_threads()
+
+    def run():
+        tokenset.set_num_threads(3)
+        try:
+            full = tokenset.maxsim(queries, documents)
+            pairs = tokenset.maxsim_pairs(queries, documents, candidates)
+            top = tokenset.maxsim_topk(queries, documents, 5)
+            scores, argmax = tokenset.maxsim(queries, documents, return_argmax=True)  # argmax: vector kernel
+        finally:
+            tokenset.set_num_threads(threads)
+        return full, pairs, top, scores, argmax
+
+    (full, pairs, (top_s, top_i), scores, argmax), vec = amx_then_avx512(run)
+    want_pairs = np.where(candidates >= 0, np.take_along_axis(full, np.maximum(candidates, 0), 1), -np.inf)
+    np.testing.assert_array_equal(pairs, want_pairs)
+    order = np.lexsort((np.arange(full.shape[1])[None].repeat(2, 0), -np.nan_to_num(full, neginf=-3e38)), axis=1)
+    np.testing.assert_array_equal(top_i, order[:, :5])
+    np.testing.assert_array_equal(scores, vec[3])  # return_argmax runs the AVX-512 kernel at the amx level too
+    np.testing.assert_array_equal(argmax, vec[4])

@@ -105,9 +105,10 @@ py::tuple fde_encode(const py::array& values, int dtype, const py::array& offset
 }
 
 cpu::SimdLevel simd_level_from_name(const std::string& name) {
-  for (cpu::SimdLevel level : {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVX512})
+  for (cpu::SimdLevel level :
+       {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVX512, cpu::SimdLevel::AMX})
     if (name == cpu::simd_level_name(level)) return level;
-  throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avx512'");
+  throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avx512', 'amx'");
 }
 
 }  // namespace

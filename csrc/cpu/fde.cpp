@@ -360,6 +360,7 @@ namespace {
 const FdeKernel& active_kernel() {
 #if defined(TOKENSET_X86_LEVELS)
   switch (active_simd_level()) {
+    case SimdLevel::AMX:  // AMX only changes bfloat16 MaxSim
     case SimdLevel::AVX512: return avx512::fde_kernel;
     case SimdLevel::AVX2: return avx2::fde_kernel;
     case SimdLevel::Scalar: break;

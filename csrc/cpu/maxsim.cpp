@@ -19,33 +19,11 @@
 
 #include "tokenset/cpu_runtime.h"
 #include "tokenset/maxsim.h"
+#include "maxsim_kernel.h"
 #include "simd.h"
 
 namespace tokenset {
 namespace cpu {
-
-// The per-level kernel table.
-struct MaxsimKernel {
-  int query_block;  // query tokens per packed panel (QB)
-  int doc_block;    // document tokens per register tile (R): rows of conversion scratch
-  // packed: ceil(len / QB) panels of dim * QB floats.
-  void (*pack_query)(const SetBatch& queries, int64_t set, float* packed);
-  // scratch: doc_block * dim floats. argmax (optional): query_length entries.
-  void (*score)(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
-                float* score, int32_t* argmax);
-};
-
-namespace scalar {
-extern const MaxsimKernel maxsim_kernel;
-}
-#if defined(TOKENSET_X86_LEVELS)
-namespace avx2 {
-extern const MaxsimKernel maxsim_kernel;
-}
-namespace avx512 {
-extern const MaxsimKernel maxsim_kernel;
-}
-#endif
 
 namespace TOKENSET_SIMD_NS {
 
@@ -239,9 +217,22 @@ namespace tokenset {
 namespace cpu {
 namespace {
 
-const MaxsimKernel& active_kernel() {
+// AMX tiles take bfloat16 pairs along k in 32-element rows: both sides bfloat16, dim a multiple of 32. The argmax
+// (explanations, autograd) stays on the vector kernels.
+[[maybe_unused]] bool amx_applies(const MaxsimParams& p) {
+  return p.queries.dtype == DType::BFloat16 && p.documents.dtype == DType::BFloat16 && p.queries.dim % 32 == 0 &&
+         p.argmax == nullptr;
+}
+
+const MaxsimKernel& active_kernel(const MaxsimParams& p) {
+  (void)p;
 #if defined(TOKENSET_X86_LEVELS)
   switch (active_simd_level()) {
+    case SimdLevel::AMX:
+#if defined(TOKENSET_HAS_AMX)
+      if (amx_applies(p)) return amx::maxsim_kernel;
+#endif
+      return avx512::maxsim_kernel;
     case SimdLevel::AVX512: return avx512::maxsim_kernel;
     case SimdLevel::AVX2: return avx2::maxsim_kernel;
     case SimdLevel::Scalar: break;
@@ -391,7 +382,7 @@ void maxsim(const MaxsimParams& p) {
   check_params(p);
   const int64_t items = p.queries.count * p.columns();
   if (items == 0) return;
-  const MaxsimKernel& kernel = active_kernel();
+  const MaxsimKernel& kernel = active_kernel(p);
   PackedQueries packed(p, kernel);
   const int threads = num_threads();
   const int64_t scratch_per_worker = static_cast<int64_t>(kernel.doc_block) * p.documents.dim;
@@ -412,7 +403,7 @@ void maxsim_topk(const MaxsimParams& p, int64_t k, float* top_scores, int64_t* t
     top_indices[i] = -1;
   }
   if (kept == 0) return;
-  const MaxsimKernel& kernel = active_kernel();
+  const MaxsimKernel& kernel = active_kernel(p);
   PackedQueries packed(p, kernel);
   const int threads = num_threads();
   const int64_t scratch_per_worker = static_cast<int64_t>(kernel.doc_block) * p.documents.dim;

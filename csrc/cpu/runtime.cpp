@@ -2,6 +2,7 @@
 #include "tokenset/cpu_runtime.h"
 
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +25,7 @@ const char* simd_level_name(SimdLevel level) {
     case SimdLevel::Scalar: return "scalar";
     case SimdLevel::AVX2: return "avx2";
     case SimdLevel::AVX512: return "avx512";
+    case SimdLevel::AMX: return "amx";
   }
   return "unknown";
 }
@@ -34,6 +36,18 @@ static bool level_compiled(SimdLevel level) {
   const std::string levels = std::string(",") + TOKENSET_SIMD_LEVELS + ",";
   return levels.find(std::string(",") + simd_level_name(level) + ",") != std::string::npos;
 }
+
+#if defined(TOKENSET_HAS_AMX)
+// Linux hands out the 8 KiB AMX tile state only to processes that ask (arch_prctl, kernel 5.16+); without it the first
+// tile instruction faults.
+static bool os_grants_amx_tiles() {
+  static const bool granted = [] {
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return granted;
+}
+#endif
 
 static bool cpu_supports(SimdLevel level) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -47,6 +61,13 @@ static bool cpu_supports(SimdLevel level) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case SimdLevel::AMX:
+#if defined(TOKENSET_HAS_AMX)
+      return cpu_supports(SimdLevel::AVX512) && __builtin_cpu_supports("amx-tile") &&
+             __builtin_cpu_supports("amx-bf16") && os_grants_amx_tiles();
+#else
+      return false;
+#endif
   }
   return false;
 #else
@@ -55,16 +76,16 @@ static bool cpu_supports(SimdLevel level) {
 }
 
 SimdLevel best_simd_level() {
-  for (SimdLevel level : {SimdLevel::AVX512, SimdLevel::AVX2})
+  for (SimdLevel level : {SimdLevel::AMX, SimdLevel::AVX512, SimdLevel::AVX2})
     if (level_compiled(level) && cpu_supports(level)) return level;
   return SimdLevel::Scalar;
 }
 
 static SimdLevel initial_simd_level() {
   SimdLevel level = best_simd_level();
-  // TOKENSET_SIMD=scalar|avx2|avx512 caps the level (for testing and for comparing paths).
+  // TOKENSET_SIMD=scalar|avx2|avx512|amx caps the level (for testing and for comparing paths).
   if (const char* env = std::getenv("TOKENSET_SIMD")) {
-    for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512})
+    for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AMX})
       if (std::strcmp(env, simd_level_name(l)) == 0 && static_cast<int>(l) < static_cast<int>(level)) level = l;
   }
   return level;

@@ -30,12 +30,13 @@ def build_info() -> Dict[str, Any]:
 
 
 def simd_level() -> str:
-    """The SIMD level the CPU kernels use now: 'avx512', 'avx2' or 'scalar'."""
+    """The SIMD level the CPU kernels use now: 'amx', 'avx512', 'avx2' or 'scalar'. 'amx' is AVX-512 plus AMX-BF16
+    tiles, which bfloat16 MaxSim uses when dim is a multiple of 32 (every other kernel runs its AVX-512 code)."""
     return _backend._core.simd_level()
 
 
 def set_simd_level(level: str) -> None:
-    """Use a SIMD level ('scalar', 'avx2', 'avx512') for all CPU kernels; raises ValueError if this CPU or build
+    """Use a SIMD level ('scalar', 'avx2', 'avx512', 'amx') for all CPU kernels; raises ValueError if this CPU or build
     lacks it. The environment variable ``TOKENSET_SIMD`` caps the level at import."""
     _backend._core.set_simd_level(level)
 

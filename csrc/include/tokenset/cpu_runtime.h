@@ -6,7 +6,8 @@
 namespace tokenset {
 namespace cpu {
 
-enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2 };
+// AMX = AVX-512 plus AMX-BF16 tiles, which only bfloat16 MaxSim uses; every other kernel runs its AVX-512 code there.
+enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2, AMX = 3 };
 
 const char* simd_level_name(SimdLevel level);
 // Comma-separated levels compiled into this build.
