@@ -1,10 +1,10 @@
 """MaxSim benchmark: tokenset against what users run today, in the same process, as ratios.
 
 Workloads (issue 2): a 32-token query against 1,000 and 10,000 documents of 40..300 tokens, dim 128 and 384, float32
-and float16. Alternatives: torch einsum over padded batches (PyLate's colbert_scores), torch per-document matmul
-(ColBERT-style loops), a numpy per-document loop, fast-maxsim (when installed). The machine's ceiling is the rate of a
-large torch float32 matmul, timed among the methods of each case. Every alternative is first checked to agree with
-tokenset.
+and float16, and bfloat16 (AMX tiles where the CPU has them). Alternatives: torch einsum over padded batches (PyLate's
+colbert_scores), torch per-document matmul (ColBERT-style loops), a numpy per-document loop, fast-maxsim (when
+installed). The machine's ceiling is the rate of a large torch float32 matmul, timed among the methods of each case.
+Every alternative is first checked to agree with tokenset.
 
     python benchmarks/bench_maxsim.py            # full run, writes benchmarks/results/maxsim-<machine>-<date>.{json,md}
     python benchmarks/bench_maxsim.py --quick    # 1,000 documents only
@@ -31,6 +31,10 @@ try:
     import fast_maxsim
 except ImportError:
     fast_maxsim = None
+try:
+    import ml_dtypes  # bfloat16 numpy arrays
+except ImportError:
+    ml_dtypes = None
 
 
 SLOW_CALL_S = 3.0  # alternatives slower than this per call are timed from a single call
@@ -80,11 +84,14 @@ def run_cpu_case(n_docs, dim, dtype, rng, repeats):
     docs = [d.astype(dtype) for d in docs32]
     q = q32.astype(dtype)
     ragged_docs = tokenset.ragged(docs)
-    tdtype = torch.float32 if dtype == np.float32 else torch.float16
-    tq = torch.from_numpy(q)
-    tdocs = [torch.from_numpy(d) for d in docs]
+    tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[np.dtype(dtype).name]
+    # torch.from_numpy knows no ml_dtypes bfloat16: hand torch the same 16 bits as int16 and reinterpret them
+    to_torch = ((lambda a: torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)) if tdtype == torch.bfloat16
+                else torch.from_numpy)
+    tq = to_torch(q)
+    tdocs = [to_torch(d) for d in docs]
     batches = padded_batches(tdocs, lengths, tdtype)
-    # numpy and fast-maxsim take float32: float16 data is upcast once, outside the timing
+    # numpy and fast-maxsim take float32: float16/bfloat16 data is upcast once, outside the timing
     nq = q.astype(np.float32)
     ndocs = [d.astype(np.float32) for d in docs]
 
@@ -109,7 +116,7 @@ def run_cpu_case(n_docs, dim, dtype, rng, repeats):
         theirs = (theirs.float().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs))
         theirs = theirs.reshape(-1).astype(np.float64)
         rel = float(np.max(np.abs(theirs - ours) / np.maximum(1.0, np.abs(ours))))
-        tol = 1e-4 if dtype == np.float32 else 2e-2  # float16 torch CPU kernels may accumulate in float16
+        tol = 1e-4 if dtype == np.float32 else 2e-2  # 16-bit torch CPU kernels may accumulate in 16 bits
         if not rel <= tol:
             raise SystemExit(f"{name} disagrees with tokenset: max relative difference {rel:.2e} > {tol}")
         agreement[name] = rel
@@ -143,7 +150,7 @@ def write_cpu_results(cases):
     lines = [f"# MaxSim on {machine_name()} ({info['simd_active']}, {info['num_threads']} threads)", "",
              "Query 32 tokens; documents 40..300 tokens. Times are medians (ms); `xN` = alternative time / tokenset "
              "time (higher is better for tokenset); `*` = timed from one call (over 3 s per call). numpy and "
-             "fast-maxsim take float32, so in float16 rows they get float32 copies made outside the timing. "
+             "fast-maxsim take float32, so in float16/bfloat16 rows they get float32 copies made outside the timing. "
              f"torch_einsum_padded is PyLate's colbert_scores over batches of {PADDED_BATCH} padded documents. "
              f"matmul = a {CEILING_N}^3 torch float32 matmul timed among the methods of the same case.", "",
              "| docs | dim | dtype | tokenset ms | GFLOP/s | matmul GFLOP/s | % of matmul | " + " | ".join(alts) + " |",
@@ -163,7 +170,7 @@ def cpu_main(args):
     sizes = [1000] if args.quick else [1000, 10000]
     for n_docs in sizes:
         for dim in (128, 384):
-            for dtype in (np.float32, np.float16):
+            for dtype in (np.float32, np.float16) + ((ml_dtypes.bfloat16,) if ml_dtypes is not None else ()):
                 repeats = args.repeats if n_docs <= 1000 else max(3, args.repeats // 3)
                 case = run_cpu_case(n_docs, dim, dtype, rng, repeats)
                 cases.append(case)
