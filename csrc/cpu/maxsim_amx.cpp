@@ -41,13 +41,12 @@ struct alignas(64) TileConfig {
 // Panel c of a query: for each k block kb (dim / 32) two B tiles (tokens 0..15, 16..31 of the panel), each
 // B[p][n][e] = query[token n][k = kb * 32 + 2p + e]; tokens past the end are zero.
 void pack_query(const SetBatch& queries, int64_t set, float* packed_floats) {
-  const int64_t length = queries.length(set), dim = queries.dim, blocks = dim / kK;
+  const int64_t length = queries.length(set), dim = queries.dim;
   const int64_t panels = (length + kPanel - 1) / kPanel;
   uint16_t* packed = reinterpret_cast<uint16_t*>(packed_floats);
   // The dispatch sizes a panel as dim * kPanel floats (as for float32 panels); the bfloat16 panel fills half of it.
   const int64_t panel_elements = 2 * dim * kPanel;
   std::memset(packed, 0, sizeof(float) * panels * dim * kPanel);
-  (void)blocks;
   const uint16_t* values = static_cast<const uint16_t*>(queries.values);
   for (int64_t t = 0; t < length; ++t) {
     const uint16_t* row = values + (queries.begin(set) + t) * queries.row_stride;
