@@ -73,7 +73,7 @@ def test_bad_lengths_and_mask():
 
 
 def test_empty_query_is_an_error():
-    with pytest.raises(ValueError, match="set 1 has no tokens"):
+    with pytest.raises(ValueError, match="query 1 has no tokens"):
         tokenset.maxsim([Q, np.zeros((0, 8), np.float32)], DOCS)
 
 
@@ -83,7 +83,7 @@ def test_empty_list_is_an_error():
 
 
 @pytest.mark.parametrize("cand,match", [
-    (np.array([[0, 2]]), r"2, which is not a document index in \[0, 2\)"),
+    (np.array([[0, 2]]), r"candidates\[0, 1\] = 2 is not a document index in \[0, 2\)"),
     (np.array([[0, -2]]), "-2"),
     (np.array([0, 1]), r"shape \[num_queries=1, c\]"),
     (np.array([[0.5, 1.0]]), "integers"),
@@ -108,38 +108,73 @@ def test_bad_simd_level_and_threads():
 
 # ---- the C++ layer checks what it is given, even when Python's checks are bypassed ----------------------------------
 
-def _call(q_values=Q, q_code=0, q_off=None, d_values=None, d_code=0, d_off=None, cand=None):
+class Batch:
+    """What ops/_dispatch.KernelBatch carries, built by hand to bypass every Python check."""
+
+    def __init__(self, values=None, offsets=None, sets=None, device_offsets=None):
+        self.values, self.offsets, self.sets, self.device_offsets = values, offsets, sets, device_offsets
+
+
+def _call(q_values=Q, q_off=None, d_values=None, d_off=None, d_sets=None, cand=None, scores=None, argmax=None):
     q_off = np.array([0, 3], np.int64) if q_off is None else q_off
     d_values = np.ones((6, 8), np.float32) if d_values is None else d_values
     d_off = np.array([0, 2, 6], np.int64) if d_off is None else d_off
-    return _core.maxsim(q_values, q_code, q_off, d_values, d_code, d_off, cand, False)
+    columns = max(len(d_off) - 1, 0) if cand is None else np.shape(cand)[-1]
+    scores = np.empty((len(q_off) - 1, columns), np.float32) if scores is None else scores
+    return _core.maxsim(Batch(q_values, q_off), Batch(d_values, d_off, d_sets), scores, argmax, cand)
 
 
 @pytest.mark.parametrize("kwargs,match", [
+    (dict(), None),
     (dict(d_off=np.array([0, 2, 7], np.int64)), "exceeds"),
     (dict(d_off=np.array([0, 5, 2], np.int64)), "non-decreasing"),
     (dict(d_off=np.array([-4, 2], np.int64)), "negative"),
     (dict(d_off=np.array([0, 2], np.int32)), "int64"),
-    (dict(d_off=np.array([[0, 2]], np.int64)), "1 dimension"),
+    (dict(d_off=np.array([[0, 2]], np.int64)), "1-D"),
     (dict(d_off=np.array([], np.int64)), "at least one"),
-    (dict(d_code=1), "float16"),
-    (dict(d_code=7), "unknown dtype"),
+    (dict(d_values=np.ones((6, 8), np.float16)), "queries are float32 but documents are float16"),
+    (dict(d_values=np.ones((6, 8), np.float64)), "float64 is not supported"),
+    (dict(d_values=np.ones((6, 8), np.int32)), "int32 is not supported"),
     (dict(d_values=np.ones((6, 5), np.float32)), "dimension"),
     (dict(d_values=np.ones(6, np.float32)), "2-D"),
     (dict(d_values=np.asfortranarray(np.ones((6, 8), np.float32))), "contiguous"),
+    (dict(d_values="not an array"), "expected an array"),
+    (dict(d_sets=[np.ones((2, 8), np.float32)]), "1 sets but 2 offsets"),
+    (dict(d_sets=[np.ones((2, 8), np.float32), np.ones((3, 8), np.float32)]), "3 tokens but the offsets give it 4"),
+    (dict(d_sets=[np.ones((2, 8), np.float32), np.ones((4, 7), np.float32)]), "token dimension 7"),
+    (dict(d_sets=[np.ones((2, 8), np.float32), np.ones((4, 8), np.float16)]), "one dtype"),
     (dict(q_off=np.array([0, 0], np.int64)), "no tokens"),
     (dict(cand=np.array([[5]], np.int64)), "not a document index"),
     (dict(cand=np.array([[0]], np.int32)), "int64"),
-    (dict(cand=np.array([[0], [1]], np.int64)), "rows"),
+    (dict(cand=np.array([[0], [1]], np.int64)), "shape"),
+    (dict(scores=np.empty((1, 3), np.float32)), r"scores must have shape \(1, 2\), got \(1, 3\)"),
+    (dict(scores=np.empty((1, 2), np.float64)), "scores: dtype float64 is not supported"),
+    (dict(scores=np.empty((1, 2), np.int64)), "scores must be float32, got int64"),
+    (dict(scores=np.empty((1, 4), np.float32)[:, ::2]), "C-contiguous"),
+    (dict(scores=np.empty((1, 2), np.float32)[:, ::-1]), "C-contiguous"),
+    (dict(argmax=np.empty((1, 2, 2), np.int32)), r"argmax must have shape \(1, 2, 3\)"),
 ])
 def test_core_rejects_bad_buffers(kwargs, match):
+    if match is None:  # the baseline call is valid
+        _call(**kwargs)
+        return
     with pytest.raises((ValueError, TypeError), match=match):
         _call(**kwargs)
 
 
+def test_core_rejects_read_only_output():
+    scores = np.empty((1, 2), np.float32)
+    scores.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        _call(scores=scores)
+
+
 def test_core_topk_rejects_bad_k():
+    off = np.array([0, 3], np.int64)
     with pytest.raises(ValueError, match="k must be >= 1"):
-        _core.maxsim_topk(Q, 0, np.array([0, 3], np.int64), Q, 0, np.array([0, 3], np.int64), 0)
+        _core.maxsim_topk(Batch(Q, off), Batch(Q, off), 0, np.empty((1, 0), np.float32), np.empty((1, 0), np.int64))
+    with pytest.raises(ValueError, match="top-k indices must have shape"):
+        _core.maxsim_topk(Batch(Q, off), Batch(Q, off), 2, np.empty((1, 2), np.float32), np.empty((1, 3), np.int64))
 
 
 @requires_torch

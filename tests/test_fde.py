@@ -478,12 +478,15 @@ def test_kernel_checks_state():
     fde = tokenset.FDE(8, reps=2, simhash_bits=2, proj_dim=4, final_dim=6)
     state = dict(fde.kernel_state())
     x = np.ones((3, 8), np.float32)
-    offsets = np.array([0, 3], np.int64)
     call = tokenset._backend._core.fde_encode
 
+    class Batch:
+        values, offsets, sets, device_offsets = x, np.array([0, 3], np.int64), None, None
+
     def run(**changes):
-        s = {k: v for k, v in dict(state, **changes).items() if k != "dim"}
-        return call(x, 0, offsets, s, True, True)
+        s = dict(state, **changes)
+        out = np.empty((1, s["final_dim"] or 1), np.float32) if s["simhash_bits"] <= 30 else np.empty((1, 6), np.float32)
+        return call(Batch(), s, s, True, True, out)
 
     run()
     bad_index = state["proj_index"].copy()
@@ -494,7 +497,7 @@ def test_kernel_checks_state():
     bad_final[5] = -1
     with pytest.raises(ValueError, match="Count-Sketch index"):
         run(final_index=bad_final, final_order=None, final_starts=None)
-    with pytest.raises(ValueError, match="axis 1"):
+    with pytest.raises(ValueError, match=r"simhash must have shape \(8, 4\), got \(8, 3\)"):
         run(simhash=np.ones((8, 3), np.float32))
     with pytest.raises(TypeError, match="float32"):
         run(simhash=state["simhash"].astype(np.float64))
@@ -502,8 +505,14 @@ def test_kernel_checks_state():
         run(simhash_bits=40)
     with pytest.raises(ValueError, match="groups"):
         run(final_starts=np.zeros(7, np.int64))
+    with pytest.raises(ValueError, match="out must have shape"):
+        call(Batch(), state, state, True, True, np.empty((2, 6), np.float32))
+
+    class Empty:
+        values, offsets, sets, device_offsets = x, np.array([0, 0], np.int64), None, None
+
     with pytest.raises(ValueError, match="no tokens"):
-        call(x, 0, np.array([0, 0], np.int64), {k: v for k, v in state.items() if k != "dim"}, False, False)
+        call(Empty(), state, state, False, False, np.empty((1, 6), np.float32))
 
 
 # ---- quality ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@
 #include <cstring>
 #include <limits>
 
-#include "maxsim_kernel.h"
+#include "maxsim_kernels.h"
 #include "tokenset/common.h"
 
 namespace tokenset {
@@ -41,15 +41,16 @@ struct alignas(64) TileConfig {
 // Panel c of a query: for each k block kb (dim / 32) two B tiles (tokens 0..15, 16..31 of the panel), each
 // B[p][n][e] = query[token n][k = kb * 32 + 2p + e]; tokens past the end are zero.
 void pack_query(const SetBatch& queries, int64_t set, float* packed_floats) {
-  const int64_t length = queries.length(set), dim = queries.dim;
+  const int64_t length = queries.length(set), dim = queries.dim();
   const int64_t panels = (length + kPanel - 1) / kPanel;
   uint16_t* packed = reinterpret_cast<uint16_t*>(packed_floats);
   // The dispatch sizes a panel as dim * kPanel floats (as for float32 panels); the bfloat16 panel fills half of it.
   const int64_t panel_elements = 2 * dim * kPanel;
   std::memset(packed, 0, sizeof(float) * panels * dim * kPanel);
-  const uint16_t* values = static_cast<const uint16_t*>(queries.values);
+  const uint16_t* values = static_cast<const uint16_t*>(queries.set_data(set));
+  const int64_t stride = queries.set_stride(set);
   for (int64_t t = 0; t < length; ++t) {
-    const uint16_t* row = values + (queries.begin(set) + t) * queries.row_stride;
+    const uint16_t* row = values + t * stride;
     uint16_t* panel = packed + (t / kPanel) * panel_elements;
     const int64_t half = (t % kPanel) / 16, n = t % 16;
     for (int64_t k = 0; k < dim; ++k) {
@@ -72,7 +73,7 @@ inline void fold_rows(const float* tile_lo, const float* tile_hi, int rows, __m5
 
 void score(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch, float* out,
            int32_t* /*argmax: never asked of this kernel (amx_applies)*/) {
-  const int64_t length = docs.length(doc), dim = docs.dim, blocks = dim / kK;
+  const int64_t length = docs.length(doc), dim = docs.dim(), blocks = dim / kK;
   if (length == 0) {
     *out = -std::numeric_limits<float>::infinity();
     return;
@@ -82,8 +83,8 @@ void score(const float* packed, int64_t query_length, const SetBatch& docs, int6
   // scratch: kScoreFloats stored accumulators, then kStep zero-padded rows for the last, partial step.
   float* scores = scratch;
   uint16_t* tail = reinterpret_cast<uint16_t*>(scratch + kScoreFloats);
-  const uint16_t* first = static_cast<const uint16_t*>(docs.values) + docs.begin(doc) * docs.row_stride;
-  const int64_t stride_bytes = docs.row_stride * 2;
+  const uint16_t* first = static_cast<const uint16_t*>(docs.set_data(doc));
+  const int64_t row_stride = docs.set_stride(doc), stride_bytes = row_stride * 2;
   const int64_t panels = (query_length + kPanel - 1) / kPanel;
   float total = 0.0f;
   for (int64_t c = 0; c < panels; ++c) {
@@ -99,16 +100,16 @@ void score(const float* packed, int64_t query_length, const SetBatch& docs, int6
         // The next step's rows, past the end of this document too (the next one usually follows in memory; a
         // prefetch never faults). Tile loads are not followed by the hardware prefetchers as well as vector loads:
         // without this a 10k-document scan ran 30% slower; prefetching further ahead or into L2 only measured slower.
-        const char* ahead = reinterpret_cast<const char*>(first + (j0 + kStep) * docs.row_stride);
+        const char* ahead = reinterpret_cast<const char*>(first + (j0 + kStep) * row_stride);
         for (int64_t r = 0; r < kStep; ++r)
           for (int64_t kb = 0; kb < blocks; ++kb) _mm_prefetch(ahead + r * stride_bytes + kb * 64, _MM_HINT_T0);
       }
       if (rows == kStep) {
-        a = reinterpret_cast<const char*>(first + j0 * docs.row_stride);
+        a = reinterpret_cast<const char*>(first + j0 * row_stride);
         a_stride = stride_bytes;
       } else {  // last step: copy the rows left and zero the rest, so tiles never read past the document
         for (int r = 0; r < rows; ++r)
-          std::memcpy(tail + r * dim, first + (j0 + r) * docs.row_stride, sizeof(uint16_t) * dim);
+          std::memcpy(tail + r * dim, first + (j0 + r) * row_stride, sizeof(uint16_t) * dim);
         std::memset(tail + rows * dim, 0, sizeof(uint16_t) * (kStep - rows) * dim);
         a = reinterpret_cast<const char*>(tail);
         a_stride = dim * 2;

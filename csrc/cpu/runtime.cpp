@@ -270,7 +270,7 @@ ThreadPool& pool() {
 int num_threads() { return pool().threads(); }
 void set_num_threads(int threads) { pool().set_threads(threads); }
 
-void parallel_for(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx) {
+void parallel_for_raw(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx) {
   pool().parallel_for(n, grain, max_workers, fn, ctx);
 }
 

@@ -5,6 +5,7 @@
 // link time (an inline function shared between levels would let the linker pick the AVX-512 copy for the scalar path).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -91,7 +92,8 @@ struct V {
   static type set1(float x) { return x; }
   static type load(const float* p) { return *p; }
   static void store(float* p, type v) { *p = v; }
-  static type fmadd(type a, type b, type c) { return a * b + c; }
+  // Fused, as the vector levels and the GPU: float32 dot products are bit-identical on every path.
+  static type fmadd(type a, type b, type c) { return std::fma(a, b, c); }
   static type add(type a, type b) { return a + b; }
   static type max(type a, type b) { return a > b ? a : b; }  // b when either is NaN, as the SIMD paths
   static mask no_mask() { return false; }
@@ -150,8 +152,8 @@ static inline float element_to_float(const void* base, int64_t index, DType dtyp
     case DType::Float32: return static_cast<const float*>(base)[index];
     case DType::Float16: return half_to_float(static_cast<const uint16_t*>(base)[index]);
     case DType::BFloat16: return bfloat_to_float(static_cast<const uint16_t*>(base)[index]);
+    default: return 0.0f;  // not token values: validate() rejects them before any kernel runs
   }
-  return 0.0f;
 }
 
 // Converts `count` contiguous 16-bit elements to float32.

@@ -11,14 +11,10 @@
 //     the token nearest in Hamming distance (warp min over (distance, index): the lowest index wins ties).
 //  4. fde_sketch (Count-Sketch only): one thread per output coordinate sums its group of FDE coordinates in
 //     ascending order with unfused multiply and add: the same operations, in the same order, as the CPU.
-// Sets are processed in chunks whose scratch (partition counts, pre-sketch rows) the caller sized.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <stdexcept>
-#include <string>
-
+// Sets are processed in chunks whose scratch (partition counts, pre-sketch rows) lives in the one workspace that
+// workspace_bytes(params) sized (tokenset/fde.h, carve_fde_workspace).
+#include "common.cuh"
+#include "tokenset/dispatch.h"
 #include "tokenset/fde.h"
 
 namespace tokenset {
@@ -29,10 +25,6 @@ constexpr int kThreads = 128;
 constexpr int kCodeTokens = 32;  // tokens per block in fde_codes
 constexpr int kCodeChunk = 64;   // k elements staged per step
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
 __device__ __forceinline__ uint32_t partition_of(uint32_t pattern) {  // the p with p ^ (p >> 1) == pattern
   uint32_t p = pattern;
   for (int shift = 1; shift < 32; shift <<= 1) p ^= p >> shift;
@@ -42,13 +34,13 @@ __device__ __forceinline__ uint32_t partition_of(uint32_t pattern) {  // the p w
 // ---- 1. sign patterns and partitions ----------------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    fde_codes_kernel(FdeParams p, int64_t base_row, int64_t tokens, int reps_per_group) {
+    fde_codes_kernel(FdeParams p, FdeWorkspace w, int64_t base_row, int64_t tokens, int reps_per_group) {
   __shared__ float s_x[kCodeTokens][kCodeChunk + 1];
   __shared__ uint32_t s_codes[kCodeTokens][kThreads];  // reps_per_group <= kThreads
-  const T* values = static_cast<const T*>(p.sets.values);
-  const int64_t dim = p.sets.dim, reps = p.reps, columns = reps * p.simhash_bits;
+  const T* values = p.sets.values.ptr<const T>();
+  const int64_t dim = p.sets.dim(), row_stride = p.sets.row_stride(), reps = p.reps, columns = reps * p.simhash_bits;
   const int bits = p.simhash_bits;
-  int32_t* partitions = p.partitions ? p.partitions : p.token_partitions;
+  int32_t* partitions = w.partitions;
   for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * kCodeTokens; t0 < tokens;
        t0 += static_cast<int64_t>(gridDim.x) * kCodeTokens) {
     const int rows = static_cast<int>(tokens - t0 < kCodeTokens ? tokens - t0 : kCodeTokens);
@@ -66,7 +58,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = threadIdx.x; e < kCodeTokens * kCodeChunk; e += kThreads) {
           const int t = e / kCodeChunk, k = e % kCodeChunk;
           s_x[t][k] = (t < rows && k0 + k < dim)
-                          ? to_float(values[(base_row + t0 + t) * p.sets.row_stride + k0 + k])
+                          ? to_float(values[(base_row + t0 + t) * row_stride + k0 + k])
                           : 0.0f;
         }
         __syncthreads();
@@ -90,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
         const int t = e / group_reps, rep = e % group_reps;
         const uint32_t code = s_codes[t][rep];
         const int64_t at = (t0 + t) * reps + r0 + rep;
-        p.codes[at] = code;
+        w.codes[at] = code;
         partitions[at] = static_cast<int32_t>(partition_of(code));
       }
       __syncthreads();
@@ -103,7 +95,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __device__ __forceinline__ float projected(const FdeParams& p, const T* x, int64_t r, int64_t j) {
   if (p.proj_index == nullptr) return to_float(x[j]);
-  const int64_t dim = p.sets.dim;
+  const int64_t dim = p.sets.dim();
   const int32_t* order = p.proj_order + r * dim;
   const int32_t* starts = p.proj_starts + r * (p.proj_dim + 1);
   float v = 0.0f;
@@ -115,13 +107,14 @@ __device__ __forceinline__ float projected(const FdeParams& p, const T* x, int64
 }
 
 // Where set `set` (chunk-relative `local`) writes its FDE before any Count-Sketch.
-__device__ __forceinline__ float* fde_row(const FdeParams& p, int64_t set, int64_t local) {
-  return p.final_dim > 0 ? p.fde_rows + local * p.fde_dim() : p.out + set * p.output_dim();
+__device__ __forceinline__ float* fde_row(const FdeParams& p, const FdeWorkspace& w, int64_t set, int64_t local) {
+  return p.final_dim > 0 ? w.fde_rows + local * p.fde_dim() : p.out + set * p.output_dim();
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    fde_accumulate_kernel(FdeParams p, int64_t first_set, int64_t sets, int reps_per_block, int columns_per_rep) {
+    fde_accumulate_kernel(FdeParams p, FdeWorkspace w, int64_t first_set, int64_t sets, int reps_per_block,
+                          int columns_per_rep) {
   const int64_t rep_blocks = (p.reps + reps_per_block - 1) / reps_per_block;
   const int64_t local = blockIdx.x / rep_blocks;
   if (local >= sets) return;
@@ -130,14 +123,14 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x / columns_per_rep >= reps_per_block || rep >= p.reps) return;
   const int64_t pd = p.proj_dim, parts = p.num_partitions();
   const int64_t base_row = p.sets.offsets[0], begin = p.sets.offsets[set], end = p.sets.offsets[set + 1];
-  const int32_t* partitions = p.partitions ? p.partitions : p.token_partitions;
-  const T* values = static_cast<const T*>(p.sets.values);
-  float* rep_row = fde_row(p, set, local) + rep * parts * pd;
-  int32_t* counts = p.counts + (local * p.reps + rep) * parts;
+  const int32_t* partitions = w.partitions;
+  const T* values = p.sets.values.ptr<const T>();
+  float* rep_row = fde_row(p, w, set, local) + rep * parts * pd;
+  int32_t* counts = w.counts + (local * p.reps + rep) * parts;
   const int lane_column = threadIdx.x % columns_per_rep;
   for (int64_t row = begin; row < end; ++row) {
     const int64_t part = partitions[(row - base_row) * p.reps + rep];
-    const T* x = values + row * p.sets.row_stride;
+    const T* x = values + row * p.sets.row_stride();
     for (int64_t j = lane_column; j < pd; j += columns_per_rep) rep_row[part * pd + j] += projected(p, x, rep, j);
     if (lane_column == 0) ++counts[part];
   }
@@ -145,16 +138,18 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- 3. averages and filling ------------------------------------------------------------------------------------------
 template <typename T>
-__global__ void __launch_bounds__(kThreads) fde_finalize_kernel(FdeParams p, int64_t first_set, int64_t sets) {
+__global__ void __launch_bounds__(kThreads)
+    fde_finalize_kernel(FdeParams p, FdeWorkspace w, int64_t first_set, int64_t sets) {
   const int lane = threadIdx.x % 32;
   const int64_t parts = p.num_partitions(), pd = p.proj_dim;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
   const int64_t total = sets * p.reps * parts;
-  for (int64_t w = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; w < total; w += warps) {
-    const int64_t local = w / (p.reps * parts), rep = (w / parts) % p.reps, part = w % parts;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; item < total;
+       item += warps) {
+    const int64_t local = item / (p.reps * parts), rep = (item / parts) % p.reps, part = item % parts;
     const int64_t set = first_set + local;
-    float* block = fde_row(p, set, local) + (rep * parts + part) * pd;
-    const int32_t count = p.counts[(local * p.reps + rep) * parts + part];
+    float* block = fde_row(p, w, set, local) + (rep * parts + part) * pd;
+    const int32_t count = w.counts[(local * p.reps + rep) * parts + part];
     if (count > 0) {
       if (p.average)
         for (int64_t j = lane; j < pd; j += 32) block[j] = __fdiv_rn(block[j], static_cast<float>(count));
@@ -163,30 +158,26 @@ __global__ void __launch_bounds__(kThreads) fde_finalize_kernel(FdeParams p, int
     const int64_t base_row = p.sets.offsets[0], begin = p.sets.offsets[set], end = p.sets.offsets[set + 1];
     if (!p.fill_empty || p.simhash_bits == 0 || end == begin) continue;
     const uint32_t target = static_cast<uint32_t>(part) ^ (static_cast<uint32_t>(part) >> 1);
-    unsigned long long best = ~0ull;  // (distance << 32) | token: the minimum is the nearest, lowest index on ties
+    uint32_t best_distance = 0xffffffffu;  // the nearest token, the lowest index on ties
+    int64_t best = 0;
     for (int64_t row = begin + lane; row < end; row += 32) {
-      const uint32_t code = p.codes[(row - base_row) * p.reps + rep];
-      const unsigned long long key =
-          (static_cast<unsigned long long>(__popc(code ^ target)) << 32) | static_cast<unsigned long long>(row - begin);
-      best = key < best ? key : best;
+      const uint32_t distance = __popc(w.codes[(row - base_row) * p.reps + rep] ^ target);
+      if (distance < best_distance) best_distance = distance, best = row - begin;  // rows ascend per lane
     }
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const unsigned long long other = __shfl_xor_sync(0xffffffffu, best, offset);
-      best = other < best ? other : best;
-    }
-    const T* x = static_cast<const T*>(p.sets.values) + (begin + static_cast<int64_t>(best & 0xffffffffull)) *
-                                                            p.sets.row_stride;
+    warp_argmin(best_distance, best);
+    const T* x = p.sets.values.ptr<const T>() + (begin + best) * p.sets.row_stride();
     for (int64_t j = lane; j < pd; j += 32) block[j] = projected(p, x, rep, j);
   }
 }
 
 // ---- 4. Count-Sketch --------------------------------------------------------------------------------------------------
-__global__ void __launch_bounds__(kThreads) fde_sketch_kernel(FdeParams p, int64_t first_set, int64_t sets) {
+__global__ void __launch_bounds__(kThreads)
+    fde_sketch_kernel(FdeParams p, FdeWorkspace w, int64_t first_set, int64_t sets) {
   const int64_t total = sets * p.final_dim;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t local = e / p.final_dim, j = e % p.final_dim;
-    const float* row = p.fde_rows + local * p.fde_dim();
+    const float* row = w.fde_rows + local * p.fde_dim();
     float acc = 0.0f;
     for (int64_t k = p.final_starts[j]; k < p.final_starts[j + 1]; ++k) {
       const int32_t i = p.final_order[k];
@@ -196,76 +187,57 @@ __global__ void __launch_bounds__(kThreads) fde_sketch_kernel(FdeParams p, int64
   }
 }
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("tokenset fde CUDA ") + what + " failed: " + cudaGetErrorString(err));
-}
-
-int grid_for(int64_t items, int64_t per_block) {
-  const int64_t blocks = (items + per_block - 1) / per_block;
-  return static_cast<int>(blocks < (1 << 30) ? (blocks > 0 ? blocks : 1) : (1 << 30));
-}
-
 template <typename T>
-void encode_typed(const FdeParams& p, int64_t base_row, int64_t tokens, cudaStream_t stream) {
-  int32_t* partitions = p.partitions ? p.partitions : p.token_partitions;
+void encode_typed(const FdeParams& p, const FdeWorkspace& w, cudaStream_t stream) {
+  const int64_t base_row = p.sets.host_offsets[0];
+  const int64_t tokens = p.sets.host_offsets[p.sets.count] - base_row;
   if (tokens > 0) {
     if (p.simhash_bits == 0) {
-      cudaMemsetAsync(p.codes, 0, sizeof(uint32_t) * tokens * p.reps, stream);
-      cudaMemsetAsync(partitions, 0, sizeof(int32_t) * tokens * p.reps, stream);
+      TOKENSET_CUDA_CHECK(cudaMemsetAsync(w.codes, 0, sizeof(uint32_t) * tokens * p.reps, stream));
+      TOKENSET_CUDA_CHECK(cudaMemsetAsync(w.partitions, 0, sizeof(int32_t) * tokens * p.reps, stream));
     } else {
       const int reps_per_group = kThreads / p.simhash_bits;
-      fde_codes_kernel<T><<<grid_for(tokens, kCodeTokens), kThreads, 0, stream>>>(p, base_row, tokens,
+      fde_codes_kernel<T><<<grid_for(tokens, kCodeTokens), kThreads, 0, stream>>>(p, w, base_row, tokens,
                                                                                    reps_per_group);
+      TOKENSET_CHECK_LAUNCH("fde_codes");
     }
-    check_launch("fde_codes launch");
   }
   if (!p.encode) return;
   const int64_t parts = p.num_partitions();
   const int columns_per_rep = static_cast<int>(p.proj_dim < kThreads ? p.proj_dim : kThreads);
   const int reps_per_block = kThreads / columns_per_rep;
   const int64_t rep_blocks = (p.reps + reps_per_block - 1) / reps_per_block;
-  for (int64_t first = 0; first < p.sets.count; first += p.chunk_sets) {
-    const int64_t sets = p.sets.count - first < p.chunk_sets ? p.sets.count - first : p.chunk_sets;
+  for (int64_t first = 0; first < p.sets.count; first += w.chunk_sets) {
+    const int64_t sets = imin(w.chunk_sets, p.sets.count - first);
     if (p.final_dim > 0)
-      cudaMemsetAsync(p.fde_rows, 0, sizeof(float) * sets * p.fde_dim(), stream);
+      TOKENSET_CUDA_CHECK(cudaMemsetAsync(w.fde_rows, 0, sizeof(float) * sets * p.fde_dim(), stream));
     else
-      cudaMemsetAsync(p.out + first * p.output_dim(), 0, sizeof(float) * sets * p.output_dim(), stream);
-    cudaMemsetAsync(p.counts, 0, sizeof(int32_t) * sets * p.reps * parts, stream);
+      TOKENSET_CUDA_CHECK(cudaMemsetAsync(p.out + first * p.output_dim(), 0, sizeof(float) * sets * p.output_dim(), stream));
+    TOKENSET_CUDA_CHECK(cudaMemsetAsync(w.counts, 0, sizeof(int32_t) * sets * p.reps * parts, stream));
     const int64_t blocks = sets * rep_blocks;
-    if (blocks >= (int64_t(1) << 31)) throw ValueError("too many sets in one FDE chunk");
-    fde_accumulate_kernel<T><<<static_cast<int>(blocks), kThreads, 0, stream>>>(p, first, sets, reps_per_block,
+    TOKENSET_CHECK(blocks < (int64_t(1) << 31), ValueError, "too many sets in one FDE chunk");
+    fde_accumulate_kernel<T><<<static_cast<int>(blocks), kThreads, 0, stream>>>(p, w, first, sets, reps_per_block,
                                                                                 columns_per_rep);
-    check_launch("fde_accumulate launch");
-    fde_finalize_kernel<T><<<grid_for(sets * p.reps * parts, kThreads / 32), kThreads, 0, stream>>>(p, first, sets);
-    check_launch("fde_finalize launch");
+    TOKENSET_CHECK_LAUNCH("fde_accumulate");
+    fde_finalize_kernel<T><<<grid_for(sets * p.reps * parts, kThreads / 32), kThreads, 0, stream>>>(p, w, first, sets);
+    TOKENSET_CHECK_LAUNCH("fde_finalize");
     if (p.final_dim > 0) {
-      fde_sketch_kernel<<<grid_for(sets * p.final_dim, kThreads), kThreads, 0, stream>>>(p, first, sets);
-      check_launch("fde_sketch launch");
+      fde_sketch_kernel<<<grid_for(sets * p.final_dim, kThreads), kThreads, 0, stream>>>(p, w, first, sets);
+      TOKENSET_CHECK_LAUNCH("fde_sketch");
     }
   }
 }
 
 }  // namespace
 
-void fde_encode(const FdeParams& p, void* stream_handle) {
+void fde_encode(const FdeParams& p, const Launch& launch) {
+  validate(p, /*grouped=*/true);
   if (p.sets.count == 0) return;
-  if ((p.encode && p.out == nullptr) || p.codes == nullptr || (p.partitions == nullptr && p.token_partitions == nullptr) ||
-      p.counts == nullptr || p.chunk_sets < 1 || (p.final_dim > 0 && p.fde_rows == nullptr))
-    throw ValueError("FDE CUDA scratch missing");
-  if (p.proj_index != nullptr && (p.proj_order == nullptr || p.proj_starts == nullptr))
-    throw ValueError("the CUDA FDE needs the projection grouped by output column");
-  if (p.final_dim > 0 && (p.final_order == nullptr || p.final_starts == nullptr))
-    throw ValueError("the CUDA FDE needs the Count-Sketch grouped by output coordinate");
-  if (p.base_row < 0 || p.tokens < 0 || p.base_row + p.tokens > p.sets.rows)
-    throw ValueError("FDE token range outside the values");
-  cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
-  switch (p.sets.dtype) {
-    case DType::Float32: encode_typed<float>(p, p.base_row, p.tokens, stream); break;
-    case DType::Float16: encode_typed<__half>(p, p.base_row, p.tokens, stream); break;
-    case DType::BFloat16: encode_typed<__nv_bfloat16>(p, p.base_row, p.tokens, stream); break;
-  }
+  int64_t needed = 0;
+  const FdeWorkspace w = carve_fde_workspace(p, launch.workspace, &needed);
+  TOKENSET_CHECK(needed == 0 || (launch.workspace != nullptr && launch.workspace_bytes >= needed), ValueError,
+                 "fde_encode: the CUDA workspace is missing or smaller than workspace_bytes()");
+  TOKENSET_FLOAT_SWITCH(p.sets.dtype(), kDType, [&] { encode_typed<cuda_type_t<kDType>>(p, w, stream_of(launch)); });
 }
 
 }  // namespace cuda

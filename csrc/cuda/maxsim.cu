@@ -4,16 +4,18 @@
 // (k in chunks of 64, zero-padded past the set ends), multiplied with tensor cores (WMMA 16x16x16, float32
 // accumulators) for float16/bfloat16 or with FMAs for float32, written to a 32x64 float tile, and folded into a
 // running max held in registers by warp 0 (one lane per query token). The similarity matrix never leaves the SM.
-// Same semantics as the CPU kernel: empty document -inf, NaN propagates, argmax ties to the lower index.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+// Same semantics as the CPU kernel: empty document -inf, NaN propagates, argmax ties to the lower index; float32
+// dots are FMAs in k order and the maxima are summed in token order, so float32 scores equal the CPU's bit for bit.
+//
+// Top-k (maxsim_topk): documents are scored in chunks of kTopkDocChunk for a group of queries into the workspace,
+// then one block per query sorts the chunk's ranking keys and merges them into the query's running top-k
+// (double-buffered in the workspace). Memory: the group's chunk scores and running lists, never [nq, nd].
 #include <mma.h>
 
 #include <cmath>
-#include <stdexcept>
-#include <string>
 
+#include "common.cuh"
+#include "tokenset/dispatch.h"
 #include "tokenset/maxsim.h"
 
 namespace tokenset {
@@ -38,32 +40,10 @@ struct Staged<float> {
 
 constexpr int kScorePitch = kDocTile + 4;  // float tile pitch, multiple of 4 (WMMA store)
 
-__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-
-template <typename T>
-__device__ __forceinline__ T zero_of() { return T(0.0f); }
-
-// Copies rows [row0, row0 + rows) x columns [k0, k0 + kChunk) of a strided matrix into shared memory, zero outside
-// `valid_rows` / `dim`. kVec: 16-byte loads (checked on the host: dim, stride and base are multiples of 16 bytes).
 template <typename T, bool kVec, int kRows>
 __device__ __forceinline__ void stage(T* dst, const T* src, int64_t stride, int valid_rows, int64_t k0, int64_t dim) {
-  constexpr int kPitch = Staged<T>::kPitch;
-  if constexpr (kVec && Staged<T>::kTensorCores) {
-    constexpr int kPerVec = 16 / sizeof(T);
-    constexpr int kVecsPerRow = kChunk / kPerVec;
-    for (int e = threadIdx.x; e < kRows * kVecsPerRow; e += kThreads) {
-      const int r = e / kVecsPerRow, c = (e % kVecsPerRow) * kPerVec;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (r < valid_rows && k0 + c < dim) v = *reinterpret_cast<const uint4*>(src + r * stride + k0 + c);
-      // Pitch is a multiple of 8 elements (16 bytes): the store is aligned.
-      *reinterpret_cast<uint4*>(dst + r * kPitch + c) = v;
-    }
-  } else {
-    for (int e = threadIdx.x; e < kRows * kChunk; e += kThreads) {
-      const int r = e / kChunk, c = e % kChunk;
-      dst[r * kPitch + c] = (r < valid_rows && k0 + c < dim) ? src[r * stride + k0 + c] : zero_of<T>();
-    }
-  }
+  load_tile<T, kRows, kChunk, Staged<T>::kPitch, kThreads, kVec && Staged<T>::kTensorCores>(dst, src, stride,
+                                                                                          valid_rows, k0, dim);
 }
 
 template <typename T, bool kVec, bool kArgmax>
@@ -72,12 +52,14 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
   __shared__ __align__(32) T s_query[kQueryTile * kPitch];
   __shared__ __align__(32) T s_doc[kDocTile * kPitch];
   __shared__ __align__(32) float s_scores[kQueryTile * kScorePitch];
+  __shared__ float s_maxima[kQueryTile];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t nq = p.queries.count, columns = p.candidates ? p.num_candidates : p.documents.count;
-  const int64_t dim = p.queries.dim;
-  const T* q_values = static_cast<const T*>(p.queries.values);
-  const T* d_values = static_cast<const T*>(p.documents.values);
+  const int64_t nq = p.queries.count, columns = p.columns();
+  const int64_t dim = p.queries.dim();
+  const int64_t q_stride = p.queries.row_stride(), d_stride = p.documents.row_stride();
+  const T* q_values = p.queries.values.ptr<const T>();
+  const T* d_values = p.documents.values.ptr<const T>();
 
   for (int64_t pair = blockIdx.x; pair < pairs; pair += gridDim.x) {
     int64_t q, col, doc;
@@ -111,10 +93,10 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
       float run_max = -INFINITY;  // warp 0, lane r: query token qc + r
       int32_t run_arg = 0;        // all similarities -inf: the first token, as numpy's argmax
       bool nan_seen = false;
-      const T* q_src = q_values + (q_begin + qc) * p.queries.row_stride;
+      const T* q_src = q_values + (q_begin + qc) * q_stride;
       for (int64_t j0 = 0; j0 < d_len; j0 += kDocTile) {
         const int d_rows = static_cast<int>(imin(kDocTile, d_len - j0));
-        const T* d_src = d_values + (d_begin + j0) * p.documents.row_stride;
+        const T* d_src = d_values + (d_begin + j0) * d_stride;
         if constexpr (Staged<T>::kTensorCores) {
           using namespace nvcuda;
           wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
@@ -122,8 +104,8 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
           wmma::fill_fragment(acc1, 0.0f);
           for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
             __syncthreads();
-            stage<T, kVec, kQueryTile>(s_query, q_src, p.queries.row_stride, q_rows, k0, dim);
-            stage<T, kVec, kDocTile>(s_doc, d_src, p.documents.row_stride, d_rows, k0, dim);
+            stage<T, kVec, kQueryTile>(s_query, q_src, q_stride, q_rows, k0, dim);
+            stage<T, kVec, kDocTile>(s_doc, d_src, d_stride, d_rows, k0, dim);
             __syncthreads();
             const int k_steps = static_cast<int>(imin(kChunk, dim - k0) + 15) / 16;
             for (int kk = 0; kk < k_steps; ++kk) {
@@ -146,8 +128,8 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
           for (int r = 0; r < 16; ++r) acc[r] = 0.0f;
           for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
             __syncthreads();
-            stage<T, kVec, kQueryTile>(s_query, q_src, p.queries.row_stride, q_rows, k0, dim);
-            stage<T, kVec, kDocTile>(s_doc, d_src, p.documents.row_stride, d_rows, k0, dim);
+            stage<T, kVec, kQueryTile>(s_query, q_src, q_stride, q_rows, k0, dim);
+            stage<T, kVec, kDocTile>(s_doc, d_src, d_stride, d_rows, k0, dim);
             __syncthreads();
             const int k_len = static_cast<int>(imin(kChunk, dim - k0));
             for (int k = 0; k < k_len; ++k) {
@@ -174,10 +156,12 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
         // s_scores is rewritten only after the next tile's two __syncthreads, which warp 0 reaches after this loop.
       }
       if (warp == 0) {
-        float v = lane < q_rows ? (nan_seen ? NAN : run_max) : 0.0f;
+        s_maxima[lane] = nan_seen ? NAN : run_max;
         if (kArgmax && lane < q_rows) argmax[qc + lane] = run_arg;
-        for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-        total += v;
+        __syncwarp();
+        if (lane == 0)  // in token order, as the CPU
+          for (int r = 0; r < q_rows; ++r) total += s_maxima[r];
+        __syncwarp();
       }
     }
     if (threadIdx.x == 0) p.scores[out] = total;
@@ -185,45 +169,110 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
   }
 }
 
-template <typename T, bool kVec>
-void launch_typed(const MaxsimParams& p, int64_t pairs, int grid, cudaStream_t stream) {
-  if (p.argmax)
-    maxsim_kernel<T, kVec, true><<<grid, kThreads, 0, stream>>>(p, pairs);
-  else
-    maxsim_kernel<T, kVec, false><<<grid, kThreads, 0, stream>>>(p, pairs);
+template <typename T>
+bool vector_loads(const MaxsimParams& p) {
+  const int64_t bytes = sizeof(T);
+  return (p.queries.dim() * bytes) % 16 == 0 && (p.queries.row_stride() * bytes) % 16 == 0 &&
+         (p.documents.row_stride() * bytes) % 16 == 0 && reinterpret_cast<uintptr_t>(p.queries.values.data) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.documents.values.data) % 16 == 0;
 }
 
-template <typename T>
-void launch(const MaxsimParams& p, int64_t pairs, int grid, cudaStream_t stream) {
-  const int64_t bytes = sizeof(T);
-  const bool vec = (p.queries.dim * bytes) % 16 == 0 && (p.queries.row_stride * bytes) % 16 == 0 &&
-                   (p.documents.row_stride * bytes) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(p.queries.values) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(p.documents.values) % 16 == 0;
-  if (vec)
-    launch_typed<T, true>(p, pairs, grid, stream);
-  else
-    launch_typed<T, false>(p, pairs, grid, stream);
+// Scores every (query, document) pair or candidate of `p` into p.scores (p.argmax when set).
+void launch_scores(const MaxsimParams& p, cudaStream_t stream) {
+  const int64_t pairs = p.queries.count * p.columns();
+  if (pairs == 0) return;
+  const int grid = grid_for(pairs, 1);
+  TOKENSET_FLOAT_SWITCH(p.documents.dtype(), kDType, [&] {
+    using T = cuda_type_t<kDType>;
+    TOKENSET_BOOL_SWITCH(vector_loads<T>(p), kVec, [&] {
+      TOKENSET_BOOL_SWITCH(p.argmax != nullptr, kArgmax, [&] {
+        maxsim_kernel<T, kVec, kArgmax><<<grid, kThreads, 0, stream>>>(p, pairs);
+      });
+    });
+  });
+  TOKENSET_CHECK_LAUNCH("maxsim");
+}
+
+// ---- top-k ---------------------------------------------------------------------------------------------------------
+constexpr int kMergeThreads = 256;
+constexpr int kChunk2 = static_cast<int>(kTopkDocChunk);
+
+// One block per query of the group: the chunk's keys sorted, merged into the running top-k (in -> out).
+__global__ void __launch_bounds__(kMergeThreads)
+    topk_merge_kernel(const float* chunk_scores, int64_t chunk_docs, int64_t first_doc, const unsigned long long* in_keys,
+                      const float* in_scores, unsigned long long* out_keys, float* out_scores, int64_t k) {
+  __shared__ unsigned long long s_keys[kChunk2];
+  __shared__ float s_scores[kChunk2];
+  const int64_t q = blockIdx.x;
+  const float* scores = chunk_scores + q * chunk_docs;
+  for (int i = threadIdx.x; i < kChunk2; i += kMergeThreads) {
+    const bool real = i < chunk_docs;
+    s_scores[i] = real ? scores[i] : -INFINITY;
+    s_keys[i] = real ? rank_key(scores[i], first_doc + i) : 0ull;
+  }
+  block_sort_descending<kChunk2, kMergeThreads>(s_keys, s_scores);
+  block_merge_topk<kChunk2, kMergeThreads>(in_keys + q * k, in_scores + q * k, k, s_keys, s_scores, out_keys + q * k,
+                                            out_scores + q * k);
+}
+
+__global__ void topk_write_kernel(const unsigned long long* keys, const float* scores, int64_t count, float* top_scores,
+                                  int64_t* top_indices) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool real = keys[i] != 0ull;
+    top_scores[i] = real ? scores[i] : -INFINITY;
+    top_indices[i] = real ? key_index(keys[i]) : -1;
+  }
+}
+
+void launch_topk(const MaxsimParams& p, const Launch& launch) {
+  const int64_t nq = p.queries.count, nd = p.documents.count, k = p.k;
+  if (nq == 0) return;
+  cudaStream_t stream = stream_of(launch);
+  const int64_t group = topk_query_group(p);
+  TOKENSET_CHECK(launch.workspace != nullptr && launch.workspace_bytes >= workspace_bytes(p), ValueError,
+                 "maxsim_topk: the CUDA workspace is missing or smaller than workspace_bytes()");
+  WorkspaceCarver carve(launch.workspace);
+  float* chunk_scores = carve.take<float>(group * kTopkDocChunk);
+  unsigned long long* keys[2] = {carve.take<unsigned long long>(group * k), carve.take<unsigned long long>(group * k)};
+  float* scores[2] = {carve.take<float>(group * k), carve.take<float>(group * k)};
+  for (int64_t q0 = 0; q0 < nq; q0 += group) {
+    const int64_t queries = imin(group, nq - q0);
+    TOKENSET_CUDA_CHECK(cudaMemsetAsync(keys[0], 0, sizeof(unsigned long long) * queries * k, stream));
+    int current = 0;
+    for (int64_t d0 = 0; d0 < nd; d0 += kTopkDocChunk) {
+      MaxsimParams chunk = p;  // the group's queries against documents d0 .. d0 + docs: offsets are absolute rows
+      chunk.k = 0;
+      chunk.top_scores = nullptr;
+      chunk.top_indices = nullptr;
+      chunk.queries.offsets += q0;
+      chunk.queries.host_offsets += q0;
+      chunk.queries.count = queries;
+      chunk.documents.offsets += d0;
+      chunk.documents.host_offsets += d0;
+      chunk.documents.count = imin(kTopkDocChunk, nd - d0);
+      chunk.scores = chunk_scores;
+      launch_scores(chunk, stream);
+      topk_merge_kernel<<<static_cast<int>(queries), kMergeThreads, 0, stream>>>(
+          chunk_scores, chunk.documents.count, d0, keys[current], scores[current], keys[1 - current],
+          scores[1 - current], k);
+      TOKENSET_CHECK_LAUNCH("maxsim top-k merge");
+      current = 1 - current;
+    }
+    topk_write_kernel<<<grid_for(queries * k, 256), 256, 0, stream>>>(keys[current], scores[current], queries * k,
+                                                                        p.top_scores + q0 * k, p.top_indices + q0 * k);
+    TOKENSET_CHECK_LAUNCH("maxsim top-k write");
+  }
 }
 
 }  // namespace
 
-void maxsim(const MaxsimParams& p, void* stream_handle) {
-  check_same_dim(p);
-  if (p.queries.dtype != p.documents.dtype)
-    throw TypeError("on the GPU, queries and documents must have the same dtype");
-  const int64_t columns = p.candidates ? p.num_candidates : p.documents.count;
-  const int64_t pairs = p.queries.count * columns;
-  if (pairs == 0) return;
-  const int grid = static_cast<int>(pairs < (1 << 30) ? pairs : (1 << 30));
-  cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
-  switch (p.documents.dtype) {
-    case DType::Float32: launch<float>(p, pairs, grid, stream); break;
-    case DType::Float16: launch<__half>(p, pairs, grid, stream); break;
-    case DType::BFloat16: launch<__nv_bfloat16>(p, pairs, grid, stream); break;
-  }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string("tokenset maxsim CUDA launch failed: ") + cudaGetErrorString(err));
+void maxsim(const MaxsimParams& p, const Launch& launch) {
+  validate(p);
+  if (p.topk())
+    launch_topk(p, launch);
+  else
+    launch_scores(p, stream_of(launch));
 }
 
 }  // namespace cuda

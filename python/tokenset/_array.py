@@ -1,7 +1,7 @@
 """Array interop: numpy, torch (CPU and CUDA) and cupy arrays in and out without copies.
 
-Kernels never see a Python object: this module turns arrays into (pointer or buffer, dtype code, shape, strides)
-and allocates results in the caller's library and device.
+What the native converter (csrc/bindings/views.cpp) cannot see: which library an array comes from, its device as
+the library names it, its current CUDA stream; and allocation of results in the caller's library and device.
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from typing import Any, Tuple
 
 import numpy as np
 
-FLOAT32, FLOAT16, BFLOAT16 = 0, 1, 2
-DTYPE_NAMES = {FLOAT32: "float32", FLOAT16: "float16", BFLOAT16: "bfloat16"}
 SUPPORTED = "float32, float16 or bfloat16"
 
 
@@ -64,42 +62,44 @@ def device_name(dev: Tuple[str, int]) -> str:
     return "cpu" if dev[0] == "cpu" else f"cuda:{dev[1]}"
 
 
-def dtype_code(x: Any, name: str) -> int:
-    """The kernel dtype code of an array, or a TypeError that says how to convert."""
+def dtype_name(x: Any, name: str) -> str:
+    """'float32', 'float16' or 'bfloat16' for token values, or a TypeError that says how to convert."""
     if is_torch(x):
         torch = _torch()
-        codes = {torch.float32: FLOAT32, torch.float16: FLOAT16, torch.bfloat16: BFLOAT16}
-        if x.dtype in codes:
-            return codes[x.dtype]
+        names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+        if x.dtype in names:
+            return names[x.dtype]
         raise TypeError(f"{name}: dtype {x.dtype} is not supported; tokenset takes {SUPPORTED} (try x.float())")
-    dt = x.dtype
+    dt = np.dtype(x.dtype)
     if dt == np.float32:
-        return FLOAT32
+        return "float32"
     if dt == np.float16:
-        return FLOAT16
-    if dt.name == "bfloat16" and dt.itemsize == 2:  # ml_dtypes.bfloat16
-        return BFLOAT16
+        return "float16"
+    if dt.name == "bfloat16" and dt.itemsize == 2:  # ml_dtypes.bfloat16 (numpy), cupy has none
+        return "bfloat16"
     raise TypeError(f"{name}: dtype {dt} is not supported; tokenset takes {SUPPORTED} (try x.astype(np.float32))")
 
 
-def host_view(x: Any, name: str) -> Tuple[np.ndarray, int]:
-    """A numpy view of a CPU array (bfloat16 viewed as uint16) whose elements are contiguous within a row.
-
-    Rows may be strided (no copy). If elements within a row are strided, this makes the one documented copy.
-    """
-    code = dtype_code(x, name)
+def astype(x: Any, dtype: str) -> Any:
+    """`x` converted to a token dtype name, in its own library and device (a copy; `x` itself when it has it)."""
     if is_torch(x):
-        t = x.detach()
-        if t.dtype == _torch().bfloat16:
-            t = t.view(_torch().int16)
-        arr = t.numpy()
-    else:
-        arr = x
-        if code == BFLOAT16:
-            arr = arr.view(np.uint16)
-    if arr.ndim == 2 and arr.shape[0] > 0 and arr.shape[1] > 1 and arr.strides[1] != arr.itemsize:
-        arr = np.ascontiguousarray(arr)
-    return arr, code
+        return x.to(getattr(_torch(), dtype))
+    if dtype == "bfloat16" and not is_cupy(x):
+        import ml_dtypes  # present whenever a bfloat16 numpy array exists
+
+        return x.astype(ml_dtypes.bfloat16)
+    return x.astype(dtype)
+
+
+def inner_contiguous(x: Any) -> Any:
+    """`x` ([n, d]) itself when its elements are contiguous within a row (rows may be strided), else one copy."""
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] <= 1:
+        return x
+    if is_torch(x):
+        return x if x.stride(1) == 1 else x.contiguous()
+    if x.strides[1] == x.itemsize:
+        return x
+    return _cupy().ascontiguousarray(x) if is_cupy(x) else np.ascontiguousarray(x)
 
 
 def host_copy(x: Any) -> np.ndarray:
@@ -131,26 +131,22 @@ def result_library(*arrays: Any) -> str:
     return "numpy"
 
 
-def from_host(arr: np.ndarray, lib: str) -> Any:
-    """Wraps a numpy result for the caller's library (zero-copy for torch)."""
-    if lib == "torch":
-        return _torch().from_numpy(arr)
-    if lib == "cupy":  # a CPU result for cupy inputs cannot happen: cupy arrays live on the GPU
-        return _cupy().asarray(arr)
-    return arr
-
-
-def empty_device(shape, dtype: str, lib: str, dev: Tuple[str, int]) -> Any:
+def empty(shape, dtype: str, lib: str, dev: Tuple[str, int]) -> Any:
+    """An uninitialised C-contiguous array of `dtype` ('float32', 'int64', 'uint8', ...) in the caller's library and
+    device (on a GPU: allocated on the current stream, which the kernel then uses)."""
     if lib == "torch":
         torch = _torch()
-        return torch.empty(shape, dtype=getattr(torch, dtype), device=f"cuda:{dev[1]}")
-    cupy = _cupy()
-    with cupy.cuda.Device(dev[1]):
-        return cupy.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=getattr(torch, dtype), device="cpu" if dev[0] == "cpu" else f"cuda:{dev[1]}")
+    if lib == "cupy":
+        cupy = _cupy()
+        with cupy.cuda.Device(dev[1]):
+            return cupy.empty(shape, dtype=dtype)
+    return np.empty(shape, dtype=dtype)
 
 
 def to_device(arr: np.ndarray, lib: str, dev: Tuple[str, int]) -> Any:
-    """A contiguous copy of a host array on CUDA device `dev`, in library `lib` (torch or cupy)."""
+    """A contiguous copy of a host array on CUDA device `dev`, in library `lib` (torch or cupy), made on the current
+    stream."""
     arr = np.ascontiguousarray(arr)
     if lib == "torch":
         return _torch().from_numpy(arr if arr.flags.writeable else arr.copy()).to(f"cuda:{dev[1]}")
@@ -159,25 +155,10 @@ def to_device(arr: np.ndarray, lib: str, dev: Tuple[str, int]) -> Any:
         return cupy.asarray(arr)
 
 
-def to_device_int64(arr: np.ndarray, lib: str, dev: Tuple[str, int]) -> Any:
-    return to_device(np.ascontiguousarray(arr, dtype=np.int64), lib, dev)
-
-
-def device_pointer(x: Any) -> int:
-    if is_torch(x):
-        return int(x.data_ptr())
-    return int(x.data.ptr)
-
-
-def device_strides(x: Any) -> Tuple[int, ...]:
-    """Strides in elements of a device array."""
-    if is_torch(x):
-        return tuple(x.stride())
-    return tuple(s // x.itemsize for s in x.strides)
-
-
 def current_stream(lib: str, dev: Tuple[str, int]) -> int:
-    """The caller's current CUDA stream as an integer handle; kernels are launched on it."""
+    """The caller's current CUDA stream as an integer handle; kernels are launched on it (0 on the CPU)."""
+    if dev[0] == "cpu":
+        return 0
     if lib == "torch":
         torch = _torch()
         return int(torch.cuda.current_stream(dev[1]).cuda_stream)

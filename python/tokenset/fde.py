@@ -176,7 +176,7 @@ class FDE:
         self._final_index, self._final_sign, self._final_dim = final_index, final_sign, final_dim
         self._seed = seed
         self._kernel_state: Optional[Dict[str, Any]] = None
-        self._device_states: Dict[Tuple[str, Tuple[str, int]], Dict[str, Any]] = {}
+        self._device_states: Dict[Tuple[str, Tuple[str, int], int], Dict[str, Any]] = {}
 
     # ---- configuration ------------------------------------------------------------------------------------------
     @property
@@ -288,8 +288,10 @@ class FDE:
             self._kernel_state = state
         return self._kernel_state
 
-    def _device_state(self, lib: str, dev) -> Dict[str, Any]:
-        key = (lib, dev)
+    def _device_state(self, lib: str, dev, stream: int = 0) -> Dict[str, Any]:
+        """The kernel state on a GPU, cached per (library, device, stream): each copy is made and freed on the stream
+        that uses it."""
+        key = (lib, dev, stream)
         if key not in self._device_states:
             host = self.kernel_state()
             names = ("simhash", "proj_index", "proj_weight", "proj_order", "proj_starts", "final_index",

@@ -21,7 +21,8 @@ def _needs_grad(*batches: Ragged) -> bool:
     torch = _array._torch()
     if torch is None or not torch.is_grad_enabled():
         return False
-    return any(_array.is_torch(b.values) and b.values.requires_grad for b in batches)
+    return any(_array.is_torch(a) and a.requires_grad
+               for b in batches for a in (b.sets if b.sets is not None else [b.values]))
 
 
 def maxsim(queries: Any, documents: Any, *, return_argmax: bool = False):

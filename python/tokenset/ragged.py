@@ -31,7 +31,10 @@ class Ragged:
     """B sets of d-dimensional tokens: set ``i`` is ``values[offsets[i]:offsets[i+1]]``.
 
     ``values`` is a 2-D numpy array, torch tensor or cupy array, kept as given (no copy); ``offsets`` are validated
-    once, here, and kept on the host as int64 (device copies are made on demand and cached).
+    once, here, and kept as a private read-only int64 host copy, which is what every kernel reads (device copies are
+    made on demand and cached per stream). :func:`ragged` builds a Ragged from a list of arrays without concatenating
+    them: CPU kernels read such a batch in place through a per-set pointer table, and ``values`` is only built (one
+    copy) when asked for.
 
     >>> import numpy as np, tokenset
     >>> r = tokenset.Ragged(np.ones((5, 4), np.float32), [0, 2, 5])
@@ -39,7 +42,7 @@ class Ragged:
     (2, [2, 3], 4)
     """
 
-    __slots__ = ("values", "offsets", "_device_offsets")
+    __slots__ = ("_values", "_sets", "offsets", "_device_offsets")
 
     def __init__(self, values: Any, offsets: Any, *, name: str = "Ragged"):
         if not _array.is_array(values):
@@ -47,12 +50,43 @@ class Ragged:
                             f"{type(values).__name__}")
         if values.ndim != 2:
             raise ValueError(f"{name}: values must be 2-D [tokens, dim], got shape {tuple(values.shape)}")
-        offsets = _array.int64_host(offsets, f"{name}: offsets")
+        offsets = np.array(_array.int64_host(offsets, f"{name}: offsets"), dtype=np.int64, copy=True)
         _check_offsets(offsets, int(values.shape[0]), name)
         offsets.setflags(write=False)
-        self.values = values
+        self._values = values
+        self._sets = None
         self.offsets = offsets
-        self._device_offsets = None
+        self._device_offsets = {}
+
+    @classmethod
+    def _from_sets(cls, sets: Sequence[Any]) -> "Ragged":
+        """A batch over a list of checked ``[n_i, d]`` arrays of one library, read in place."""
+        self = cls.__new__(cls)
+        offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([int(a.shape[0]) for a in sets])
+        offsets.setflags(write=False)
+        self._values = None
+        self._sets = list(sets)
+        self.offsets = offsets
+        self._device_offsets = {}
+        return self
+
+    @property
+    def values(self):
+        """``[tokens, d]``: all sets' tokens (for a batch built from a list, concatenated on first use, one copy)."""
+        if self._values is None:
+            self._values = _concat(self._sets)
+        return self._values
+
+    @property
+    def sets(self):
+        """The list of per-set arrays this batch was built from, or None."""
+        return self._sets
+
+    @property
+    def _any_values(self):
+        """An array of the batch's library, device and dtype, without concatenating a list."""
+        return self._values if self._values is not None else self._sets[0]
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
@@ -63,49 +97,54 @@ class Ragged:
 
     @property
     def dim(self) -> int:
-        return int(self.values.shape[1])
+        return int(self._any_values.shape[1])
 
     @property
     def dtype(self):
-        return self.values.dtype
+        return self._any_values.dtype
 
     @property
     def device(self):
-        return _array.device(self.values)
+        return _array.device(self._any_values)
 
     def __getitem__(self, i: int):
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"set index {i} out of range for {n} sets")
         i %= n
-        return self.values[int(self.offsets[i]):int(self.offsets[i + 1])]
+        if self._sets is not None:
+            return self._sets[i]
+        return self._values[int(self.offsets[i]):int(self.offsets[i + 1])]
 
-    def device_offsets(self, lib: str, dev):
-        """Offsets as an int64 array on the values' device (cached)."""
-        cached = self._device_offsets
-        if cached is None or cached[0] != (lib, dev):
-            self._device_offsets = ((lib, dev), _array.to_device_int64(self.offsets, lib, dev))
-        return self._device_offsets[1]
+    def device_offsets(self, lib: str, dev, stream: int = 0):
+        """Offsets as an int64 array on the values' device, cached per (library, device, stream): each copy is made
+        and freed on the stream that uses it, so a kernel on one stream never reads memory another stream reuses."""
+        key = (lib, dev, stream)
+        cached = self._device_offsets.get(key)
+        if cached is None:
+            cached = self._device_offsets[key] = _array.to_device(self.offsets, lib, dev)
+        return cached
 
     def to_padded(self, fill: float = 0.0):
         """``(padded [B, N, d], lengths [B])`` in the values' library, N the longest set."""
         lengths = self.lengths
         n_max = int(lengths.max()) if lengths.size else 0
-        lib = _array.library(self.values)
+        like = self._any_values
+        lib = _array.library(like)
         if lib == "torch":
             torch = _array._torch()
-            out = torch.full((len(self), n_max, self.dim), fill, dtype=self.values.dtype, device=self.values.device)
+            out = torch.full((len(self), n_max, self.dim), fill, dtype=like.dtype, device=like.device)
         elif lib == "cupy":
-            out = _array._cupy().full((len(self), n_max, self.dim), fill, dtype=self.values.dtype)
+            out = _array._cupy().full((len(self), n_max, self.dim), fill, dtype=like.dtype)
         else:
-            out = np.full((len(self), n_max, self.dim), fill, dtype=self.values.dtype)
+            out = np.full((len(self), n_max, self.dim), fill, dtype=like.dtype)
         for i in range(len(self)):
             out[i, : lengths[i]] = self[i]
         return out, lengths
 
     def __repr__(self) -> str:
         return (f"Ragged(sets={len(self)}, dim={self.dim}, tokens={int(self.offsets[-1] - self.offsets[0])}, "
-                f"dtype={self.values.dtype}, device={_array.device_name(self.device)})")
+                f"dtype={self.dtype}, device={_array.device_name(self.device)})")
 
 
 def _concat(arrays: Sequence[Any]):
@@ -121,7 +160,7 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
     """Turns any set batch into a :class:`Ragged`.
 
     * ``Ragged``: returned as is.
-    * list of ``[n_i, d]`` arrays: concatenated (one copy).
+    * list of ``[n_i, d]`` arrays: kept as a list, read in place by CPU kernels (GPU kernels concatenate once).
     * ``[B, N, d]`` array: all tokens valid (a view), or padded with ``lengths [B]`` (valid prefix of each row) or a
       boolean ``mask [B, N]`` (valid tokens anywhere): the valid tokens are gathered (one copy).
     * ``[n, d]`` array: one set.
@@ -140,19 +179,30 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
             raise ValueError(f"{name}: lengths/mask apply to padded [B, N, d] arrays, not to a list of sets")
         if len(x) == 0:
             raise ValueError(f"{name}: an empty list has no sets and no token dimension; pass a Ragged with zero sets")
-        for i, a in enumerate(x):
-            if not _array.is_array(a):
-                raise TypeError(f"{name}[{i}]: expected an array, got {type(a).__name__}")
+        first = x[0]
+        if not _array.is_array(first):
+            raise TypeError(f"{name}[0]: expected an array, got {type(first).__name__}")
+        kind, dtype = type(first), first.dtype
+        dim = first.shape[1] if first.ndim == 2 else None
+        device = _array.device(first)
+        torch_device = first.device if _array.is_torch(first) else None
+        for i, a in enumerate(x):  # one pass of cheap checks: lists of thousands of sets are common
+            if type(a) is not kind:
+                if not _array.is_array(a):
+                    raise TypeError(f"{name}[{i}]: expected an array, got {type(a).__name__}")
+                raise TypeError(f"{name}: all sets must come from one array library, got "
+                                f"{sorted({_array.library(first), _array.library(a)})}")
             if a.ndim != 2:
                 raise ValueError(f"{name}[{i}]: each set must be 2-D [n_i, d], got shape {tuple(a.shape)}")
-            if a.shape[1] != x[0].shape[1]:
-                raise ValueError(f"{name}[{i}]: token dimension {a.shape[1]} differs from {name}[0]'s {x[0].shape[1]}")
-        libs = {_array.library(a) for a in x}
-        if len(libs) > 1:
-            raise TypeError(f"{name}: all sets must come from one array library, got {sorted(libs)}")
-        offsets = np.zeros(len(x) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([a.shape[0] for a in x])
-        return Ragged(_concat(x), offsets, name=name)
+            if a.shape[1] != dim:
+                raise ValueError(f"{name}[{i}]: token dimension {a.shape[1]} differs from {name}[0]'s {dim}")
+            if a.dtype != dtype:
+                raise TypeError(f"{name}: all sets must have one dtype, got {dtype} and {a.dtype} ({name}[{i}])")
+            if torch_device is not None and a.device != torch_device or (
+                    torch_device is None and device[0] == "cuda" and _array.device(a) != device):
+                raise ValueError(f"{name}: all sets must be on one device, got {_array.device_name(device)} and "
+                                 f"{_array.device_name(_array.device(a))} ({name}[{i}])")
+        return Ragged._from_sets(x)
     if not _array.is_array(x):
         raise TypeError(f"{name}: expected a set batch (Ragged, list of [n, d] arrays, [B, N, d] or [n, d] array), "
                         f"got {type(x).__name__}")

@@ -1,79 +1,107 @@
-// Framework-free core types shared by every op: dtype tags, the ragged set batch view, errors and checks.
+// Shared by every op: array views, errors, and the checks every op's validate() is built from.
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
+#include <initializer_list>
 #include <string>
 
-// Small accessors of the plain params structs are callable from CUDA kernels too.
-#if defined(__CUDACC__)
-#define TOKENSET_HOST_DEVICE __host__ __device__
-#else
-#define TOKENSET_HOST_DEVICE
-#endif
+#include "tokenset/array.h"
+#include "tokenset/check.h"
 
 namespace tokenset {
 
-// Element types of token values. Accumulation is always float32.
-enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
-
-inline int dtype_size(DType dtype) { return dtype == DType::Float32 ? 4 : 2; }
-
-inline const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::Float32: return "float32";
-    case DType::Float16: return "float16";
-    case DType::BFloat16: return "bfloat16";
-  }
-  return "unknown";
+// Token values of a set batch must be floating point, 2-D, elements contiguous within a row.
+inline void check_token_values(const ArrayView& v, const std::string& name) {
+  TOKENSET_CHECK(v.ndim == 2, ValueError, name, " values must be 2-D [tokens, dim], got ", v.ndim, "-D");
+  TOKENSET_CHECK(is_float_dtype(v.dtype), TypeError, name, ": dtype ", dtype_name(v.dtype),
+                 " is not supported; tokenset takes float32, float16 or bfloat16 token values");
+  TOKENSET_CHECK(v.shape[1] >= 1, ValueError, name, ": token dimension must be >= 1, got ", v.shape[1]);
+  TOKENSET_CHECK(v.shape[0] >= 0, ValueError, name, ": negative number of rows");
+  TOKENSET_CHECK(v.shape[0] == 0 || v.shape[1] == 1 || v.strides[1] == 1, ValueError, name,
+                 " values must be contiguous along the token dimension; try np.ascontiguousarray / .contiguous()");
+  TOKENSET_CHECK(v.shape[0] == 0 || v.data != nullptr, ValueError, name, ": values pointer is null");
 }
 
-// Raised for bad arguments; the bindings turn these into Python ValueError / TypeError.
-struct ValueError : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
-};
-struct TypeError : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
-};
-
-// B sets of d-dimensional tokens: set i is rows offsets[i] .. offsets[i+1]-1 of `values`.
-// Rows are `row_stride` elements apart; elements within a row are contiguous.
-struct SetBatch {
-  const void* values = nullptr;
-  DType dtype = DType::Float32;
-  int64_t rows = 0;        // rows addressable through `values`
-  int64_t dim = 0;
-  int64_t row_stride = 0;  // in elements, may be negative
-  const int64_t* offsets = nullptr;  // count + 1 entries (host memory for CPU ops)
-  int64_t count = 0;
-  int64_t max_length = 0;  // filled by check_set_batch
-
-  TOKENSET_HOST_DEVICE int64_t begin(int64_t i) const { return offsets[i]; }
-  TOKENSET_HOST_DEVICE int64_t length(int64_t i) const { return offsets[i + 1] - offsets[i]; }
-};
-
-// Validates offsets against the values before any kernel reads memory; fills max_length.
-// `host_offsets` must point at host memory holding the same offsets the kernel will read.
-inline void check_set_batch(SetBatch& batch, const int64_t* host_offsets, const char* name) {
+// Validates a set batch before any kernel reads memory (offsets from the host copy, every set inside the values);
+// fills max_length.
+inline void check_set_batch(SetBatch& batch, const char* name) {
   const std::string n(name);
-  if (batch.dim < 1) throw ValueError(n + ": token dimension must be >= 1, got " + std::to_string(batch.dim));
-  if (batch.rows < 0) throw ValueError(n + ": negative number of rows");
-  if (batch.count < 0) throw ValueError(n + ": negative number of sets");
-  if (host_offsets == nullptr) throw ValueError(n + ": offsets missing");
-  if (batch.rows > 0 && batch.values == nullptr) throw ValueError(n + ": values pointer is null");
-  if (host_offsets[0] < 0) throw ValueError(n + ": offsets[0] is negative (" + std::to_string(host_offsets[0]) + ")");
+  check_token_values(batch.values, n);
+  TOKENSET_CHECK(batch.count >= 0, ValueError, n, ": negative number of sets");
+  TOKENSET_CHECK(batch.host_offsets != nullptr && batch.offsets != nullptr, ValueError, n, ": offsets missing");
+  const int64_t* offsets = batch.host_offsets;
+  TOKENSET_CHECK(offsets[0] >= 0, ValueError, n, ": offsets[0] is negative (", offsets[0], ")");
   int64_t max_length = 0;
   for (int64_t i = 0; i < batch.count; ++i) {
-    const int64_t a = host_offsets[i], b = host_offsets[i + 1];
-    if (b < a)
-      throw ValueError(n + ": offsets must be non-decreasing, but offsets[" + std::to_string(i + 1) + "]=" +
-                       std::to_string(b) + " < offsets[" + std::to_string(i) + "]=" + std::to_string(a));
+    const int64_t a = offsets[i], b = offsets[i + 1];
+    TOKENSET_CHECK(b >= a, ValueError, n, ": offsets must be non-decreasing, but offsets[", i + 1, "]=", b,
+                   " < offsets[", i, "]=", a);
     if (b - a > max_length) max_length = b - a;
   }
-  if (host_offsets[batch.count] > batch.rows)
-    throw ValueError(n + ": offsets[-1]=" + std::to_string(host_offsets[batch.count]) + " exceeds the " +
-                     std::to_string(batch.rows) + " rows of values");
   batch.max_length = max_length;
+  if (batch.set_rows != nullptr) {
+    TOKENSET_CHECK(batch.values.device.type == DeviceType::CPU, ValueError, n,
+                   ": per-set pointer tables are read on the CPU only");
+    TOKENSET_CHECK(batch.set_row_strides != nullptr, ValueError, n, ": per-set row strides missing");
+    for (int64_t i = 0; i < batch.count; ++i)
+      TOKENSET_CHECK(offsets[i + 1] == offsets[i] || batch.set_rows[i] != nullptr, ValueError, n, ": set ", i,
+                     " has a null pointer");
+    return;
+  }
+  TOKENSET_CHECK(offsets[batch.count] <= batch.values.shape[0], ValueError, n, ": offsets[-1]=",
+                 offsets[batch.count], " exceeds the ", batch.values.shape[0], " rows of values");
 }
+
+// Checks an array the op reads or writes whole: dtype, exact shape (-1: any extent), C-contiguous, device.
+inline void check_array(const ArrayView& a, const char* name, DType dtype, std::initializer_list<int64_t> shape,
+                        Device device) {
+  TOKENSET_CHECK(a.dtype == dtype, TypeError, name, " must be ", dtype_name(dtype), ", got ", dtype_name(a.dtype));
+  TOKENSET_CHECK(a.ndim == static_cast<int>(shape.size()), ValueError, name, " must have ", shape.size(),
+                 " dimension(s), got ", a.ndim);
+  int axis = 0;
+  bool same = true;
+  std::string want = "(", got = "(";
+  for (int64_t extent : shape) {
+    same = same && (extent < 0 || a.shape[axis] == extent);
+    want += (axis ? ", " : "") + (extent < 0 ? std::string("any") : std::to_string(extent));
+    got += (axis ? ", " : "") + std::to_string(a.shape[axis]);
+    ++axis;
+  }
+  TOKENSET_CHECK(same, ValueError, name, " must have shape ", want, "), got ", got, ")");
+  TOKENSET_CHECK(a.is_contiguous(), ValueError, name, " must be C-contiguous; try np.ascontiguousarray / .contiguous()");
+  TOKENSET_CHECK(a.numel() == 0 || a.data != nullptr, ValueError, name, ": null data pointer");
+  TOKENSET_CHECK(a.device.type == device.type && (device.type == DeviceType::CPU || a.device.index == device.index),
+                 ValueError, name, " is on another device than the token values; move it there first");
+}
+
+}  // namespace tokenset
+
+namespace tokenset {
+
+// How a GPU op runs: the caller's stream, and one opaque device workspace of the size the op's workspace_bytes()
+// asked for (allocated by the caller's array library on that stream). CPU entries take the same struct and ignore
+// it: their scratch is per worker thread, bounded by tiles.
+struct Launch {
+  void* stream = nullptr;
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+};
+
+// Carves aligned pieces out of a workspace, in the same order workspace_bytes() sized them.
+class WorkspaceCarver {
+ public:
+  explicit WorkspaceCarver(void* base = nullptr) : base_(static_cast<char*>(base)) {}
+  template <typename T>
+  T* take(int64_t count) {
+    T* out = reinterpret_cast<T*>(base_ ? base_ + used_ : nullptr);
+    used_ += (count * static_cast<int64_t>(sizeof(T)) + 255) / 256 * 256;
+    return out;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  char* base_;
+  int64_t used_ = 0;
+};
 
 }  // namespace tokenset

@@ -25,9 +25,51 @@ void set_num_threads(int threads);
 // Runs fn(ctx, begin, end, worker) over [0, n) in chunks of `grain` items, on up to `max_workers` workers
 // (worker ids are < max_workers). The calling thread takes part. Safe to call from several threads at once: a call
 // that finds the pool busy runs on its own thread. A plain function pointer keeps this ABI free of templates, which
-// matters because the kernels calling it are compiled with different instruction sets.
+// matters because the kernels calling it are compiled with different instruction sets. Ops use the typed
+// tokenset::cpu::parallel_for of csrc/cpu/parallel.h.
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end, int worker);
-void parallel_for(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx);
+void parallel_for_raw(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx);
+
+// ---- the one SIMD-level selector ------------------------------------------------------------------------------------
+// An op's per-level kernels file (compiled once per level, see CMakeLists.txt) defines `const Table name` in each
+// level namespace; its driver declares them with TOKENSET_DECLARE_SIMD_KERNELS(Table, name) and picks the active
+// level's with TOKENSET_SIMD_KERNEL(name). Levels above the best one compiled fall back to it.
+template <typename Table>
+const Table& select_simd_kernel(const Table* scalar, const Table* avx2, const Table* avx512) {
+  switch (active_simd_level()) {
+    case SimdLevel::AMX:
+    case SimdLevel::AVX512:
+      if (avx512) return *avx512;
+      [[fallthrough]];
+    case SimdLevel::AVX2:
+      if (avx2) return *avx2;
+      [[fallthrough]];
+    case SimdLevel::Scalar: break;
+  }
+  return *scalar;
+}
 
 }  // namespace cpu
 }  // namespace tokenset
+
+#if defined(TOKENSET_X86_LEVELS)
+#define TOKENSET_DECLARE_SIMD_KERNELS(Table, name) \
+  namespace scalar {                               \
+  extern const Table name;                         \
+  }                                                \
+  namespace avx2 {                                 \
+  extern const Table name;                         \
+  }                                                \
+  namespace avx512 {                               \
+  extern const Table name;                         \
+  }
+#define TOKENSET_SIMD_KERNEL(name) ::tokenset::cpu::select_simd_kernel(&scalar::name, &avx2::name, &avx512::name)
+#else
+#define TOKENSET_DECLARE_SIMD_KERNELS(Table, name) \
+  namespace scalar {                               \
+  extern const Table name;                         \
+  }
+#define TOKENSET_SIMD_KERNEL(name) \
+  ::tokenset::cpu::select_simd_kernel(&scalar::name, static_cast<const decltype(scalar::name)*>(nullptr), \
+                                      static_cast<const decltype(scalar::name)*>(nullptr))
+#endif

@@ -1,12 +1,16 @@
 // MaxSim: score(q, D) = sum_i max_j <q_i, d_j>, over ragged batches of token sets.
 //
-// Semantics shared by every backend:
+// Semantics shared by every backend (validate() below is called by the CPU and the CUDA entry alike):
 //  * padded tokens do not exist: only rows inside a set's offsets take part;
-//  * a document with no tokens scores -inf (argmax -1); a query with no tokens is rejected by the bindings;
+//  * a document with no tokens scores -inf (argmax -1); a query with no tokens is an error;
+//  * queries and documents have the same dtype (the Python layer converts queries to the documents' dtype);
 //  * a NaN similarity makes that query token's maximum NaN, hence the score NaN (IEEE propagation, as numpy's max);
-//  * argmax ties go to the lowest document-token index;
-//  * accumulation is float32 whatever the input dtype.
+//  * argmax ties go to the lowest document-token index; top-k ties to the lowest document index, NaN ranks as -inf;
+//  * accumulation is float32 whatever the input dtype; float32 dot products are FMAs in k order and the maxima are
+//    summed in query-token order on every path, so float32 scores are bit-identical across SIMD levels and devices.
 #pragma once
+
+#include <string>
 
 #include "tokenset/common.h"
 
@@ -16,35 +20,91 @@ struct MaxsimParams {
   SetBatch queries;
   SetBatch documents;
   // Pairs mode when non-null: candidates[q * num_candidates + c] is a document index or -1 (no candidate: -inf).
+  // `candidates` is what the kernel reads (device memory on CUDA), `host_candidates` the same on the host, checked.
   const int64_t* candidates = nullptr;
+  const int64_t* host_candidates = nullptr;
   int64_t num_candidates = 0;
   // Output scores: [queries.count, documents.count] (all pairs) or [queries.count, num_candidates] (pairs).
   float* scores = nullptr;
   // Optional: argmax[(q * columns + c) * queries.max_length + i] = index within the document of the token that
   // maximises query token i (-1 for padding query tokens and empty documents).
   int32_t* argmax = nullptr;
+  // Top-k mode when k > 0 (scores, argmax and candidates unused): [queries.count, k] each; rows with fewer than k
+  // documents end with (-inf, -1).
+  int64_t k = 0;
+  float* top_scores = nullptr;
+  int64_t* top_indices = nullptr;
 
-  int64_t columns() const { return candidates ? num_candidates : documents.count; }
+  TOKENSET_HOST_DEVICE int64_t columns() const { return candidates ? num_candidates : documents.count; }
+  TOKENSET_HOST_DEVICE bool topk() const { return k > 0; }
 };
 
-// Queries and documents must share the token dimension (checked by every binding and backend).
-inline void check_same_dim(const MaxsimParams& p) {
-  if (p.queries.dim != p.documents.dim)
-    throw ValueError("queries have dimension " + std::to_string(p.queries.dim) + " but documents have dimension " +
-                     std::to_string(p.documents.dim));
+// Checks everything a kernel will follow (the batches were checked by check_set_batch when they were built).
+inline void validate(const MaxsimParams& p) {
+  TOKENSET_CHECK(p.queries.dim() == p.documents.dim(), ValueError, "queries have token dimension ", p.queries.dim(),
+                 " but documents have ", p.documents.dim());
+  TOKENSET_CHECK(p.queries.dtype() == p.documents.dtype(), TypeError, "queries are ", dtype_name(p.queries.dtype()),
+                 " but documents are ", dtype_name(p.documents.dtype()), "; convert the queries to the documents' dtype");
+  TOKENSET_CHECK(p.queries.values.device.type == p.documents.values.device.type &&
+                     p.queries.values.device.index == p.documents.values.device.index,
+                 ValueError, "queries and documents are on different devices; move them to one device first");
+  for (int64_t q = 0; q < p.queries.count; ++q)
+    TOKENSET_CHECK(p.queries.host_offsets[q + 1] > p.queries.host_offsets[q], ValueError, "query ", q,
+                   " has no tokens: an empty query has no MaxSim score; drop it");
+  if (p.topk()) {
+    TOKENSET_CHECK(p.candidates == nullptr, ValueError, "maxsim_topk scores all documents; candidates are not supported");
+    TOKENSET_CHECK(p.queries.count == 0 || (p.top_scores && p.top_indices), ValueError, "top-k outputs missing");
+    return;
+  }
+  TOKENSET_CHECK(p.k == 0, ValueError, "k must be >= 1, got ", p.k);
+  if (p.candidates) {
+    TOKENSET_CHECK(p.host_candidates != nullptr, ValueError, "candidates not given on the host for checking");
+    TOKENSET_CHECK(p.num_candidates >= 0, ValueError, "negative number of candidates");
+    for (int64_t i = 0; i < p.queries.count * p.num_candidates; ++i) {
+      const int64_t c = p.host_candidates[i];
+      TOKENSET_CHECK(c >= -1 && c < p.documents.count, ValueError, "candidates[", i / p.num_candidates, ", ",
+                     i % p.num_candidates, "] = ", c, " is not a document index in [0, ", p.documents.count,
+                     ") or -1 (no candidate)");
+    }
+  }
+  TOKENSET_CHECK(p.queries.count * p.columns() == 0 || p.scores != nullptr, ValueError, "scores output missing");
+}
+
+// GPU top-k: documents are scored in chunks of kTopkDocChunk for groups of queries, and each query's running top-k
+// (double-buffered 64-bit keys + scores) is merged with every chunk. The workspace holds one group's chunk scores and
+// running lists, at most kTopkWorkspaceBudget bytes unless one query alone needs more (a very large k).
+constexpr int64_t kTopkDocChunk = 2048;
+constexpr int64_t kTopkWorkspaceBudget = int64_t(64) << 20;
+
+inline int64_t topk_bytes_per_query(int64_t k) { return kTopkDocChunk * 4 + 2 * k * (8 + 4); }
+
+inline int64_t topk_query_group(const MaxsimParams& p) {
+  int64_t group = kTopkWorkspaceBudget / topk_bytes_per_query(p.k);
+  if (group > p.queries.count) group = p.queries.count;
+  return group > 0 ? group : 1;
+}
+
+// Bytes of device workspace the CUDA entry needs for these params (0: none).
+inline int64_t workspace_bytes(const MaxsimParams& p) {
+  if (!p.topk() || p.queries.count == 0) return 0;
+  const int64_t group = topk_query_group(p);
+  WorkspaceCarver carve;
+  carve.take<float>(group * kTopkDocChunk);
+  carve.take<unsigned long long>(group * p.k);
+  carve.take<unsigned long long>(group * p.k);
+  carve.take<float>(group * p.k);
+  carve.take<float>(group * p.k);
+  return carve.used();
 }
 
 namespace cpu {
-// All pairs or pairs mode (by params.candidates). Multi-threaded, SIMD level chosen at run time.
-void maxsim(const MaxsimParams& params);
-// Fused top-k over all documents for every query; ties go to the lower document index, NaN ranks as -inf.
-// Rows with fewer than k documents are padded with score -inf and index -1.
-void maxsim_topk(const MaxsimParams& params, int64_t k, float* top_scores, int64_t* top_indices);
+// All pairs, pairs mode or top-k mode. Multi-threaded, SIMD level chosen at run time; `launch` unused.
+void maxsim(const MaxsimParams& params, const Launch& launch = Launch());
 }  // namespace cpu
 
 namespace cuda {
-// Same semantics as cpu::maxsim; offsets and candidates point at device memory, launched on `stream`.
-void maxsim(const MaxsimParams& params, void* stream);
+// Same semantics as cpu::maxsim; offsets and candidates point at device memory; launched on launch.stream.
+void maxsim(const MaxsimParams& params, const Launch& launch);
 }  // namespace cuda
 
 }  // namespace tokenset

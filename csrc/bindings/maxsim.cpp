@@ -1,0 +1,77 @@
+// MaxSim bindings, compiled into both modules (views.h): set batches and outputs in, scores written in place.
+#include <pybind11/pybind11.h>
+
+#include "tokenset/maxsim.h"
+#include "views.h"
+
+namespace tokenset {
+namespace bindings {
+namespace {
+
+MaxsimParams set_batches(Call& call, py::handle queries, py::handle documents) {
+  MaxsimParams p;
+  p.queries = call.set_batch(queries, "queries");
+  p.documents = call.set_batch(documents, "documents");
+  return p;
+}
+
+Device output_device(const Call& call) {
+  return kModuleDevice == DeviceType::CPU ? Device{DeviceType::CPU, -1} : call.device();
+}
+
+void maxsim(py::handle queries, py::handle documents, py::handle scores, py::handle argmax, py::handle candidates,
+            py::handle host_candidates, intptr_t stream) {
+  Call call(stream);
+  MaxsimParams p = set_batches(call, queries, documents);
+  const int64_t nq = p.queries.count;
+  const Device device = output_device(call);
+  if (!candidates.is_none()) {
+    const ArrayView c = call.view(candidates, "candidates");
+    check_array(c, "candidates", DType::Int64, {nq, -1}, device);
+    p.candidates = c.ptr<const int64_t>();
+    p.num_candidates = c.shape[1];
+    const ArrayView h = host_candidates.is_none() ? c : call.view(host_candidates, "host candidates", false, true);
+    check_array(h, "host candidates", DType::Int64, {nq, p.num_candidates}, Device{DeviceType::CPU, -1});
+    p.host_candidates = h.ptr<const int64_t>();
+  }
+  const ArrayView s = call.view(scores, "scores", true);
+  check_array(s, "scores", DType::Float32, {nq, p.columns()}, device);
+  p.scores = s.ptr<float>();
+  if (!argmax.is_none()) {
+    const ArrayView a = call.view(argmax, "argmax", true);
+    check_array(a, "argmax", DType::Int32, {nq, p.columns(), p.queries.max_length}, device);
+    p.argmax = a.ptr<int32_t>();
+  }
+  run_op(call, &backend::maxsim, p, py::none());
+}
+
+void maxsim_topk(py::handle queries, py::handle documents, int64_t k, py::handle top_scores, py::handle top_indices,
+                 intptr_t stream, py::handle allocate) {
+  TOKENSET_CHECK(k >= 1, ValueError, "k must be >= 1, got ", k);
+  Call call(stream);
+  MaxsimParams p = set_batches(call, queries, documents);
+  p.k = k;
+  const Device device = output_device(call);
+  const ArrayView s = call.view(top_scores, "top-k scores", true);
+  check_array(s, "top-k scores", DType::Float32, {p.queries.count, k}, device);
+  const ArrayView i = call.view(top_indices, "top-k indices", true);
+  check_array(i, "top-k indices", DType::Int64, {p.queries.count, k}, device);
+  p.top_scores = s.ptr<float>();
+  p.top_indices = i.ptr<int64_t>();
+  run_op(call, &backend::maxsim, p, allocate);
+}
+
+}  // namespace
+
+void bind_maxsim(py::module_& m) {
+  m.def("maxsim", &maxsim, py::arg("queries"), py::arg("documents"), py::arg("scores"), py::arg("argmax") = py::none(),
+        py::arg("candidates") = py::none(), py::arg("host_candidates") = py::none(), py::arg("stream") = 0,
+        "MaxSim of all (query, document) pairs, or of candidates [nq, c] (-1 = none), written into scores "
+        "[nq, nd or c] float32 (and argmax [nq, nd or c, max query length] int32 when given).");
+  m.def("maxsim_topk", &maxsim_topk, py::arg("queries"), py::arg("documents"), py::arg("k"), py::arg("top_scores"),
+        py::arg("top_indices"), py::arg("stream") = 0, py::arg("allocate") = py::none(),
+        "Fused MaxSim top-k over all documents into top_scores [nq, k] float32 and top_indices [nq, k] int64.");
+}
+
+}  // namespace bindings
+}  // namespace tokenset

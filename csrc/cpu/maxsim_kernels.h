@@ -1,0 +1,32 @@
+// The per-level MaxSim kernel table: defined by maxsim_kernels.cpp (once per SIMD level) and maxsim_amx.cpp, picked
+// by the driver maxsim.cpp. Plain function pointers: the files are compiled with different -m flags.
+#pragma once
+
+#include <cstdint>
+
+#include "tokenset/cpu_runtime.h"
+#include "tokenset/maxsim.h"
+
+namespace tokenset {
+namespace cpu {
+
+struct MaxsimKernel {
+  int query_block;  // query tokens per packed panel (QB)
+  int doc_block;    // scratch per worker, in rows of dim floats
+  // packed: ceil(len / QB) panels of dim * QB floats.
+  void (*pack_query)(const SetBatch& queries, int64_t set, float* packed);
+  // scratch: doc_block * dim floats, 64-byte aligned. argmax (optional): query_length entries.
+  void (*score)(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
+                float* score, int32_t* argmax);
+};
+
+TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_kernel)
+#if defined(TOKENSET_HAS_AMX)
+namespace amx {
+// AMX-BF16 tiles: bfloat16 queries and documents, dim a multiple of 32, no argmax (see the driver's amx_applies).
+extern const MaxsimKernel maxsim_kernel;
+}
+#endif
+
+}  // namespace cpu
+}  // namespace tokenset

@@ -1,0 +1,63 @@
+// Helpers of the CPU op drivers: a typed parallel_for over the thread pool and one aligned scratch buffer type.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "tokenset/cpu_runtime.h"
+
+namespace tokenset {
+namespace cpu {
+
+// fn(begin, end, worker) over [0, n) in chunks of `grain`, on up to `max_workers` workers (default: all threads).
+// Workers must not throw: drivers allocate every scratch buffer before calling this.
+template <typename Fn>
+void parallel_for(int64_t n, int64_t grain, Fn&& fn, int max_workers = 0) {
+  using F = std::remove_reference_t<Fn>;
+  parallel_for_raw(n, grain, max_workers > 0 ? max_workers : num_threads(),
+                   [](void* ctx, int64_t begin, int64_t end, int worker) { (*static_cast<F*>(ctx))(begin, end, worker); },
+                   const_cast<void*>(static_cast<const void*>(&fn)));
+}
+
+// Chunks of about n / (threads * per_thread) items: enough chunks to balance uneven items.
+inline int64_t grain_for(int64_t n, int threads, int64_t per_thread = 32) {
+  const int64_t g = n / (static_cast<int64_t>(threads) * per_thread);
+  return g > 1 ? g : 1;
+}
+
+// Scratch of T starting on a cache line (a 64-byte vector access that straddles two lines costs two), zero-filled
+// only where asked. Sized once by the driver; workers take slices.
+template <typename T>
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(size_t count, bool zero = false) { resize(count, zero); }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  AlignedBuffer(AlignedBuffer&& other) noexcept : data_(std::exchange(other.data_, nullptr)), size_(other.size_) {}
+
+  void resize(size_t count, bool zero = false) {
+    std::free(data_);
+    data_ = nullptr;
+    size_ = count;
+    const size_t bytes = ((count * sizeof(T) + 63) / 64) * 64 + 64;  // + one line: vector tails may overread
+    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (!data_) throw std::bad_alloc();
+    if (zero) __builtin_memset(static_cast<void*>(data_), 0, bytes);
+  }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+  T& operator[](size_t i) { return data_[i]; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace cpu
+}  // namespace tokenset

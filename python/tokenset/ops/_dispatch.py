@@ -1,0 +1,90 @@
+"""Device, stream, batch and workspace plumbing shared by every op wrapper (``ops/<op>.py`` stays thin).
+
+An op wrapper asks :func:`placement` where its inputs live, turns its Ragged batches into :class:`KernelBatch`
+descriptions for the native converter, allocates outputs with :func:`empty`, and calls :func:`module` ``.<op>(...,
+stream=..., allocate=...)``. The native side (``csrc/bindings``) checks shapes, dtypes, strides, offsets and indices.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+from .. import _array, _backend
+from ..ragged import Ragged
+
+Device = Tuple[str, int]
+
+
+class KernelBatch:
+    """What the native converter reads of a set batch: ``values`` ``[rows, d]`` or ``sets`` (a list of ``[n_i, d]``
+    arrays, CPU only, read in place), the host ``offsets`` it validates, and on a GPU ``device_offsets``."""
+
+    __slots__ = ("values", "sets", "offsets", "device_offsets")
+
+    def __init__(self, values, sets, offsets, device_offsets):
+        self.values, self.sets, self.offsets, self.device_offsets = values, sets, offsets, device_offsets
+
+
+def placement(*arrays: Any) -> Tuple[str, Device]:
+    """The library results come back in, and the one device every input is on (else a ValueError with the fix)."""
+    lib = _array.result_library(*arrays)
+    devices = {_array.device(a) for a in arrays}
+    if len(devices) > 1:
+        names = ", ".join(sorted(_array.device_name(d) for d in devices))
+        raise ValueError(f"inputs are on different devices ({names}); move them to one device first "
+                         f"(e.g. documents.to(queries.device))")
+    return lib, devices.pop()
+
+
+def module(dev: Device):
+    """The native module for a device: ``_core`` (CPU) or ``_cuda`` (a RuntimeError that says how to get one)."""
+    return _backend._core if dev[0] == "cpu" else _backend.cuda()
+
+
+def stream(lib: str, dev: Device) -> int:
+    return _array.current_stream(lib, dev)
+
+
+def token_dtype(batch: Ragged, name: str) -> str:
+    return _array.dtype_name(batch._any_values, name)
+
+
+def _kernel_values(x: Any, dtype: Optional[str], lib: str, dev: Device) -> Any:
+    if lib == "torch":
+        x = x.detach()
+    if dtype is not None and _array.dtype_name(x, "values") != dtype:
+        x = _array.astype(x, dtype)
+    x = _array.inner_contiguous(x)
+    if lib == "torch" and dev[0] == "cpu" and x.dtype != _array._torch().bfloat16:
+        x = x.numpy()  # a view; the buffer protocol is cheaper than a DLPack export per set of a list
+    return x
+
+
+def kernel_batch(batch: Ragged, lib: str, dev: Device, stream_handle: int, name: str,
+                 dtype: Optional[str] = None) -> KernelBatch:
+    """The native description of a batch, its values converted to `dtype` when given (queries follow the documents'
+    dtype). CPU lists are passed as lists (read in place); GPU lists are concatenated once (a device copy)."""
+    token_dtype(batch, name)  # a clear TypeError for unsupported dtypes before anything is converted
+    if batch.sets is not None and dev[0] == "cpu":
+        sets = [_kernel_values(s, dtype, lib, dev) for s in batch.sets]
+        return KernelBatch(None, sets, batch.offsets, None)
+    values = _kernel_values(batch.values, dtype, lib, dev)
+    device_offsets = None if dev[0] == "cpu" else batch.device_offsets(lib, dev, stream_handle)
+    return KernelBatch(values, None, batch.offsets, device_offsets)
+
+
+def empty(shape, dtype: str, lib: str, dev: Device) -> Any:
+    return _array.empty(shape, dtype, lib, dev)
+
+
+def allocator(lib: str, dev: Device) -> Optional[Callable[[int], Any]]:
+    """The workspace allocator a GPU op calls with the bytes it needs (a uint8 array on the current stream)."""
+    if dev[0] == "cpu":
+        return None
+    return lambda nbytes: _array.empty((int(nbytes),), "uint8", lib, dev)
+
+
+def check_out(out: Any, lib: str, dev: Device) -> None:
+    """A caller's output array must be of the inputs' library and device (its shape, dtype and layout are checked
+    natively)."""
+    if not _array.is_array(out) or _array.library(out) != lib or _array.device(out) != dev:
+        raise ValueError(f"out must be a {lib} array on {_array.device_name(dev)}, like the input")
