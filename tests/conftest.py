@@ -24,6 +24,81 @@ U32 = 2.0 ** -24  # float32 unit roundoff
 
 requires_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (pip install torch==2.13.0)")
 
+# ---- the test matrix, defined once: devices x dtypes x SIMD levels ---------------------------------------------------
+DTYPES = ["float32", "float16", "bfloat16"]
+TORCH_SEES_GPU = HAVE_TORCH and torch.cuda.is_available()
+_INFO = tokenset.build_info()
+TOKENSET_SEES_GPU = bool(_INFO["cuda"] and _INFO["cuda_devices"] > 0)
+# A GPU that torch sees is a CUDA device of the matrix even when tokenset cannot use it: its tests then fail with the
+# reason, never skip silently.
+DEVICES = ["cpu"] + (["cuda"] if TORCH_SEES_GPU or TOKENSET_SEES_GPU else [])
+
+
+def require_cuda():
+    if not TORCH_SEES_GPU:
+        pytest.skip("no GPU here (torch.cuda.is_available() is False)")
+    if not TOKENSET_SEES_GPU:
+        pytest.fail(f"torch sees a GPU but tokenset cannot use it: cuda={_INFO['cuda']}, "
+                    f"cuda_error={_INFO['cuda_error']!r}; rebuild with TOKENSET_CUDA=ON")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Runs a test on the CPU and, where present, on the GPU (torch CUDA tensors)."""
+    if request.param == "cuda":
+        require_cuda()
+    return request.param
+
+
+@pytest.fixture
+def cuda():
+    """For GPU-only tests (streams, cupy, CPU-vs-GPU agreement): skips without a GPU, fails on a broken build."""
+    require_cuda()
+    return "cuda"
+
+
+def as_dtype(x, dtype):
+    """A numpy array in a token dtype name (bfloat16 through ml_dtypes)."""
+    if dtype == "bfloat16":
+        if BF16 is None:
+            pytest.skip("ml_dtypes not installed")
+        return np.asarray(x).astype(BF16)
+    return np.asarray(x).astype(dtype)
+
+
+def on_device(sets, device, dtype="float32"):
+    """numpy sets as the test matrix's input: numpy arrays on the CPU, torch CUDA tensors on the GPU."""
+    if device == "cpu":
+        return [as_dtype(s, dtype) for s in sets]
+    return [torch.from_numpy(np.asarray(s, np.float32)).to("cuda", getattr(torch, dtype)) for s in sets]
+
+
+def to_numpy(x):
+    """Any result (numpy, torch on any device, cupy) as a numpy array."""
+    if HAVE_TORCH and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+def exact_float64(sets):
+    """What a kernel sees after converting its inputs: float64 copies of (possibly torch, low-precision) sets."""
+    out = []
+    for s in sets:
+        if HAVE_TORCH and isinstance(s, torch.Tensor):
+            out.append(s.detach().double().cpu().numpy())
+        else:
+            out.append(np.asarray(s).astype(np.float64))
+    return out
+
+
+# Hand-made set lengths every op is tested on: empty sets, one token, ragged tails around a 32-token panel.
+EDGE_LENGTHS = {
+    "empty and one": [0, 1, 0, 2],
+    "tails 31/32/33": [31, 32, 33],
+    "one token": [1],
+    "long and short": [300, 1, 12, 13],
+}
+
 
 def supported_simd_levels():
     levels = []
@@ -68,3 +143,64 @@ def maxsim_error_bound(queries, documents):
     dim = queries[0].shape[1]
     lq = np.array([q.shape[0] for q in queries])[:, None]
     return 2 * U32 * (dim + lq + 2) * magnitude + 1e-30
+
+
+# ---- FDE helpers (tests/test_fde.py, CPU and CUDA) ------------------------------------------------------------------
+def fde_sanitize(rng, sets, simhash, dtype):
+    """Redraws tokens with a near-zero hyperplane dot product (an ambiguous sign bit); returns sets in `dtype`."""
+    out = []
+    g = np.asarray(simhash, np.float64)
+    for s in sets:
+        s = np.asarray(s, dtype)
+        for _ in range(100):
+            x = np.asarray(s, np.float64)
+            dots = np.einsum("nd,rdk->nrk", x, g)
+            scale = np.einsum("nd,rdk->nrk", np.abs(x), np.abs(g))
+            bad = (np.abs(dots) <= 1e-4 * scale).any(axis=(1, 2))
+            if not bad.any():
+                break
+            s = s.copy()
+            s[bad] = rng.standard_normal((int(bad.sum()), s.shape[1])).astype(dtype)
+        out.append(s)
+    return out
+
+
+def check_fde_against_reference(fde, sets, documents, got):
+    """Asserts `got` equals the float64 reference within the float32 forward-error bound."""
+    from tokenset.reference import fde as ref
+
+    x64 = [np.asarray(s, np.float64) for s in sets]
+    proj = fde.projection
+    kwargs = dict(documents=documents, fill_empty=fde.fill_empty and documents, final_index=fde.final_index,
+                  final_sign=fde.final_sign, final_dim=fde.final_dim)
+    exact = ref.encode(x64, fde.simhash, proj, **kwargs)
+    parts = [ref.partitions(s, fde.simhash) for s in x64]
+    pats = [ref._patterns(ref.sign_bits(s, fde.simhash)) for s in x64]
+    magnitude = ref.encode([np.abs(s) for s in x64], np.abs(fde.simhash), None if proj is None else np.abs(proj),
+                           **dict(kwargs, final_sign=None if fde.final_sign is None else np.abs(fde.final_sign)),
+                           token_partitions=parts, token_patterns=pats)
+    n = max([len(s) for s in sets] + [1])
+    m = int(np.bincount(fde.final_index).max()) if fde.final_index is not None else 0
+    bound = 4 * U32 * (n + fde.dim + m + 2) * magnitude + 1e-30
+    got = np.asarray(got, np.float64)
+    assert got.shape == exact.shape
+    err = np.abs(got - exact)
+    assert (err <= bound).all(), f"max error {err.max()} over bound at {np.unravel_index(np.argmax(err - bound), err.shape)}"
+
+
+FDE_SWEEP = [
+    # dim, reps, bits, proj_dim, fill, final_dim
+    (16, 3, 3, None, True, None),
+    (16, 3, 3, 5, True, None),
+    (16, 3, 3, 5, False, 37),
+    (1, 2, 0, None, True, None),
+    (3, 1, 1, 2, True, None),
+    (64, 4, 5, 16, True, None),
+    (64, 2, 8, 8, True, None),
+    (130, 2, 4, None, False, None),
+    (130, 2, 4, 70, True, 500),   # proj_dim not a multiple of the vector width: tail columns
+    (33, 5, 2, 33, True, 9),
+    (20, 2, 12, 3, True, None),   # 4096 partitions, mostly empty: fill dominates
+    (8, 2, 16, 1, True, None),    # 2^16 partitions, one projected coordinate each
+    (20, 1, 16, None, True, None),  # 2^16 partitions x dim > the partition-sum scratch cap: tokens added in place
+]

@@ -24,12 +24,9 @@ def torch_reference(q_list, d_list):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_gradients_match_torch_reference(device):
     import torch
 
-    if device == "cuda" and not (torch.cuda.is_available() and tokenset.build_info()["cuda_devices"] > 0):
-        pytest.skip("no CUDA device")
     gen = torch.Generator().manual_seed(0)
     q_list = [torch.randn(n, 16, generator=gen, dtype=torch.float64) for n in (5, 9)]
     d_list = [torch.randn(n, 16, generator=gen, dtype=torch.float64) for n in (7, 1, 12, 0)]

@@ -18,70 +18,14 @@ import pytest
 
 import tokenset
 from tokenset.reference import fde as ref
-from conftest import BF16, U32, requires_torch
-
-
-def sanitize(rng, sets, simhash, dtype):
-    """Redraws tokens with a near-zero hyperplane dot product (an ambiguous sign bit); returns sets in `dtype`."""
-    out = []
-    g = np.asarray(simhash, np.float64)
-    for s in sets:
-        s = np.asarray(s, dtype)
-        for _ in range(100):
-            x = np.asarray(s, np.float64)
-            dots = np.einsum("nd,rdk->nrk", x, g)
-            scale = np.einsum("nd,rdk->nrk", np.abs(x), np.abs(g))
-            bad = (np.abs(dots) <= 1e-4 * scale).any(axis=(1, 2))
-            if not bad.any():
-                break
-            s = s.copy()
-            s[bad] = rng.standard_normal((int(bad.sum()), s.shape[1])).astype(dtype)
-        out.append(s)
-    return out
-
-
-def check_against_reference(fde, sets, documents, got):
-    """Asserts `got` equals the float64 reference within the float32 forward-error bound."""
-    x64 = [np.asarray(s, np.float64) for s in sets]
-    proj = fde.projection
-    kwargs = dict(documents=documents, fill_empty=fde.fill_empty and documents, final_index=fde.final_index,
-                  final_sign=fde.final_sign, final_dim=fde.final_dim)
-    exact = ref.encode(x64, fde.simhash, proj, **kwargs)
-    parts = [ref.partitions(s, fde.simhash) for s in x64]
-    pats = [ref._patterns(ref.sign_bits(s, fde.simhash)) for s in x64]
-    magnitude = ref.encode([np.abs(s) for s in x64], np.abs(fde.simhash), None if proj is None else np.abs(proj),
-                           **dict(kwargs, final_sign=None if fde.final_sign is None else np.abs(fde.final_sign)),
-                           token_partitions=parts, token_patterns=pats)
-    n = max([len(s) for s in sets] + [1])
-    m = int(np.bincount(fde.final_index).max()) if fde.final_index is not None else 0
-    bound = 4 * U32 * (n + fde.dim + m + 2) * magnitude + 1e-30
-    got = np.asarray(got, np.float64)
-    assert got.shape == exact.shape
-    err = np.abs(got - exact)
-    assert (err <= bound).all(), f"max error {err.max()} over bound at {np.unravel_index(np.argmax(err - bound), err.shape)}"
+from conftest import BF16, EDGE_LENGTHS, FDE_SWEEP as SWEEP, U32, check_fde_against_reference as check_against_reference, \
+    fde_sanitize as sanitize, requires_torch
 
 
 DTYPES = [np.float32, np.float16] + ([BF16] if BF16 is not None else [])
 
 
 # ---- reference agreement ----------------------------------------------------------------------------------------------
-SWEEP = [
-    # dim, reps, bits, proj_dim, fill, final_dim
-    (16, 3, 3, None, True, None),
-    (16, 3, 3, 5, True, None),
-    (16, 3, 3, 5, False, 37),
-    (1, 2, 0, None, True, None),
-    (3, 1, 1, 2, True, None),
-    (64, 4, 5, 16, True, None),
-    (64, 2, 8, 8, True, None),
-    (130, 2, 4, None, False, None),
-    (130, 2, 4, 70, True, 500),   # proj_dim not a multiple of the vector width: tail columns
-    (33, 5, 2, 33, True, 9),
-    (20, 2, 12, 3, True, None),   # 4096 partitions, mostly empty: fill dominates
-    (8, 2, 16, 1, True, None),    # 2^16 partitions, one projected coordinate each
-    (20, 1, 16, None, True, None),  # 2^16 partitions x dim > the partition-sum scratch cap: tokens added in place
-]
-
 
 @pytest.mark.parametrize("dim,reps,bits,proj,fill,final", SWEEP)
 def test_reference_sweep(simd, dim, reps, bits, proj, fill, final):
@@ -563,3 +507,107 @@ def test_quality_needs_partitions():
     single = fde_recall(queries, docs, tokenset.FDE(64, reps=1, simhash_bits=0))
     default = fde_recall(queries, docs, tokenset.FDE(64))
     assert single < 0.8 and default >= single + 0.15, (single, default)
+
+
+# ---- the shared edge-case table ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", list(EDGE_LENGTHS))
+def test_edge_lengths(device, case):
+    rng = np.random.default_rng(9)
+    fde = tokenset.FDE(16, reps=3, simhash_bits=3, proj_dim=8, final_dim=50)
+    docs = sanitize(rng, [rng.standard_normal((n, 16)) for n in EDGE_LENGTHS[case]], fde.simhash, np.float32)
+    given = docs if device == "cpu" else _cuda_sets(docs)
+    got = fde.encode_documents(given)
+    check_against_reference(fde, docs, True, _numpy(got))
+
+
+def test_lists_are_read_in_place(simd):
+    rng = np.random.default_rng(10)
+    fde = tokenset.FDE(32, reps=4, simhash_bits=3, proj_dim=8)
+    wide = rng.standard_normal((300, 40)).astype(np.float32)
+    docs = [wide[:70, :32], wide[100:200:3, 5:37], wide[:0, :32], wide[299:200:-1, :32]]
+    batch = tokenset.ragged(docs)
+    got = fde.encode_documents(batch)
+    assert batch._values is None  # never concatenated
+    flat = tokenset.Ragged(np.concatenate([np.ascontiguousarray(d) for d in docs]), batch.offsets)
+    np.testing.assert_array_equal(got, fde.encode_documents(flat))
+    np.testing.assert_array_equal(fde.partitions(docs), fde.partitions(flat))
+
+
+# ---- CUDA: against the reference and the CPU encoder (skipped without a GPU, failing on a broken build) ------------
+def _cuda_sets(sets, dtype="float32"):
+    import torch
+
+    return [torch.from_numpy(np.asarray(s, np.float32)).to("cuda", getattr(torch, dtype)) for s in sets]
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else (x.get() if hasattr(x, "get") else np.asarray(x))
+
+
+@pytest.mark.parametrize("dim,reps,bits,proj,fill,final", SWEEP)
+def test_cuda_fde_matches_reference(cuda, dim, reps, bits, proj, fill, final):
+    rng = np.random.default_rng(dim * 1000 + bits)
+    fde = tokenset.FDE(dim, reps=reps, simhash_bits=bits, proj_dim=proj, fill_empty=fill, final_dim=final, seed=3)
+    lengths = [0, 1, 2, 7, 40, 300] if bits < 12 else [0, 1, 5, 30]
+    docs = sanitize(rng, [rng.standard_normal((n, dim)) for n in lengths], fde.simhash, np.float32)
+    got = fde.encode_documents(_cuda_sets(docs))
+    assert got.is_cuda
+    check_against_reference(fde, docs, True, _numpy(got))
+    np.testing.assert_allclose(_numpy(got), fde.encode_documents(docs), rtol=1e-5, atol=1e-5)
+    queries = [d for d in docs if len(d)]
+    check_against_reference(fde, queries, False, _numpy(fde.encode_queries(_cuda_sets(queries))))
+    np.testing.assert_array_equal(_numpy(fde.partitions(_cuda_sets(docs))), fde.partitions(docs))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_fde_half_inputs_match_cpu(cuda, dtype):
+    rng = np.random.default_rng(5)
+    fde = tokenset.FDE(64, reps=4, simhash_bits=4, proj_dim=8, final_dim=300)
+    docs = sanitize(rng, [rng.standard_normal((n, 64)) for n in (3, 90, 0, 257)], fde.simhash, np.float32)
+    gpu = _cuda_sets(docs, dtype)
+    np.testing.assert_allclose(_numpy(fde.encode_documents(gpu)), _numpy(fde.encode_documents([d.cpu() for d in gpu])),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_fde_count_sketch_is_bitwise_cpu(cuda):
+    """Identity sums run in the CPU's order and the sketch uses unfused multiply-add: bit-identical results."""
+    rng = np.random.default_rng(6)
+    fde = tokenset.FDE(32, reps=3, simhash_bits=3, final_dim=77)
+    docs = sanitize(rng, [rng.standard_normal((n, 32)) for n in (5, 60, 1)], fde.simhash, np.float32)
+    np.testing.assert_array_equal(_numpy(fde.encode_queries(_cuda_sets(docs))), fde.encode_queries(docs))
+
+
+def test_cuda_fde_all_empty_batch_and_out(cuda):
+    import torch
+
+    fde = tokenset.FDE(16, reps=2, simhash_bits=3, proj_dim=4, final_dim=30)
+    empty = tokenset.Ragged(torch.zeros(0, 16, device="cuda"), [0, 0, 0, 0])
+    got = fde.encode_documents(empty)
+    assert got.shape == (3, 30) and not _numpy(got).any()
+    rng = np.random.default_rng(7)
+    docs = sanitize(rng, [rng.standard_normal((n, 16)) for n in rng.integers(0, 50, 9)], fde.simhash, np.float32)
+    out = torch.empty((9, 30), device="cuda")
+    assert fde.encode_documents(_cuda_sets(docs), out=out) is out
+    np.testing.assert_allclose(_numpy(out), fde.encode_documents(docs), rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_fde_streams_and_cupy(cuda):
+    """Decisive stream test (input written behind a sleep on a side stream), per-stream device state, cupy."""
+    import torch
+
+    fde = tokenset.FDE(16, reps=2, simhash_bits=3)
+    src = torch.randn(4, 9, 16, device="cuda")
+    want = _numpy(fde.encode_documents(src))
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        x = torch.zeros_like(src)
+        torch.cuda._sleep(200_000_000)
+        x.copy_(src)
+        got = fde.encode_documents(x)
+    side.synchronize()
+    np.testing.assert_array_equal(_numpy(got), want)
+    assert len(fde._device_states) == 2  # one device copy of the state per stream
+    cupy = pytest.importorskip("cupy")
+    with cupy.cuda.Stream(non_blocking=True):
+        c = fde.encode_documents(cupy.asarray(src.cpu().numpy()))
+    np.testing.assert_allclose(cupy.asnumpy(c), want, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@ import pytest
 import tokenset
 from tokenset.reference import maxsim as ref
 
-from conftest import BF16, SIMD_LEVELS, as_float64, maxsim_error_bound, random_sets, requires_torch
+from conftest import (BF16, EDGE_LENGTHS, SIMD_LEVELS, as_float64, exact_float64, maxsim_error_bound, on_device,
+                      random_sets, requires_torch, to_numpy)
 
 
 def cast(sets, dtype):
@@ -34,12 +35,15 @@ SHAPES = [  # (dim, query lengths, document lengths)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("dim,q_lengths,d_lengths", SHAPES)
-def test_all_pairs_match_reference(simd, dtype, dim, q_lengths, d_lengths):
+@pytest.mark.parametrize("dim,q_lengths,d_lengths", SHAPES + [(100, [31, 32, 33], [1, 130, 7])])
+def test_all_pairs_match_reference(device, simd, dtype, dim, q_lengths, d_lengths):
+    """Every device, SIMD level and dtype within the float32 forward-error bound of the float64 reference on the
+    converted inputs (tensor cores multiply float16/bfloat16 exactly and accumulate in float32: the same bound)."""
     rng = np.random.default_rng(dim * 1000 + len(q_lengths))
-    queries, q64 = cast(random_sets(rng, q_lengths, dim), dtype)
-    documents, d64 = cast(random_sets(rng, d_lengths, dim), dtype)
-    got = tokenset.maxsim(queries, documents)
+    queries = on_device(random_sets(rng, q_lengths, dim), device, dtype)
+    documents = on_device(random_sets(rng, d_lengths, dim), device, dtype)
+    q64, d64 = exact_float64(queries), exact_float64(documents)
+    got = to_numpy(tokenset.maxsim(queries, documents))
     want = ref.maxsim(q64, d64)
     assert got.dtype == np.float32 and got.shape == (len(queries), len(documents))
     empty = np.isinf(want)
@@ -466,3 +470,232 @@ def test_amx_pairs_topk_threads_and_argmax_fallback():
     np.testing.assert_array_equal(top_i, order[:, :5])
     np.testing.assert_array_equal(scores, vec[3])  # return_argmax runs the AVX-512 kernel at the amx level too
     np.testing.assert_array_equal(argmax, vec[4])
+
+
+# ---- the shared edge-case table, every device ------------------------------------------------------------------------
+@pytest.mark.parametrize("case", list(EDGE_LENGTHS))
+def test_edge_lengths_every_device(device, case):
+    rng = np.random.default_rng(len(case))
+    lengths = EDGE_LENGTHS[case]
+    documents = on_device(random_sets(rng, lengths, 24), device)
+    queries = on_device(random_sets(rng, [n for n in lengths if n] or [1], 24), device)
+    got = to_numpy(tokenset.maxsim(queries, documents))
+    want = ref.maxsim(exact_float64(queries), exact_float64(documents))
+    assert np.array_equal(np.isneginf(got), np.isneginf(want))
+    fin = np.isfinite(want)
+    assert np.all(np.abs(got[fin] - want[fin]) < maxsim_error_bound(exact_float64(queries), exact_float64(documents))[fin])
+    s, i = tokenset.maxsim_topk(queries, documents, 3)
+    cs, ci = tokenset.maxsim_topk([to_numpy(q) for q in queries], [to_numpy(d) for d in documents], 3)
+    np.testing.assert_array_equal(to_numpy(i), ci)
+
+
+# ---- lists are read in place ------------------------------------------------------------------------------------------
+def test_lists_are_read_in_place_and_match_a_ragged(simd):
+    """A list of sets is passed as a per-set pointer table (no concatenation): bit-identical to the same sets as one
+    Ragged, with strided rows, negative strides, one-token and empty sets in the list."""
+    rng = np.random.default_rng(5)
+    wide = rng.standard_normal((400, 70)).astype(np.float32)
+    documents = [wide[:50, :64], wide[100:160:2, 3:67], wide[300:250:-1, :64], wide[7:8, :64], wide[:0, :64],
+                 rng.standard_normal((33, 64)).astype(np.float32)]
+    queries = [rng.standard_normal((n, 64)).astype(np.float32) for n in (5, 32)]
+    batch = tokenset.ragged(documents)
+    assert batch.sets is not None and batch._values is None  # not concatenated
+    got = tokenset.maxsim(queries, documents)
+    assert batch._values is None
+    flat = tokenset.Ragged(np.concatenate([np.ascontiguousarray(d) for d in documents]), batch.offsets)
+    np.testing.assert_array_equal(got, tokenset.maxsim(queries, flat))
+    s, a = tokenset.maxsim(queries, documents, return_argmax=True)
+    np.testing.assert_array_equal(a, tokenset.maxsim(queries, flat, return_argmax=True)[1])
+    np.testing.assert_array_equal(tokenset.maxsim_topk(queries, documents, 4)[1], tokenset.maxsim_topk(queries, flat, 4)[1])
+
+
+def test_ragged_owns_its_offsets():
+    """The kernels read the offsets Ragged validated: a private read-only copy; the caller's array stays writable."""
+    offsets = np.array([0, 2, 5], np.int64)
+    r = tokenset.Ragged(np.ones((5, 4), np.float32), offsets)
+    assert offsets.flags.writeable and not r.offsets.flags.writeable
+    offsets[1] = 99  # changing the caller's array changes nothing
+    assert r.lengths.tolist() == [2, 3]
+
+
+def test_float32_is_bit_identical_across_simd_levels():
+    """Float32 dots are FMAs in k order and maxima are summed in token order at every level (and on the GPU), so
+    scores, argmax and top-k agree exactly."""
+    rng = np.random.default_rng(8)
+    queries = random_sets(rng, [3, 33, 70], 100)
+    documents = random_sets(rng, rng.integers(0, 90, 40), 100)
+    results = []
+    for level in SIMD_LEVELS:
+        tokenset.set_simd_level(level)
+        results.append((tokenset.maxsim(queries, documents, return_argmax=True),
+                        tokenset.maxsim_topk(queries, documents, 7)))
+    tokenset.set_simd_level(tokenset.build_info()["simd_best"])
+    for (scores, argmax), (ts, ti) in results[1:]:
+        np.testing.assert_array_equal(scores, results[0][0][0])
+        np.testing.assert_array_equal(argmax, results[0][0][1])
+        np.testing.assert_array_equal(ts, results[0][1][0])
+        np.testing.assert_array_equal(ti, results[0][1][1])
+
+
+# ---- CUDA: the GPU against the CPU on the same inputs (skipped without a GPU, failing on a broken build) ------------
+def _cuda_sets(sets, dtype="float32"):
+    import torch
+
+    return [torch.from_numpy(np.asarray(s, np.float32)).to("cuda", getattr(torch, dtype)) for s in sets]
+
+
+def test_cuda_float32_scores_argmax_and_topk_equal_the_cpu(cuda):
+    """Float32: the same bits on both devices; argmax and top-k indices identical (asserted equal)."""
+    rng = np.random.default_rng(1)
+    queries = random_sets(rng, [32, 5, 40, 1], 64)
+    documents = random_sets(rng, rng.integers(0, 200, 300), 64)
+    gq, gd = _cuda_sets(queries), _cuda_sets(documents)
+    g_scores, g_arg = tokenset.maxsim(gq, gd, return_argmax=True)
+    c_scores, c_arg = tokenset.maxsim(queries, documents, return_argmax=True)
+    np.testing.assert_array_equal(to_numpy(g_scores), c_scores)
+    np.testing.assert_array_equal(to_numpy(g_arg), c_arg)
+    for k in (1, 10, 300, 301, 5000):
+        gs, gi = tokenset.maxsim_topk(gq, gd, k)
+        cs, ci = tokenset.maxsim_topk(queries, documents, k)
+        np.testing.assert_array_equal(to_numpy(gi), ci)
+        np.testing.assert_array_equal(to_numpy(gs), cs)
+
+
+def test_cuda_topk_many_chunks_ties_nan_and_empty(cuda):
+    """More documents than one top-k chunk (2,048), ties (lowest index first), NaN ranked as -inf, empty documents."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    documents = random_sets(rng, rng.integers(0, 6, 5000), 16)
+    documents[17] = np.ones((2, 16), np.float32)
+    documents[4000] = np.ones((3, 16), np.float32)  # ties with 17
+    documents[9][0, 0] = np.nan
+    queries = [np.ones((2, 16), np.float32), rng.standard_normal((4, 16)).astype(np.float32)]
+    gs, gi = tokenset.maxsim_topk(_cuda_sets(queries), _cuda_sets(documents), 2500)
+    cs, ci = tokenset.maxsim_topk(queries, documents, 2500)
+    np.testing.assert_array_equal(to_numpy(gi), ci)
+    np.testing.assert_array_equal(to_numpy(gs), cs)
+    assert ci[0, 0] == 17 and ci[0, 1] == 4000
+    s, i = tokenset.maxsim_topk(_cuda_sets(queries), _cuda_sets(documents[:3]), 5)
+    assert to_numpy(i)[:, 3:].tolist() == [[-1, -1]] * 2 and np.isneginf(to_numpy(s)[:, 3:]).all()
+    assert isinstance(gi, torch.Tensor) and gi.is_cuda
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_low_precision_agrees_with_cpu_within_the_bound(cuda, dtype):
+    """Tensor cores sum in another order: scores within twice the float32 bound of the CPU's, and an argmax or top-k
+    index may differ only where the two candidates' CPU scores are within that bound of each other."""
+    rng = np.random.default_rng(2)
+    queries = random_sets(rng, [32, 5, 40], 64)
+    documents = random_sets(rng, rng.integers(0, 200, 120), 64)
+    gq, gd = _cuda_sets(queries, dtype), _cuda_sets(documents, dtype)
+    cq, cd = [q.cpu() for q in gq], [d.cpu() for d in gd]
+    g = to_numpy(tokenset.maxsim(gq, gd))
+    c = to_numpy(tokenset.maxsim(cq, cd))
+    bound = maxsim_error_bound(exact_float64(cq), exact_float64(cd))
+    fin = np.isfinite(c)
+    assert np.all(np.abs(g[fin] - c[fin]) < 2 * bound[fin])
+    gi = to_numpy(tokenset.maxsim_topk(gq, gd, 10)[1])
+    ci = to_numpy(tokenset.maxsim_topk(cq, cd, 10)[1])
+    for q, j in zip(*np.nonzero(gi != ci)):
+        assert abs(c[q, gi[q, j]] - c[q, ci[q, j]]) < 4 * bound[q].max()
+
+
+def test_cuda_bad_candidates_give_the_cpu_error(cuda):
+    import torch
+
+    q, docs = np.ones((2, 8), np.float32), [np.ones((3, 8), np.float32)] * 2
+    for cand in (np.array([[0, 2]]), np.array([[-2, 0]])):
+        with pytest.raises(ValueError) as on_cpu:
+            tokenset.maxsim_pairs(q, docs, cand)
+        with pytest.raises(ValueError) as on_gpu:
+            tokenset.maxsim_pairs(_cuda_sets([q])[0], _cuda_sets(docs), torch.from_numpy(cand).cuda())
+        assert str(on_cpu.value) == str(on_gpu.value)
+
+
+def test_cuda_pairs_strided_views_and_mixed_dtypes(cuda):
+    import torch
+
+    rng = np.random.default_rng(3)
+    x = torch.randn(300, 130, device="cuda", dtype=torch.float16)
+    docs = tokenset.Ragged(x[::3, 1:129], [0, 40, 40, 100])  # strided rows, unaligned start
+    q = torch.randn(9, 128, device="cuda")  # float32 queries: converted to the documents' float16
+    got = to_numpy(tokenset.maxsim(q, docs))
+    want = to_numpy(tokenset.maxsim(q.half().cpu(), tokenset.Ragged(x[::3, 1:129].cpu(), [0, 40, 40, 100])))
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-3, atol=1e-2)
+    cand = rng.integers(-1, 3, (1, 6))
+    np.testing.assert_array_equal(np.isneginf(to_numpy(tokenset.maxsim_pairs(q, docs, cand))),
+                                  np.isneginf(tokenset.maxsim_pairs(q.cpu(), tokenset.Ragged(x[::3, 1:129].cpu(),
+                                                                                             [0, 40, 40, 100]), cand)))
+
+
+def test_cuda_runs_on_the_callers_stream(cuda):
+    """Decisive: the documents are written on a side stream behind a long sleep; a kernel launched on any other
+    stream would read them before the copy and score zeros."""
+    import torch
+
+    q = torch.randn(32, 128, device="cuda", dtype=torch.float16)
+    src = torch.randn(5000, 128, device="cuda", dtype=torch.float16)
+    offsets = np.arange(0, 5001, 50)
+    want = to_numpy(tokenset.maxsim(q, tokenset.Ragged(src, offsets)))
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        d = torch.zeros_like(src)
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU cycles on the side stream
+        d.copy_(src)
+        got = tokenset.maxsim(q, tokenset.Ragged(d, offsets))
+        top = tokenset.maxsim_topk(q, tokenset.Ragged(d, offsets), 5)[1]
+    side.synchronize()
+    np.testing.assert_array_equal(to_numpy(got), want)
+    np.testing.assert_array_equal(to_numpy(top), to_numpy(tokenset.maxsim_topk(q, tokenset.Ragged(src, offsets), 5)[1]))
+
+
+def test_cuda_cached_device_offsets_are_per_stream(cuda):
+    import torch
+
+    batch = tokenset.ragged(torch.randn(4, 10, 16, device="cuda"))
+    q = torch.randn(3, 16, device="cuda")
+    a = tokenset.maxsim(q, batch)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        b = tokenset.maxsim(q, batch)
+    side.synchronize()
+    assert len(batch._device_offsets) == 2  # one copy per stream
+    torch.testing.assert_close(a, b)
+
+
+def test_cuda_autograd_matches_cpu(cuda):
+    import torch
+
+    rng = np.random.default_rng(6)
+    qs = [torch.from_numpy(x) for x in random_sets(rng, [4, 7], 16)]
+    ds = [torch.from_numpy(x) for x in random_sets(rng, [5, 0, 9], 16)]
+    grads = []
+    for dev in ("cpu", "cuda"):
+        q = [x.to(dev).requires_grad_() for x in qs]
+        d = [x.to(dev).requires_grad_() for x in ds]
+        tokenset.maxsim(q, d).sum().backward()
+        grads.append([x.grad.cpu() for x in q + d])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_cupy_inputs_on_a_non_default_stream(cuda):
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(3)
+    queries = random_sets(rng, [6], 32)
+    documents = random_sets(rng, [4, 0, 9], 32)
+    with cupy.cuda.Stream(non_blocking=True):
+        got = tokenset.maxsim([cupy.asarray(q) for q in queries], [cupy.asarray(d) for d in documents])
+        top = tokenset.maxsim_topk([cupy.asarray(q) for q in queries], [cupy.asarray(d) for d in documents], 2)
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_array_equal(got.get(), tokenset.maxsim(queries, documents))
+    np.testing.assert_array_equal(top[1].get(), tokenset.maxsim_topk(queries, documents, 2)[1])
+
+
+def test_cuda_mixed_devices_error(cuda):
+    import torch
+
+    with pytest.raises(ValueError, match="different devices"):
+        tokenset.maxsim(torch.ones(3, 8, device="cuda"), torch.ones(2, 8))
