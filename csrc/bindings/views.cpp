@@ -194,6 +194,7 @@ SetBatch Call::set_batch(py::handle batch, const char* name) {
     py::sequence seq = py::reinterpret_borrow<py::sequence>(sets);
     TOKENSET_CHECK(static_cast<int64_t>(seq.size()) == b.count, ValueError, n, ": ", seq.size(), " sets but ",
                    b.count, " offsets");
+    TOKENSET_CHECK(b.count > 0, ValueError, n, ": an empty list of sets has no token dimension");
     tables_.emplace_back(static_cast<size_t>(b.count));
     table_strides_.emplace_back(static_cast<size_t>(b.count));
     std::vector<const void*>& rows = tables_.back();
@@ -215,7 +216,6 @@ SetBatch Call::set_batch(py::handle batch, const char* name) {
       rows[static_cast<size_t>(i)] = s.data;
       strides[static_cast<size_t>(i)] = s.shape[0] > 1 ? s.strides[0] : s.shape[1];
     }
-    if (b.count == 0) TOKENSET_CHECK(false, ValueError, n, ": an empty list of sets has no token dimension");
     b.set_rows = rows.data();
     b.set_row_strides = strides.data();
   } else {

@@ -229,13 +229,14 @@ void launch_topk(const MaxsimParams& p, const Launch& launch) {
   const int64_t nq = p.queries.count, nd = p.documents.count, k = p.k;
   if (nq == 0) return;
   cudaStream_t stream = stream_of(launch);
-  const int64_t group = topk_query_group(p);
-  TOKENSET_CHECK(launch.workspace != nullptr && launch.workspace_bytes >= workspace_bytes(p), ValueError,
+  int64_t needed = 0;
+  const TopkWorkspace w = carve_topk_workspace(p, launch.workspace, &needed);
+  TOKENSET_CHECK(launch.workspace != nullptr && launch.workspace_bytes >= needed, ValueError,
                  "maxsim_topk: the CUDA workspace is missing or smaller than workspace_bytes()");
-  WorkspaceCarver carve(launch.workspace);
-  float* chunk_scores = carve.take<float>(group * kTopkDocChunk);
-  unsigned long long* keys[2] = {carve.take<unsigned long long>(group * k), carve.take<unsigned long long>(group * k)};
-  float* scores[2] = {carve.take<float>(group * k), carve.take<float>(group * k)};
+  const int64_t group = w.group;
+  float* chunk_scores = w.chunk_scores;
+  unsigned long long* const* keys = w.keys;
+  float* const* scores = w.scores;
   for (int64_t q0 = 0; q0 < nq; q0 += group) {
     const int64_t queries = imin(group, nq - q0);
     TOKENSET_CUDA_CHECK(cudaMemsetAsync(keys[0], 0, sizeof(unsigned long long) * queries * k, stream));

@@ -84,17 +84,32 @@ inline int64_t topk_query_group(const MaxsimParams& p) {
   return group > 0 ? group : 1;
 }
 
+// The GPU top-k workspace layout: one group's chunk scores [group, kTopkDocChunk], then the running lists
+// (keys and scores, double-buffered) [group, k] each. With base == nullptr only the size (*bytes) is meaningful.
+struct TopkWorkspace {
+  int64_t group = 0;  // queries per pass
+  float* chunk_scores = nullptr;
+  unsigned long long* keys[2] = {nullptr, nullptr};
+  float* scores[2] = {nullptr, nullptr};
+};
+
+inline TopkWorkspace carve_topk_workspace(const MaxsimParams& p, void* base, int64_t* bytes) {
+  WorkspaceCarver carve(base);
+  TopkWorkspace w;
+  w.group = topk_query_group(p);
+  w.chunk_scores = carve.take<float>(w.group * kTopkDocChunk);
+  for (auto& keys : w.keys) keys = carve.take<unsigned long long>(w.group * p.k);
+  for (auto& scores : w.scores) scores = carve.take<float>(w.group * p.k);
+  if (bytes) *bytes = carve.used();
+  return w;
+}
+
 // Bytes of device workspace the CUDA entry needs for these params (0: none).
 inline int64_t workspace_bytes(const MaxsimParams& p) {
   if (!p.topk() || p.queries.count == 0) return 0;
-  const int64_t group = topk_query_group(p);
-  WorkspaceCarver carve;
-  carve.take<float>(group * kTopkDocChunk);
-  carve.take<unsigned long long>(group * p.k);
-  carve.take<unsigned long long>(group * p.k);
-  carve.take<float>(group * p.k);
-  carve.take<float>(group * p.k);
-  return carve.used();
+  int64_t bytes = 0;
+  carve_topk_workspace(p, nullptr, &bytes);
+  return bytes;
 }
 
 namespace cpu {
