@@ -8,6 +8,7 @@ on every sign bit.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import tokenset
+from tokenset import _storage
 from tokenset.reference import fde as ref
 from conftest import BF16, EDGE_LENGTHS, FDE_SWEEP as SWEEP, U32, check_fde_against_reference as check_against_reference, \
     fde_sanitize as sanitize, requires_torch
@@ -335,10 +337,15 @@ def test_load_rejects_corrupt_files(tmp_path):
     fde.save(good)
     bad = tmp_path / "bad.fde"
 
-    def config_edit(**changes):
+    def config_edit(reseal=True, **changes):
+        """Edits config.json; with reseal, also recomputes its own checksum (what a careful forger would do), so
+        the value checks behind the checksum are reached."""
         def edit(data):
             config = json.loads(data)
             config.update(changes)
+            if reseal:
+                config.pop("config_sha256")
+                config["config_sha256"] = hashlib.sha256(_storage.canonical_json(config)).hexdigest()
             return json.dumps(config).encode()
         return {"config.json": edit}
 
@@ -355,7 +362,16 @@ def test_load_rejects_corrupt_files(tmp_path):
         (dict(replace=config_edit(fill_empty="yes")), "fill_empty"),
         (dict(replace=config_edit(format="pickle")), "does not describe"),
         (dict(replace=config_edit(version=99)), "version"),
-        (dict(replace={"config.json": lambda d: b"{not json"}), "unreadable"),
+        (dict(replace=config_edit(version=True)), "version"),
+        (dict(replace=config_edit(dim=2**40)), "dim must be in"),
+        (dict(replace=config_edit(reps=2**31 - 1)), "reps must be in"),
+        (dict(replace={"config.json": lambda d: b"{not json"}), "unreadable|checksum"),
+        (dict(replace={"config.json": lambda d: b"[" * 100000 + b"]" * 100000}), "nests"),
+        # values that are not array shapes are covered too: an edited file never loads a different encoder
+        (dict(replace=config_edit(reseal=False, final_dim=7)), "checksum"),
+        (dict(replace=config_edit(reseal=False, fill_empty=False)), "checksum"),
+        (dict(replace=config_edit(reseal=False, seed=5)), "checksum"),
+        (dict(replace=config_edit(reseal=False, version=1)), "checksum"),
     ]
     for kwargs, message in cases:
         rewrite(good, bad, **kwargs)
@@ -376,11 +392,11 @@ def test_load_rejects_corrupt_files(tmp_path):
     idx[0] = 99
     buf = io.BytesIO()
     np.lib.format.write_array(buf, idx)
-    import hashlib
-
     def fix_digest(data):
         config = json.loads(data)
         config["sha256"]["final_index"] = hashlib.sha256(idx.tobytes()).hexdigest()
+        config.pop("config_sha256")
+        config["config_sha256"] = hashlib.sha256(_storage.canonical_json(config)).hexdigest()
         return json.dumps(config).encode()
 
     rewrite(good, bad, replace={"final_index.npy": lambda d: buf.getvalue(), "config.json": fix_digest})
@@ -394,9 +410,9 @@ def test_bad_arguments():
         tokenset.FDE(8, simhash_bits=31)
     with pytest.raises(ValueError, match="simhash_bits must be in 0..30"):
         tokenset.FDE(8, simhash_bits=-1)
-    with pytest.raises(ValueError, match="reps must be >= 1"):
+    with pytest.raises(ValueError, match="reps must be in 1..4096"):
         tokenset.FDE(8, reps=0)
-    with pytest.raises(ValueError, match="proj_dim must be >= 1"):
+    with pytest.raises(ValueError, match="proj_dim must be in 1..65536"):
         tokenset.FDE(8, proj_dim=0)
     with pytest.raises(ValueError, match="final_dim must be"):
         tokenset.FDE(8, final_dim=0)
@@ -420,7 +436,7 @@ def test_bad_arguments():
 def test_kernel_checks_state():
     """The C++ layer checks the state it is given, whatever Python sends."""
     fde = tokenset.FDE(8, reps=2, simhash_bits=2, proj_dim=4, final_dim=6)
-    state = dict(fde.kernel_state())
+    state = dict(fde.kernel_state(), **fde._gpu_grouping())  # the grouping is checked whenever given
     x = np.ones((3, 8), np.float32)
     call = tokenset._backend._core.fde_encode
 
@@ -448,7 +464,9 @@ def test_kernel_checks_state():
     with pytest.raises(ValueError, match="simhash_bits"):
         run(simhash_bits=40)
     with pytest.raises(ValueError, match="groups"):
-        run(final_starts=np.zeros(7, np.int64))
+        run(final_starts=np.zeros(7, np.int32))
+    with pytest.raises(TypeError, match="'reps' must be an integer, got NoneType"):
+        run(reps=None)
     with pytest.raises(ValueError, match="out must have shape"):
         call(Batch(), state, state, True, True, np.empty((2, 6), np.float32))
 

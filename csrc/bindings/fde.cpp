@@ -12,7 +12,14 @@ namespace {
 
 int64_t state_int(const py::dict& state, const char* key) {
   TOKENSET_CHECK(state.contains(key), ValueError, "FDE state: '", key, "' missing");
-  return state[key].cast<int64_t>();
+  const py::handle value = state[key];
+  // An exact int (not a bool, not None): pybind11's own cast would fail with a RuntimeError that names no key.
+  TOKENSET_CHECK(PyLong_Check(value.ptr()) && !PyBool_Check(value.ptr()), TypeError, "FDE state: '", key,
+                 "' must be an integer, got ", py::str(py::type::of(value).attr("__name__")).cast<std::string>());
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  TOKENSET_CHECK(overflow == 0, ValueError, "FDE state: '", key, "' does not fit in 64 bits");
+  return static_cast<int64_t>(v);
 }
 
 py::handle state_item(const py::dict& state, const char* key) {
@@ -73,7 +80,7 @@ void fde_encode(py::handle sets, const py::dict& state, const py::dict& host_sta
     state_array<float>(call, state, host_state, "final_sign", DType::Float32, {n}, device, &p.final_sign, &host_sign);
     state_array<int32_t>(call, state, host_state, "final_order", DType::Int32, {n}, device, &p.final_order,
                          &p.host_final_order);
-    state_array<int64_t>(call, state, host_state, "final_starts", DType::Int64, {p.final_dim + 1}, device,
+    state_array<int32_t>(call, state, host_state, "final_starts", DType::Int32, {p.final_dim + 1}, device,
                          &p.final_starts, &p.host_final_starts);
   }
   p.encode = !out.is_none();

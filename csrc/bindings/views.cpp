@@ -186,7 +186,11 @@ SetBatch Call::set_batch(py::handle batch, const char* name) {
                  ": offsets must be a contiguous 1-D int64 array");
   TOKENSET_CHECK(offsets.shape[0] >= 1, ValueError, n, ": offsets must have at least one entry (offsets[0])");
   b.count = offsets.shape[0] - 1;
-  b.host_offsets = offsets.ptr<const int64_t>();
+  // Checked and read from our own copy: the caller's buffer may change while the kernel runs (another thread, with
+  // the GIL released), and what a kernel follows must be what was checked.
+  const int64_t* given = offsets.ptr<const int64_t>();
+  offset_copies_.emplace_back(given, given + offsets.shape[0]);
+  b.host_offsets = offset_copies_.back().data();
   b.offsets = b.host_offsets;
   py::object sets = batch.attr("sets");
   if (!sets.is_none()) {  // a list of arrays, read in place

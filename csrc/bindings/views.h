@@ -71,6 +71,7 @@ class Call {
   std::vector<void*> managed_;  // DLManagedTensor*, returned to their producers at the end of the call
   std::deque<std::vector<const void*>> tables_;
   std::deque<std::vector<int64_t>> table_strides_;
+  std::deque<std::vector<int64_t>> offset_copies_;  // host offsets as checked: what the kernels read
 };
 
 // The op entries of this module's device: tokenset::cpu::<op> in _core, tokenset::cuda::<op> in _cuda (same signature).

@@ -1,6 +1,7 @@
 // SIMD level selection and the persistent thread pool used by every CPU op.
 #include "tokenset/cpu_runtime.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -142,7 +143,7 @@ void run_chunks(Job& job, int worker) {
 
 class ThreadPool {
  public:
-  ThreadPool() : threads_(default_threads()) {}
+  explicit ThreadPool(int threads) : threads_(threads) {}
   ~ThreadPool() { stop_workers(); }
 
   int threads() const { return threads_.load(); }
@@ -188,12 +189,6 @@ class ThreadPool {
 
  private:
   void ensure_workers(int count) {
-    // After fork() the child has none of the parent's threads: start afresh.
-    if (owner_pid_ != getpid()) {
-      for (auto& t : workers_) t.detach();
-      workers_.clear();
-      owner_pid_ = getpid();
-    }
     if (static_cast<int>(workers_.size()) >= count) return;
     stopping_ = false;
     // A worker starts from the generation current now, so it cannot miss the job about to be published.
@@ -212,12 +207,8 @@ class ThreadPool {
       stopping_ = true;
     }
     wake_.notify_all();
-    if (owner_pid_ == getpid()) {
-      for (auto& t : workers_)
-        if (t.joinable()) t.join();
-    } else {
-      for (auto& t : workers_) t.detach();
-    }
+    for (auto& t : workers_)
+      if (t.joinable()) t.join();
     workers_.clear();
     stopping_ = false;
   }
@@ -256,13 +247,31 @@ class ThreadPool {
   int helpers_running_ = 0;
   int next_worker_id_ = 1;
   bool stopping_ = false;
-  pid_t owner_pid_ = getpid();
 };
 
+// The process's pool. Never destroyed: worker threads must not be joined during static destruction at interpreter
+// exit.
+//
+// fork(): the child has only the forking thread, while the parent's pool may have had a job in flight; its mutexes,
+// condition variables and worker handles describe threads the child does not have (a child that touched them hung in
+// pthread_cond_broadcast). The child therefore abandons the inherited pool (leaked on purpose: destroying it would
+// join threads that do not exist) and starts a fresh one with the same thread count; its workers start on first use.
+// The handler runs in the child before fork() returns, while it is still single-threaded, so no lock is needed.
+std::atomic<ThreadPool*> g_pool{nullptr};
+
+void start_fresh_pool_in_child() {
+  ThreadPool* inherited = g_pool.load(std::memory_order_relaxed);
+  g_pool.store(new ThreadPool(inherited ? inherited->threads() : default_threads()), std::memory_order_relaxed);
+}
+
 ThreadPool& pool() {
-  // Never destroyed: worker threads must not be joined during static destruction at interpreter exit.
-  static ThreadPool* instance = new ThreadPool();
-  return *instance;
+  static const bool initialised = [] {
+    g_pool.store(new ThreadPool(default_threads()));
+    pthread_atfork(nullptr, nullptr, &start_fresh_pool_in_child);
+    return true;
+  }();
+  (void)initialised;
+  return *g_pool.load(std::memory_order_acquire);
 }
 
 }  // namespace

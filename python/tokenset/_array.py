@@ -6,6 +6,7 @@ the library names it, its current CUDA stream; and allocation of results in the 
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Tuple
 
 import numpy as np
@@ -33,6 +34,11 @@ def is_cupy(x: Any) -> bool:
 
 def is_array(x: Any) -> bool:
     return isinstance(x, np.ndarray) or is_torch(x) or is_cupy(x)
+
+
+def is_nested(x: Any) -> bool:
+    """A torch nested (jagged) tensor: a batch of sets, not one array."""
+    return is_torch(x) and bool(getattr(x, "is_nested", False))
 
 
 def library(x: Any) -> str:
@@ -80,6 +86,29 @@ def dtype_name(x: Any, name: str) -> str:
     raise TypeError(f"{name}: dtype {dt} is not supported; tokenset takes {SUPPORTED} (try x.astype(np.float32))")
 
 
+def frozen(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of a host array that no one can write: backed by immutable bytes, so even
+    ``setflags(write=True)`` fails. What kernels follow (offsets, indices) is kept this way once checked."""
+    a = np.ascontiguousarray(a)
+    return np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
+
+
+def as_torch(x: Any) -> Any:
+    """`x` as a torch tensor sharing its memory (numpy via the buffer, bfloat16 through an int16 view; cupy via
+    DLPack): the other side of an autograd call that mixes libraries."""
+    if is_torch(x):
+        return x
+    torch = _torch()
+    if is_cupy(x):
+        return torch.from_dlpack(x)
+    x = np.asarray(x)
+    bfloat16 = x.dtype.name == "bfloat16" and x.dtype.itemsize == 2
+    with warnings.catch_warnings():  # read-only arrays: the tensor is only read (detached) by the kernels
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(x.view(np.int16) if bfloat16 else x)
+    return t.view(torch.bfloat16) if bfloat16 else t
+
+
 def astype(x: Any, dtype: str) -> Any:
     """`x` converted to a token dtype name, in its own library and device (a copy; `x` itself when it has it)."""
     if is_torch(x):
@@ -112,11 +141,14 @@ def host_copy(x: Any) -> np.ndarray:
 
 
 def int64_host(x: Any, name: str) -> np.ndarray:
-    """An int64 numpy copy/view of an integer array from any library (device arrays are copied to the host)."""
+    """An int64 numpy copy/view of an integer array from any library (device arrays are copied to the host), of the
+    same shape. Values that int64 cannot hold (uint64 above 2**63 - 1) are a ValueError, never wrapped."""
     arr = host_copy(x)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: value {int(arr.max())} does not fit in int64")
+    return np.asarray(arr, dtype=np.int64, order="C")
 
 
 def result_library(*arrays: Any) -> str:

@@ -1,6 +1,7 @@
 """What was compiled, and the CPU runtime's knobs (SIMD level, threads)."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict
 
 from . import _backend
@@ -47,4 +48,10 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(threads: int) -> None:
+    """Threads for CPU kernels from now on (an integer >= 1). Safe to call at any time: a running job finishes
+    first."""
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"set_num_threads takes an integer, got {threads!r}")
+    if not 1 <= int(threads) <= 4096:
+        raise ValueError(f"number of threads must be in 1..4096, got {int(threads)}")
     _backend._core.set_num_threads(int(threads))

@@ -13,23 +13,24 @@ projection, Hamming-distance filling of a document's empty partitions, and an op
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import numbers
-import os
-import zipfile
-from typing import Any, Dict, Optional, Tuple
+import types
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import _array
+from . import _array, _storage
 from .ops import fde as _ops
 from .ragged import ragged
 
 _FORMAT = "tokenset.FDE"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the whole config is covered by a checksum (version 1 files: re-create and save)
 _MAX_FDE_DIM = 2**31 - 1
+# Hard limits (far above any published setting: MUVERA uses up to ~40 repetitions and 128-1024-d tokens). They bound
+# construction time and the state a config on disk can make us allocate.
+MAX_DIM = 1 << 16
+MAX_REPS = 1 << 12
+MAX_STATE_FLOATS = 1 << 28  # hyperplanes: reps * dim * simhash_bits (1 GiB)
 
 
 def _int_arg(value: Any, name: str, low: int, high: Optional[int] = None, allow_none: bool = False) -> Optional[int]:
@@ -42,6 +43,21 @@ def _int_arg(value: Any, name: str, low: int, high: Optional[int] = None, allow_
         bounds = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bounds}, got {value}")
     return value
+
+
+def _check_state_size(reps: int, dim: int, bits: int) -> None:
+    if reps * dim * bits > MAX_STATE_FLOATS:
+        raise ValueError(f"reps * dim * simhash_bits = {reps * dim * bits} hyperplane coordinates is more than "
+                         f"{MAX_STATE_FLOATS}; lower reps or simhash_bits")
+
+
+def _real_array(x: Any, name: str) -> np.ndarray:
+    """A float32 host copy of a real-valued array (bool, integer or float); complex or object input is a TypeError
+    (numpy would silently drop the imaginary part)."""
+    a = np.asarray(_array.host_copy(x))
+    if a.dtype.kind not in "biuf" and a.dtype.name != "bfloat16":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return np.array(a, dtype=np.float32, copy=True)
 
 
 def _fde_dim(reps: int, bits: int, pd: int) -> int:
@@ -80,14 +96,15 @@ class FDE:
 
     def __init__(self, dim: int, reps: int = 20, simhash_bits: int = 5, proj_dim: Optional[int] = None,
                  fill_empty: bool = True, final_dim: Optional[int] = None, seed: int = 0):
-        dim = _int_arg(dim, "dim", 1)
-        reps = _int_arg(reps, "reps", 1)
+        dim = _int_arg(dim, "dim", 1, MAX_DIM)
+        reps = _int_arg(reps, "reps", 1, MAX_REPS)
         bits = _int_arg(simhash_bits, "simhash_bits", 0, 30)
-        proj_dim = _int_arg(proj_dim, "proj_dim", 1, allow_none=True)
+        proj_dim = _int_arg(proj_dim, "proj_dim", 1, MAX_DIM, allow_none=True)
         final_dim = _int_arg(final_dim, "final_dim", 1, _MAX_FDE_DIM, allow_none=True)
-        seed = _int_arg(seed, "seed", 0)
+        seed = _int_arg(seed, "seed", 0, 2**63 - 1)
         if not isinstance(fill_empty, (bool, np.bool_)):
             raise TypeError(f"fill_empty must be a bool, got {fill_empty!r}")
+        _check_state_size(reps, dim, bits)
         _fde_dim(reps, bits, proj_dim or dim)
         simhash = np.empty((reps, dim, bits), dtype=np.float32)
         proj_index = proj_weight = None
@@ -121,19 +138,19 @@ class FDE:
                 None for the identity.
             final_index, final_sign, final_dim: a Count-Sketch (``[fde_dim]`` output index and weight per coordinate).
         """
-        simhash = np.array(_array.host_copy(simhash), dtype=np.float32, copy=True)
+        simhash = _real_array(simhash, "simhash")
         if simhash.ndim != 3:
             raise ValueError(f"simhash must be [reps, dim, simhash_bits], got shape {simhash.shape}")
         reps, dim, bits = simhash.shape
-        _int_arg(reps, "reps (simhash.shape[0])", 1)
-        _int_arg(dim, "dim (simhash.shape[1])", 1)
+        _int_arg(reps, "reps (simhash.shape[0])", 1, MAX_REPS)
+        _int_arg(dim, "dim (simhash.shape[1])", 1, MAX_DIM)
         _int_arg(bits, "simhash_bits (simhash.shape[2])", 0, 30)
         if not np.isfinite(simhash).all():
             raise ValueError("simhash holds NaN or inf")
         proj_index = proj_weight = proj_dim = None
         if projection is not None:
-            dense = np.asarray(_array.host_copy(projection), dtype=np.float32)
-            if dense.ndim != 3 or dense.shape[:2] != (reps, dim) or dense.shape[2] < 1:
+            dense = _real_array(projection, "projection")
+            if dense.ndim != 3 or dense.shape[:2] != (reps, dim) or not 1 <= dense.shape[2] <= MAX_DIM:
                 raise ValueError(f"projection must be [reps={reps}, dim={dim}, proj_dim], got shape {dense.shape}")
             if not np.isfinite(dense).all():
                 raise ValueError("projection holds NaN or inf")
@@ -157,7 +174,7 @@ class FDE:
             if final_index.min(initial=0) < 0 or final_index.max(initial=0) >= final_dim:
                 raise ValueError(f"final_index values must lie in [0, final_dim={final_dim})")
             final_index = final_index.astype(np.int32)
-            final_sign = np.array(_array.host_copy(final_sign), dtype=np.float32, copy=True)
+            final_sign = _real_array(final_sign, "final_sign")
             if final_sign.shape != (n,) or not np.isfinite(final_sign).all():
                 raise ValueError(f"final_sign must be {n} finite numbers, got shape {final_sign.shape}")
         self = cls.__new__(cls)
@@ -167,15 +184,18 @@ class FDE:
 
     def _set_state(self, simhash, proj_index, proj_weight, proj_dim, fill_empty, final_index, final_sign, final_dim,
                    seed) -> None:
-        for a in (simhash, proj_index, proj_weight, final_index, final_sign):
-            if a is not None:
-                a.setflags(write=False)
+        # Immutable from here on (backed by bytes: not even setflags can make them writable): the kernels follow the
+        # indices that were checked, whatever another thread does.
+        simhash, proj_index, proj_weight, final_index, final_sign = (
+            None if a is None else _array.frozen(a)
+            for a in (simhash, proj_index, proj_weight, final_index, final_sign))
         self._simhash = simhash
         self._proj_index, self._proj_weight, self._proj_dim = proj_index, proj_weight, proj_dim
         self._fill_empty = fill_empty
         self._final_index, self._final_sign, self._final_dim = final_index, final_sign, final_dim
         self._seed = seed
         self._kernel_state: Optional[Dict[str, Any]] = None
+        self._grouping: Optional[Dict[str, np.ndarray]] = None
         self._device_states: Dict[Tuple[str, Tuple[str, int], int], Dict[str, Any]] = {}
 
     # ---- configuration ------------------------------------------------------------------------------------------
@@ -264,40 +284,55 @@ class FDE:
                 f"{self.output_dim} dims")
 
     # ---- encoding -----------------------------------------------------------------------------------------------
-    def kernel_state(self) -> Dict[str, Any]:
-        """The state as the kernels take it (host arrays; hyperplanes as ``[dim, reps * simhash_bits]``)."""
+    def kernel_state(self) -> Mapping[str, Any]:
+        """The state as the CPU kernels take it, read-only: sizes and host arrays (hyperplanes as
+        ``[dim, reps * simhash_bits]``). ``dict(fde.kernel_state())`` gives a copy to experiment with through
+        :mod:`tokenset.ops.fde`; every value is checked natively."""
+        return types.MappingProxyType(self._host_state())
+
+    def _host_state(self) -> Dict[str, Any]:
         if self._kernel_state is None:
             columns = np.ascontiguousarray(self._simhash.transpose(1, 0, 2).reshape(self.dim, -1))
-            state = {"dim": self.dim, "reps": self.reps, "simhash_bits": self.simhash_bits,
-                     "proj_dim": self._proj_dim or self.dim, "simhash": columns,
-                     "proj_index": self._proj_index, "proj_weight": self._proj_weight,
-                     "final_dim": self._final_dim or 0, "final_index": self._final_index,
-                     "final_sign": self._final_sign}
-            if self._proj_index is not None:  # the GPU's projection, grouped by output column per repetition
+            self._kernel_state = {
+                "dim": self.dim, "reps": self.reps, "simhash_bits": self.simhash_bits,
+                "proj_dim": self._proj_dim or self.dim, "simhash": _array.frozen(columns),
+                "proj_index": self._proj_index, "proj_weight": self._proj_weight,
+                "final_dim": self._final_dim or 0, "final_index": self._final_index, "final_sign": self._final_sign}
+        return self._kernel_state
+
+    def _gpu_grouping(self) -> Dict[str, np.ndarray]:
+        """What only the GPU kernels need, built on first GPU use (never for CPU-only encoders): the projection
+        grouped by output column per repetition, and the Count-Sketch grouped by output coordinate (int32 starts:
+        4 * (fde_dim + final_dim + 1) bytes), so every output is summed in the CPU's order without atomics."""
+        if self._grouping is None:
+            grouping = {}
+            if self._proj_index is not None:
                 pd = self._proj_dim
-                state["proj_order"] = np.argsort(self._proj_index, axis=1, kind="stable").astype(np.int32)
+                grouping["proj_order"] = np.argsort(self._proj_index, axis=1, kind="stable").astype(np.int32)
                 starts = np.zeros((self.reps, pd + 1), dtype=np.int32)
                 for r in range(self.reps):
                     starts[r, 1:] = np.cumsum(np.bincount(self._proj_index[r], minlength=pd))
-                state["proj_starts"] = starts
-            if self._final_index is not None:  # the GPU's Count-Sketch, grouped by output coordinate
-                state["final_order"] = np.argsort(self._final_index, kind="stable").astype(np.int32)
-                starts = np.zeros(self._final_dim + 1, dtype=np.int64)
-                starts[1:] = np.cumsum(np.bincount(self._final_index, minlength=self._final_dim))
-                state["final_starts"] = starts
-            self._kernel_state = state
-        return self._kernel_state
+                grouping["proj_starts"] = starts
+            if self._final_index is not None:
+                grouping["final_order"] = np.argsort(self._final_index, kind="stable").astype(np.int32)
+                starts = np.zeros(self._final_dim + 1, dtype=np.int32)
+                np.cumsum(np.bincount(self._final_index, minlength=self._final_dim), out=starts[1:])
+                grouping["final_starts"] = starts
+            self._grouping = {k: _array.frozen(v) for k, v in grouping.items()}
+        return self._grouping
 
-    def _device_state(self, lib: str, dev, stream: int = 0) -> Dict[str, Any]:
-        """The kernel state on a GPU, cached per (library, device, stream): each copy is made and freed on the stream
-        that uses it."""
+    def _device_state(self, lib: str, dev, stream: int = 0) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """``(state on the GPU, the host state it was copied from)``, cached per (library, device, stream): each copy
+        is made and freed on the stream that uses it. The host state (with the GPU grouping) is what the native
+        entry checks."""
         key = (lib, dev, stream)
         if key not in self._device_states:
-            host = self.kernel_state()
+            host = dict(self._host_state())
+            host.update(self._gpu_grouping())
             names = ("simhash", "proj_index", "proj_weight", "proj_order", "proj_starts", "final_index",
                      "final_sign", "final_order", "final_starts")
-            self._device_states[key] = {n: (None if host.get(n) is None else _array.to_device(host[n], lib, dev))
-                                        for n in names}
+            device = {n: (None if host.get(n) is None else _array.to_device(host[n], lib, dev)) for n in names}
+            self._device_states[key] = (device, host)
         return self._device_states[key]
 
     def encode_documents(self, documents: Any, *, lengths: Any = None, mask: Any = None, out: Any = None):
@@ -310,7 +345,7 @@ class FDE:
         ``[nd, output_dim]`` array instead (e.g. a slice of a memory-mapped file, when encoding a corpus in batches).
         """
         sets = ragged(documents, lengths, mask, name="documents")
-        result, _ = _ops.encode(sets, self.kernel_state(), documents=True, fill_empty=self._fill_empty,
+        result, _ = _ops.encode(sets, self._host_state(), documents=True, fill_empty=self._fill_empty,
                                 device_state=self._device_state, out=out)
         return result
 
@@ -318,14 +353,14 @@ class FDE:
         """FDEs of queries, ``[nq, output_dim]`` float32: each partition holds the SUM of the query's projected
         tokens in it (never filled). An empty query is a ValueError. ``out`` as in :meth:`encode_documents`."""
         sets = ragged(queries, lengths, mask, name="queries")
-        result, _ = _ops.encode(sets, self.kernel_state(), documents=False, device_state=self._device_state,
+        result, _ = _ops.encode(sets, self._host_state(), documents=False, device_state=self._device_state,
                                 out=out)
         return result
 
     def partitions(self, sets: Any, *, lengths: Any = None, mask: Any = None):
         """``[tokens, reps]`` int32: the partition of every token in every repetition (tokens in batch order)."""
         batch = ragged(sets, lengths, mask, name="sets")
-        return _ops.partitions(batch, self.kernel_state(), device_state=self._device_state)
+        return _ops.partitions(batch, self._host_state(), device_state=self._device_state)
 
     # ---- persistence --------------------------------------------------------------------------------------------
     def _arrays(self) -> Dict[str, np.ndarray]:
@@ -338,65 +373,43 @@ class FDE:
             arrays["final_sign"] = self._final_sign
         return arrays
 
-    def save(self, path: str) -> None:
-        """Writes the encoder to ``path``: a zip of ``config.json`` and one ``.npy`` per array (never pickle),
-        with a SHA-256 of every array in the config. Written to a temporary file, then renamed."""
-        arrays = self._arrays()
-        config = {"format": _FORMAT, "version": _FORMAT_VERSION, "dim": self.dim, "reps": self.reps,
-                  "simhash_bits": self.simhash_bits, "proj_dim": self._proj_dim, "fill_empty": self._fill_empty,
-                  "final_dim": self._final_dim, "seed": self._seed,
-                  "sha256": {name: hashlib.sha256(a.tobytes()).hexdigest() for name, a in arrays.items()}}
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-                z.writestr("config.json", json.dumps(config, indent=1))
-                for name, a in arrays.items():
-                    buf = io.BytesIO()
-                    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
-                    z.writestr(f"{name}.npy", buf.getvalue())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    def _config(self) -> Dict[str, Any]:
+        return {"format": _FORMAT, "version": _FORMAT_VERSION, "dim": self.dim, "reps": self.reps,
+                "simhash_bits": self.simhash_bits, "proj_dim": self._proj_dim, "fill_empty": self._fill_empty,
+                "final_dim": self._final_dim, "seed": self._seed}
+
+    def save(self, path: Any) -> None:
+        """Writes the encoder to ``path``: a zip of ``config.json`` and one stored ``.npy`` per array (never pickle),
+        with a SHA-256 of every array and of the whole config. Written to a unique temporary file beside ``path``,
+        fsynced, then renamed over it: safe from many threads or processes at once, and a crash leaves the previous
+        file."""
+        _storage.write_zip(path, self._config(), self._arrays())
 
     @classmethod
-    def load(cls, path: str) -> "FDE":
-        """Reads an encoder written by :meth:`save`, checking everything (nothing on disk is trusted)."""
-        path = os.fspath(path)
-
-        def corrupt(why: str) -> ValueError:
-            return ValueError(f"{path}: not a valid tokenset FDE file ({why})")
-
-        try:
-            z = zipfile.ZipFile(path, "r")
-        except zipfile.BadZipFile as exc:
-            raise corrupt("not a zip archive") from exc
-        with z:
-            names = set(z.namelist())
-            if "config.json" not in names:
-                raise corrupt("config.json missing")
-            info = z.getinfo("config.json")
-            if info.file_size > 1 << 20:
-                raise corrupt("config.json is too large")
-            try:
-                config = json.loads(z.read("config.json").decode("utf-8"))
-            except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-                raise corrupt(f"config.json unreadable: {exc}") from exc
-            if not isinstance(config, dict) or config.get("format") != _FORMAT:
+    def load(cls, path: Any) -> "FDE":
+        """Reads an encoder written by :meth:`save`. Nothing on disk is trusted: every size is checked against hard
+        limits (``dim <= 2**16``, ``reps <= 4096``, the FDE size) and the config before anything is allocated, every
+        array against its shape, dtype and SHA-256, the whole config against its own SHA-256, and every index against
+        its range. Any malformed file raises ValueError (a missing file: the usual OSError)."""
+        with _storage.ZipReader(path, "tokenset FDE") as z:
+            corrupt = z.corrupt
+            config = z.config()
+            if config.get("format") != _FORMAT:
                 raise corrupt("config.json does not describe a tokenset.FDE")
-            if config.get("version") != _FORMAT_VERSION:
-                raise corrupt(f"format version {config.get('version')!r}, this tokenset reads {_FORMAT_VERSION}")
+            version = config.get("version")
+            if isinstance(version, bool) or not isinstance(version, int) or version != _FORMAT_VERSION:
+                raise corrupt(f"format version {version!r}, this tokenset reads {_FORMAT_VERSION}")
+            dim = _storage.config_int(config, "dim", 1, MAX_DIM, corrupt)
+            reps = _storage.config_int(config, "reps", 1, MAX_REPS, corrupt)
+            bits = _storage.config_int(config, "simhash_bits", 0, 30, corrupt)
+            proj_dim = _storage.config_int(config, "proj_dim", 1, MAX_DIM, corrupt, allow_none=True)
+            final_dim = _storage.config_int(config, "final_dim", 1, _MAX_FDE_DIM, corrupt, allow_none=True)
+            seed = _storage.config_int(config, "seed", 0, 2**63 - 1, corrupt, allow_none=True)
             try:
-                dim = _int_arg(config.get("dim"), "dim", 1)
-                reps = _int_arg(config.get("reps"), "reps", 1)
-                bits = _int_arg(config.get("simhash_bits"), "simhash_bits", 0, 30)
-                proj_dim = _int_arg(config.get("proj_dim"), "proj_dim", 1, allow_none=True)
-                final_dim = _int_arg(config.get("final_dim"), "final_dim", 1, _MAX_FDE_DIM, allow_none=True)
-                seed = _int_arg(config.get("seed"), "seed", 0, allow_none=True)
+                _check_state_size(reps, dim, bits)
                 n = _fde_dim(reps, bits, proj_dim or dim)
-            except (TypeError, ValueError) as exc:
-                raise corrupt(str(exc)) from exc
+            except ValueError as exc:
+                raise corrupt(str(exc)) from None
             fill_empty = config.get("fill_empty")
             if not isinstance(fill_empty, bool):
                 raise corrupt("fill_empty must be true or false")
@@ -407,27 +420,12 @@ class FDE:
             if final_dim is not None:
                 expected["final_index"] = (np.int32, (n,))
                 expected["final_sign"] = (np.float32, (n,))
-            if names != {"config.json"} | {f"{k}.npy" for k in expected}:
-                raise corrupt(f"members {sorted(names)} do not match the configuration")
-            digests = config.get("sha256")
+            if set(z.members) != {"config.json"} | {f"{k}.npy" for k in expected}:
+                raise corrupt(f"members {sorted(z.members)} do not match the configuration")
+            digests = config.get(_storage.DIGEST_KEY)
             if not isinstance(digests, dict) or set(digests) != set(expected):
-                raise corrupt("sha256 digests missing")
-            arrays = {}
-            for name, (dtype, shape) in expected.items():
-                member = z.getinfo(f"{name}.npy")
-                nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-                if member.file_size > nbytes + 4096:
-                    raise corrupt(f"{name}.npy is larger than its shape {shape} allows")
-                try:
-                    a = np.lib.format.read_array(io.BytesIO(z.read(member)), allow_pickle=False)
-                except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                    raise corrupt(f"{name}.npy unreadable: {exc}") from exc
-                if a.dtype != np.dtype(dtype) or a.shape != shape:
-                    raise corrupt(f"{name}.npy holds {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}")
-                a = np.ascontiguousarray(a)
-                if hashlib.sha256(a.tobytes()).hexdigest() != digests[name]:
-                    raise corrupt(f"{name}.npy does not match its checksum")
-                arrays[name] = a
+                raise corrupt("array checksums missing")
+            arrays = {name: z.array(name, dtype, shape, digests[name]) for name, (dtype, shape) in expected.items()}
         simhash = arrays["simhash"]
         if not np.isfinite(simhash).all():
             raise corrupt("simhash holds NaN or inf")

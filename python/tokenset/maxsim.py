@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _array
+from .ops import _dispatch
 from .ops import maxsim as _ops  # the ops module, not the function
 from .ragged import Ragged, ragged
 
@@ -49,7 +50,9 @@ def maxsim(queries: Any, documents: Any, *, return_argmax: bool = False):
     q = ragged(queries, name="queries")
     d = ragged(documents, name="documents")
     if _needs_grad(q, d):
-        scores, argmax = _MaxSimFunction.apply(q.values, d.values, q.offsets, d.offsets)
+        _dispatch.placement(q._any_values, d._any_values)  # one device, or the error that says how to get there
+        scores, argmax = _MaxSimFunction.apply(_array.as_torch(q.values), _array.as_torch(d.values), q.offsets,
+                                               d.offsets)
         return (scores, argmax) if return_argmax else scores
     scores, argmax = _ops.maxsim(q, d, with_argmax=return_argmax)
     return (scores, argmax) if return_argmax else scores
@@ -70,6 +73,9 @@ def maxsim_pairs(queries: Any, documents: Any, candidates: Any):
     >>> tokenset.maxsim_pairs(q, docs, np.array([[1, -1, 0]]))
     array([[ -8., -inf,   8.]], dtype=float32)
     """
+    if candidates is None:
+        raise TypeError("maxsim_pairs needs candidates [num_queries, c] (document indices, -1 for none); for all "
+                        "pairs use tokenset.maxsim")
     q = ragged(queries, name="queries")
     d = ragged(documents, name="documents")
     scores, _ = _ops.maxsim(q, d, candidates=candidates)

@@ -13,6 +13,12 @@ import numpy as np
 from . import _array
 
 
+def _frozen(offsets: np.ndarray) -> np.ndarray:
+    """Offsets kept as checked: an immutable int64 copy, so kernels (and the device copies cached per stream) always
+    see the offsets that were checked."""
+    return _array.frozen(np.asarray(offsets, dtype=np.int64))
+
+
 def _check_offsets(offsets: np.ndarray, rows: int, name: str) -> None:
     if offsets.ndim != 1 or offsets.shape[0] < 1:
         raise ValueError(f"{name}: offsets must be 1-D with B+1 >= 1 entries, got shape {tuple(offsets.shape)}")
@@ -50,9 +56,11 @@ class Ragged:
                             f"{type(values).__name__}")
         if values.ndim != 2:
             raise ValueError(f"{name}: values must be 2-D [tokens, dim], got shape {tuple(values.shape)}")
-        offsets = np.array(_array.int64_host(offsets, f"{name}: offsets"), dtype=np.int64, copy=True)
+        given = _array.int64_host(offsets, f"{name}: offsets")
+        if given.ndim != 1:
+            raise ValueError(f"{name}: offsets must be 1-D with B+1 >= 1 entries, got shape {tuple(given.shape)}")
+        offsets = _frozen(given)  # checked as kept, not as given
         _check_offsets(offsets, int(values.shape[0]), name)
-        offsets.setflags(write=False)
         self._values = values
         self._sets = None
         self.offsets = offsets
@@ -64,7 +72,7 @@ class Ragged:
         self = cls.__new__(cls)
         offsets = np.zeros(len(sets) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([int(a.shape[0]) for a in sets])
-        offsets.setflags(write=False)
+        offsets = _frozen(offsets)
         self._values = None
         self._sets = list(sets)
         self.offsets = offsets
@@ -174,6 +182,14 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
         if lengths is not None or mask is not None:
             raise ValueError(f"{name}: lengths/mask apply to padded [B, N, d] arrays, not to a Ragged")
         return x
+    if _array.is_nested(x):  # a torch nested tensor [B, (n_i), d]: its sets, as views, read like a list
+        if lengths is not None or mask is not None:
+            raise ValueError(f"{name}: a nested tensor carries its own lengths; do not pass lengths/mask")
+        if x.dim() != 3:
+            raise ValueError(f"{name}: a nested tensor must be [B, (n_i), d], got {x.dim()} dimensions")
+        x = list(x.unbind())
+        if not x:
+            raise ValueError(f"{name}: the nested tensor has no sets")
     if isinstance(x, (list, tuple)):
         if lengths is not None or mask is not None:
             raise ValueError(f"{name}: lengths/mask apply to padded [B, N, d] arrays, not to a list of sets")

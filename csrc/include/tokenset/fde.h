@@ -43,14 +43,14 @@ struct FdeParams {
   // The Count-Sketch grouped by output coordinate (GPU): final_order[final_starts[j] .. final_starts[j+1]) are the
   // FDE coordinates (ascending) that land in output j, so every output is summed in the CPU's order, without atomics.
   const int32_t* final_order = nullptr;
-  const int64_t* final_starts = nullptr;
+  const int32_t* final_starts = nullptr;
   // The index arrays above as host copies, for validate() (on the CPU the same pointers).
   const int32_t* host_proj_index = nullptr;
   const int32_t* host_proj_order = nullptr;
   const int32_t* host_proj_starts = nullptr;
   const int32_t* host_final_index = nullptr;
   const int32_t* host_final_order = nullptr;
-  const int64_t* host_final_starts = nullptr;
+  const int32_t* host_final_starts = nullptr;
   // [sets.count, output_dim()] float32.
   float* out = nullptr;
   // Optional: partition of every token in every repetition, [tokens, reps] int32, tokens counted from offsets[0].

@@ -88,3 +88,6 @@ def check_out(out: Any, lib: str, dev: Device) -> None:
     natively)."""
     if not _array.is_array(out) or _array.library(out) != lib or _array.device(out) != dev:
         raise ValueError(f"out must be a {lib} array on {_array.device_name(dev)}, like the input")
+    if lib == "torch" and out.requires_grad:
+        raise ValueError("out requires grad: autograd cannot follow writes into it; pass a tensor without "
+                         "requires_grad (or call under torch.no_grad())")

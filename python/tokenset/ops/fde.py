@@ -1,11 +1,12 @@
 """Typed wrappers of the FDE kernels on Ragged batches: place, allocate outputs, call the native op.
 
 ``state`` is an encoder's kernel state (:meth:`tokenset.FDE.kernel_state`: host arrays and sizes); for GPU input,
-``device_state(lib, dev, stream)`` returns the same arrays on the device. Everything is checked natively
+``device_state(lib, dev, stream)`` returns ``(the arrays on the device, the host state they came from)``. Everything is checked natively
 (csrc/include/tokenset/fde.h, validate).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, Optional, Tuple
 
 from ..ragged import Ragged
@@ -28,13 +29,25 @@ def partitions(sets: Ragged, state: Dict[str, Any], *, device_state=None) -> Any
 
 
 def _output_dim(state: Dict[str, Any]) -> int:
-    return state["final_dim"] or state["reps"] * (1 << state["simhash_bits"]) * state["proj_dim"]
+    """The output size, from sizes checked here enough to allocate safely (the native entry checks everything)."""
+    for key in ("dim", "reps", "simhash_bits", "proj_dim", "final_dim"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"FDE state: '{key}' must be an integer, got {value!r}")
+    if not 0 <= state["simhash_bits"] <= 30 or state["reps"] < 1 or state["proj_dim"] < 1 or state["final_dim"] < 0:
+        raise ValueError("FDE state: reps and proj_dim must be >= 1, simhash_bits in 0..30, final_dim >= 0")
+    size = state["final_dim"] or state["reps"] * (1 << state["simhash_bits"]) * state["proj_dim"]
+    if size > 2**31 - 1:
+        raise ValueError(f"FDE state: {size} output coordinates per set is more than 2^31 - 1")
+    return int(size)
 
 
 def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, device_state, out=None):
     if not isinstance(sets, Ragged):
         raise TypeError("ops.fde takes a Ragged batch; use tokenset.FDE for lists and padded arrays")
     name = "documents" if documents else "queries"
+    state = dict(state)  # a mapping from FDE.kernel_state() or the caller's own dict
+    output_dim = _output_dim(state)
     if sets.dim != state["dim"]:
         raise ValueError(f"{name} have token dimension {sets.dim} but the encoder was built for dim={state['dim']}")
     lib, dev = _dispatch.placement(sets._any_values)
@@ -42,7 +55,7 @@ def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, devic
     batch = _dispatch.kernel_batch(sets, lib, dev, stream, name)
     if encode_sets:
         if out is None:
-            out = _dispatch.empty((len(sets), _output_dim(state)), "float32", lib, dev)
+            out = _dispatch.empty((len(sets), output_dim), "float32", lib, dev)
         else:
             _dispatch.check_out(out, lib, dev)
     else:
@@ -54,7 +67,7 @@ def _run(sets, state, documents, fill_empty, with_partitions, encode_sets, devic
     if dev[0] != "cpu":
         if device_state is None:
             raise ValueError("CUDA input needs the encoder's device state; use tokenset.FDE")
-        kernel_state = device_state(lib, dev, stream)
+        kernel_state, state = device_state(lib, dev, stream)
     kernel_out = out.detach() if lib == "torch" and out is not None else out
     _dispatch.module(dev).fde_encode(batch, kernel_state, state, bool(documents), bool(fill_empty), kernel_out, parts,
                                      stream, _dispatch.allocator(lib, dev))
