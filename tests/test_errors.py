@@ -204,3 +204,177 @@ def test_cuda_missing_is_a_clear_error():
             _backend.cuda()
     else:
         assert info["cuda_devices"] == 0 and info["cuda_error"]
+
+
+# ---- regressions: inputs that used to be accepted wrongly or fail with the wrong error --------------------------------
+def test_scalar_offsets_are_not_zero_sets():
+    with pytest.raises(ValueError, match="offsets must be 1-D"):
+        tokenset.Ragged(np.ones((5, 4), np.float32), 5)
+
+
+def test_ragged_offsets_stay_as_checked():
+    given = np.array([0, 2, 5])
+    r = tokenset.Ragged(np.ones((5, 4), np.float32), given)
+    assert given.flags.writeable  # the caller's array is not touched
+    with pytest.raises(ValueError):
+        r.offsets.setflags(write=True)  # and ours cannot be made writable
+    with pytest.raises(ValueError):
+        r.offsets[0] = 3
+
+
+def test_maxsim_pairs_needs_candidates():
+    with pytest.raises(TypeError, match="needs candidates"):
+        tokenset.maxsim_pairs(Q, DOCS, None)
+
+
+def test_unsigned_candidates_never_wrap():
+    with pytest.raises(ValueError, match="does not fit in int64"):
+        tokenset.maxsim_pairs(Q, DOCS, np.array([[2**64 - 1]], np.uint64))
+    got = tokenset.maxsim_pairs(Q, DOCS, np.array([[1, 0]], np.uint64))
+    assert np.array_equal(got, tokenset.maxsim(Q, DOCS))
+
+
+@pytest.mark.parametrize("threads", [1.5, "2", True, None, np.float32(2)])
+def test_set_num_threads_takes_integers(threads):
+    before = tokenset.get_num_threads()
+    with pytest.raises(TypeError, match="takes an integer"):
+        tokenset.set_num_threads(threads)
+    assert tokenset.get_num_threads() == before
+    tokenset.set_num_threads(np.int64(before))  # numpy integers are integers
+
+
+def test_argmax_int32_overflow_is_refused():
+    """argmax is int32: a document of 2^31 tokens would return wrapped (negative) indices. A zero-stride view makes
+    one without memory."""
+    doc = np.lib.stride_tricks.as_strided(np.ones((1, 2), np.float32), shape=(2**31 + 5, 2), strides=(0, 4))
+    with pytest.raises(ValueError, match="argmax indices are int32"):
+        tokenset.maxsim(np.ones((1, 2), np.float32), [doc], return_argmax=True)
+
+
+def test_token_dimension_limit():
+    with pytest.raises(ValueError, match="token dimension must be in 1..65536"):
+        tokenset.maxsim(np.ones((1, 2**16 + 1), np.float16), [np.ones((1, 2**16 + 1), np.float16)])
+
+
+def test_float32_overflow_is_inf_on_every_level():
+    """A dot product beyond float32's range: +-inf (the FMA chain in k order), the same on every SIMD level; it gave
+    NaN on the scalar level and inf on AVX2/AVX-512 before the levels were made bit-identical."""
+    big = np.full((2, 64), 1e30, np.float32)
+    alternating = big.copy()
+    alternating[:, ::2] = -1e30
+    docs = [big, -big, alternating, np.concatenate([alternating, np.ones((1, 64), np.float32)])]
+    results = []
+    before = tokenset.simd_level()
+    try:
+        for level in tokenset.build_info()["simd_compiled"]:
+            try:
+                tokenset.set_simd_level(level)
+            except ValueError:
+                continue  # not supported by this CPU
+            results.append(tokenset.maxsim(big, docs))
+    finally:
+        tokenset.set_simd_level(before)
+    for r in results:
+        assert np.array_equal(r, results[0])
+    assert results[0][0, 0] == np.inf and results[0][0, 1] == -np.inf
+    assert not np.isnan(results[0]).any()
+
+
+def test_fde_sizes_are_bounded_before_any_work():
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="reps must be in 1..4096"):
+        tokenset.FDE(dim=1, reps=2**31 - 1, simhash_bits=0)  # used to loop in Python for hours
+    with pytest.raises(ValueError, match="dim must be in 1..65536"):
+        tokenset.FDE(dim=2**40)
+    with pytest.raises(ValueError, match="hyperplane coordinates"):
+        tokenset.FDE(dim=65536, reps=4096, simhash_bits=30, proj_dim=1)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_from_arrays_rejects_complex():
+    with pytest.raises(TypeError, match="real numbers"):
+        tokenset.FDE.from_arrays(np.ones((1, 4, 2), np.complex64))
+    with pytest.raises(TypeError, match="real numbers"):
+        tokenset.FDE.from_arrays(np.ones((1, 4, 2), np.float32), projection=np.ones((1, 4, 3), complex))
+
+
+def test_kernel_state_is_read_only_and_checked():
+    fde = tokenset.FDE(4, reps=2, simhash_bits=2)
+    state = fde.kernel_state()
+    with pytest.raises(TypeError):
+        state["reps"] = None
+    from tokenset.ops import fde as fde_ops
+
+    edited = dict(state, reps=None)
+    with pytest.raises(TypeError, match="'reps' must be an integer"):
+        fde_ops.encode(tokenset.ragged(np.ones((3, 4), np.float32)), edited, documents=True)
+    with pytest.raises(TypeError, match="'reps' must be an integer, got NoneType"):  # the native check, directly
+        _core.fde_encode(_batch(np.ones((3, 4), np.float32), [0, 3]), edited, edited, True, True,
+                         np.empty((1, 32), np.float32))
+
+
+def _batch(values, offsets):
+    class Batch:
+        pass
+
+    b = Batch()
+    b.values, b.offsets, b.sets, b.device_offsets = values, np.asarray(offsets, np.int64), None, None
+    return b
+
+
+def test_paths_may_be_bytes_or_pathlike(tmp_path):
+    fde = tokenset.FDE(4, reps=2, simhash_bits=2, seed=1)
+    fde.save(bytes(tmp_path / "a.fde"))
+    assert tokenset.FDE.load(bytes(tmp_path / "a.fde")) == fde
+    assert tokenset.FDE.load(tmp_path / "a.fde") == fde
+    with pytest.raises(TypeError, match="str, bytes or os.PathLike"):
+        tokenset.FDE.load(3)
+
+
+@requires_torch
+def test_torch_nested_tensors_are_set_batches():
+    import torch
+
+    sets = [torch.randn(3, 8), torch.randn(5, 8)]
+    expected = tokenset.maxsim(sets, sets)
+    for layout in (torch.strided, torch.jagged):
+        nested = torch.nested.nested_tensor(sets, layout=layout)
+        assert torch.equal(tokenset.maxsim(nested, nested), expected)
+    with pytest.raises(ValueError, match="carries its own lengths"):
+        tokenset.ragged(torch.nested.nested_tensor(sets), lengths=[1, 2])
+
+
+@requires_torch
+def test_fde_out_that_requires_grad_is_refused():
+    import torch
+
+    fde = tokenset.FDE(4, reps=2, simhash_bits=2)
+    out = torch.zeros(1, fde.output_dim, requires_grad=True)
+    with pytest.raises(ValueError, match="requires grad"):
+        fde.encode_documents(torch.ones(3, 4), out=out)
+
+
+@requires_torch
+@pytest.mark.parametrize("side", ["queries", "documents"])
+def test_autograd_with_mixed_libraries(side):
+    """A torch side that requires grad with a numpy other side: gradients as if both were torch (it raised
+    AttributeError: 'numpy.ndarray' object has no attribute 'detach')."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    q, d = rng.standard_normal((3, 8)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
+    tq, td = torch.tensor(q, requires_grad=True), torch.tensor(d, requires_grad=True)
+    tokenset.maxsim(tq, td).sum().backward()
+    if side == "queries":
+        leaf = torch.tensor(q, requires_grad=True)
+        scores = tokenset.maxsim(leaf, d)
+        expected = tq.grad
+    else:
+        leaf = torch.tensor(d, requires_grad=True)
+        scores = tokenset.maxsim(q, leaf)
+        expected = td.grad
+    assert isinstance(scores, torch.Tensor)
+    scores.sum().backward()
+    assert torch.allclose(leaf.grad, expected)

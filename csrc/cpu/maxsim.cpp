@@ -27,22 +27,45 @@ const MaxsimKernel& active_kernel(const MaxsimParams& p) {
   return TOKENSET_SIMD_KERNEL(maxsim_kernel);
 }
 
-// Packed queries: every query set's panels, side by side.
+// Queries are packed (float32 panels of query_block tokens) a group at a time: a group's panels take at most
+// kPackBudget bytes, or one query's alone when it needs more. Memory is then bounded by the budget, not by the number
+// of queries times the panel padding (a 1-token query still takes a whole panel).
+constexpr int64_t kPackBudget = int64_t(64) << 20;
+
+int64_t packed_floats(const MaxsimParams& p, const MaxsimKernel& kernel, int64_t q) {
+  const int64_t qb = kernel.query_block;
+  return (p.queries.length(q) + qb - 1) / qb * qb * p.queries.dim();
+}
+
+// The end of the group that starts at q0: queries while their packed panels fit the budget and, for top-k,
+// `per_query_bytes` more each (the running heaps) fit it too.
+int64_t query_group_end(const MaxsimParams& p, const MaxsimKernel& kernel, int64_t q0, int64_t per_query_bytes = 0) {
+  int64_t bytes = 0, q = q0;
+  while (q < p.queries.count) {
+    const int64_t more = packed_floats(p, kernel, q) * 4 + per_query_bytes;
+    if (q > q0 && bytes + more > kPackBudget) break;
+    bytes += more;
+    ++q;
+  }
+  return q;
+}
+
+// Packed queries [q0, q1): every query set's panels, side by side.
 class PackedQueries {
  public:
-  PackedQueries(const MaxsimParams& p, const MaxsimKernel& kernel) : offsets_(p.queries.count + 1, 0) {
-    const int64_t qb = kernel.query_block, dim = p.queries.dim();
-    for (int64_t q = 0; q < p.queries.count; ++q)
-      offsets_[q + 1] = offsets_[q] + (p.queries.length(q) + qb - 1) / qb * qb * dim;
+  PackedQueries(const MaxsimParams& p, const MaxsimKernel& kernel, int64_t q0, int64_t q1)
+      : q0_(q0), offsets_(q1 - q0 + 1, 0) {
+    for (int64_t q = q0; q < q1; ++q) offsets_[q - q0 + 1] = offsets_[q - q0] + packed_floats(p, kernel, q);
     storage_.resize(static_cast<size_t>(offsets_.back()));
-    parallel_for(p.queries.count, 16, [&](int64_t begin, int64_t end, int) {
-      for (int64_t q = begin; q < end; ++q) kernel.pack_query(p.queries, q, at(q));
+    parallel_for(q1 - q0, 16, [&](int64_t begin, int64_t end, int) {
+      for (int64_t q = q0 + begin; q < q0 + end; ++q) kernel.pack_query(p.queries, q, at(q));
     });
   }
-  const float* at(int64_t q) const { return storage_.data() + offsets_[q]; }
-  float* at(int64_t q) { return storage_.data() + offsets_[q]; }
+  const float* at(int64_t q) const { return storage_.data() + offsets_[q - q0_]; }
+  float* at(int64_t q) { return storage_.data() + offsets_[q - q0_]; }
 
  private:
+  int64_t q0_;
   std::vector<int64_t> offsets_;
   AlignedBuffer<float> storage_;
 };
@@ -58,36 +81,40 @@ struct WorkerScratch {
 };
 
 void score_pairs(const MaxsimParams& p) {
-  const int64_t nq = p.queries.count, columns = p.columns(), items = nq * columns;
-  if (items == 0) return;
+  const int64_t nq = p.queries.count, columns = p.columns();
+  if (nq * columns == 0) return;
   const MaxsimKernel& kernel = active_kernel(p);
-  const PackedQueries packed(p, kernel);
   const int threads = num_threads();
   WorkerScratch scratch(p, kernel, threads);
-  parallel_for(items, grain_for(items, threads), [&](int64_t begin, int64_t end, int worker) {
-    float* rows = scratch.of(worker);
-    for (int64_t item = begin; item < end; ++item) {
-      int64_t q, col, doc;
-      if (p.candidates) {  // query-major: one query's candidates share its packed panels
-        q = item / columns;
-        col = item % columns;
-        doc = p.candidates[item];
-      } else {  // document-major: a document stays in cache while every query scores it
-        doc = item / nq;
-        q = item % nq;
-        col = doc;
+  for (int64_t q0 = 0, q1; q0 < nq; q0 = q1) {
+    q1 = query_group_end(p, kernel, q0);
+    const PackedQueries packed(p, kernel, q0, q1);
+    const int64_t group = q1 - q0, items = group * columns;
+    parallel_for(items, grain_for(items, threads), [&](int64_t begin, int64_t end, int worker) {
+      float* rows = scratch.of(worker);
+      for (int64_t item = begin; item < end; ++item) {
+        int64_t q, col, doc;
+        if (p.candidates) {  // query-major: one query's candidates share its packed panels
+          q = q0 + item / columns;
+          col = item % columns;
+          doc = p.candidates[q * columns + col];
+        } else {  // document-major: a document stays in cache while every query of the group scores it
+          doc = item / group;
+          q = q0 + item % group;
+          col = doc;
+        }
+        const int64_t out = q * columns + col;
+        int32_t* argmax = p.argmax ? p.argmax + out * p.queries.max_length : nullptr;
+        if (argmax) std::fill(argmax + p.queries.length(q), argmax + p.queries.max_length, -1);
+        if (doc < 0) {
+          p.scores[out] = -std::numeric_limits<float>::infinity();
+          if (argmax) std::fill(argmax, argmax + p.queries.length(q), -1);
+          continue;
+        }
+        kernel.score(packed.at(q), p.queries.length(q), p.documents, doc, rows, p.scores + out, argmax);
       }
-      const int64_t out = q * columns + col;
-      int32_t* argmax = p.argmax ? p.argmax + out * p.queries.max_length : nullptr;
-      if (argmax) std::fill(argmax + p.queries.length(q), argmax + p.queries.max_length, -1);
-      if (doc < 0) {
-        p.scores[out] = -std::numeric_limits<float>::infinity();
-        if (argmax) std::fill(argmax, argmax + p.queries.length(q), -1);
-        continue;
-      }
-      kernel.score(packed.at(q), p.queries.length(q), p.documents, doc, rows, p.scores + out, argmax);
-    }
-  });
+    });
+  }
 }
 
 // Ranking used by top-k: higher score first, NaN ranks as -inf, ties to the lower index.
@@ -102,6 +129,8 @@ inline bool ranks_before(const Entry& a, const Entry& b) {
 }
 
 // Every worker keeps a heap of the best k per query over the documents it scored; the heaps are merged at the end.
+// Queries go in groups whose packed panels and heaps (threads x group x min(k, nd) entries) fit kPackBudget (or one
+// query), so scratch does not grow with the number of queries.
 void score_topk(const MaxsimParams& p) {
   const int64_t nq = p.queries.count, nd = p.documents.count, k = p.k;
   std::fill(p.top_scores, p.top_scores + nq * k, -std::numeric_limits<float>::infinity());
@@ -109,44 +138,51 @@ void score_topk(const MaxsimParams& p) {
   const int64_t kept = std::min(k, nd);
   if (nq == 0 || kept == 0) return;
   const MaxsimKernel& kernel = active_kernel(p);
-  const PackedQueries packed(p, kernel);
   const int threads = num_threads();
   WorkerScratch scratch(p, kernel, threads);
-  std::vector<Entry> heaps(static_cast<size_t>(threads) * nq * kept);  // [workers][nq][kept]; top = worst kept
-  std::vector<int64_t> sizes(static_cast<size_t>(threads) * nq, 0);
-  parallel_for(nd, grain_for(nd, threads), [&](int64_t begin, int64_t end, int worker) {
-    float* rows = scratch.of(worker);
-    Entry* worker_heaps = heaps.data() + static_cast<int64_t>(worker) * nq * kept;
-    int64_t* worker_sizes = sizes.data() + static_cast<int64_t>(worker) * nq;
-    for (int64_t doc = begin; doc < end; ++doc) {
-      for (int64_t q = 0; q < nq; ++q) {
-        Entry e{0.0f, doc};
-        kernel.score(packed.at(q), p.queries.length(q), p.documents, doc, rows, &e.score, nullptr);
-        Entry* heap = worker_heaps + q * kept;
-        int64_t& size = worker_sizes[q];
-        if (size < kept) {
-          heap[size++] = e;
-          std::push_heap(heap, heap + size, ranks_before);
-        } else if (ranks_before(e, heap[0])) {
-          std::pop_heap(heap, heap + size, ranks_before);
-          heap[size - 1] = e;
-          std::push_heap(heap, heap + size, ranks_before);
+  const int64_t heap_bytes = static_cast<int64_t>(threads) * kept * static_cast<int64_t>(sizeof(Entry) + 8);
+  std::vector<Entry> heaps, merged;
+  std::vector<int64_t> sizes;
+  for (int64_t q0 = 0, q1; q0 < nq; q0 = q1) {
+    q1 = query_group_end(p, kernel, q0, heap_bytes);
+    const int64_t group = q1 - q0;
+    const PackedQueries packed(p, kernel, q0, q1);
+    heaps.resize(static_cast<size_t>(threads * group * kept));  // [workers][group][kept]; top = worst kept
+    sizes.assign(static_cast<size_t>(threads * group), 0);
+    parallel_for(nd, grain_for(nd, threads), [&](int64_t begin, int64_t end, int worker) {
+      float* rows = scratch.of(worker);
+      Entry* worker_heaps = heaps.data() + static_cast<int64_t>(worker) * group * kept;
+      int64_t* worker_sizes = sizes.data() + static_cast<int64_t>(worker) * group;
+      for (int64_t doc = begin; doc < end; ++doc) {
+        for (int64_t g = 0; g < group; ++g) {
+          Entry e{0.0f, doc};
+          kernel.score(packed.at(q0 + g), p.queries.length(q0 + g), p.documents, doc, rows, &e.score, nullptr);
+          Entry* heap = worker_heaps + g * kept;
+          int64_t& size = worker_sizes[g];
+          if (size < kept) {
+            heap[size++] = e;
+            std::push_heap(heap, heap + size, ranks_before);
+          } else if (ranks_before(e, heap[0])) {
+            std::pop_heap(heap, heap + size, ranks_before);
+            heap[size - 1] = e;
+            std::push_heap(heap, heap + size, ranks_before);
+          }
         }
       }
-    }
-  });
-  std::vector<Entry> merged;
-  for (int64_t q = 0; q < nq; ++q) {
-    merged.clear();
-    for (int w = 0; w < threads; ++w) {
-      const Entry* heap = heaps.data() + (static_cast<int64_t>(w) * nq + q) * kept;
-      merged.insert(merged.end(), heap, heap + sizes[static_cast<size_t>(w) * nq + q]);
-    }
-    const int64_t take = std::min<int64_t>(kept, static_cast<int64_t>(merged.size()));
-    std::partial_sort(merged.begin(), merged.begin() + take, merged.end(), ranks_before);
-    for (int64_t i = 0; i < take; ++i) {
-      p.top_scores[q * k + i] = merged[i].score;
-      p.top_indices[q * k + i] = merged[i].index;
+    });
+    for (int64_t g = 0; g < group; ++g) {
+      merged.clear();
+      for (int w = 0; w < threads; ++w) {
+        const Entry* heap = heaps.data() + (static_cast<int64_t>(w) * group + g) * kept;
+        merged.insert(merged.end(), heap, heap + sizes[static_cast<size_t>(w) * group + g]);
+      }
+      const int64_t take = std::min<int64_t>(kept, static_cast<int64_t>(merged.size()));
+      std::partial_sort(merged.begin(), merged.begin() + take, merged.end(), ranks_before);
+      const int64_t q = q0 + g;
+      for (int64_t i = 0; i < take; ++i) {
+        p.top_scores[q * k + i] = merged[i].score;
+        p.top_indices[q * k + i] = merged[i].index;
+      }
     }
   }
 }

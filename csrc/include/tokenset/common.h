@@ -11,11 +11,16 @@
 namespace tokenset {
 
 // Token values of a set batch must be floating point, 2-D, elements contiguous within a row.
+// The widest token accepted: far above any embedding model (ColBERT 128, ColPali 128, LLM hidden states 8192); it
+// bounds per-worker scratch that is a few rows wide (MaxSim's packed query panels, FDE token blocks).
+constexpr int64_t kMaxTokenDim = int64_t(1) << 16;
+
 inline void check_token_values(const ArrayView& v, const std::string& name) {
   TOKENSET_CHECK(v.ndim == 2, ValueError, name, " values must be 2-D [tokens, dim], got ", v.ndim, "-D");
   TOKENSET_CHECK(is_float_dtype(v.dtype), TypeError, name, ": dtype ", dtype_name(v.dtype),
                  " is not supported; tokenset takes float32, float16 or bfloat16 token values");
-  TOKENSET_CHECK(v.shape[1] >= 1, ValueError, name, ": token dimension must be >= 1, got ", v.shape[1]);
+  TOKENSET_CHECK(v.shape[1] >= 1 && v.shape[1] <= kMaxTokenDim, ValueError, name, ": token dimension must be in 1..",
+                 kMaxTokenDim, ", got ", v.shape[1]);
   TOKENSET_CHECK(v.shape[0] >= 0, ValueError, name, ": negative number of rows");
   TOKENSET_CHECK(v.shape[0] == 0 || v.shape[1] == 1 || v.strides[1] == 1, ValueError, name,
                  " values must be contiguous along the token dimension; try np.ascontiguousarray / .contiguous()");

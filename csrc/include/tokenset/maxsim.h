@@ -39,6 +39,8 @@ struct MaxsimParams {
   TOKENSET_HOST_DEVICE bool topk() const { return k > 0; }
 };
 
+constexpr int64_t kMaxArgmaxLength = (int64_t(1) << 31) - 1;
+
 // Checks everything a kernel will follow (the batches were checked by check_set_batch when they were built).
 inline void validate(const MaxsimParams& p) {
   TOKENSET_CHECK(p.queries.dim() == p.documents.dim(), ValueError, "queries have token dimension ", p.queries.dim(),
@@ -68,6 +70,10 @@ inline void validate(const MaxsimParams& p) {
     }
   }
   TOKENSET_CHECK(p.queries.count * p.columns() == 0 || p.scores != nullptr, ValueError, "scores output missing");
+  // argmax is int32 (half the memory of int64 for the largest output tokenset writes): a longer document would wrap.
+  TOKENSET_CHECK(p.argmax == nullptr || p.documents.max_length <= kMaxArgmaxLength, ValueError, "a document has ",
+                 p.documents.max_length, " tokens; argmax indices are int32, so return_argmax needs documents of at "
+                 "most 2^31 - 1 tokens (split longer documents)");
 }
 
 // GPU top-k: documents are scored in chunks of kTopkDocChunk for groups of queries, and each query's running top-k
