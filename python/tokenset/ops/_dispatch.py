@@ -49,12 +49,13 @@ def token_dtype(batch: Ragged, name: str) -> str:
 
 
 def _kernel_values(x: Any, dtype: Optional[str], lib: str, dev: Device) -> Any:
-    if lib == "torch":
+    torch_input = _array.is_torch(x)  # lib is the result's library; one side may be numpy (torch with numpy)
+    if torch_input:
         x = x.detach()
     if dtype is not None and _array.dtype_name(x, "values") != dtype:
         x = _array.astype(x, dtype)
     x = _array.inner_contiguous(x)
-    if lib == "torch" and dev[0] == "cpu" and x.dtype != _array._torch().bfloat16:
+    if torch_input and dev[0] == "cpu" and x.dtype != _array._torch().bfloat16:
         x = x.numpy()  # a view; the buffer protocol is cheaper than a DLPack export per set of a list
     return x
 

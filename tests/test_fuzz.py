@@ -1,0 +1,363 @@
+"""Property-based and fuzz tests over every public call, checked against the numpy references.
+
+* Public calls (hypothesis): random shapes, dtypes, layouts (lists, Ragged with offset gaps, padded with lengths or a
+  mask, row-strided views, one 2-D set, torch tensors), empty sets, NaN/inf, candidates and k; every result is
+  compared with the reference (scores within the float32 forward-error bound, NaN/inf exactly, argmax by the score
+  it attains, top-k against the full score matrix, FDE against the float64 encoder).
+* The native modules, called directly with adversarial descriptions (garbage offsets, wrong shapes, dtypes, strides,
+  outputs and state): run in a subprocess, since a crash there is possible by construction; every call must return
+  or raise ValueError/TypeError, and the subprocess must exit cleanly.
+* File loading: byte flips and truncations of a saved encoder either load the same encoder or raise ValueError.
+
+A CI-sized run by default; ``TOKENSET_FUZZ=long`` runs about 30x more examples (``pytest tests/test_fuzz.py``).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (the test extra)")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+import tokenset  # noqa: E402
+from tokenset.reference import maxsim as ref  # noqa: E402
+
+from conftest import BF16, HAVE_TORCH, check_fde_against_reference, fde_sanitize, maxsim_error_bound  # noqa: E402
+
+LONG = os.environ.get("TOKENSET_FUZZ") == "long"
+EXAMPLES = 5000 if LONG else 300
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not LONG,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+DTYPES = ["float32", "float16"] + (["bfloat16"] if BF16 is not None else [])
+
+
+# ---- drawing set batches ----------------------------------------------------------------------------------------------
+def _as(x: np.ndarray, dtype: str) -> np.ndarray:
+    return x.astype(BF16) if dtype == "bfloat16" else x.astype(dtype)
+
+
+def draw_sets(data, dim: int, dtype: str, nonempty: bool, special: bool, max_sets: int = 5):
+    """numpy sets in `dtype` (lengths 0..40, or 1..40 when nonempty), scaled by a power of two, optionally with NaN
+    and inf at random places."""
+    count = data.draw(st.integers(1, max_sets), label="sets")
+    lengths = data.draw(st.lists(st.integers(1 if nonempty else 0, 40), min_size=count, max_size=count),
+                        label="lengths")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    scale = 2.0 ** data.draw(st.integers(-3, 3), label="scale")
+    sets = []
+    for n in lengths:
+        x = rng.standard_normal((n, dim)) * scale
+        if special and n and rng.random() < 0.5:
+            flat = x.reshape(-1)
+            flat[rng.integers(0, flat.size, 2)] = rng.choice([np.nan, np.inf, -np.inf], 2)
+        sets.append(_as(x, dtype))
+    return sets
+
+
+def draw_form(data, sets, dtype: str):
+    """The sets in one of the input forms every op takes (all of them mean the same sets)."""
+    forms = ["list", "ragged", "strided"]
+    if len({len(s) for s in sets}) >= 1:
+        forms += ["lengths", "mask"]
+    if len(sets) == 1:
+        forms.append("single")
+    if HAVE_TORCH and dtype != "bfloat16":
+        forms.append("torch")
+    form = data.draw(st.sampled_from(forms), label="form")
+    dim = sets[0].shape[1]
+    if form == "list":
+        return sets
+    if form == "single":
+        return sets[0]
+    if form == "torch":
+        import torch
+
+        return [torch.from_numpy(np.ascontiguousarray(s)) for s in sets]
+    if form == "strided":  # each set a row-strided view into a wider array
+        out = []
+        for s in sets:
+            wide = np.zeros((s.shape[0], dim + 3), dtype=s.dtype)
+            wide[:, 1:dim + 1] = s
+            out.append(wide[:, 1:dim + 1])
+        return out
+    if form == "ragged":  # values with rows before the first set and after the last
+        gap = data.draw(st.integers(0, 3), label="gap")
+        values = np.concatenate([np.zeros((gap, dim), sets[0].dtype), *sets, np.zeros((2, dim), sets[0].dtype)])
+        offsets = gap + np.concatenate([[0], np.cumsum([len(s) for s in sets])])
+        return tokenset.Ragged(values, offsets)
+    n = max([len(s) for s in sets] + [1]) + data.draw(st.integers(0, 2), label="pad")
+    padded = np.zeros((len(sets), n, dim), sets[0].dtype)
+    if form == "lengths":
+        for i, s in enumerate(sets):
+            padded[i, :len(s)] = s
+        return tokenset.ragged(padded, lengths=np.array([len(s) for s in sets]))
+    mask = np.zeros((len(sets), n), bool)  # valid tokens anywhere in the row, in order
+    rng = np.random.default_rng(len(sets) * n)
+    for i, s in enumerate(sets):
+        where = np.sort(rng.choice(n, len(s), replace=False))
+        mask[i, where] = True
+        padded[i, where] = s
+    return tokenset.ragged(padded, mask=mask)
+
+
+def to_numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def score_bound(queries, documents):
+    clean = lambda sets: [np.nan_to_num(np.asarray(s, np.float64), posinf=0, neginf=0) for s in sets]  # noqa: E731
+    return maxsim_error_bound(clean(queries), clean(documents))
+
+
+def check_scores(got, want, bound):
+    """NaN and inf exactly as the reference; finite scores within the float32 forward-error bound."""
+    got = to_numpy(got).astype(np.float64)
+    assert got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
+    inf = np.isinf(want)
+    assert np.array_equal(got[inf], want[inf])
+    finite = np.isfinite(want)
+    assert np.all(np.abs(got[finite] - want[finite]) <= bound[finite] + 1e-6 * np.abs(want[finite])), (got, want)
+
+
+# ---- public calls -----------------------------------------------------------------------------------------------------
+@FUZZ
+@given(data=st.data())
+def test_maxsim_any_input(data):
+    dim = data.draw(st.integers(1, 70), label="dim")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    special = data.draw(st.booleans(), label="special")
+    queries = draw_sets(data, dim, dtype, nonempty=True, special=special)
+    documents = draw_sets(data, dim, dtype, nonempty=False, special=special, max_sets=8)
+    q64 = [np.asarray(s, np.float64) for s in queries]
+    d64 = [np.asarray(s, np.float64) for s in documents]
+    want = ref.maxsim(q64, d64)
+    q_in, d_in = draw_form(data, queries, dtype), draw_form(data, documents, dtype)
+    scores, argmax = tokenset.maxsim(q_in, d_in, return_argmax=True)
+    bound = score_bound(queries, documents)
+    check_scores(scores, want, bound)
+    argmax = to_numpy(argmax)
+    assert argmax.shape == (len(queries), len(documents), max(len(q) for q in queries))
+    for a, q in enumerate(q64):
+        for b, d in enumerate(d64):
+            row = argmax[a, b]
+            assert (row[len(q):] == -1).all()
+            if len(d) == 0:
+                assert (row == -1).all()
+                continue
+            assert ((row[:len(q)] >= 0) & (row[:len(q)] < len(d))).all()
+            if np.isfinite(q).all() and np.isfinite(d).all():  # the argmax tokens attain the score
+                attained = (q * d[row[:len(q)]]).sum()
+                assert abs(attained - want[a, b]) <= 2 * bound[a, b] + 1e-6 * abs(want[a, b])
+
+    # Reranking: random candidates (valid, -1, and sometimes out of range: a ValueError, nothing computed).
+    nd = len(documents)
+    c = data.draw(st.integers(0, 6), label="candidates")
+    seed = data.draw(st.integers(0, 2**31), label="cand seed")
+    candidates = np.random.default_rng(seed).integers(-1, nd, (len(queries), c))
+    if data.draw(st.booleans(), label="bad candidate") and candidates.size:
+        candidates.flat[0] = data.draw(st.sampled_from([nd, -2, 2**40]), label="bad value")
+        with pytest.raises(ValueError, match="candidates"):
+            tokenset.maxsim_pairs(q_in, d_in, candidates)
+    else:
+        got = tokenset.maxsim_pairs(q_in, d_in, candidates)
+        pick = lambda m: np.take_along_axis(m, np.maximum(candidates, 0), 1) if nd else np.zeros(candidates.shape)  # noqa: E731
+        check_scores(got, np.where(candidates >= 0, pick(want), -np.inf), pick(bound))
+
+    # Top-k: the best k of the full score matrix (NaN ranks as -inf, ties to the lower index), padded with -inf/-1.
+    k = data.draw(st.integers(1, nd + 3), label="k")
+    top_scores, top_indices = (to_numpy(a) for a in tokenset.maxsim_topk(q_in, d_in, k))
+    full = to_numpy(scores)
+    for a in range(len(queries)):
+        key = np.where(np.isnan(full[a]), -np.inf, full[a])
+        order = sorted(range(nd), key=lambda j: (-key[j], j))[:k]
+        assert top_indices[a, :len(order)].tolist() == order
+        assert np.array_equal(top_scores[a, :len(order)], full[a, order], equal_nan=True)
+        assert (top_indices[a, len(order):] == -1).all() and (top_scores[a, len(order):] == -np.inf).all()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fde_any_input(data):
+    dim = data.draw(st.integers(1, 40), label="dim")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    reps = data.draw(st.integers(1, 4), label="reps")
+    bits = data.draw(st.integers(0, 5), label="bits")
+    proj = data.draw(st.one_of(st.none(), st.integers(1, 12)), label="proj_dim")
+    final = data.draw(st.one_of(st.none(), st.integers(1, 64)), label="final_dim")
+    fill = data.draw(st.booleans(), label="fill_empty")
+    fde = tokenset.FDE(dim, reps=reps, simhash_bits=bits, proj_dim=proj, final_dim=final, fill_empty=fill,
+                       seed=data.draw(st.integers(0, 1000), label="seed"))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="sanitize seed"))
+    documents = fde_sanitize(rng, draw_sets(data, dim, "float32", nonempty=False, special=False),
+                             fde.simhash, np.float32)
+    documents = [_as(s, dtype) for s in documents]
+    documents = fde_sanitize(rng, documents, fde.simhash, documents[0].dtype)  # again, after rounding
+    got = fde.encode_documents(draw_form(data, documents, dtype))
+    check_fde_against_reference(fde, [np.asarray(s, np.float64) for s in documents], True, to_numpy(got))
+    queries = [s for s in documents if len(s)]
+    if queries:
+        got = fde.encode_queries(draw_form(data, queries, dtype))
+        check_fde_against_reference(fde, [np.asarray(s, np.float64) for s in queries], False, to_numpy(got))
+
+
+# ---- the native modules, with adversarial descriptions, in a subprocess ------------------------------------------------
+NATIVE_FUZZ = r"""
+import sys, numpy as np
+from tokenset import _core
+seed, calls = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(seed)
+
+class Batch:
+    def __init__(self, values, offsets, sets=None):
+        self.values, self.offsets, self.sets, self.device_offsets = values, offsets, sets, None
+
+DIM = 8  # most arrays share it, so that most calls get past the first check and into the kernels
+
+def values():
+    rows = int(rng.integers(0, 30))
+    if rng.random() < 0.7:  # valid
+        return rng.standard_normal((rows, DIM)).astype(DTYPE)
+    kind = rng.integers(0, 8)
+    dim = int(rng.integers(0, 20))
+    dtype = rng.choice([np.float32, np.float16, np.float64, np.int64, np.int8, np.int32])
+    if kind == 0:
+        return np.ones(rng.integers(0, 5), dtype)                      # 1-D
+    if kind == 1:
+        return np.ones((2, 3, 4), np.float32)                          # 3-D
+    if kind == 2:
+        return np.ones((rows, dim + 2), np.float32)[:, ::2]            # inner stride 2
+    if kind == 3:
+        return np.ones((rows, dim), np.float32)[::-1]                  # negative row stride (valid)
+    if kind == 4:
+        return "not an array"
+    return rng.standard_normal((rows, max(dim, 1))).astype(dtype)
+
+def offsets(rows):
+    kind = rng.integers(0, 7) if rng.random() < 0.25 else 0
+    n = int(rng.integers(0, 6))
+    if kind == 0:
+        return np.sort(rng.integers(0, rows + 1, n + 1)).astype(np.int64)  # valid
+    if kind == 1:
+        return rng.integers(-5, rows + 5, n + 1).astype(np.int64)          # anything
+    if kind == 2:
+        return np.array([0, 2**62, 2**63 - 1], np.int64)
+    if kind == 3:
+        return np.zeros((2, 2), np.int64)
+    if kind == 4:
+        return np.array([0, 1], np.int32)
+    if kind == 5:
+        return np.array([], np.int64)
+    return np.array([0, rows], np.int64)
+
+def batch():
+    v = values()
+    rows = v.shape[0] if hasattr(v, "shape") and v.ndim else 0
+    if rng.random() < 0.2:  # a list of sets, read in place
+        sets = [values() for _ in range(int(rng.integers(0 if rng.random() < 0.1 else 1, 4)))]
+        lens = [s.shape[0] if hasattr(s, "shape") and s.ndim else 0 for s in sets]
+        offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64) if rng.random() < 0.7 else offsets(5)
+        return Batch(None, offs, sets)
+    return Batch(v, offsets(rows))
+
+def out(shape_hint):
+    kind = rng.integers(0, 5) if rng.random() < 0.3 else 0
+    if kind == 0:
+        return np.empty(shape_hint, np.float32)
+    if kind == 1:
+        return np.empty(tuple(max(s + int(rng.integers(-1, 2)), 0) for s in shape_hint), np.float32)
+    if kind == 2:
+        return np.empty(shape_hint, np.float64)
+    if kind == 3:
+        return np.empty(shape_hint, np.float32)[..., ::-1] if len(shape_hint) else np.empty(0, np.float32)
+    a = np.empty(shape_hint, np.float32); a.setflags(write=False); return a
+
+ok = errors = 0
+for i in range(calls):
+    DTYPE = np.float32 if rng.random() < 0.6 else np.float16  # one dtype for both sides, mostly
+    q, d = batch(), batch()
+    nq = max(len(getattr(q, "offsets", [])) - 1, 0) if getattr(q.offsets, "ndim", 0) == 1 else 1
+    nd = max(len(getattr(d, "offsets", [])) - 1, 0) if getattr(d.offsets, "ndim", 0) == 1 else 1
+    op = rng.integers(0, 4)
+    try:
+        if op == 0:
+            _core.maxsim(q, d, out((nq, nd)), np.empty((nq, nd, int(rng.integers(0, 40))), np.int32)
+                         if rng.random() < 0.3 else None)
+        elif op == 1:
+            low, high = (-3, nd + 3) if rng.random() < 0.3 else (-1, nd)
+            cand = rng.integers(low, max(high, low + 1), (nq, int(rng.integers(0, 4)))).astype(np.int64)
+            _core.maxsim(q, d, out(cand.shape), None, cand, cand)
+        elif op == 2:
+            k = int(rng.integers(-1, 6)) if rng.random() < 0.2 else int(rng.integers(1, 6))
+            _core.maxsim_topk(q, d, k, out((nq, max(k, 0))), np.empty((nq, max(k, 0)), np.int64))
+        else:
+            dim = DIM if rng.random() < 0.8 else int(rng.integers(1, 9))
+            reps = int(rng.integers(0, 3)) if rng.random() < 0.2 else 2
+            bits = int(rng.integers(-1, 4)) if rng.random() < 0.2 else 3
+            state = {"dim": dim, "reps": reps, "simhash_bits": bits, "proj_dim": dim, "final_dim": 0,
+                     "simhash": rng.standard_normal((dim, max(reps * bits, 0))).astype(np.float32),
+                     "proj_index": None, "proj_weight": None, "final_index": None, "final_sign": None}
+            if rng.random() < 0.4:
+                pd = int(rng.integers(1, 5)); state["proj_dim"] = pd
+                state["proj_index"] = rng.integers(-1, pd + 1, (max(reps, 0), dim)).astype(np.int32)
+                state["proj_weight"] = np.ones((max(reps, 0), dim), np.float32)
+            if rng.random() < 0.3:
+                state[rng.choice(["reps", "dim", "final_dim"])] = rng.choice([None, 1.5, True, 2**70])
+            width = max(reps, 1) * (1 << max(min(bits, 4), 0)) * max(state["proj_dim"] or 1, 1) \
+                if isinstance(state["proj_dim"], int) else 1
+            _core.fde_encode(q, state, state, bool(rng.integers(0, 2)), bool(rng.integers(0, 2)),
+                             out((nq, width)))
+        ok += 1
+    except (ValueError, TypeError):
+        errors += 1
+print("done", ok, errors)
+"""
+
+
+@pytest.mark.parametrize("seed", range(8 if LONG else 2))
+def test_native_modules_never_crash(seed):
+    calls = 20000 if LONG else 1500
+    env = dict(os.environ, TOKENSET_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(tokenset.__file__))] + sys.path))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(NATIVE_FUZZ), str(seed), str(calls)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode} (a crash is a negative signal number)\n{proc.stderr[-3000:]}"
+    done, ok, errors = proc.stdout.split()[-3:]
+    assert int(ok) + int(errors) == calls and int(errors) > 0 and int(ok) > 0
+
+
+# ---- file loading -----------------------------------------------------------------------------------------------------
+def test_fde_file_byte_flips_and_truncations(tmp_path):
+    """Every damaged file loads the same encoder (a flip in a field nothing reads, e.g. a zip timestamp) or raises
+    ValueError; nothing else (it gave NotImplementedError, RuntimeError, EOFError, OSError, RecursionError)."""
+    fde = tokenset.FDE(6, reps=2, simhash_bits=2, proj_dim=3, final_dim=8, seed=4)
+    good = tmp_path / "good.fde"
+    fde.save(good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.fde"
+    rng = np.random.default_rng(0)
+    positions = range(len(data)) if LONG else rng.choice(len(data), 400, replace=False)
+    loaded_same = trials = 0
+    for pos in positions:
+        for flip in ([0x01, 0x80, 0xFF] if LONG else [int(rng.integers(1, 256))]):
+            damaged = bytearray(data)
+            damaged[pos] ^= flip
+            trials += 1
+            bad.write_bytes(bytes(damaged))
+            try:
+                loaded = tokenset.FDE.load(bad)
+            except ValueError:
+                continue
+            assert loaded == fde, pos
+            loaded_same += 1
+    for cut in rng.choice(len(data), 60, replace=False):
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError):
+            tokenset.FDE.load(bad)
+    assert loaded_same < trials // 4  # most bytes matter (the rest: zip timestamps and attributes nothing reads)
