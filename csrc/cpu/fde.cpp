@@ -40,6 +40,11 @@ struct Scratch {
   AlignedFloats sums;                // partition sums: raw [2^bits, dim] of one repetition (partition-sums path), or
                                      // projected [fde_dim] (projected encoders)
   AlignedFloats row;                 // the FDE before the Count-Sketch [fde_dim]
+  AlignedBuffer<uint8_t> near_dist;  // NearestTokens: Hamming distance of every pattern to the nearest token [2^bits]
+  AlignedBuffer<int32_t> near_best;  // ... that token [2^bits]
+  AlignedBuffer<uint32_t> near_queue;  // ... the search's queue [2^bits]
+  AlignedBuffer<int64_t> filled_at;  // projected fill: where token t's projection was written first [chunk], or -1
+  AlignedFloats projected_tokens;    // projected fill: every token of the chunk projected [reps, chunk, proj_dim]
   AlignedBuffer<int64_t> fill;       // sets longer than a chunk: empty partitions to fill [reps * 2^bits] ...
   AlignedBuffer<int64_t> fill_best;  // ... (distance << 40 | token) of the nearest token found so far
 };
@@ -71,6 +76,70 @@ int64_t nearest_token(const uint32_t* rep_codes, int64_t n, int64_t part) {
   return best;
 }
 
+// Projected tokens kept for filling, per worker (16 MiB).
+constexpr int64_t kMaxProjectedTokens = int64_t(1) << 22;
+
+// Patterns up to this many bits get the breadth-first search below (9 bytes of scratch per pattern).
+constexpr int kMaxSearchBits = 16;
+
+// The nearest token of every empty partition of one repetition. Scanning the tokens per empty partition costs
+// empty * n popcounts, which made filling 1.5-3x the whole encode at 5-6 bits; when 2^bits * bits is less, one
+// multi-source breadth-first search over the 2^bits patterns finds every pattern's nearest token at once: the tokens'
+// patterns are the sources (lowest index first), and a pattern at distance d takes the lowest token of its
+// neighbours at distance d - 1, which is exactly the lowest-index nearest token (every nearest token of a pattern is
+// reached through such a neighbour). Same answers as nearest_token.
+class NearestTokens {
+ public:
+  NearestTokens(Scratch& s, const uint32_t* rep_codes, int64_t n, int bits, int64_t empty)
+      : s_(s), rep_codes_(rep_codes), n_(n) {
+    const int64_t patterns = int64_t(1) << bits;
+    searched_ = bits <= kMaxSearchBits && s.near_best.data() != nullptr && patterns * bits < empty * n;
+    if (!searched_) return;
+    uint8_t* dist = s.near_dist.data();
+    int32_t* best = s.near_best.data();
+    uint32_t* queue = s.near_queue.data();
+    std::fill(dist, dist + patterns, uint8_t(255));
+    int64_t head = 0, tail = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const uint32_t code = rep_codes[t];
+      if (dist[code] == 255) {
+        dist[code] = 0;
+        best[code] = static_cast<int32_t>(t);
+        queue[tail++] = code;
+      }
+    }
+    while (head < tail) {
+      const uint32_t v = queue[head++];
+      const uint8_t next = static_cast<uint8_t>(dist[v] + 1);
+      for (int b = 0; b < bits; ++b) {
+        const uint32_t u = v ^ (1u << b);
+        if (dist[u] == 255) {
+          dist[u] = next;
+          best[u] = best[v];
+          queue[tail++] = u;
+        } else if (dist[u] == next && best[v] < best[u]) {
+          best[u] = best[v];
+        }
+      }
+    }
+  }
+  int64_t of(int64_t part) const {
+    return searched_ ? s_.near_best[gray_code(static_cast<uint32_t>(part))] : nearest_token(rep_codes_, n_, part);
+  }
+
+ private:
+  Scratch& s_;
+  const uint32_t* rep_codes_;
+  int64_t n_;
+  bool searched_ = false;
+};
+
+int64_t count_empty(const int32_t* counts, int64_t parts) {
+  int64_t empty = 0;
+  for (int64_t part = 0; part < parts; ++part) empty += counts[part] == 0;
+  return empty;
+}
+
 // Identity projection, one repetition, when 2^bits * dim floats of partition sums fit in scratch: tokens are summed
 // per partition (SIMD adds), then every block of the output is written exactly once (divided, filled or zeroed).
 void encode_rep_via_sums(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t stride, int64_t n, float* rep_row) {
@@ -90,14 +159,16 @@ void encode_rep_via_sums(Ctx& c, Scratch& s, int64_t r, const float* x, int64_t 
     else
       kernel.add_row(sum, x + t * stride, dim);
   }
+  const bool fill = p.fill_empty && p.simhash_bits > 0 && n > 0;
+  const NearestTokens nearest(s, rep_codes, n, p.simhash_bits, fill ? count_empty(counts, parts) : 0);
   for (int64_t part = 0; part < parts; ++part) {
     float* block = rep_row + part * pd;
     const int32_t count = counts[part];
     const float* source;  // the block's value before any division
     if (count > 0) {
       source = sums + part * dim;
-    } else if (p.fill_empty && p.simhash_bits > 0 && n > 0) {
-      source = x + nearest_token(rep_codes, n, part) * stride;
+    } else if (fill) {
+      source = x + nearest.of(part) * stride;
     } else {
       std::memset(block, 0, sizeof(float) * pd);
       continue;
@@ -185,6 +256,11 @@ void chunk_codes(const Ctx& c, Scratch& s, const float* x, int64_t stride, int64
                             c.proj_weight_ordered.data() + r * dim, pd, s.yt.data());
       kernel.accumulate_projected(s.yt.data(), npad, nb, pd, token_parts + r * m + t0, row + r * parts * pd,
                                   counts + r * parts);
+      if (s.projected_tokens.data() != nullptr) {  // kept for filling: token-major
+        float* keep = s.projected_tokens.data() + (r * m + t0) * pd;
+        for (int64_t t = 0; t < nb; ++t)
+          for (int64_t j = 0; j < pd; ++j) keep[t * pd + j] = s.yt[static_cast<size_t>(j * npad + t)];
+      }
     }
   }
 }
@@ -302,6 +378,11 @@ void encode_set(Ctx& c, int64_t set, int64_t last_set, Scratch& s) {
     const bool fill = p.fill_empty && bits > 0 && n > 0;
     int64_t empty = 0;
     for (int64_t r = 0; r < reps; ++r) {
+      const int64_t rep_empty = fill && one_chunk ? count_empty(counts + r * parts, parts) : 0;
+      const NearestTokens nearest(s, s.codes.data() + r * n, n, static_cast<int>(bits), rep_empty);
+      // A token fills many partitions at many bits: project it once per repetition, copy it after.
+      int64_t* filled_at = s.filled_at.data();
+      if (projected && rep_empty > 0) std::fill(filled_at, filled_at + n, int64_t(-1));
       for (int64_t part = 0; part < parts; ++part) {
         const float* sum = row + (r * parts + part) * pd;
         float* block = out_row + (r * parts + part) * pd;
@@ -312,9 +393,17 @@ void encode_set(Ctx& c, int64_t set, int64_t last_set, Scratch& s) {
           if (!one_chunk) {
             s.fill[empty++] = r * parts + part;
           } else if (projected) {
-            project_token(c, r, x + nearest_token(s.codes.data() + r * n, n, part) * stride, block);
+            const int64_t token = nearest.of(part);
+            if (s.projected_tokens.data() != nullptr) {
+              std::memcpy(block, s.projected_tokens.data() + (r * n + token) * pd, sizeof(float) * pd);
+            } else if (filled_at[token] >= 0) {
+              std::memcpy(block, out_row + filled_at[token], sizeof(float) * pd);
+            } else {
+              project_token(c, r, x + token * stride, block);
+              filled_at[token] = block - out_row;
+            }
           } else {
-            std::memcpy(block, x + nearest_token(s.codes.data() + r * n, n, part) * stride, sizeof(float) * pd);
+            std::memcpy(block, x + nearest.of(part) * stride, sizeof(float) * pd);
           }
         } else if (block != sum) {
           std::memcpy(block, sum, sizeof(float) * pd);
@@ -384,6 +473,18 @@ void fde_encode(const FdeParams& p, const Launch&) {
       s.yt.resize(static_cast<size_t>(p.proj_dim * kBlockTokens));
     }
     if (p.final_dim > 0) s.row.resize(static_cast<size_t>(p.fde_dim()));
+    if (p.fill_empty && p.simhash_bits > 0 && p.proj_index != nullptr) {
+      s.filled_at.resize(static_cast<size_t>(chunk));
+      // Projections are computed per block anyway: keeping them makes a fill one copy instead of a sparse
+      // projection (which cost x1.5 the whole encode at 6 bits), when they fit kMaxProjectedTokens floats.
+      if (chunk * p.reps * p.proj_dim <= kMaxProjectedTokens)
+        s.projected_tokens.resize(static_cast<size_t>(chunk * p.reps * p.proj_dim));
+    }
+    if (p.fill_empty && p.simhash_bits > 0 && p.simhash_bits <= kMaxSearchBits) {
+      s.near_dist.resize(static_cast<size_t>(parts));
+      s.near_best.resize(static_cast<size_t>(parts));
+      s.near_queue.resize(static_cast<size_t>(parts));
+    }
     if (long_fill) {
       s.fill.resize(static_cast<size_t>(p.reps * parts));
       s.fill_best.resize(static_cast<size_t>(p.reps * parts));
