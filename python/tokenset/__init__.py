@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._backend import _core
 from ._build import build_info, get_num_threads, set_num_threads, set_simd_level, simd_level
 from .fde import FDE
+from .index import Index
 from .maxsim import maxsim, maxsim_pairs, maxsim_topk
 from .ragged import Ragged, ragged
 
@@ -20,6 +21,7 @@ __all__ = [
     "maxsim_pairs",
     "maxsim_topk",
     "FDE",
+    "Index",
     "build_info",
     "simd_level",
     "set_simd_level",

@@ -200,21 +200,26 @@ def config_int(config: Dict[str, Any], key: str, low: int, high: int, corrupt, a
     return value
 
 
+def read_npy_header(f, name: str, corrupt) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the ``.npy`` header at f's position (left just after it), at most
+    MAX_NPY_HEADER bytes; any malformed header is one ValueError."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f, max_header_size=MAX_NPY_HEADER)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f, max_header_size=MAX_NPY_HEADER)
+        raise ValueError(f"npy format version {version}")
+    except Exception as exc:  # numpy raises ValueError, SyntaxError, EOFError...: all mean a damaged header
+        raise corrupt(f"{name} header unreadable: {type(exc).__name__}: {exc}") from None
+
+
 def parse_npy(data: bytes, name: str, dtype: np.dtype, shape: Tuple[int, ...], corrupt) -> np.ndarray:
     """The array of a stored ``.npy`` whose dtype and shape must be exactly ``dtype`` / ``shape`` (checked from the
     header before the data is looked at; the data must be exactly that many bytes). A read-only view of ``data``."""
     dtype = np.dtype(dtype)
     f = io.BytesIO(data[:MAX_NPY_HEADER + 16])
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            header = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_NPY_HEADER)
-        elif version in ((2, 0), (3, 0)):
-            header = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_NPY_HEADER)
-        else:
-            raise ValueError(f"npy format version {version}")
-    except Exception as exc:  # numpy raises ValueError, SyntaxError, EOFError...: all mean a damaged header
-        raise corrupt(f"{name}.npy header unreadable: {type(exc).__name__}: {exc}") from None
+    header = read_npy_header(f, f"{name}.npy", corrupt)
     got_shape, fortran, got_dtype = header
     if got_dtype != dtype or tuple(got_shape) != tuple(shape) or (fortran and len(shape) > 1):
         raise corrupt(f"{name}.npy holds {got_dtype} {tuple(got_shape)}{' (Fortran order)' if fortran else ''}, "

@@ -1,0 +1,474 @@
+"""A retrieval index over token sets: MUVERA FDE candidates, then exact MaxSim reranking (the recipe of the MUVERA
+paper, end to end).
+
+``search`` encodes the queries' FDEs, scores every live document's stored FDE with one matrix product per chunk of
+documents (exact inner products; memory bounded by the chunk), keeps each query's ``candidates`` best, and reranks
+them with the fused ``maxsim_pairs`` kernel reading the stored document tokens in place (a memory map after
+``load``). Documents are stored once: tokens (float16 by default) with int64 offsets, FDEs as float16, int64 ids.
+
+Storage (``save`` / ``load``): a directory holding ``manifest.json`` and one ``.npy`` per array, named by a
+generation. Saving writes new files, fsyncs them, then atomically replaces the manifest (the only file that says
+which arrays are current) and deletes the previous generation: a crash at any point leaves the previous index
+loadable. ``load`` checks what is cheap and always needed (the manifest's own SHA-256, every file's header, dtype,
+shape and exact size, offsets and ids) and memory-maps tokens and FDEs; ``verify`` also checks every array's SHA-256
+(reads everything). ``remove`` marks tombstones; ``save`` compacts them away. Never pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _array, _storage
+from .fde import FDE
+from .maxsim import maxsim_pairs, maxsim_topk
+from .ragged import Ragged, ragged
+
+_FORMAT = "tokenset.Index"
+_FORMAT_VERSION = 1
+_CHUNK_BYTES = 32 << 20  # FDE rows scored per matrix product (float32 copy of a chunk)
+_TOKEN_DTYPES = ("float16", "float32")
+
+
+def default_fde(dim: int) -> FDE:
+    """The index's default encoder: identity projection, 20 repetitions of 5 bits, Count-Sketch to 10,240 dims.
+    Measured on real text (MiniLM tokens, 384-d, ~100 tokens per document): 0.95 recall of the exact top-10 at 200
+    candidates, like proj_dim 32 (20,480 dims) at half the bytes."""
+    return FDE(dim, reps=20, simhash_bits=5, proj_dim=None, fill_empty=True, final_dim=10240, seed=0)
+
+
+class _Segment:
+    """Documents stored together: tokens [T, d] + offsets [n + 1], FDEs [n, F] float16, ids [n] int64, alive [n]."""
+
+    __slots__ = ("tokens", "offsets", "fde", "ids", "alive", "batch")
+
+    def __init__(self, tokens, offsets, fde, ids):
+        self.tokens, self.offsets, self.fde, self.ids = tokens, offsets, fde, ids
+        self.alive = np.ones(len(ids), dtype=bool)
+        self.batch = Ragged(tokens, offsets, name="index documents")
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class Index:
+    """Top-k retrieval of token sets by MaxSim, with FDE candidates.
+
+    Args:
+        dim: token dimension.
+        fde: the FDE encoder (:func:`default_fde` when None); its ``dim`` must be ``dim``.
+        dtype: how document tokens are stored, ``"float16"`` (default) or ``"float32"``.
+
+    >>> import numpy as np, tokenset
+    >>> rng = np.random.default_rng(0)
+    >>> docs = [rng.standard_normal((int(n), 16)).astype(np.float32) for n in rng.integers(5, 30, 50)]
+    >>> index = tokenset.Index(16, fde=tokenset.FDE(16, reps=4, simhash_bits=3, seed=0))
+    >>> added = index.add(docs)
+    >>> ids, scores = index.search(docs[7][:4], k=3)
+    >>> int(ids[0, 0])
+    7
+    """
+
+    def __init__(self, dim: int, fde: Optional[FDE] = None, dtype: str = "float16"):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 1 << 16:
+            raise ValueError(f"dim must be an integer in 1..65536, got {dim!r}")
+        self.dim = int(dim)
+        self.fde = default_fde(self.dim) if fde is None else fde
+        if not isinstance(self.fde, FDE):
+            raise TypeError(f"fde must be a tokenset.FDE, got {type(self.fde).__name__}")
+        if self.fde.dim != self.dim:
+            raise ValueError(f"the FDE encodes {self.fde.dim}-d tokens but the index holds {self.dim}-d tokens")
+        if dtype not in _TOKEN_DTYPES:
+            raise ValueError(f"dtype must be one of {_TOKEN_DTYPES}, got {dtype!r}")
+        self.dtype = dtype
+        self._segments: List[_Segment] = []
+        self._pending: List[Tuple[List[np.ndarray], np.ndarray, np.ndarray]] = []
+        self._where: Dict[int, Tuple[int, int]] = {}  # id -> (segment, row); pending rows: segment -1
+        self._next_id = 0
+        self._lock = threading.RLock()  # add/remove/flush vs concurrent searches
+
+    # ---- contents ---------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __repr__(self) -> str:
+        return f"Index(dim={self.dim}, documents={len(self)}, dtype={self.dtype}, fde={self.fde.output_dim} dims)"
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids of the live documents, in storage order."""
+        self._flush()
+        return np.concatenate([s.ids[s.alive] for s in self._segments] or [np.zeros(0, np.int64)])
+
+    def add(self, documents: Any, ids: Any = None) -> np.ndarray:
+        """Adds documents (any set batch on the CPU) and returns their ids: ``ids`` (distinct int64 not in the index)
+        or generated ones (one more than the largest id ever used)."""
+        batch = ragged(documents, name="documents")
+        if batch.dim != self.dim:
+            raise ValueError(f"documents have token dimension {batch.dim} but the index holds {self.dim}-d tokens")
+        if _array.device(batch._any_values)[0] != "cpu":
+            raise ValueError("Index stores documents on the CPU; move them with .cpu() first")
+        n = len(batch)
+        with self._lock:
+            if ids is None:
+                new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            else:
+                new_ids = _array.int64_host(ids, "ids")
+                if new_ids.shape != (n,):
+                    raise ValueError(f"ids must have shape ({n},) (one per document), got {tuple(new_ids.shape)}")
+                if len(np.unique(new_ids)) != n:
+                    raise ValueError("ids must be distinct")
+                taken = [int(i) for i in new_ids if int(i) in self._where]
+                if taken:
+                    raise ValueError(f"ids already in the index: {taken[:5]}; remove them first")
+            fdes = self.fde.encode_documents(batch).astype(np.float16)
+            sets = [np.asarray(_array.host_copy(batch[i])).astype(self.dtype) for i in range(n)]
+            self._pending.append((sets, fdes, new_ids))
+            for i in new_ids:
+                self._where[int(i)] = (-1, 0)
+            if n:
+                self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        return new_ids
+
+    def remove(self, ids: Any) -> int:
+        """Removes documents by id (tombstones; :meth:`save` compacts). Unknown ids are a ValueError. Returns the
+        number removed."""
+        ids = _array.int64_host(ids, "ids").reshape(-1)
+        with self._lock:
+            missing = [int(i) for i in ids if int(i) not in self._where]
+            if missing:
+                raise ValueError(f"ids not in the index: {missing[:5]}")
+            self._flush()
+            for i in ids:
+                seg, row = self._where.pop(int(i))
+                self._segments[seg].alive[row] = False
+        return int(ids.size)
+
+    def _flush(self) -> None:
+        """Moves pending additions into one in-memory segment (merged with the last one when that is in memory)."""
+        with self._lock:
+            if not self._pending:
+                return
+            sets = [s for p in self._pending for s in p[0]]
+            fdes = np.concatenate([p[1] for p in self._pending])
+            ids = np.concatenate([p[2] for p in self._pending])
+            self._pending = []
+            last = self._segments[-1] if self._segments else None
+            if last is not None and not isinstance(last.tokens, np.memmap):  # merge: keep few segments
+                keep = last.alive
+                old_sets = [last.batch[i] for i in range(len(last)) if keep[i]]
+                sets = old_sets + sets
+                fdes = np.concatenate([last.fde[keep], fdes])
+                ids = np.concatenate([last.ids[keep], ids])
+                self._segments.pop()
+            offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum([len(s) for s in sets])
+            tokens = (np.concatenate(sets) if sets else np.zeros((0, self.dim), self.dtype)).astype(self.dtype)
+            self._segments.append(_Segment(tokens, offsets, np.ascontiguousarray(fdes), ids))
+            seg = len(self._segments) - 1
+            for row, i in enumerate(ids):
+                self._where[int(i)] = (seg, row)
+
+    # ---- search -----------------------------------------------------------------------------------------------------
+    def search(self, queries: Any, k: int = 10, candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k documents per query: ``(ids int64 [nq, k], scores float32 [nq, k])``, best first (exact MaxSim of
+        the reranked candidates; ties to the earlier stored document), padded with ``(-1, -inf)`` when fewer
+        documents exist. ``candidates``: FDE candidates reranked per query (default ``max(200, 4k)``)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        k = int(k)
+        if candidates is None:
+            candidates = max(200, 4 * k)
+        if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < k:
+            raise ValueError(f"candidates must be an integer >= k={k}, got {candidates!r}")
+        q = ragged(queries, name="queries")
+        if q.dim != self.dim:
+            raise ValueError(f"queries have token dimension {q.dim} but the index holds {self.dim}-d tokens")
+        self._flush()
+        with self._lock:
+            segments = list(self._segments)
+            alive = [s.alive.copy() for s in segments]
+        nq = len(q)
+        qf = np.asarray(_array.host_copy(self.fde.encode_queries(q)), dtype=np.float32)
+        cand_score, cand_pos = self._fde_candidates(qf, segments, alive, int(candidates))
+        # Rerank: each candidate is a (segment, row); one fused maxsim_pairs per segment, rows of others are -1.
+        bases = np.cumsum([0] + [len(s) for s in segments])
+        exact = np.full(cand_pos.shape, -np.inf, dtype=np.float32)
+        q_host = q if _array.device(q._any_values)[0] == "cpu" else ragged(
+            [np.asarray(_array.host_copy(q[i])) for i in range(nq)], name="queries")
+        for si, seg in enumerate(segments):
+            local = np.where((cand_pos >= bases[si]) & (cand_pos < bases[si + 1]), cand_pos - bases[si], -1)
+            if (local >= 0).any():
+                scores = maxsim_pairs(q_host, seg.batch, local)
+                exact = np.where(local >= 0, scores, exact)
+        # Top-k of the reranked candidates: higher score first, ties to the lower stored position; NaN ranks last.
+        key = np.where(np.isnan(exact), -np.inf, exact)
+        order = np.lexsort((np.where(cand_pos < 0, np.iinfo(np.int64).max, cand_pos), -key), axis=1)[:, :k] \
+            if cand_pos.shape[1] else np.zeros((nq, 0), np.int64)
+        top_pos = np.take_along_axis(cand_pos, order, 1)
+        top_scores = np.take_along_axis(exact, order, 1)
+        all_ids = np.concatenate([s.ids for s in segments] or [np.zeros(0, np.int64)])
+        out_ids = np.full((nq, k), -1, dtype=np.int64)
+        out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        valid = top_pos >= 0
+        width = top_pos.shape[1]
+        out_ids[:, :width] = np.where(valid, all_ids[np.maximum(top_pos, 0)] if all_ids.size else -1, -1)
+        out_scores[:, :width] = np.where(valid, top_scores, -np.inf)
+        return out_ids, out_scores
+
+    def _fde_candidates(self, qf: np.ndarray, segments, alive, candidates: int):
+        """Each query's best `candidates` live documents by FDE inner product: (scores, global positions), -1 where
+        fewer exist. Chunks of documents are converted to float32 and multiplied (memory: one chunk)."""
+        nq, width = qf.shape[0], qf.shape[1]
+        best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
+        best_p = np.zeros((nq, 0), dtype=np.int64)
+        chunk = max(1, _CHUNK_BYTES // (4 * width))
+        base = 0
+        for seg, live in zip(segments, alive):
+            for c0 in range(0, len(seg), chunk):
+                c1 = min(len(seg), c0 + chunk)
+                rows = np.flatnonzero(live[c0:c1])
+                if rows.size == 0:
+                    continue
+                block = np.asarray(seg.fde[c0:c1], dtype=np.float32)[rows]
+                s = qf @ block.T
+                s = np.where(np.isnan(s), -np.inf, s).astype(np.float32)
+                s_all = np.concatenate([best_s, s], axis=1)
+                p_all = np.concatenate([best_p, np.broadcast_to(base + c0 + rows, (nq, rows.size))], axis=1)
+                if s_all.shape[1] > candidates:
+                    keep = np.argpartition(-s_all, candidates - 1, axis=1)[:, :candidates]
+                    s_all = np.take_along_axis(s_all, keep, 1)
+                    p_all = np.take_along_axis(p_all, keep, 1)
+                best_s, best_p = s_all, p_all
+            base += len(seg)
+        return best_s, best_p
+
+    # ---- evaluation -------------------------------------------------------------------------------------------------
+    def exact_search(self, queries: Any, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+        """Brute-force MaxSim top-k over every live document (the reference :meth:`search` approximates)."""
+        q = ragged(queries, name="queries")
+        self._flush()
+        nq = len(q)
+        all_s, all_i = [np.full((nq, 0), -np.inf, np.float32)], [np.zeros((nq, 0), np.int64)]
+        for seg in self._segments:
+            s, i = maxsim_topk(q, seg.batch, k + int((~seg.alive).sum()))
+            dead = (i >= 0) & ~seg.alive[np.maximum(i, 0)]
+            s = np.where(dead | (i < 0), -np.inf, s)
+            all_s.append(s)
+            all_i.append(np.where(dead | (i < 0), -1, seg.ids[np.maximum(i, 0)] if len(seg) else -1))
+        s, i = np.concatenate(all_s, 1), np.concatenate(all_i, 1)
+        order = np.argsort(-np.where(np.isnan(s), -np.inf, s), axis=1, kind="stable")[:, :k]
+        ids = np.full((nq, k), -1, np.int64)
+        scores = np.full((nq, k), -np.inf, np.float32)
+        ids[:, :order.shape[1]] = np.take_along_axis(i, order, 1)
+        scores[:, :order.shape[1]] = np.take_along_axis(s, order, 1)
+        return ids, scores
+
+    def evaluate(self, queries: Any, k: int = 10, candidates: Sequence[int] = (50, 100, 200, 500),
+                 repeats: int = 1) -> Dict[str, Any]:
+        """Recall@k of :meth:`search` against exact MaxSim for each candidate count, single-query latency
+        percentiles (ms), and bytes per document."""
+        q = ragged(queries, name="queries")
+        exact, _ = self.exact_search(q, k)
+        rows = []
+        for c in candidates:
+            c = max(int(c), k)
+            got, _ = self.search(q, k, candidates=c)
+            hits = [len(set(a[a >= 0].tolist()) & set(b[b >= 0].tolist())) / max(1, int((b >= 0).sum()))
+                    for a, b in zip(got, exact)]
+            times = []
+            for _ in range(repeats):
+                for i in range(len(q)):
+                    start = time.perf_counter()
+                    self.search(q[i], k, candidates=c)
+                    times.append((time.perf_counter() - start) * 1e3)
+            rows.append({"candidates": c, "recall": float(np.mean(hits)) if hits else 1.0,
+                         "latency_ms_p50": float(np.percentile(times, 50)) if times else 0.0,
+                         "latency_ms_p95": float(np.percentile(times, 95)) if times else 0.0})
+        return {"k": k, "queries": len(q), "documents": len(self), "bytes_per_document": self.bytes_per_document(),
+                "results": rows}
+
+    def bytes_per_document(self) -> Dict[str, float]:
+        """Average stored bytes per live document: FDE, tokens (and their offsets), id."""
+        self._flush()
+        n = max(1, len(self))
+        tokens = sum(int(s.offsets[-1]) for s in self._segments) * self.dim * np.dtype(self.dtype).itemsize
+        fde = self.fde.output_dim * 2
+        return {"fde": float(fde), "tokens": tokens / n + 8, "ids": 8.0, "total": fde + tokens / n + 16}
+
+    # ---- storage ----------------------------------------------------------------------------------------------------
+    def save(self, directory: Any) -> None:
+        """Writes the index to ``directory`` (created if needed), compacting removed documents away. New files are
+        written and fsynced first, then the manifest is replaced atomically, then the previous files are deleted:
+        a crash at any point leaves the previous index loadable."""
+        directory = _storage.fspath(directory, "directory")
+        os.makedirs(directory, exist_ok=True)
+        self._flush()
+        with self._lock:
+            sets, fdes, ids = [], [], []
+            for seg in self._segments:
+                rows = np.flatnonzero(seg.alive)
+                sets += [seg.batch[int(r)] for r in rows]
+                fdes.append(np.asarray(seg.fde[rows]))
+                ids.append(seg.ids[rows])
+            offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum([len(s) for s in sets])
+            arrays = {
+                "tokens": np.concatenate(sets).astype(self.dtype) if sets else np.zeros((0, self.dim), self.dtype),
+                "offsets": offsets,
+                "fde": np.concatenate(fdes) if fdes else np.zeros((0, self.fde.output_dim), np.float16),
+                "ids": np.concatenate(ids) if ids else np.zeros(0, np.int64),
+            }
+        generation = secrets.token_hex(6)
+        files = {}
+        for name, a in arrays.items():
+            fname = f"{name}-{generation}.npy"
+            digest = hashlib.sha256()
+
+            def write(f, a=a, digest=digest):
+                np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(a))
+                data = np.ascontiguousarray(a).tobytes()
+                f.write(data)
+                digest.update(data)
+
+            _storage.atomic_write(os.path.join(directory, fname), write)
+            files[name] = {"file": fname, "dtype": str(a.dtype), "shape": list(a.shape), "sha256": digest.hexdigest()}
+        fde_name = f"fde-{generation}.encoder"
+        self.fde.save(os.path.join(directory, fde_name))
+        with open(os.path.join(directory, fde_name), "rb") as f:
+            fde_digest = hashlib.sha256(f.read()).hexdigest()
+        manifest = {"format": _FORMAT, "version": _FORMAT_VERSION, "dim": self.dim, "dtype": self.dtype,
+                    "documents": int(arrays["ids"].shape[0]), "next_id": self._next_id, "arrays": files,
+                    "encoder": {"file": fde_name, "sha256": fde_digest}}
+        manifest[_storage.CONFIG_DIGEST_KEY] = hashlib.sha256(_storage.canonical_json(manifest)).hexdigest()
+        _storage.atomic_write(os.path.join(directory, "manifest.json"),
+                              lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+        keep = {"manifest.json", fde_name} | {v["file"] for v in files.values()}
+        for name in os.listdir(directory):  # the previous generation and leftovers of interrupted saves
+            if name not in keep and (name.endswith(".npy") or name.endswith(".encoder") or name.endswith(".tmp")):
+                try:
+                    os.remove(os.path.join(directory, name))
+                except OSError:
+                    pass
+
+    @classmethod
+    def load(cls, directory: Any, mmap: bool = True) -> "Index":
+        """Opens an index written by :meth:`save`: tokens and FDEs memory-mapped (``mmap=True``) or read. Checks the
+        manifest's SHA-256, every file's header, dtype, shape and exact size, the encoder file's SHA-256 and the
+        encoder itself, offsets (monotone, within the tokens) and ids (distinct). Content corruption of tokens and
+        FDEs is found by :meth:`verify`. Every malformed index raises ValueError."""
+        directory = _storage.fspath(directory, "directory")
+
+        def corrupt(why: str) -> _storage.Corrupt:
+            return _storage.Corrupt(f"{directory}: not a valid tokenset index ({why})")
+
+        path = os.path.join(directory, "manifest.json")
+        with open(path, "rb") as f:
+            data = f.read(_storage.MAX_CONFIG_BYTES + 1)
+        manifest = _storage.parse_config(data, corrupt)
+        if manifest.get("format") != _FORMAT:
+            raise corrupt("manifest.json does not describe a tokenset.Index")
+        version = manifest.get("version")
+        if isinstance(version, bool) or version != _FORMAT_VERSION:
+            raise corrupt(f"format version {version!r}, this tokenset reads {_FORMAT_VERSION}")
+        dim = _storage.config_int(manifest, "dim", 1, 1 << 16, corrupt)
+        n = _storage.config_int(manifest, "documents", 0, 2**40, corrupt)
+        next_id = _storage.config_int(manifest, "next_id", -(2**63), 2**63 - 1, corrupt)
+        dtype = manifest.get("dtype")
+        if dtype not in _TOKEN_DTYPES:
+            raise corrupt(f"dtype {dtype!r}")
+        encoder = manifest.get("encoder")
+        if not isinstance(encoder, dict) or not _safe_name(encoder.get("file")):
+            raise corrupt("encoder entry")
+        enc_path = os.path.join(directory, encoder["file"])
+        try:
+            with open(enc_path, "rb") as f:
+                enc_bytes = f.read()
+        except OSError as exc:
+            raise corrupt(f"encoder file unreadable: {exc}") from None
+        if hashlib.sha256(enc_bytes).hexdigest() != encoder.get("sha256"):
+            raise corrupt("encoder file does not match its checksum")
+        fde = FDE.load(enc_path)
+        if fde.dim != dim:
+            raise corrupt("encoder dimension differs from the index's")
+        arrays_meta = manifest.get("arrays")
+        if not isinstance(arrays_meta, dict) or set(arrays_meta) != {"tokens", "offsets", "fde", "ids"}:
+            raise corrupt("arrays entry")
+        offsets = _open_npy(directory, arrays_meta["offsets"], np.int64, None, False, corrupt)
+        if offsets.shape != (n + 1,):
+            raise corrupt(f"offsets have shape {offsets.shape}, expected ({n + 1},)")
+        total = int(offsets[-1]) if n + 1 else 0
+        if offsets[0] != 0 or (n and np.diff(offsets).min() < 0):
+            raise corrupt("offsets are not non-decreasing from 0")
+        tokens = _open_npy(directory, arrays_meta["tokens"], np.dtype(dtype), (total, dim), mmap, corrupt)
+        fdes = _open_npy(directory, arrays_meta["fde"], np.float16, (n, fde.output_dim), mmap, corrupt)
+        ids = _open_npy(directory, arrays_meta["ids"], np.int64, (n,), False, corrupt)
+        if len(np.unique(ids)) != n:
+            raise corrupt("ids are not distinct")
+        self = cls(dim, fde=fde, dtype=dtype)
+        self._manifest = manifest
+        self._directory = directory
+        if n:
+            self._segments.append(_Segment(tokens, offsets, fdes, ids))
+            self._where = {int(i): (0, r) for r, i in enumerate(ids)}
+        self._next_id = max(next_id, int(ids.max()) + 1 if n else 0)
+        return self
+
+    def verify(self) -> None:
+        """Reads every stored array of a loaded index and checks its SHA-256 (:meth:`load` checks sizes and headers
+        only, so that opening is fast). Raises ValueError on the first mismatch."""
+        manifest = getattr(self, "_manifest", None)
+        if manifest is None:
+            raise ValueError("verify() checks an index opened with Index.load")
+        for name, meta in manifest["arrays"].items():
+            path = os.path.join(self._directory, meta["file"])
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                _storage.read_npy_header(f, name, lambda why: _storage.Corrupt(f"{self._directory}: {why}"))
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(block)
+            if digest.hexdigest() != meta.get("sha256"):
+                raise _storage.Corrupt(f"{self._directory}: {meta['file']} does not match its checksum (damaged)")
+
+
+def _safe_name(name: Any) -> bool:
+    return isinstance(name, str) and 0 < len(name) < 200 and os.path.basename(name) == name and not name.startswith(".")
+
+
+def _open_npy(directory, meta, dtype, shape, mmap, corrupt):
+    """A stored array whose header, dtype, shape and file size are exactly as expected (shape None: 1-D, any
+    length, read fully). Memory-mapped read-only when `mmap`."""
+    if not isinstance(meta, dict) or not _safe_name(meta.get("file")):
+        raise corrupt("array entry")
+    path = os.path.join(directory, meta["file"])
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise corrupt(f"{meta.get('file')} unreadable: {exc}") from None
+    with f:
+        got_shape, fortran, got_dtype = _storage.read_npy_header(f, meta["file"], corrupt)
+        start = f.tell()
+        dtype = np.dtype(dtype)
+        if got_dtype != dtype or fortran or (shape is not None and tuple(got_shape) != tuple(shape)) or \
+                (shape is None and len(got_shape) != 1) or list(got_shape) != meta.get("shape"):
+            raise corrupt(f"{meta['file']} holds {got_dtype} {tuple(got_shape)}, expected {dtype} "
+                          f"{tuple(shape) if shape is not None else '(n,)'}")
+        count = int(np.prod(got_shape, dtype=np.int64))
+        size = os.fstat(f.fileno()).st_size
+        if size != start + count * dtype.itemsize:
+            raise corrupt(f"{meta['file']} is {size} bytes, its header says {start + count * dtype.itemsize} "
+                          f"(truncated or resized)")
+        if mmap and count:
+            return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=tuple(got_shape))
+        data = np.fromfile(f, dtype=dtype, count=count)
+        if data.size != count:
+            raise corrupt(f"{meta['file']} is truncated")
+        data = data.reshape(got_shape)
+        data.setflags(write=False)
+        return data

@@ -1,0 +1,207 @@
+"""tokenset.Index: FDE candidates + exact MaxSim rerank, incremental add/remove, save/load (memory-mapped), integrity
+checks. Search results are checked against the index's own brute force and tokenset.maxsim."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import tokenset
+
+DIM = 32
+
+
+def clustered_docs(rng, n, dim=DIM, topics=40):
+    centres = rng.standard_normal((topics, dim))
+    docs = []
+    for length in rng.integers(5, 60, n):
+        mix = centres[rng.integers(0, topics, 3)]
+        x = mix[rng.integers(0, 3, int(length))] + 0.4 * rng.standard_normal((int(length), dim))
+        docs.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+    return docs
+
+
+def small_index(rng, n=400, **kwargs):
+    docs = clustered_docs(rng, n)
+    index = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=8, simhash_bits=4, proj_dim=8, seed=1), **kwargs)
+    index.add(docs)
+    return index, docs
+
+
+def known_item_queries(rng, docs, count=30):
+    picks = rng.choice(len(docs), count, replace=False)
+    return picks, [docs[i][rng.choice(len(docs[i]), min(6, len(docs[i])), replace=False)] for i in picks]
+
+
+def test_search_finds_known_items_and_reranks_exactly():
+    rng = np.random.default_rng(0)
+    index, docs = small_index(rng)
+    picks, queries = known_item_queries(rng, docs)
+    ids, scores = index.search(queries, k=5, candidates=100)
+    assert ids.shape == scores.shape == (len(queries), 5)
+    assert (ids[:, 0] == picks).mean() >= 0.9
+    # Returned scores are exact MaxSim (documents stored float16, queries converted to it: the library rule).
+    half_docs = [d.astype(np.float16) for d in docs]
+    for row, q in enumerate(queries):
+        want = tokenset.maxsim(q.astype(np.float16), [half_docs[i] for i in ids[row]])[0]
+        assert np.array_equal(scores[row], want)
+        assert (np.diff(scores[row]) <= 0).all()
+    # With every document a candidate, search is the brute force.
+    exact_ids, exact_scores = index.exact_search(queries, k=5)
+    ids_all, scores_all = index.search(queries, k=5, candidates=len(docs))
+    assert np.array_equal(ids_all, exact_ids) and np.array_equal(scores_all, exact_scores)
+
+
+def test_evaluate_reports_recall_latency_and_bytes():
+    rng = np.random.default_rng(1)
+    index, docs = small_index(rng)
+    _, queries = known_item_queries(rng, docs, 10)
+    report = index.evaluate(queries, k=5, candidates=(20, 400))
+    assert report["documents"] == 400 and report["k"] == 5
+    recalls = [r["recall"] for r in report["results"]]
+    assert recalls[-1] == 1.0 and 0 <= recalls[0] <= 1
+    assert report["bytes_per_document"]["fde"] == index.fde.output_dim * 2
+
+
+def test_ids_add_remove_and_edge_cases():
+    rng = np.random.default_rng(2)
+    docs = clustered_docs(rng, 30)
+    index = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0))
+    assert len(index) == 0
+    ids, scores = index.search(docs[0], k=3)  # empty index
+    assert (ids == -1).all() and (scores == -np.inf).all()
+    assert index.add(docs[:10]).tolist() == list(range(10))
+    assert index.add(docs[10:20], ids=np.arange(100, 110)).tolist() == list(range(100, 110))
+    assert index.add(docs[20:21]).tolist() == [110]  # one more than the largest id used
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(docs[:1], ids=[5])
+    with pytest.raises(ValueError, match="distinct"):
+        index.add(docs[:2], ids=[200, 200])
+    with pytest.raises(ValueError, match="token dimension"):
+        index.add([np.ones((3, DIM + 1), np.float32)])
+    with pytest.raises(ValueError, match="token dimension"):
+        index.search(np.ones((3, DIM + 1), np.float32))
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(docs[0], k=0)
+    with pytest.raises(ValueError, match="candidates must be"):
+        index.search(docs[0], k=5, candidates=2)
+    assert index.remove([3, 104]) == 2
+    with pytest.raises(ValueError, match="not in the index"):
+        index.remove([3])
+    assert len(index) == 19
+    ids, _ = index.search(docs[3], k=30, candidates=30)  # k larger than the index
+    assert 3 not in ids and 104 not in ids
+    assert (ids[0, 19:] == -1).all() and (ids[0, :19] >= 0).all()
+
+
+def test_save_load_round_trip_mmap_and_compaction(tmp_path):
+    rng = np.random.default_rng(3)
+    index, docs = small_index(rng, 200)
+    index.remove(np.arange(0, 200, 7))
+    _, queries = known_item_queries(rng, docs, 12)
+    before = index.search(queries, k=8, candidates=60)
+    index.save(tmp_path / "idx")
+    loaded = tokenset.Index.load(tmp_path / "idx")
+    assert len(loaded) == len(index) and np.array_equal(np.sort(loaded.ids), np.sort(index.ids))
+    assert isinstance(loaded._segments[0].tokens, np.memmap)  # tokens read in place from the map
+    after = loaded.search(queries, k=8, candidates=60)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    loaded.verify()
+    # Incremental use of a loaded index, then a second save (the previous generation's files are deleted).
+    new = loaded.add(clustered_docs(rng, 5))
+    assert new.min() == 200  # ids continue after the largest ever used
+    loaded.remove([1])
+    loaded.save(tmp_path / "idx")
+    again = tokenset.Index.load(tmp_path / "idx", mmap=False)
+    assert len(again) == len(index) + 5 - 1 and 1 not in again.ids
+    assert sum(name.startswith("tokens-") for name in os.listdir(tmp_path / "idx")) == 1
+
+
+def test_load_detects_truncated_resized_and_edited_files(tmp_path):
+    rng = np.random.default_rng(4)
+    index, _ = small_index(rng, 50)
+    path = tmp_path / "idx"
+    index.save(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    files = {k: path / v["file"] for k, v in manifest["arrays"].items()}
+    pristine = {k: f.read_bytes() for k, f in files.items()}
+
+    def restore():
+        for k, f in files.items():
+            f.write_bytes(pristine[k])
+
+    for name in ("tokens", "fde", "offsets", "ids"):
+        files[name].write_bytes(pristine[name][:-3])  # truncated
+        with pytest.raises(ValueError, match="truncated or resized|holds"):
+            tokenset.Index.load(path)
+        files[name].write_bytes(pristine[name] + b"\0" * 8)  # resized
+        with pytest.raises(ValueError, match="truncated or resized"):
+            tokenset.Index.load(path)
+        restore()
+    # Content corruption: load (sizes only) succeeds for tokens / FDEs, verify() finds it.
+    damaged = bytearray(pristine["tokens"])
+    damaged[-5] ^= 0x40
+    files["tokens"].write_bytes(bytes(damaged))
+    loaded = tokenset.Index.load(path)
+    with pytest.raises(ValueError, match="checksum"):
+        loaded.verify()
+    restore()
+    # An edited manifest (any value) is refused.
+    text = (path / "manifest.json").read_text().replace('"next_id": 50', '"next_id": 5')
+    (path / "manifest.json").write_text(text)
+    with pytest.raises(ValueError, match="checksum"):
+        tokenset.Index.load(path)
+
+
+def test_concurrent_searches_equal_sequential():
+    rng = np.random.default_rng(5)
+    index, docs = small_index(rng, 300)
+    _, queries = known_item_queries(rng, docs, 16)
+    expected = [index.search(q, k=5, candidates=50) for q in queries]
+    results = [None] * len(queries)
+
+    def run(i):
+        results[i] = index.search(queries[i], k=5, candidates=50)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_killed_save_leaves_the_previous_index(tmp_path):
+    """A process killed in the middle of saving (here: right after the new token file is written) leaves the
+    previous index loadable and unchanged."""
+    rng = np.random.default_rng(6)
+    index, docs = small_index(rng, 60)
+    path = tmp_path / "idx"
+    index.save(path)
+    code = textwrap.dedent(f"""
+        import os, numpy as np, tokenset
+        from tokenset import _storage
+        index = tokenset.Index.load({str(path)!r}, mmap=False)
+        index.add([np.ones((4, {DIM}), np.float32)] * 10)
+        real = _storage.atomic_write
+        def dying(target, write):
+            real(target, write)
+            if os.path.basename(str(target)).startswith("tokens-"):
+                os._exit(9)  # killed mid-save
+        _storage.atomic_write = dying
+        index.save({str(path)!r})
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(tokenset.__file__))] +
+                                                       sys.path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    loaded = tokenset.Index.load(path)
+    assert len(loaded) == 60
+    loaded.verify()
