@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 import tokenset  # noqa: E402
 from tokenset.reference import maxsim as ref  # noqa: E402
 
-from conftest import BF16, HAVE_TORCH, check_fde_against_reference, fde_sanitize, maxsim_error_bound  # noqa: E402
+from conftest import BF16, HAVE_TORCH, U32, check_fde_against_reference, fde_sanitize, maxsim_error_bound  # noqa: E402
 
 LONG = os.environ.get("TOKENSET_FUZZ") == "long"
 EXAMPLES = 5000 if LONG else 300
@@ -361,3 +361,31 @@ def test_fde_file_byte_flips_and_truncations(tmp_path):
         with pytest.raises(ValueError):
             tokenset.FDE.load(bad)
     assert loaded_same < trials // 4  # most bytes matter (the rest: zip timestamps and attributes nothing reads)
+
+
+@FUZZ
+@given(data=st.data())
+def test_inner_product_topk_any_input(data):
+    dim = data.draw(st.integers(1, 80), label="dim")
+    n = data.draw(st.integers(0, 60), label="n")
+    nq = data.draw(st.integers(0, 12), label="nq")
+    k = data.draw(st.integers(1, 70), label="k")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    vectors = _as(rng.standard_normal((n, dim)), dtype)
+    if data.draw(st.booleans(), label="duplicates") and n > 1:
+        vectors[n // 2:] = vectors[: n - n // 2]  # exact ties
+    queries = rng.standard_normal((nq, dim)).astype(np.float32)
+    mask = rng.random(n) < 0.7 if data.draw(st.booleans(), label="mask") else None
+    scores, indices = tokenset.inner_product_topk(queries, vectors, k, mask=mask)
+    v64 = np.asarray(vectors, np.float64)
+    eligible = np.flatnonzero(np.ones(n, bool) if mask is None else mask)
+    for a in range(nq):
+        got = indices[a][indices[a] >= 0]
+        assert len(got) == min(k, len(eligible)) and len(set(got.tolist())) == len(got)
+        assert np.isin(got, eligible).all()
+        exact = v64[eligible] @ queries[a].astype(np.float64)
+        bound = 2 * U32 * (dim + 2) * (np.abs(v64[eligible]) @ np.abs(queries[a])).max(initial=0) + 1e-30
+        kth = np.sort(exact)[::-1][len(got) - 1] if len(got) else -np.inf
+        assert (v64[got] @ queries[a] >= kth - 2 * bound).all()  # a best set, up to rounding
+        assert (np.diff(scores[a][: len(got)]) <= 0).all()

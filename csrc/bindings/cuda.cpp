@@ -15,6 +15,7 @@ PYBIND11_MODULE(_cuda, m) {
   bindings::register_exceptions();
   bindings::bind_maxsim(m);
   bindings::bind_fde(m);
+  bindings::bind_inner_product(m);
   m.def("build_info", [] {
     py::dict info;
     std::string error;

@@ -14,6 +14,7 @@
 
 #include "tokenset/common.h"
 #include "tokenset/fde.h"
+#include "tokenset/inner_product.h"
 #include "tokenset/maxsim.h"
 
 namespace tokenset {
@@ -97,6 +98,7 @@ void run_op(Call& call, void (*entry)(const Params&, const Launch&), const Param
 // Each op's binding file registers its functions in whichever module it is compiled into.
 void bind_maxsim(py::module_& m);
 void bind_fde(py::module_& m);
+void bind_inner_product(py::module_& m);
 
 }  // namespace bindings
 }  // namespace tokenset

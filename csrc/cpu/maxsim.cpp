@@ -7,6 +7,7 @@
 
 #include "maxsim_kernels.h"
 #include "parallel.h"
+#include "topk.h"
 #include "tokenset/maxsim.h"
 
 namespace tokenset {
@@ -117,17 +118,6 @@ void score_pairs(const MaxsimParams& p) {
   }
 }
 
-// Ranking used by top-k: higher score first, NaN ranks as -inf, ties to the lower index.
-struct Entry {
-  float score;
-  int64_t index;
-};
-inline float rank_key(float s) { return std::isnan(s) ? -std::numeric_limits<float>::infinity() : s; }
-inline bool ranks_before(const Entry& a, const Entry& b) {
-  const float ka = rank_key(a.score), kb = rank_key(b.score);
-  return ka > kb || (ka == kb && a.index < b.index);
-}
-
 // Every worker keeps a heap of the best k per query over the documents it scored; the heaps are merged at the end.
 // Queries go in groups whose packed panels and heaps (threads x group x min(k, nd) entries) fit kPackBudget (or one
 // query), so scratch does not grow with the number of queries.
@@ -140,50 +130,24 @@ void score_topk(const MaxsimParams& p) {
   const MaxsimKernel& kernel = active_kernel(p);
   const int threads = num_threads();
   WorkerScratch scratch(p, kernel, threads);
-  const int64_t heap_bytes = static_cast<int64_t>(threads) * kept * static_cast<int64_t>(sizeof(Entry) + 8);
-  std::vector<Entry> heaps, merged;
-  std::vector<int64_t> sizes;
+  const int64_t heap_bytes = static_cast<int64_t>(threads) * kept * static_cast<int64_t>(sizeof(TopkEntry) + 8);
+  WorkerHeaps heaps;
   for (int64_t q0 = 0, q1; q0 < nq; q0 = q1) {
     q1 = query_group_end(p, kernel, q0, heap_bytes);
     const int64_t group = q1 - q0;
     const PackedQueries packed(p, kernel, q0, q1);
-    heaps.resize(static_cast<size_t>(threads * group * kept));  // [workers][group][kept]; top = worst kept
-    sizes.assign(static_cast<size_t>(threads * group), 0);
+    heaps.reset(threads, group, kept);
     parallel_for(nd, grain_for(nd, threads), [&](int64_t begin, int64_t end, int worker) {
       float* rows = scratch.of(worker);
-      Entry* worker_heaps = heaps.data() + static_cast<int64_t>(worker) * group * kept;
-      int64_t* worker_sizes = sizes.data() + static_cast<int64_t>(worker) * group;
       for (int64_t doc = begin; doc < end; ++doc) {
         for (int64_t g = 0; g < group; ++g) {
-          Entry e{0.0f, doc};
+          TopkEntry e{0.0f, doc};
           kernel.score(packed.at(q0 + g), p.queries.length(q0 + g), p.documents, doc, rows, &e.score, nullptr);
-          Entry* heap = worker_heaps + g * kept;
-          int64_t& size = worker_sizes[g];
-          if (size < kept) {
-            heap[size++] = e;
-            std::push_heap(heap, heap + size, ranks_before);
-          } else if (ranks_before(e, heap[0])) {
-            std::pop_heap(heap, heap + size, ranks_before);
-            heap[size - 1] = e;
-            std::push_heap(heap, heap + size, ranks_before);
-          }
+          offer(heaps.heap(worker, g), heaps.size(worker, g), kept, e);
         }
       }
     });
-    for (int64_t g = 0; g < group; ++g) {
-      merged.clear();
-      for (int w = 0; w < threads; ++w) {
-        const Entry* heap = heaps.data() + (static_cast<int64_t>(w) * group + g) * kept;
-        merged.insert(merged.end(), heap, heap + sizes[static_cast<size_t>(w) * group + g]);
-      }
-      const int64_t take = std::min<int64_t>(kept, static_cast<int64_t>(merged.size()));
-      std::partial_sort(merged.begin(), merged.begin() + take, merged.end(), ranks_before);
-      const int64_t q = q0 + g;
-      for (int64_t i = 0; i < take; ++i) {
-        p.top_scores[q * k + i] = merged[i].score;
-        p.top_indices[q * k + i] = merged[i].index;
-      }
-    }
+    for (int64_t g = 0; g < group; ++g) heaps.merge(threads, g, p.top_scores + (q0 + g) * k, p.top_indices + (q0 + g) * k);
   }
 }
 

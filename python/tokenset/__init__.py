@@ -9,6 +9,7 @@ from ._backend import _core
 from ._build import build_info, get_num_threads, set_num_threads, set_simd_level, simd_level
 from .fde import FDE
 from .index import Index
+from .inner_product import inner_product_topk
 from .maxsim import maxsim, maxsim_pairs, maxsim_topk
 from .ragged import Ragged, ragged
 
@@ -22,6 +23,7 @@ __all__ = [
     "maxsim_topk",
     "FDE",
     "Index",
+    "inner_product_topk",
     "build_info",
     "simd_level",
     "set_simd_level",

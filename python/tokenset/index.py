@@ -1,8 +1,9 @@
 """A retrieval index over token sets: MUVERA FDE candidates, then exact MaxSim reranking (the recipe of the MUVERA
 paper, end to end).
 
-``search`` encodes the queries' FDEs, scores every live document's stored FDE with one matrix product per chunk of
-documents (exact inner products; memory bounded by the chunk), keeps each query's ``candidates`` best, and reranks
+``search`` encodes the queries' FDEs, scores every live document's stored float16 FDE with the fused
+:func:`tokenset.inner_product_topk` (exact inner products, read in place; memory: per-thread heaps of ``candidates``
+per query), keeps each query's ``candidates`` best, and reranks
 them with the fused ``maxsim_pairs`` kernel reading the stored document tokens in place (a memory map after
 ``load``). Documents are stored once: tokens (float16 by default) with int64 offsets, FDEs as float16, int64 ids.
 
@@ -27,12 +28,12 @@ import numpy as np
 
 from . import _array, _storage
 from .fde import FDE
+from .inner_product import inner_product_topk
 from .maxsim import maxsim_pairs, maxsim_topk
 from .ragged import Ragged, ragged
 
 _FORMAT = "tokenset.Index"
 _FORMAT_VERSION = 1
-_CHUNK_BYTES = 32 << 20  # FDE rows scored per matrix product (float32 copy of a chunk)
 _TOKEN_DTYPES = ("float16", "float32")
 
 
@@ -224,30 +225,23 @@ class Index:
 
     def _fde_candidates(self, qf: np.ndarray, segments, alive, candidates: int):
         """Each query's best `candidates` live documents by FDE inner product: (scores, global positions), -1 where
-        fewer exist. Chunks of documents are converted to float32 and multiplied (memory: one chunk)."""
-        nq, width = qf.shape[0], qf.shape[1]
-        best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
-        best_p = np.zeros((nq, 0), dtype=np.int64)
-        chunk = max(1, _CHUNK_BYTES // (4 * width))
+        fewer exist. One fused top-k pass per segment over the stored float16 FDEs, read in place (memory: the
+        per-thread heaps), then the segments' lists merged."""
+        nq = qf.shape[0]
+        all_s, all_p = [np.full((nq, 0), -np.inf, np.float32)], [np.zeros((nq, 0), np.int64)]
         base = 0
         for seg, live in zip(segments, alive):
-            for c0 in range(0, len(seg), chunk):
-                c1 = min(len(seg), c0 + chunk)
-                rows = np.flatnonzero(live[c0:c1])
-                if rows.size == 0:
-                    continue
-                block = np.asarray(seg.fde[c0:c1], dtype=np.float32)[rows]
-                s = qf @ block.T
-                s = np.where(np.isnan(s), -np.inf, s).astype(np.float32)
-                s_all = np.concatenate([best_s, s], axis=1)
-                p_all = np.concatenate([best_p, np.broadcast_to(base + c0 + rows, (nq, rows.size))], axis=1)
-                if s_all.shape[1] > candidates:
-                    keep = np.argpartition(-s_all, candidates - 1, axis=1)[:, :candidates]
-                    s_all = np.take_along_axis(s_all, keep, 1)
-                    p_all = np.take_along_axis(p_all, keep, 1)
-                best_s, best_p = s_all, p_all
+            if len(seg) and live.any():
+                s, i = inner_product_topk(qf, seg.fde, min(candidates, len(seg)), mask=live)
+                all_s.append(np.where(i >= 0, s, -np.inf).astype(np.float32))
+                all_p.append(np.where(i >= 0, i + base, -1))
             base += len(seg)
-        return best_s, best_p
+        s, p = np.concatenate(all_s, 1), np.concatenate(all_p, 1)
+        if len(all_s) > 2 and s.shape[1] > candidates:  # several segments: keep the best overall
+            key = np.where(np.isnan(s), -np.inf, s)
+            order = np.lexsort((np.where(p < 0, np.iinfo(np.int64).max, p), -key), axis=1)[:, :candidates]
+            s, p = np.take_along_axis(s, order, 1), np.take_along_axis(p, order, 1)
+        return s, p
 
     # ---- evaluation -------------------------------------------------------------------------------------------------
     def exact_search(self, queries: Any, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,96 @@
+"""inner_product_topk against the float64 reference: every SIMD level and stored dtype, masks, k > n, ties, NaN/inf,
+strided rows, torch input, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tokenset
+from tokenset.reference.inner_product import inner_product_topk as reference
+
+from conftest import BF16, DTYPES, as_dtype, requires_torch
+
+U32 = 2.0 ** -24
+
+
+def check(queries, vectors, k, mask=None):
+    scores, indices = tokenset.inner_product_topk(queries, vectors, k, mask=mask)
+    q64, v64 = np.asarray(queries, np.float64), np.asarray(vectors, np.float64)
+    want_s, want_i = reference(np.asarray(queries, np.float32), vectors, k, mask)
+    assert scores.dtype == np.float32 and indices.dtype == np.int64 and scores.shape == (len(queries), k)
+    # Indices may differ from the reference only between scores closer than the float32 bound.
+    bound = 2 * U32 * (v64.shape[1] + 2) * (np.abs(np.asarray(queries, np.float32)) @ np.abs(v64).T) + 1e-30
+    for a in range(len(queries)):
+        valid = want_i[a] >= 0
+        assert np.array_equal(indices[a] >= 0, valid)
+        got_exact = q64[a] @ v64[np.maximum(indices[a], 0)].T if len(v64) else np.zeros(k)
+        assert np.all(np.abs(scores[a][valid] - got_exact[valid]) <= bound[a, indices[a][valid]])
+        # the returned set is a best set: its exact scores are within the bound of the reference's
+        assert np.all(np.abs(np.sort(got_exact[valid]) - np.sort(want_s[a][valid])) <= 2 * bound[a].max())
+        if mask is not None:
+            assert np.asarray(mask)[indices[a][valid]].all()
+    return scores, indices
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [1, 7, 16, 33, 384])
+def test_matches_reference(simd, dtype, dim):
+    rng = np.random.default_rng(dim)
+    vectors = as_dtype(rng.standard_normal((300, dim)), dtype)
+    queries = rng.standard_normal((11, dim)).astype(np.float32)  # more than one group of 8
+    for k in (1, 10, 299, 300, 305):
+        check(queries, vectors, k)
+    check(queries, vectors, 20, mask=rng.random(300) < 0.3)
+    check(queries, vectors, 5, mask=np.zeros(300, bool))
+
+
+def test_ties_nan_and_empty():
+    vectors = np.array([[1, 0], [1, 0], [0, 1], [np.nan, 0], [1, 0]], np.float32)
+    scores, indices = tokenset.inner_product_topk(np.array([[1, 0]], np.float32), vectors, 5)
+    assert indices.tolist() == [[0, 1, 4, 2, 3]]  # ties to the lower index, NaN last
+    assert np.isnan(scores[0, 4])
+    s, i = tokenset.inner_product_topk(np.ones((2, 3), np.float32), np.zeros((0, 3), np.float32), 2)
+    assert (i == -1).all() and (s == -np.inf).all()
+    s, i = tokenset.inner_product_topk(np.zeros((0, 3), np.float32), np.ones((4, 3), np.float32), 2)
+    assert s.shape == (0, 2)
+
+
+def test_strided_rows_and_memmap(tmp_path):
+    rng = np.random.default_rng(1)
+    wide = rng.standard_normal((200, 40)).astype(np.float16)
+    check(rng.standard_normal((3, 32)), wide[:, 4:36], 7)  # rows strided, elements contiguous
+    np.save(tmp_path / "v.npy", wide)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    check(rng.standard_normal((2, 40)), mapped, 9)
+
+
+@requires_torch
+def test_torch_in_torch_out():
+    import torch
+
+    v = torch.randn(50, 16, dtype=torch.bfloat16)
+    q = torch.randn(3, 16, dtype=torch.float64)
+    s, i = tokenset.inner_product_topk(q, v, 4)
+    assert isinstance(s, torch.Tensor) and s.dtype == torch.float32 and i.dtype == torch.int64
+    want_s, want_i = tokenset.inner_product_topk(q.float().numpy(), v.float().numpy().astype(BF16) if BF16 else
+                                                 v.float().numpy(), 4)
+    assert np.array_equal(i.numpy(), want_i)
+
+
+def test_bad_input():
+    v = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        tokenset.inner_product_topk(v, v, 0)
+    with pytest.raises(ValueError, match="3 dimensions but vectors have 2"):
+        tokenset.inner_product_topk(v, np.ones((4, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="2-D"):
+        tokenset.inner_product_topk(v[0], v, 1)
+    with pytest.raises(TypeError, match="not supported"):
+        tokenset.inner_product_topk(v, v.astype(np.float64), 1)
+    with pytest.raises(TypeError, match="boolean"):
+        tokenset.inner_product_topk(v, v, 1, mask=np.ones(4))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        tokenset.inner_product_topk(v, v, 1, mask=np.ones(3, bool))
+    with pytest.raises(ValueError, match="contiguous"):
+        tokenset._core.inner_product_topk(v, np.ones((4, 6), np.float32)[:, ::2], 1, np.empty((4, 1), np.float32),
+                                          np.empty((4, 1), np.int64))
