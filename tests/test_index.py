@@ -205,3 +205,32 @@ def test_killed_save_leaves_the_previous_index(tmp_path):
     loaded = tokenset.Index.load(path)
     assert len(loaded) == 60
     loaded.verify()
+
+
+def test_eval_command(tmp_path):
+    """`python -m tokenset eval`: loads a saved index and an .npz of queries, prints recall and latency, writes JSON
+    (and a PNG where matplotlib is installed)."""
+    rng = np.random.default_rng(7)
+    index, docs = small_index(rng, 80)
+    index.save(tmp_path / "idx")
+    _, queries = known_item_queries(rng, docs, 5)
+    batch = tokenset.ragged(queries)
+    np.savez(tmp_path / "q.npz", values=batch.values, offsets=batch.offsets)
+    from tokenset.__main__ import main
+
+    args = ["eval", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npz"), "--k", "5",
+            "--candidates", "10,80", "--json", str(tmp_path / "r.json")]
+    try:
+        import matplotlib  # noqa: F401
+
+        args += ["--plot", str(tmp_path / "r.png")]
+    except ImportError:
+        pass
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["results"][-1]["recall"] == 1.0 and report["peak_rss_bytes"] > 0
+    if "--plot" in args:
+        assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    np.savez(tmp_path / "bad.npz", values=batch.values)
+    with pytest.raises(ValueError, match="expected arrays"):
+        main(["eval", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "bad.npz")])

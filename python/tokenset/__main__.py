@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -115,11 +116,70 @@ def main(argv=None) -> int:
     d.add_argument("--dim", type=int, default=128)
     d.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="print build_info() as JSON")
+    e = sub.add_parser("eval", help="recall@k of an index against exact MaxSim, latency, bytes per document, plot")
+    e.add_argument("--index", required=True, help="a directory written by Index.save")
+    e.add_argument("--queries", required=True,
+                   help="an .npz with 'values' [tokens, dim] and 'offsets' [queries + 1] (int64); never pickle")
+    e.add_argument("--k", type=int, default=10)
+    e.add_argument("--candidates", default="50,100,200,500", help="comma-separated candidate counts")
+    e.add_argument("--plot", default=None, help="write a recall-vs-candidates PNG here (needs matplotlib)")
+    e.add_argument("--json", default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     if args.command == "info":
         print(json.dumps(tokenset.build_info(), indent=2))
         return 0
+    if args.command == "eval":
+        return evaluate(args)
     return demo(args.documents, args.dim, args.seed)
+
+
+def load_queries(path: str):
+    """Queries from an .npz of 'values' and 'offsets' (checked as any Ragged; object arrays are refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if set(z.files) != {"values", "offsets"}:
+                raise ValueError(f"{path}: expected arrays 'values' and 'offsets', got {sorted(z.files)}")
+            return tokenset.Ragged(np.asarray(z["values"]), np.asarray(z["offsets"]), name="queries")
+    except (OSError, EOFError, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable .npz of queries ({exc})") from None
+
+
+def evaluate(args) -> int:
+    index = tokenset.Index.load(args.index)
+    queries = load_queries(args.queries)
+    candidates = [int(c) for c in args.candidates.split(",") if c.strip()]
+    report = index.evaluate(queries, k=args.k, candidates=candidates)
+    print(f"{report['documents']} documents, {report['queries']} queries, k={report['k']}; bytes per document: "
+          + ", ".join(f"{name} {value:,.0f}" for name, value in report["bytes_per_document"].items()))
+    for row in report["results"]:
+        print(f"  candidates {row['candidates']:>5}: recall@{report['k']} {row['recall']:.3f}, latency p50 "
+              f"{row['latency_ms_p50']:.2f} ms, p95 {row['latency_ms_p95']:.2f} ms")
+    print(f"  peak resident memory {report['peak_rss_bytes'] / 2**20:,.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    if args.plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("--plot needs matplotlib: pip install 'tokenset[plot]'", file=sys.stderr)
+            return 2
+        xs = [r["candidates"] for r in report["results"]]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(xs, [r["recall"] for r in report["results"]], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("FDE candidates reranked")
+        ax.set_ylabel(f"recall@{report['k']} of exact MaxSim")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(f"{report['documents']:,} documents, FDE {index.fde.output_dim} dims")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
+    return 0
 
 
 if __name__ == "__main__":

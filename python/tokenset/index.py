@@ -267,7 +267,7 @@ class Index:
     def evaluate(self, queries: Any, k: int = 10, candidates: Sequence[int] = (50, 100, 200, 500),
                  repeats: int = 1) -> Dict[str, Any]:
         """Recall@k of :meth:`search` against exact MaxSim for each candidate count, single-query latency
-        percentiles (ms), and bytes per document."""
+        percentiles (ms), bytes per document and the process's peak resident memory."""
         q = ragged(queries, name="queries")
         exact, _ = self.exact_search(q, k)
         rows = []
@@ -286,7 +286,7 @@ class Index:
                          "latency_ms_p50": float(np.percentile(times, 50)) if times else 0.0,
                          "latency_ms_p95": float(np.percentile(times, 95)) if times else 0.0})
         return {"k": k, "queries": len(q), "documents": len(self), "bytes_per_document": self.bytes_per_document(),
-                "results": rows}
+                "results": rows, "peak_rss_bytes": _peak_rss_bytes()}
 
     def bytes_per_document(self) -> Dict[str, float]:
         """Average stored bytes per live document: FDE, tokens (and their offsets), id."""
@@ -429,6 +429,18 @@ class Index:
                     digest.update(block)
             if digest.hexdigest() != meta.get("sha256"):
                 raise _storage.Corrupt(f"{self._directory}: {meta['file']} does not match its checksum (damaged)")
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (0 where the platform does not say)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        return 0
 
 
 def _safe_name(name: Any) -> bool:
