@@ -234,3 +234,20 @@ def test_eval_command(tmp_path):
     np.savez(tmp_path / "bad.npz", values=batch.values)
     with pytest.raises(ValueError, match="expected arrays"):
         main(["eval", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "bad.npz")])
+
+
+def test_many_small_adds_keep_few_segments_and_exact_results():
+    rng = np.random.default_rng(8)
+    docs = clustered_docs(rng, 200)
+    index = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0))
+    for i in range(0, 200, 5):  # add, search, add, search...
+        index.add(docs[i:i + 5])
+        index.search(docs[i], k=1)
+        if i == 100:
+            index.remove([3, 50])
+    assert len(index._segments) <= 9  # O(log n)
+    _, queries = known_item_queries(rng, docs, 8)
+    ids, scores = index.search(queries, k=5, candidates=200)
+    exact_ids, exact_scores = index.exact_search(queries, k=5)
+    assert np.array_equal(ids, exact_ids) and np.array_equal(scores, exact_scores)
+    assert 3 not in ids and 50 not in ids

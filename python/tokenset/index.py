@@ -152,7 +152,9 @@ class Index:
         return int(ids.size)
 
     def _flush(self) -> None:
-        """Moves pending additions into one in-memory segment (merged with the last one when that is in memory)."""
+        """Moves pending additions into a new in-memory segment, then merges the last two in-memory segments while
+        the older is not larger than the newer (as a binary counter / LSM tree): over any sequence of adds every
+        document is copied O(log N) times and there are O(log N) segments."""
         with self._lock:
             if not self._pending:
                 return
@@ -160,21 +162,25 @@ class Index:
             fdes = np.concatenate([p[1] for p in self._pending])
             ids = np.concatenate([p[2] for p in self._pending])
             self._pending = []
-            last = self._segments[-1] if self._segments else None
-            if last is not None and not isinstance(last.tokens, np.memmap):  # merge: keep few segments
-                keep = last.alive
-                old_sets = [last.batch[i] for i in range(len(last)) if keep[i]]
-                sets = old_sets + sets
-                fdes = np.concatenate([last.fde[keep], fdes])
-                ids = np.concatenate([last.ids[keep], ids])
-                self._segments.pop()
-            offsets = np.zeros(len(sets) + 1, dtype=np.int64)
-            offsets[1:] = np.cumsum([len(s) for s in sets])
-            tokens = (np.concatenate(sets) if sets else np.zeros((0, self.dim), self.dtype)).astype(self.dtype)
-            self._segments.append(_Segment(tokens, offsets, np.ascontiguousarray(fdes), ids))
-            seg = len(self._segments) - 1
-            for row, i in enumerate(ids):
-                self._where[int(i)] = (seg, row)
+            self._append_segment(sets, fdes, ids)
+            while len(self._segments) >= 2:
+                older, newer = self._segments[-2], self._segments[-1]
+                if isinstance(older.tokens, np.memmap) or int(older.alive.sum()) > int(newer.alive.sum()):
+                    break
+                del self._segments[-2:]
+                keep = [np.flatnonzero(older.alive), np.flatnonzero(newer.alive)]
+                self._append_segment([seg.batch[int(r)] for seg, rows in zip((older, newer), keep) for r in rows],
+                                     np.concatenate([older.fde[keep[0]], newer.fde[keep[1]]]),
+                                     np.concatenate([older.ids[keep[0]], newer.ids[keep[1]]]))
+
+    def _append_segment(self, sets, fdes, ids) -> None:
+        offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(s) for s in sets])
+        tokens = (np.concatenate(sets) if sets else np.zeros((0, self.dim), self.dtype)).astype(self.dtype)
+        self._segments.append(_Segment(tokens, offsets, np.ascontiguousarray(fdes), ids))
+        seg = len(self._segments) - 1
+        for row, i in enumerate(ids):
+            self._where[int(i)] = (seg, row)
 
     # ---- search -----------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int = 10, candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
