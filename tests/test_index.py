@@ -251,3 +251,34 @@ def test_many_small_adds_keep_few_segments_and_exact_results():
     exact_ids, exact_scores = index.exact_search(queries, k=5)
     assert np.array_equal(ids, exact_ids) and np.array_equal(scores, exact_scores)
     assert 3 not in ids and 50 not in ids
+
+
+def test_wiki_demo_queries_and_cache(tmp_path):
+    """The demo's known-item split (a sentence leaves its document) and its embedding cache (reused when the texts
+    match, recomputed when damaged), with a stand-in for the MiniLM model."""
+    from tokenset import wiki_demo
+
+    articles = [(f"t{i}", f"First sentence {i} here. Second one about item {i}. Third one, also {i} words.")
+                for i in range(6)] + [("short", "Only one sentence here.")]
+    documents, queries, truth = wiki_demo.known_items(articles, 3, np.random.default_rng(0))
+    assert len(queries) == 3 and 6 not in truth
+    for q, t in zip(queries, truth):
+        assert q not in documents[t] and q in articles[t][1]
+
+    torch = pytest.importorskip("torch")
+    calls = []
+
+    class Model:
+        def encode(self, texts, **kwargs):
+            calls.append(len(texts))
+            return [torch.ones(len(t.split()), 384) for t in texts]
+
+    batch = wiki_demo.cached_embeddings(documents, tmp_path, "docs", lambda: Model())
+    assert len(batch) == len(documents) and batch.dtype == np.float16 and calls
+    calls.clear()
+    again = wiki_demo.cached_embeddings(documents, tmp_path, "docs", lambda: Model())
+    assert not calls and np.array_equal(again.values, batch.values)  # from the cache
+    cached = next(tmp_path.glob("docs-*.npz"))
+    cached.write_bytes(cached.read_bytes()[:50])  # damaged: recomputed, not trusted
+    wiki_demo.cached_embeddings(documents, tmp_path, "docs", lambda: Model())
+    assert calls

@@ -111,9 +111,16 @@ def retrieval_demo(docs, rng) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tokenset", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="MaxSim demo: correctness against the reference and speed against torch")
-    d.add_argument("--documents", type=int, default=1000)
-    d.add_argument("--dim", type=int, default=128)
+    d = sub.add_parser("demo", help="retrieval on Wikipedia summaries with MiniLM tokens (the [demo] extra); "
+                                     "--synthetic: MaxSim against the reference and torch on random data")
+    d.add_argument("--synthetic", action="store_true", help="the random-data MaxSim/FDE demo (no extra needed)")
+    d.add_argument("--quick", action="store_true", help="1,000 articles and 100 queries")
+    d.add_argument("--articles", type=int, default=None)
+    d.add_argument("--queries", type=int, default=None)
+    d.add_argument("--cache", default=None, help="embedding cache directory (default ~/.cache/tokenset)")
+    d.add_argument("--plot", default="wiki-demo-recall.png", help="recall-vs-candidates PNG ('' for none)")
+    d.add_argument("--documents", type=int, default=1000, help="--synthetic: documents")
+    d.add_argument("--dim", type=int, default=128, help="--synthetic: token dimension")
     d.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="print build_info() as JSON")
     e = sub.add_parser("eval", help="recall@k of an index against exact MaxSim, latency, bytes per document, plot")
@@ -130,7 +137,13 @@ def main(argv=None) -> int:
         return 0
     if args.command == "eval":
         return evaluate(args)
-    return demo(args.documents, args.dim, args.seed)
+    if args.synthetic:
+        return demo(args.documents, args.dim, args.seed)
+    from . import wiki_demo
+
+    wiki_demo.run(quick=args.quick, articles_limit=args.articles, queries_count=args.queries, cache=args.cache,
+                  plot=args.plot or None, seed=args.seed)
+    return 0
 
 
 def load_queries(path: str):
