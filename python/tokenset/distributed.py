@@ -1,0 +1,138 @@
+"""An index sharded across Ray workers (Ray is an optional extra: ``pip install "tokenset[ray]"``).
+
+Each shard is an :class:`tokenset.Index` saved in its own directory and served by one Ray actor that loads it
+(memory-mapped) from disk. ``search`` sends the queries to every shard at once, each returns its exact top-k (FDE
+candidates + MaxSim rerank over its documents), and the lists are merged exactly: the global top-k is the top-k of
+the union (higher score first, ties to the lower id).
+
+Failure: an actor whose process dies is restarted by Ray (``max_restarts``) and reloads its shard from disk; the
+interrupted call is retried (``max_task_retries``). When a shard still cannot answer, ``search`` raises
+:class:`ShardUnavailableError` naming the shard: never a partial answer presented as complete.
+
+>>> import numpy as np, ray, tokenset.distributed as td                      # doctest: +SKIP
+>>> ray.init(num_cpus=2)                                                    # doctest: +SKIP
+>>> sharded = td.ShardedIndex.build(docs, "/data/idx", shards=2, dim=128)   # doctest: +SKIP
+>>> ids, scores = sharded.search(queries, k=10)                             # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _array
+from .fde import FDE
+from .index import Index
+from .ragged import ragged
+
+
+class ShardUnavailableError(RuntimeError):
+    """A shard's worker died and could not be brought back: the answer would be incomplete."""
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError('tokenset.distributed needs Ray: pip install "tokenset[ray]"') from None
+    return ray
+
+
+class _Shard:
+    """The body of one shard's actor: an Index loaded from its directory."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.index = Index.load(directory)
+
+    def search(self, values: np.ndarray, offsets: np.ndarray, k: int, candidates: Optional[int]):
+        from .ragged import Ragged
+
+        return self.index.search(Ragged(values, offsets, name="queries"), k, candidates)
+
+    def size(self) -> int:
+        return len(self.index)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class ShardedIndex:
+    """Shards (directories written by :meth:`Index.save`) served by Ray actors.
+
+    Args:
+        directories: one saved index per shard (ids must be distinct across shards).
+        max_restarts: how many times Ray restarts a dead shard worker (it reloads the shard from disk).
+        num_cpus: CPUs reserved per shard worker.
+    """
+
+    def __init__(self, directories: Sequence[Any], *, max_restarts: int = 1, num_cpus: float = 1):
+        ray = _ray()
+        if not ray.is_initialized():
+            raise RuntimeError("call ray.init(...) first (e.g. ray.init(num_cpus=2) on one machine)")
+        self.directories = [os.fspath(d) for d in directories]
+        if not self.directories:
+            raise ValueError("a sharded index needs at least one shard directory")
+        actor = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts,
+                           max_task_retries=max_restarts)(_Shard)
+        self._actors = [actor.remote(d) for d in self.directories]
+        self._sizes = self._gather([a.size.remote() for a in self._actors])
+
+    @classmethod
+    def build(cls, documents: Any, directory: Any, shards: int, dim: int, ids: Any = None,
+              fde: Optional[FDE] = None, dtype: str = "float16", **kwargs) -> "ShardedIndex":
+        """Splits documents round-robin into `shards` indexes saved under ``directory/shard-<i>`` and serves them."""
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
+        batch = ragged(documents, name="documents")
+        n = len(batch)
+        all_ids = np.arange(n, dtype=np.int64) if ids is None else _array.int64_host(ids, "ids")
+        if all_ids.shape != (n,) or len(np.unique(all_ids)) != n:
+            raise ValueError(f"ids must be {n} distinct integers")
+        directory = os.fspath(directory)
+        paths = []
+        for s in range(shards):
+            rows = np.arange(s, n, shards)
+            index = Index(dim, fde=fde, dtype=dtype)
+            index.add([batch[int(r)] for r in rows], ids=all_ids[rows])
+            path = os.path.join(directory, f"shard-{s}")
+            index.save(path)
+            paths.append(path)
+        return cls(paths, **kwargs)
+
+    def __len__(self) -> int:
+        return int(sum(self._sizes))
+
+    def _gather(self, refs: List[Any]) -> List[Any]:
+        ray = _ray()
+        out = []
+        for directory, ref in zip(self.directories, refs):
+            try:
+                out.append(ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                raise ShardUnavailableError(f"shard {directory} did not answer (its worker died and could not be "
+                                            f"restarted: {type(exc).__name__}); no partial result is returned") from exc
+        return out
+
+    def search(self, queries: Any, k: int = 10, candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k over every shard: ``(ids int64 [nq, k], scores float32 [nq, k])``, merged exactly."""
+        q = ragged(queries, name="queries")
+        values = np.ascontiguousarray(_array.host_copy(q.values))
+        offsets = np.asarray(q.offsets)
+        parts = self._gather([a.search.remote(values, offsets, k, candidates) for a in self._actors])
+        ids = np.concatenate([p[0] for p in parts], axis=1)
+        scores = np.concatenate([p[1] for p in parts], axis=1)
+        key = np.where(np.isnan(scores), -np.inf, scores)
+        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -key), axis=1)[:, :k]
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+    def worker_pids(self) -> List[int]:
+        """The process id of every shard's worker (for monitoring, and for tests that kill one)."""
+        return self._gather([a.pid.remote() for a in self._actors])
+
+    def close(self) -> None:
+        ray = _ray()
+        for a in self._actors:
+            ray.kill(a)
+        self._actors = []
