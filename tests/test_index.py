@@ -282,3 +282,34 @@ def test_wiki_demo_queries_and_cache(tmp_path):
     cached.write_bytes(cached.read_bytes()[:50])  # damaged: recomputed, not trusted
     wiki_demo.cached_embeddings(documents, tmp_path, "docs", lambda: Model())
     assert calls
+
+
+def test_usearch_backend(tmp_path):
+    """The approximate candidate stage (usearch HNSW over the float16 FDEs): known items found, removed ids never
+    returned (the graph follows add/remove), the backend recorded in the manifest and the graph rebuilt after load."""
+    pytest.importorskip("usearch", reason='pip install "tokenset[ann]"')
+    rng = np.random.default_rng(9)
+    docs = clustered_docs(rng, 300)
+    fde = tokenset.FDE(DIM, reps=8, simhash_bits=4, proj_dim=8, seed=1)
+    index = tokenset.Index(DIM, fde=fde, backend="usearch", backend_options={"connectivity": 16})
+    index.add(docs[:200])
+    picks, queries = known_item_queries(rng, docs[:200], 20)
+    ids, _ = index.search(queries, k=5, candidates=100)  # builds the graph
+    assert (ids[:, 0] == picks).mean() >= 0.85
+    index.add(docs[200:], ids=np.arange(1000, 1100))  # kept in sync once built
+    index.remove(picks[:5])
+    ids, scores = index.search(queries, k=5, candidates=100)
+    assert not np.isin(picks[:5], ids).any()
+    assert (ids[5:, 0] == picks[5:]).mean() >= 0.85
+    exact_ids, exact_scores = index.exact_search(queries, k=5)
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids.tolist(), exact_ids.tolist())])
+    assert recall >= 0.8
+    index.save(tmp_path / "idx")
+    loaded = tokenset.Index.load(tmp_path / "idx")
+    assert loaded.backend == "usearch" and loaded.backend_options == {"connectivity": 16}
+    again, _ = loaded.search(queries, k=5, candidates=100)
+    assert not np.isin(picks[:5], again).any() and (again[5:, 0] == picks[5:]).mean() >= 0.85
+    with pytest.raises(ValueError, match="backend must be one of"):
+        tokenset.Index(DIM, backend="faiss-ivf")
+    with pytest.raises(ValueError, match="backend_options"):
+        tokenset.Index(DIM, backend="usearch", backend_options={"connectivity": 0})

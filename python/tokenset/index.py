@@ -58,6 +58,18 @@ class _Segment:
         return int(self.ids.shape[0])
 
 
+_BACKENDS = ("exact", "usearch")
+_USEARCH_OPTIONS = ("connectivity", "expansion_add", "expansion_search")
+
+
+def _usearch():
+    try:
+        from usearch.index import Index as UsearchIndex
+    except ImportError:
+        raise ImportError('backend="usearch" needs usearch: pip install "tokenset[ann]"') from None
+    return UsearchIndex
+
+
 class Index:
     """Top-k retrieval of token sets by MaxSim, with FDE candidates.
 
@@ -65,6 +77,13 @@ class Index:
         dim: token dimension.
         fde: the FDE encoder (:func:`default_fde` when None); its ``dim`` must be ``dim``.
         dtype: how document tokens are stored, ``"float16"`` (default) or ``"float32"``.
+        backend: how FDE candidates are found: ``"exact"`` (default: every live FDE scored by
+            :func:`tokenset.inner_product_topk`) or ``"usearch"`` (an approximate HNSW graph over the float16 FDEs,
+            inner-product metric, for large corpora; the ``[ann]`` extra). The graph is not stored on disk (a file
+            another library parses is not checked by tokenset): it is rebuilt from the stored FDEs on the first
+            search after :meth:`load`.
+        backend_options: usearch's ``connectivity``, ``expansion_add``, ``expansion_search`` (searches use at least
+            the number of candidates asked for).
 
     >>> import numpy as np, tokenset
     >>> rng = np.random.default_rng(0)
@@ -76,7 +95,8 @@ class Index:
     7
     """
 
-    def __init__(self, dim: int, fde: Optional[FDE] = None, dtype: str = "float16"):
+    def __init__(self, dim: int, fde: Optional[FDE] = None, dtype: str = "float16", backend: str = "exact",
+                 backend_options: Optional[Dict[str, int]] = None):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 1 << 16:
             raise ValueError(f"dim must be an integer in 1..65536, got {dim!r}")
         self.dim = int(dim)
@@ -88,6 +108,16 @@ class Index:
         if dtype not in _TOKEN_DTYPES:
             raise ValueError(f"dtype must be one of {_TOKEN_DTYPES}, got {dtype!r}")
         self.dtype = dtype
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        options = dict(backend_options or {})
+        unknown = set(options) - set(_USEARCH_OPTIONS)
+        if unknown or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in options.values()):
+            raise ValueError(f"backend_options: integers 1..4096 for {sorted(_USEARCH_OPTIONS)}, got {options!r}")
+        if backend == "usearch":
+            _usearch()  # a clear ImportError now rather than at the first search
+        self.backend, self.backend_options = backend, options
+        self._ann = None  # the usearch graph over FDEs, keyed by id (built on first search, then kept in sync)
         self._segments: List[_Segment] = []
         self._pending: List[Tuple[List[np.ndarray], np.ndarray, np.ndarray]] = []
         self._where: Dict[int, Tuple[int, int]] = {}  # id -> (segment, row); pending rows: segment -1
@@ -131,6 +161,8 @@ class Index:
             fdes = self.fde.encode_documents(batch).astype(np.float16)
             sets = [np.asarray(_array.host_copy(batch[i])).astype(self.dtype) for i in range(n)]
             self._pending.append((sets, fdes, new_ids))
+            if self._ann is not None and n:
+                self._ann.add(new_ids.view(np.uint64), fdes)
             for i in new_ids:
                 self._where[int(i)] = (-1, 0)
             if n:
@@ -149,6 +181,8 @@ class Index:
             for i in ids:
                 seg, row = self._where.pop(int(i))
                 self._segments[seg].alive[row] = False
+            if self._ann is not None and ids.size:
+                self._ann.remove(ids.view(np.uint64))
         return int(ids.size)
 
     def _flush(self) -> None:
@@ -203,7 +237,10 @@ class Index:
             alive = [s.alive.copy() for s in segments]
         nq = len(q)
         qf = np.asarray(_array.host_copy(self.fde.encode_queries(q)), dtype=np.float32)
-        cand_score, cand_pos = self._fde_candidates(qf, segments, alive, int(candidates))
+        if self.backend == "exact":
+            cand_score, cand_pos = self._fde_candidates(qf, segments, alive, int(candidates))
+        else:
+            cand_pos = self._ann_candidates(qf, segments, int(candidates))
         # Rerank: each candidate is a (segment, row); one fused maxsim_pairs per segment, rows of others are -1.
         bases = np.cumsum([0] + [len(s) for s in segments])
         exact = np.full(cand_pos.shape, -np.inf, dtype=np.float32)
@@ -248,6 +285,38 @@ class Index:
             order = np.lexsort((np.where(p < 0, np.iinfo(np.int64).max, p), -key), axis=1)[:, :candidates]
             s, p = np.take_along_axis(s, order, 1), np.take_along_axis(p, order, 1)
         return s, p
+
+    def _ann_candidates(self, qf: np.ndarray, segments, candidates: int) -> np.ndarray:
+        """Global positions [nq, candidates] (-1 padded) of the approximate FDE neighbours from the usearch graph."""
+        with self._lock:
+            if self._ann is None:
+                options = dict(self.backend_options)
+                expansion = options.pop("expansion_search", None)
+                ann = _usearch()(ndim=self.fde.output_dim, metric="ip", dtype="f16", **options)
+                if expansion:
+                    ann.expansion_search = expansion
+                for seg in self._segments:
+                    live = np.flatnonzero(seg.alive)
+                    for c0 in range(0, live.size, 4096):
+                        rows = live[c0:c0 + 4096]
+                        ann.add(seg.ids[rows].view(np.uint64), np.asarray(seg.fde[rows]))
+                self._ann = ann
+            nq = qf.shape[0]
+            positions = np.full((nq, candidates), -1, dtype=np.int64)
+            if len(self._ann) == 0 or nq == 0:
+                return positions
+            configured = self.backend_options.get("expansion_search", 0)
+            self._ann.expansion_search = max(configured, candidates)
+            matches = self._ann.search(qf.astype(np.float16), min(candidates, len(self._ann)))
+            keys = np.asarray(matches.keys).reshape(nq, -1).view(np.int64)
+            counts = np.asarray(matches.counts).reshape(nq)
+            bases = np.cumsum([0] + [len(seg) for seg in segments])
+            for a in range(nq):
+                for j in range(int(counts[a])):
+                    where = self._where.get(int(keys[a, j]))
+                    if where is not None and where[0] >= 0 and where[0] < len(segments):
+                        positions[a, j] = bases[where[0]] + where[1]
+            return positions
 
     # ---- evaluation -------------------------------------------------------------------------------------------------
     def exact_search(self, queries: Any, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
@@ -345,6 +414,7 @@ class Index:
             fde_digest = hashlib.sha256(f.read()).hexdigest()
         manifest = {"format": _FORMAT, "version": _FORMAT_VERSION, "dim": self.dim, "dtype": self.dtype,
                     "documents": int(arrays["ids"].shape[0]), "next_id": self._next_id, "arrays": files,
+                    "backend": {"name": self.backend, "options": self.backend_options},
                     "encoder": {"file": fde_name, "sha256": fde_digest}}
         manifest[_storage.CONFIG_DIGEST_KEY] = hashlib.sha256(_storage.canonical_json(manifest)).hexdigest()
         _storage.atomic_write(os.path.join(directory, "manifest.json"),
@@ -411,7 +481,14 @@ class Index:
         ids = _open_npy(directory, arrays_meta["ids"], np.int64, (n,), False, corrupt)
         if len(np.unique(ids)) != n:
             raise corrupt("ids are not distinct")
-        self = cls(dim, fde=fde, dtype=dtype)
+        backend = manifest.get("backend")
+        if not isinstance(backend, dict) or backend.get("name") not in _BACKENDS or \
+                not isinstance(backend.get("options"), dict):
+            raise corrupt("backend entry")
+        try:
+            self = cls(dim, fde=fde, dtype=dtype, backend=backend["name"], backend_options=backend["options"])
+        except ValueError as exc:
+            raise corrupt(f"backend options: {exc}") from None
         self._manifest = manifest
         self._directory = directory
         if n:
