@@ -7,6 +7,10 @@ counts and the single-query latency, timed in the same run as brute force (token
 
     PYTHONPATH=python python benchmarks/bench_index.py --quick     # 5,000 documents
     PYTHONPATH=python python benchmarks/bench_index.py             # 100,000 documents
+    PYTHONPATH=python python benchmarks/bench_index.py --wiki      # the demo corpus (needs the [demo] extra)
+
+The last configuration uses the approximate candidate stage (usearch HNSW over the default FDEs) where usearch is
+installed.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from _common import write_results  # noqa: E402
 
 CONFIGS = {
     "identity, sketch 10240 (default)": dict(reps=20, simhash_bits=5, final_dim=10240),
+    "proj 32, 20480": dict(reps=20, simhash_bits=5, proj_dim=32),
     "identity, sketch 4096": dict(reps=20, simhash_bits=5, final_dim=4096),
     "identity, sketch 2048": dict(reps=20, simhash_bits=5, final_dim=2048),
     "proj 16 (fastembed), 10240": dict(reps=20, simhash_bits=5, proj_dim=16),
@@ -65,28 +70,59 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--documents", type=int, default=None)
     parser.add_argument("--queries", type=int, default=None)
+    parser.add_argument("--wiki", action="store_true", help="the demo corpus: Wikipedia summaries, MiniLM tokens")
+    parser.add_argument("--cache", default=None, help="--wiki: the demo's embedding cache directory")
     args = parser.parse_args()
-    n = args.documents or (5000 if args.quick else 100_000)
-    nq = args.queries or (30 if args.quick else 100)
     rng = np.random.default_rng(0)
-    docs = corpus(rng, n)
-    queries = queries_for(rng, docs, nq)
+    if args.wiki:
+        from tokenset import wiki_demo
+
+        articles = wiki_demo.load_articles()[: args.documents or None]
+        documents, texts, _ = wiki_demo.known_items(articles, args.queries or 400, rng)
+        cache = Path(args.cache) if args.cache else Path.home() / ".cache" / "tokenset"
+        loader = {}
+
+        def model():
+            return loader.setdefault("m", wiki_demo._model())
+
+        batch = wiki_demo.cached_embeddings(documents, cache, f"wiki-docs-{len(documents)}", model)
+        qbatch = wiki_demo.cached_embeddings(texts, cache, f"wiki-queries-{len(texts)}", model)
+        docs = [np.asarray(batch[i]) for i in range(len(batch))]
+        queries = [np.asarray(qbatch[i], np.float32) for i in range(len(qbatch))]
+        source = f"{len(docs)} Wikipedia summaries (MiniLM tokens, dim {batch.dim})"
+    else:
+        n = args.documents or (5000 if args.quick else 100_000)
+        docs = corpus(rng, n)
+        queries = queries_for(rng, docs, args.queries or (30 if args.quick else 100))
+        source = f"{n} synthetic documents (40..300 tokens, dim 128, float16)"
+    n, nq, dim = len(docs), len(queries), docs[0].shape[1]
     print(f"tokenset {tokenset.__version__}, SIMD {tokenset.simd_level()}, {tokenset.get_num_threads()} threads; "
-          f"{n} documents (40..300 tokens, dim 128, float16), {nq} queries of 32 tokens")
-    brute = tokenset.Index(128, fde=tokenset.FDE(128, reps=1, simhash_bits=0, proj_dim=1))  # tokens only
+          f"{source}, {nq} queries")
+    brute = tokenset.Index(dim, fde=tokenset.FDE(dim, reps=1, simhash_bits=0, proj_dim=1))  # tokens only
     brute.add(docs)
     exact_ids, _ = brute.exact_search(queries, 10)
     brute_ms = median_ms(lambda q: brute.exact_search(q, 10), queries)
     print(f"brute force (tokenset maxsim_topk over all documents): {brute_ms:.1f} ms per query")
     rows = []
-    for name, config in CONFIGS.items():
+    configs = [(name, config, "exact") for name, config in CONFIGS.items()]
+    try:
+        import usearch  # noqa: F401
+
+        configs.append(("default FDE, usearch HNSW", CONFIGS["identity, sketch 10240 (default)"], "usearch"))
+    except ImportError:
+        print("  (usearch not installed: no approximate row)")
+    for name, config, backend in configs:
         start = time.perf_counter()
-        index = tokenset.Index(128, fde=tokenset.FDE(128, seed=0, **config))
+        index = tokenset.Index(dim, fde=tokenset.FDE(dim, seed=0, **config), backend=backend)
         index.add(docs)
         build_s = time.perf_counter() - start
         # Agreement: with every document a candidate the index is the brute force.
-        full_ids, _ = index.search(queries[:3], 10, candidates=n)
-        assert np.array_equal(full_ids, exact_ids[:3]), "index with all candidates disagrees with brute force"
+        if backend == "exact":
+            full_ids, _ = index.search(queries[:3], 10, candidates=n)
+            assert np.array_equal(full_ids, exact_ids[:3]), "index with all candidates disagrees with brute force"
+        else:
+            index.search(queries[:1], 10)  # builds the graph (reported as build time)
+            build_s = time.perf_counter() - start
         recalls = {}
         for c in (50, 100, 200, 500):
             got, _ = index.search(queries, 10, candidates=c)
@@ -111,8 +147,10 @@ def main() -> int:
         table.append(f"| {r['config']} | {r['fde_bytes']:.0f} | " + " | ".join(f"{r['recall'][c]:.3f}"
                                                                             for c in (50, 100, 200, 500))
                      + f" | {r['search_ms_200']:.2f} | x{r['speedup']:.1f} | {r['open_s'] * 1e3:.0f} |")
-    base = write_results("index" + ("-quick" if args.quick else ""), "cpu",
-                         {"documents": n, "queries": nq, "brute_ms": brute_ms, "rows": rows}, "\n".join(table))
+    stem = "index-wiki" if args.wiki else "index" + ("-quick" if args.quick else "")
+    base = write_results(stem, "cpu",
+                         {"source": source, "documents": n, "queries": nq, "brute_ms": brute_ms, "rows": rows},
+                         "\n".join(table))
     print(f"wrote {base}.json and .md")
     return 0
 

@@ -308,6 +308,8 @@ def test_usearch_backend(tmp_path):
     loaded = tokenset.Index.load(tmp_path / "idx")
     assert loaded.backend == "usearch" and loaded.backend_options == {"connectivity": 16}
     again, _ = loaded.search(queries, k=5, candidates=100)
+    single, _ = loaded.search(queries[7], k=5, candidates=100)  # one query: usearch answers differently
+    assert np.array_equal(single[0], again[7])
     assert not np.isin(picks[:5], again).any() and (again[5:, 0] == picks[5:]).mean() >= 0.85
     with pytest.raises(ValueError, match="backend must be one of"):
         tokenset.Index(DIM, backend="faiss-ivf")

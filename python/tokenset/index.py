@@ -309,7 +309,8 @@ class Index:
             self._ann.expansion_search = max(configured, candidates)
             matches = self._ann.search(qf.astype(np.float16), min(candidates, len(self._ann)))
             keys = np.asarray(matches.keys).reshape(nq, -1).view(np.int64)
-            counts = np.asarray(matches.counts).reshape(nq)
+            # One query gives usearch's Matches (no counts: its keys are the valid ones), several BatchMatches.
+            counts = np.asarray(getattr(matches, "counts", [keys.shape[1]])).reshape(nq)
             bases = np.cumsum([0] + [len(seg) for seg in segments])
             for a in range(nq):
                 for j in range(int(counts[a])):
