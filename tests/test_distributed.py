@@ -2,6 +2,7 @@
 worker from disk, and a clear error (never a partial answer) when a shard cannot come back."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -29,48 +30,47 @@ def corpus(rng, n):
     return [rng.standard_normal((int(m), DIM)).astype(np.float32) for m in rng.integers(3, 30, n)]
 
 
+@contextlib.contextmanager
+def sharded_index(tmp_path, docs, **kwargs):
+    """Two shards of `docs` under tmp_path, served until the block ends."""
+    sharded = distributed.ShardedIndex.build(docs, tmp_path, shards=2, dim=DIM,
+                                             fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0), **kwargs)
+    try:
+        yield sharded
+    finally:
+        sharded.close()
+
+
 def test_sharded_search_equals_one_index(local_ray, tmp_path):
     rng = np.random.default_rng(0)
     docs = corpus(rng, 120)
-    fde = tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0)
-    sharded = distributed.ShardedIndex.build(docs, tmp_path, shards=2, dim=DIM, fde=fde)
-    try:
+    with sharded_index(tmp_path, docs) as sharded:
         assert len(sharded) == 120
-        whole = tokenset.Index(DIM, fde=fde)
+        whole = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0))
         whole.add(docs)
         queries = [d[:4] for d in docs[:10]]
         ids, scores = sharded.search(queries, k=7, candidates=120)  # every document a candidate: exact
         want_ids, want_scores = whole.exact_search(queries, k=7)
         assert np.array_equal(ids, want_ids) and np.array_equal(scores, want_scores)
-    finally:
-        sharded.close()
 
 
 def test_killed_worker_recovers_from_disk(local_ray, tmp_path):
     rng = np.random.default_rng(1)
     docs = corpus(rng, 60)
-    sharded = distributed.ShardedIndex.build(docs, tmp_path, shards=2, dim=DIM,
-                                             fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0), max_restarts=1)
-    try:
+    with sharded_index(tmp_path, docs, max_restarts=1) as sharded:
         queries = [d[:3] for d in docs[:5]]
         before = sharded.search(queries, k=5, candidates=60)
         os.kill(sharded.worker_pids()[0], signal.SIGKILL)
         time.sleep(0.5)
         after = sharded.search(queries, k=5, candidates=60)  # restarted, reloaded, retried
         assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
-    finally:
-        sharded.close()
 
 
 def test_dead_shard_is_an_error_not_a_partial_answer(local_ray, tmp_path):
     rng = np.random.default_rng(2)
     docs = corpus(rng, 40)
-    sharded = distributed.ShardedIndex.build(docs, tmp_path, shards=2, dim=DIM,
-                                             fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0), max_restarts=0)
-    try:
+    with sharded_index(tmp_path, docs, max_restarts=0) as sharded:
         os.kill(sharded.worker_pids()[1], signal.SIGKILL)
         time.sleep(0.5)
         with pytest.raises(distributed.ShardUnavailableError, match="shard-1"):
             sharded.search([docs[0][:3]], k=5)
-    finally:
-        sharded.close()

@@ -17,9 +17,7 @@ constexpr int64_t kInnerProductHeapBudget = int64_t(64) << 20;
 void inner_product_topk(const InnerProductParams& p, const Launch&) {
   validate(p);
   const int64_t nq = p.queries.shape[0], n = p.vectors.shape[0], dim = p.queries.shape[1], k = p.k;
-  std::fill(p.top_scores, p.top_scores + nq * k, -std::numeric_limits<float>::infinity());
-  std::fill(p.top_indices, p.top_indices + nq * k, int64_t(-1));
-  const int64_t kept = std::min(k, n);
+  const int64_t kept = start_topk(p.top_scores, p.top_indices, nq, k, n);
   if (nq == 0 || kept == 0) return;
   const InnerProductKernel& kernel = TOKENSET_SIMD_KERNEL(inner_product_kernel);
   const int threads = num_threads();

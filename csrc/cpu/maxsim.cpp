@@ -123,9 +123,7 @@ void score_pairs(const MaxsimParams& p) {
 // query), so scratch does not grow with the number of queries.
 void score_topk(const MaxsimParams& p) {
   const int64_t nq = p.queries.count, nd = p.documents.count, k = p.k;
-  std::fill(p.top_scores, p.top_scores + nq * k, -std::numeric_limits<float>::infinity());
-  std::fill(p.top_indices, p.top_indices + nq * k, int64_t(-1));
-  const int64_t kept = std::min(k, nd);
+  const int64_t kept = start_topk(p.top_scores, p.top_indices, nq, k, nd);
   if (nq == 0 || kept == 0) return;
   const MaxsimKernel& kernel = active_kernel(p);
   const int threads = num_threads();

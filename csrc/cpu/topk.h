@@ -23,6 +23,14 @@ inline bool ranks_before(const TopkEntry& a, const TopkEntry& b) {
   return ka > kb || (ka == kb && a.index < b.index);
 }
 
+// Fills every row of [rows, k] outputs with (-inf, -1), the padding of rows that get fewer than k entries, and
+// returns how many entries a row can get (min(k, candidates)).
+inline int64_t start_topk(float* scores, int64_t* indices, int64_t rows, int64_t k, int64_t candidates) {
+  std::fill(scores, scores + rows * k, -std::numeric_limits<float>::infinity());
+  std::fill(indices, indices + rows * k, int64_t(-1));
+  return std::min(k, candidates);
+}
+
 // Offers e to a heap of at most `kept` entries whose top is the worst kept.
 inline void offer(TopkEntry* heap, int64_t& size, int64_t kept, const TopkEntry& e) {
   if (size < kept) {
