@@ -228,3 +228,19 @@ stop = True; t.join()
 print("ok", raised)
 """, threads=2)
     assert out.startswith("ok")
+
+
+def test_index_search_memory_is_bounded_by_candidates_not_the_corpus(tmp_path):
+    """Index.search over 20,000 documents (a saved, memory-mapped index): the FDE scan keeps per-thread heaps of
+    `candidates` per query and the rerank reads tokens in place, so a search adds a few MiB, not a copy of the 40 MiB
+    of FDEs (a float32 copy of a chunk alone would be 32 MiB). The warm-up search maps the FDE pages first."""
+    rng = np.random.default_rng(0)
+    index = tokenset.Index(32, fde=tokenset.FDE(32, reps=4, simhash_bits=3, final_dim=1024, seed=0))
+    index.add(rng.standard_normal((20000, 8, 32)).astype(np.float32))
+    index.save(tmp_path / "idx")
+    added = peak_added(f"""
+index = tokenset.Index.load({str(tmp_path / "idx")!r})
+q = np.random.default_rng(1).standard_normal((4, 4, 32)).astype(np.float32)
+index.search(q[:1], k=10, candidates=50)
+""", "ids, scores = index.search(q, k=10, candidates=500)", threads=2)
+    assert added < 12 * MiB, added / MiB
