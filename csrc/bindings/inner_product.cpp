@@ -9,7 +9,7 @@ namespace bindings {
 namespace {
 
 void inner_product_topk(py::handle queries, py::handle vectors, int64_t k, py::handle top_scores,
-                        py::handle top_indices, py::handle mask, intptr_t stream) {
+                        py::handle top_indices, py::handle mask, intptr_t stream, py::handle allocate) {
   TOKENSET_CHECK(k >= 1, ValueError, "k must be >= 1, got ", k);
   Call call(stream);
   InnerProductParams p;
@@ -25,11 +25,11 @@ void inner_product_topk(py::handle queries, py::handle vectors, int64_t k, py::h
   p.top_scores = s.ptr<float>();
   p.top_indices = i.ptr<int64_t>();
   if (!mask.is_none()) {
-    const ArrayView m = call.view(mask, "mask", false, true);
-    check_array(m, "mask", DType::Int8, {p.vectors.shape[0]}, Device{DeviceType::CPU, -1});
+    const ArrayView m = call.view(mask, "mask");
+    check_array(m, "mask", DType::Int8, {p.vectors.shape[0]}, device);
     p.mask = static_cast<const uint8_t*>(m.data);
   }
-  run_op(call, &backend::inner_product_topk, p, py::none());
+  run_op(call, &backend::inner_product_topk, p, allocate);
 }
 
 }  // namespace
@@ -37,8 +37,9 @@ void inner_product_topk(py::handle queries, py::handle vectors, int64_t k, py::h
 void bind_inner_product(py::module_& m) {
   m.def("inner_product_topk", &inner_product_topk, py::arg("queries"), py::arg("vectors"), py::arg("k"),
         py::arg("top_scores"), py::arg("top_indices"), py::arg("mask") = py::none(), py::arg("stream") = 0,
+        py::arg("allocate") = py::none(),
         "The k vectors [n, F] with the largest inner product with each query [nq, F] float32, into top_scores "
-        "[nq, k] float32 and top_indices [nq, k] int64; mask [n] uint8 (host) excludes vectors where 0.");
+        "[nq, k] float32 and top_indices [nq, k] int64; mask [n] uint8 (the vectors' device) excludes vectors where 0.");
 }
 
 }  // namespace bindings

@@ -169,5 +169,57 @@ __device__ void block_merge_topk(const unsigned long long* run_keys, const float
   }
 }
 
+// ---- running top-k over chunks (common.h, TopkWorkspace) ---------------------------------------------------------
+constexpr int kTopkMergeThreads = 256;
+
+// One block per query of the group: the chunk's rank keys sorted, merged into the running top-k (in -> out).
+// Candidates first + i with mask[first + i] == 0 get no key (never returned), like rows past the chunk.
+template <int kChunk, int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    topk_merge_kernel(const float* chunk_scores, int64_t chunk_count, int64_t first, const uint8_t* mask,
+                      const unsigned long long* in_keys, const float* in_scores, unsigned long long* out_keys,
+                      float* out_scores, int64_t k) {
+  __shared__ unsigned long long s_keys[kChunk];
+  __shared__ float s_scores[kChunk];
+  const int64_t q = blockIdx.x;
+  const float* scores = chunk_scores + q * chunk_count;
+  for (int i = threadIdx.x; i < kChunk; i += kThreads) {
+    const bool real = i < chunk_count && (mask == nullptr || mask[first + i] != 0);
+    s_scores[i] = real ? scores[i] : -INFINITY;
+    s_keys[i] = real ? rank_key(scores[i], first + i) : 0ull;
+  }
+  block_sort_descending<kChunk, kThreads>(s_keys, s_scores);
+  block_merge_topk<kChunk, kThreads>(in_keys + q * k, in_scores + q * k, k, s_keys, s_scores, out_keys + q * k,
+                                      out_scores + q * k);
+}
+
+template <int kThreads>
+__global__ void topk_write_kernel(const unsigned long long* keys, const float* scores, int64_t count,
+                                  float* top_scores, int64_t* top_indices) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool real = keys[i] != 0ull;
+    top_scores[i] = real ? scores[i] : -INFINITY;
+    top_indices[i] = real ? key_index(keys[i]) : -1;
+  }
+}
+
+// Merges a chunk of scores [queries, chunk_count] (candidates first .. first + chunk_count) into the running lists.
+inline void launch_topk_merge(const float* chunk_scores, int64_t queries, int64_t chunk_count, int64_t first,
+                              const uint8_t* mask, const unsigned long long* in_keys, const float* in_scores,
+                              unsigned long long* out_keys, float* out_scores, int64_t k, cudaStream_t stream) {
+  topk_merge_kernel<static_cast<int>(kTopkDocChunk), kTopkMergeThreads>
+      <<<static_cast<int>(queries), kTopkMergeThreads, 0, stream>>>(chunk_scores, chunk_count, first, mask, in_keys,
+                                                                   in_scores, out_keys, out_scores, k);
+  TOKENSET_CHECK_LAUNCH("top-k merge");
+}
+
+// Writes the running lists as (score, index), empty entries as (-inf, -1).
+inline void launch_topk_write(const unsigned long long* keys, const float* scores, int64_t count, float* top_scores,
+                              int64_t* top_indices, cudaStream_t stream) {
+  topk_write_kernel<256><<<grid_for(count, 256), 256, 0, stream>>>(keys, scores, count, top_scores, top_indices);
+  TOKENSET_CHECK_LAUNCH("top-k write");
+}
+
 }  // namespace cuda
 }  // namespace tokenset

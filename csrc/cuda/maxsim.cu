@@ -193,38 +193,6 @@ void launch_scores(const MaxsimParams& p, cudaStream_t stream) {
   TOKENSET_CHECK_LAUNCH("maxsim");
 }
 
-// ---- top-k ---------------------------------------------------------------------------------------------------------
-constexpr int kMergeThreads = 256;
-constexpr int kChunk2 = static_cast<int>(kTopkDocChunk);
-
-// One block per query of the group: the chunk's keys sorted, merged into the running top-k (in -> out).
-__global__ void __launch_bounds__(kMergeThreads)
-    topk_merge_kernel(const float* chunk_scores, int64_t chunk_docs, int64_t first_doc, const unsigned long long* in_keys,
-                      const float* in_scores, unsigned long long* out_keys, float* out_scores, int64_t k) {
-  __shared__ unsigned long long s_keys[kChunk2];
-  __shared__ float s_scores[kChunk2];
-  const int64_t q = blockIdx.x;
-  const float* scores = chunk_scores + q * chunk_docs;
-  for (int i = threadIdx.x; i < kChunk2; i += kMergeThreads) {
-    const bool real = i < chunk_docs;
-    s_scores[i] = real ? scores[i] : -INFINITY;
-    s_keys[i] = real ? rank_key(scores[i], first_doc + i) : 0ull;
-  }
-  block_sort_descending<kChunk2, kMergeThreads>(s_keys, s_scores);
-  block_merge_topk<kChunk2, kMergeThreads>(in_keys + q * k, in_scores + q * k, k, s_keys, s_scores, out_keys + q * k,
-                                            out_scores + q * k);
-}
-
-__global__ void topk_write_kernel(const unsigned long long* keys, const float* scores, int64_t count, float* top_scores,
-                                  int64_t* top_indices) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const bool real = keys[i] != 0ull;
-    top_scores[i] = real ? scores[i] : -INFINITY;
-    top_indices[i] = real ? key_index(keys[i]) : -1;
-  }
-}
-
 void launch_topk(const MaxsimParams& p, const Launch& launch) {
   const int64_t nq = p.queries.count, nd = p.documents.count, k = p.k;
   if (nq == 0) return;
@@ -254,15 +222,12 @@ void launch_topk(const MaxsimParams& p, const Launch& launch) {
       chunk.documents.count = imin(kTopkDocChunk, nd - d0);
       chunk.scores = chunk_scores;
       launch_scores(chunk, stream);
-      topk_merge_kernel<<<static_cast<int>(queries), kMergeThreads, 0, stream>>>(
-          chunk_scores, chunk.documents.count, d0, keys[current], scores[current], keys[1 - current],
-          scores[1 - current], k);
-      TOKENSET_CHECK_LAUNCH("maxsim top-k merge");
+      launch_topk_merge(chunk_scores, queries, chunk.documents.count, d0, nullptr, keys[current], scores[current],
+                        keys[1 - current], scores[1 - current], k, stream);
       current = 1 - current;
     }
-    topk_write_kernel<<<grid_for(queries * k, 256), 256, 0, stream>>>(keys[current], scores[current], queries * k,
-                                                                        p.top_scores + q0 * k, p.top_indices + q0 * k);
-    TOKENSET_CHECK_LAUNCH("maxsim top-k write");
+    launch_topk_write(keys[current], scores[current], queries * k, p.top_scores + q0 * k, p.top_indices + q0 * k,
+                      stream);
   }
 }
 

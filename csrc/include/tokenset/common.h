@@ -109,4 +109,33 @@ class WorkspaceCarver {
   int64_t used_ = 0;
 };
 
+// GPU running top-k, shared by every op that ranks on the GPU (MaxSim top-k, inner-product top-k): candidates are
+// scored in chunks of kTopkDocChunk for a group of queries, and each query's running top-k (double-buffered 64-bit
+// rank keys + scores) is merged with every chunk. The workspace holds one group's chunk scores and running lists, at
+// most kTopkWorkspaceBudget bytes unless one query alone needs more (a very large k).
+constexpr int64_t kTopkDocChunk = 2048;
+constexpr int64_t kTopkWorkspaceBudget = int64_t(64) << 20;
+
+struct TopkWorkspace {
+  int64_t group = 0;  // queries per pass
+  float* chunk_scores = nullptr;  // [group, kTopkDocChunk]
+  unsigned long long* keys[2] = {nullptr, nullptr};  // [group, k] each
+  float* scores[2] = {nullptr, nullptr};
+};
+
+// The layout for `queries` queries and top-k `k`; with base == nullptr only the size (*bytes) is meaningful.
+inline TopkWorkspace carve_topk_workspace(int64_t queries, int64_t k, void* base, int64_t* bytes) {
+  WorkspaceCarver carve(base);
+  TopkWorkspace w;
+  const int64_t per_query = kTopkDocChunk * 4 + 2 * k * (8 + 4);
+  w.group = kTopkWorkspaceBudget / per_query;
+  if (w.group > queries) w.group = queries;
+  if (w.group < 1) w.group = 1;
+  w.chunk_scores = carve.take<float>(w.group * kTopkDocChunk);
+  for (auto& keys : w.keys) keys = carve.take<unsigned long long>(w.group * k);
+  for (auto& scores : w.scores) scores = carve.take<float>(w.group * k);
+  if (bytes) *bytes = carve.used();
+  return w;
+}
+
 }  // namespace tokenset

@@ -4,7 +4,7 @@
 // Semantics: accumulation in float32 whatever the stored dtype (float32, float16, bfloat16); higher first, ties to
 // the lower index, NaN ranks as -inf; vectors whose mask entry is 0 are never returned; rows with fewer than k
 // eligible vectors end with (-inf, -1). Summation order: lanes of the CPU's vector width, then the lanes in order, so
-// scores may differ between SIMD levels by float32 rounding (within u * F * sum |q_i v_i|).
+// scores may differ between SIMD levels and the GPU by float32 rounding (within u * F * sum |q_i v_i|).
 #pragma once
 
 #include "tokenset/common.h"
@@ -14,7 +14,7 @@ namespace tokenset {
 struct InnerProductParams {
   ArrayView queries;  // [nq, F] float32, contiguous along F
   ArrayView vectors;  // [n, F] float32 / float16 / bfloat16, contiguous along F (rows may be strided)
-  const uint8_t* mask = nullptr;  // [n] on the host, nonzero = eligible; null = all
+  const uint8_t* mask = nullptr;  // [n] on the vectors' device, nonzero = eligible; null = all
   int64_t k = 0;
   float* top_scores = nullptr;    // [nq, k]
   int64_t* top_indices = nullptr;  // [nq, k]
@@ -37,14 +37,20 @@ inline void validate(const InnerProductParams& p) {
   TOKENSET_CHECK(p.queries.shape[0] == 0 || (p.top_scores && p.top_indices), ValueError, "top-k outputs missing");
 }
 
-inline int64_t workspace_bytes(const InnerProductParams&) { return 0; }
+// GPU: one group's chunk scores and running top-k lists (common.h, carve_topk_workspace).
+inline int64_t workspace_bytes(const InnerProductParams& p) {
+  if (p.queries.shape[0] == 0 || p.k < 1) return 0;
+  int64_t bytes = 0;
+  carve_topk_workspace(p.queries.shape[0], p.k, nullptr, &bytes);
+  return bytes;
+}
 
 namespace cpu {
 void inner_product_topk(const InnerProductParams& params, const Launch& launch = Launch());
 }  // namespace cpu
 
 namespace cuda {
-// Not implemented on the GPU yet: raises a ValueError that says so.
+// Same semantics; vectors, queries, mask and outputs in device memory; scores summed by a warp shuffle reduction.
 void inner_product_topk(const InnerProductParams& params, const Launch& launch);
 }  // namespace cuda
 

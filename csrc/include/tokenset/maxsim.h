@@ -76,38 +76,10 @@ inline void validate(const MaxsimParams& p) {
                  "most 2^31 - 1 tokens (split longer documents)");
 }
 
-// GPU top-k: documents are scored in chunks of kTopkDocChunk for groups of queries, and each query's running top-k
-// (double-buffered 64-bit keys + scores) is merged with every chunk. The workspace holds one group's chunk scores and
-// running lists, at most kTopkWorkspaceBudget bytes unless one query alone needs more (a very large k).
-constexpr int64_t kTopkDocChunk = 2048;
-constexpr int64_t kTopkWorkspaceBudget = int64_t(64) << 20;
-
-inline int64_t topk_bytes_per_query(int64_t k) { return kTopkDocChunk * 4 + 2 * k * (8 + 4); }
-
-inline int64_t topk_query_group(const MaxsimParams& p) {
-  int64_t group = kTopkWorkspaceBudget / topk_bytes_per_query(p.k);
-  if (group > p.queries.count) group = p.queries.count;
-  return group > 0 ? group : 1;
-}
-
-// The GPU top-k workspace layout: one group's chunk scores [group, kTopkDocChunk], then the running lists
-// (keys and scores, double-buffered) [group, k] each. With base == nullptr only the size (*bytes) is meaningful.
-struct TopkWorkspace {
-  int64_t group = 0;  // queries per pass
-  float* chunk_scores = nullptr;
-  unsigned long long* keys[2] = {nullptr, nullptr};
-  float* scores[2] = {nullptr, nullptr};
-};
-
+// GPU top-k: documents are scored in chunks for groups of queries, merged into running lists (common.h,
+// carve_topk_workspace).
 inline TopkWorkspace carve_topk_workspace(const MaxsimParams& p, void* base, int64_t* bytes) {
-  WorkspaceCarver carve(base);
-  TopkWorkspace w;
-  w.group = topk_query_group(p);
-  w.chunk_scores = carve.take<float>(w.group * kTopkDocChunk);
-  for (auto& keys : w.keys) keys = carve.take<unsigned long long>(w.group * p.k);
-  for (auto& scores : w.scores) scores = carve.take<float>(w.group * p.k);
-  if (bytes) *bytes = carve.used();
-  return w;
+  return carve_topk_workspace(p.queries.count, p.k, base, bytes);
 }
 
 // Bytes of device workspace the CUDA entry needs for these params (0: none).

@@ -35,8 +35,12 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
         if host_mask.shape != (int(v.shape[0]),):
             raise ValueError(f"mask must have shape ({int(v.shape[0])},), got {host_mask.shape}")
         host_mask = np.ascontiguousarray(host_mask).view(np.uint8)
+        if dev[0] != "cpu":
+            host_mask = _array.to_device(host_mask, lib, dev)
     nq = int(q.shape[0])
     scores = _dispatch.empty((nq, int(k)), "float32", lib, dev)
     indices = _dispatch.empty((nq, int(k)), "int64", lib, dev)
-    _dispatch.module(dev).inner_product_topk(q, v, int(k), scores, indices, host_mask, _dispatch.stream(lib, dev))
+    stream = _dispatch.stream(lib, dev)
+    _dispatch.module(dev).inner_product_topk(q, v, int(k), scores, indices, host_mask, stream,
+                                             _dispatch.allocator(lib, dev))
     return scores, indices
