@@ -244,3 +244,18 @@ q = np.random.default_rng(1).standard_normal((4, 4, 32)).astype(np.float32)
 index.search(q[:1], k=10, candidates=50)
 """, "ids, scores = index.search(q, k=10, candidates=500)", threads=2)
     assert added < 12 * MiB, added / MiB
+
+
+def test_index_add_copies_the_corpus_once():
+    """Index.add stores tokens (float16) and FDEs (float16) once; the float32 encoder output is encoded in 64 MiB
+    chunks. It used to keep a per-set copy list, concatenate it, and hold the whole float32 FDE matrix: 100,000
+    documents ran a 23 GiB machine out of memory."""
+    added = peak_added("""
+docs = np.ones((20000, 32, 64), np.float32)
+docs[:, ::2] = -1
+index = tokenset.Index(64, fde=tokenset.FDE(64, reps=8, simhash_bits=4, final_dim=2048, seed=0))
+index.add(docs[:2])
+stored = 20000 * 32 * 64 * 2 + 20000 * 2048 * 2
+""", "index.add(docs[2:]); index.search(docs[0, :4], k=1)", threads=2)
+    stored = 20000 * 32 * 64 * 2 + 20000 * 2048 * 2  # 160 MiB of float16 tokens and FDEs
+    assert added < stored + 64 * MiB + 32 * MiB, added / MiB

@@ -35,6 +35,7 @@ from .ragged import Ragged, ragged
 _FORMAT = "tokenset.Index"
 _FORMAT_VERSION = 1
 _TOKEN_DTYPES = ("float16", "float32")
+_ENCODE_BYTES = 64 << 20  # float32 FDEs encoded at once by add()
 
 
 def default_fde(dim: int) -> FDE:
@@ -119,7 +120,7 @@ class Index:
         self.backend, self.backend_options = backend, options
         self._ann = None  # the usearch graph over FDEs, keyed by id (built on first search, then kept in sync)
         self._segments: List[_Segment] = []
-        self._pending: List[Tuple[List[np.ndarray], np.ndarray, np.ndarray]] = []
+        self._pending: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # tokens, offsets, fdes, ids
         self._where: Dict[int, Tuple[int, int]] = {}  # id -> (segment, row); pending rows: segment -1
         self._next_id = 0
         self._lock = threading.RLock()  # add/remove/flush vs concurrent searches
@@ -158,9 +159,18 @@ class Index:
                 taken = [int(i) for i in new_ids if int(i) in self._where]
                 if taken:
                     raise ValueError(f"ids already in the index: {taken[:5]}; remove them first")
-            fdes = self.fde.encode_documents(batch).astype(np.float16)
-            sets = [np.asarray(_array.host_copy(batch[i])).astype(self.dtype) for i in range(n)]
-            self._pending.append((sets, fdes, new_ids))
+            # FDEs in chunks (the float32 encoder output is bounded by _ENCODE_BYTES), tokens copied once, straight
+            # into one array of the stored dtype.
+            fdes = np.empty((n, self.fde.output_dim), dtype=np.float16)
+            step = max(1, _ENCODE_BYTES // (4 * self.fde.output_dim))
+            for c0 in range(0, n, step):
+                part = ragged([batch[i] for i in range(c0, min(n, c0 + step))], name="documents")
+                fdes[c0:c0 + len(part)] = np.asarray(_array.host_copy(self.fde.encode_documents(part)))
+            offsets = np.asarray(batch.offsets) - int(batch.offsets[0])
+            tokens = np.empty((int(offsets[-1]), self.dim), dtype=self.dtype)
+            for i in range(n):
+                tokens[offsets[i]:offsets[i + 1]] = np.asarray(_array.host_copy(batch[i]))
+            self._pending.append((tokens, offsets, fdes, new_ids))
             if self._ann is not None and n:
                 self._ann.add(new_ids.view(np.uint64), fdes)
             for i in new_ids:
@@ -187,30 +197,27 @@ class Index:
 
     def _flush(self) -> None:
         """Moves pending additions into a new in-memory segment, then merges the last two in-memory segments while
-        the older is not larger than the newer (as a binary counter / LSM tree): over any sequence of adds every
-        document is copied O(log N) times and there are O(log N) segments."""
+        their sizes are comparable (older <= newer <= 8 x older, as an LSM tree): repeated small adds are copied
+        O(log N) times each and leave O(log N) segments, and a small segment never makes a large one be copied (the
+        transient copy of a merge is at most 9x the smaller side)."""
         with self._lock:
             if not self._pending:
                 return
-            sets = [s for p in self._pending for s in p[0]]
-            fdes = np.concatenate([p[1] for p in self._pending])
-            ids = np.concatenate([p[2] for p in self._pending])
+            if len(self._pending) == 1:
+                tokens, offsets, fdes, ids = self._pending[0]
+            else:
+                tokens, offsets, fdes, ids = _concat_parts(self._pending)
             self._pending = []
-            self._append_segment(sets, fdes, ids)
+            self._append_segment(tokens, offsets, fdes, ids)
             while len(self._segments) >= 2:
                 older, newer = self._segments[-2], self._segments[-1]
-                if isinstance(older.tokens, np.memmap) or int(older.alive.sum()) > int(newer.alive.sum()):
-                    break
+                n_old, n_new = int(older.alive.sum()), int(newer.alive.sum())
+                if isinstance(older.tokens, np.memmap) or n_old > n_new or n_new > 8 * max(n_old, 1):
+                    break  # only comparable sizes merge: a small segment never makes a large one be copied
                 del self._segments[-2:]
-                keep = [np.flatnonzero(older.alive), np.flatnonzero(newer.alive)]
-                self._append_segment([seg.batch[int(r)] for seg, rows in zip((older, newer), keep) for r in rows],
-                                     np.concatenate([older.fde[keep[0]], newer.fde[keep[1]]]),
-                                     np.concatenate([older.ids[keep[0]], newer.ids[keep[1]]]))
+                self._append_segment(*_concat_parts([_live_parts(older), _live_parts(newer)]))
 
-    def _append_segment(self, sets, fdes, ids) -> None:
-        offsets = np.zeros(len(sets) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(s) for s in sets])
-        tokens = (np.concatenate(sets) if sets else np.zeros((0, self.dim), self.dtype)).astype(self.dtype)
+    def _append_segment(self, tokens, offsets, fdes, ids) -> None:
         self._segments.append(_Segment(tokens, offsets, np.ascontiguousarray(fdes), ids))
         seg = len(self._segments) - 1
         for row, i in enumerate(ids):
@@ -381,20 +388,11 @@ class Index:
         os.makedirs(directory, exist_ok=True)
         self._flush()
         with self._lock:
-            sets, fdes, ids = [], [], []
-            for seg in self._segments:
-                rows = np.flatnonzero(seg.alive)
-                sets += [seg.batch[int(r)] for r in rows]
-                fdes.append(np.asarray(seg.fde[rows]))
-                ids.append(seg.ids[rows])
-            offsets = np.zeros(len(sets) + 1, dtype=np.int64)
-            offsets[1:] = np.cumsum([len(s) for s in sets])
-            arrays = {
-                "tokens": np.concatenate(sets).astype(self.dtype) if sets else np.zeros((0, self.dim), self.dtype),
-                "offsets": offsets,
-                "fde": np.concatenate(fdes) if fdes else np.zeros((0, self.fde.output_dim), np.float16),
-                "ids": np.concatenate(ids) if ids else np.zeros(0, np.int64),
-            }
+            tokens, offsets, fdes, ids = _concat_parts([_live_parts(seg) for seg in self._segments]) \
+                if self._segments else (np.zeros((0, self.dim), self.dtype), np.zeros(1, np.int64),
+                                        np.zeros((0, self.fde.output_dim), np.float16), np.zeros(0, np.int64))
+            arrays = {"tokens": np.ascontiguousarray(tokens, dtype=self.dtype), "offsets": offsets,
+                      "fde": np.ascontiguousarray(fdes), "ids": ids}
         generation = secrets.token_hex(6)
         files = {}
         for name, a in arrays.items():
@@ -513,6 +511,31 @@ class Index:
                     digest.update(block)
             if digest.hexdigest() != meta.get("sha256"):
                 raise _storage.Corrupt(f"{self._directory}: {meta['file']} does not match its checksum (damaged)")
+
+
+def _live_parts(seg: "_Segment"):
+    """(tokens, offsets, fdes, ids) of a segment's live documents: the arrays themselves when all are live."""
+    if seg.alive.all():
+        return seg.tokens, np.asarray(seg.offsets), seg.fde, seg.ids
+    rows = np.flatnonzero(seg.alive)
+    starts, ends = np.asarray(seg.offsets)[rows], np.asarray(seg.offsets)[rows + 1]
+    lengths = ends - starts
+    offsets = np.zeros(rows.size + 1, np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    token_rows = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+    return np.asarray(seg.tokens)[token_rows], offsets, np.asarray(seg.fde)[rows], seg.ids[rows]
+
+
+def _concat_parts(parts):
+    """One (tokens, offsets, fdes, ids) from several, offsets rebased."""
+    tokens = np.concatenate([np.asarray(p[0]) for p in parts])
+    offsets = [np.zeros(1, np.int64)]
+    base = 0
+    for p in parts:
+        offsets.append(np.asarray(p[1][1:]) - int(p[1][0]) + base)
+        base += int(p[1][-1]) - int(p[1][0])
+    return tokens, np.concatenate(offsets), np.concatenate([np.asarray(p[2]) for p in parts]), \
+        np.concatenate([p[3] for p in parts])
 
 
 def _peak_rss_bytes() -> int:
