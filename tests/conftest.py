@@ -1,6 +1,9 @@
 """Shared helpers: seeded random set batches, the error bound used against the float64 reference, SIMD levels."""
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -204,3 +207,10 @@ FDE_SWEEP = [
     (8, 2, 16, 1, True, None),    # 2^16 partitions, one projected coordinate each
     (20, 1, 16, None, True, None),  # 2^16 partitions x dim > the partition-sum scratch cap: tokens added in place
 ]
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment of a child interpreter that imports this tokenset (the tree under test first on its path),
+    plus `extra` variables: for tests that run code where a crash or a hang is possible, or that kill a process."""
+    path = os.pathsep.join([os.path.dirname(os.path.dirname(tokenset.__file__))] + sys.path)
+    return dict(os.environ, PYTHONPATH=path, **extra)

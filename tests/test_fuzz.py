@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 import tokenset  # noqa: E402
 from tokenset.reference import maxsim as ref  # noqa: E402
 
-from conftest import BF16, HAVE_TORCH, U32, check_fde_against_reference, fde_sanitize, maxsim_error_bound  # noqa: E402
+from conftest import (BF16, HAVE_TORCH, U32, check_fde_against_reference, fde_sanitize,  # noqa: E402
+                      maxsim_error_bound, subprocess_env)
 
 LONG = os.environ.get("TOKENSET_FUZZ") == "long"
 EXAMPLES = 5000 if LONG else 300
@@ -323,8 +324,7 @@ print("done", ok, errors)
 @pytest.mark.parametrize("seed", range(8 if LONG else 2))
 def test_native_modules_never_crash(seed):
     calls = 20000 if LONG else 1500
-    env = dict(os.environ, TOKENSET_NUM_THREADS="2",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(tokenset.__file__))] + sys.path))
+    env = subprocess_env(TOKENSET_NUM_THREADS="2")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(NATIVE_FUZZ), str(seed), str(calls)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode} (a crash is a negative signal number)\n{proc.stderr[-3000:]}"

@@ -14,6 +14,8 @@ import pytest
 
 import tokenset
 
+from conftest import subprocess_env
+
 DIM = 32
 
 
@@ -198,9 +200,7 @@ def test_killed_save_leaves_the_previous_index(tmp_path):
         _storage.atomic_write = dying
         index.save({str(path)!r})
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(tokenset.__file__))] +
-                                                       sys.path))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 9, proc.stderr[-2000:]
     loaded = tokenset.Index.load(path)
     assert len(loaded) == 60

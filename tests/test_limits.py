@@ -18,15 +18,15 @@ import pytest
 
 import tokenset
 
+from conftest import subprocess_env
+
 MiB = 1 << 20
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(tokenset.__file__))] +
-                                                   sys.path))
 
 
 def run_python(code: str, threads: int = 2, timeout: float = 120) -> str:
     """Runs `code` in a fresh interpreter (TOKENSET_NUM_THREADS=threads); returns its stdout, fails on a non-zero
     exit (a crash or a hang past `timeout` fails the test instead of the suite)."""
-    env = dict(ENV, TOKENSET_NUM_THREADS=str(threads), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = subprocess_env(TOKENSET_NUM_THREADS=str(threads), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
                           timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 import tokenset
+from tokenset._plot import write_recall_plot
 from tokenset.reference import fde as fde_ref
 from tokenset.reference import maxsim as ref
 
@@ -173,24 +174,10 @@ def evaluate(args) -> int:
             json.dump(report, f, indent=2)
     if args.plot:
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("--plot needs matplotlib: pip install 'tokenset[plot]'", file=sys.stderr)
+            write_recall_plot(report, args.plot, f"{report['documents']:,} documents, FDE {index.fde.output_dim} dims")
+        except ImportError as exc:
+            print(exc, file=sys.stderr)
             return 2
-        xs = [r["candidates"] for r in report["results"]]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(xs, [r["recall"] for r in report["results"]], marker="o")
-        ax.set_xscale("log")
-        ax.set_xlabel("FDE candidates reranked")
-        ax.set_ylabel(f"recall@{report['k']} of exact MaxSim")
-        ax.set_ylim(0, 1.02)
-        ax.grid(True, alpha=0.3)
-        ax.set_title(f"{report['documents']:,} documents, FDE {index.fde.output_dim} dims")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}")
     return 0
 

