@@ -245,7 +245,7 @@ class Index:
         nq = len(q)
         qf = np.asarray(_array.host_copy(self.fde.encode_queries(q)), dtype=np.float32)
         if self.backend == "exact":
-            cand_score, cand_pos = self._fde_candidates(qf, segments, alive, int(candidates))
+            _, cand_pos = self._fde_candidates(qf, segments, alive, int(candidates))
         else:
             cand_pos = self._ann_candidates(qf, segments, int(candidates))
         # Rerank: each candidate is a (segment, row); one fused maxsim_pairs per segment, rows of others are -1.
