@@ -285,9 +285,18 @@ for i in range(calls):
     q, d = batch(), batch()
     nq = max(len(getattr(q, "offsets", [])) - 1, 0) if getattr(q.offsets, "ndim", 0) == 1 else 1
     nd = max(len(getattr(d, "offsets", [])) - 1, 0) if getattr(d.offsets, "ndim", 0) == 1 else 1
-    op = rng.integers(0, 4)
+    op = rng.integers(0, 5)
     try:
-        if op == 0:
+        if op == 4:  # inner-product top-k: any values as queries / vectors, any k, outputs and mask
+            qv, vv = q.values if q.values is not None else values(), d.values if d.values is not None else values()
+            rows_q = qv.shape[0] if hasattr(qv, "shape") and qv.ndim else 0
+            rows_v = vv.shape[0] if hasattr(vv, "shape") and vv.ndim else 0
+            k = int(rng.integers(-1, 6)) if rng.random() < 0.2 else int(rng.integers(1, 6))
+            mask_rows = max(0, rows_v + int(rng.integers(-1, 2)))
+            mask = None if rng.random() < 0.5 else (rng.random(mask_rows) < 0.5).view(np.uint8)
+            _core.inner_product_topk(qv.astype(np.float32) if rng.random() < 0.8 and hasattr(qv, "astype") else qv,
+                                     vv, k, out((rows_q, max(k, 0))), np.empty((rows_q, max(k, 0)), np.int64), mask)
+        elif op == 0:
             _core.maxsim(q, d, out((nq, nd)), np.empty((nq, nd, int(rng.integers(0, 40))), np.int32)
                          if rng.random() < 0.3 else None)
         elif op == 1:

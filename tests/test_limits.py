@@ -57,7 +57,8 @@ fde = tokenset.FDE(64, reps=4, simhash_bits=3, proj_dim=16, final_dim=256)
 def every_op():
     return [tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1],
             tokenset.maxsim_pairs(q, d, np.array([[0, 5, -1], [7, 399, 2]])), *tokenset.maxsim_topk(q, d, 10),
-            fde.encode_documents(d), fde.encode_queries(q), fde.partitions(d)]
+            fde.encode_documents(d), fde.encode_queries(q), fde.partitions(d),
+            *tokenset.inner_product_topk(q[1], np.concatenate(d), 7)]
 """
 
 
