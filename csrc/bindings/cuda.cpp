@@ -16,6 +16,7 @@ PYBIND11_MODULE(_cuda, m) {
   bindings::bind_maxsim(m);
   bindings::bind_fde(m);
   bindings::bind_inner_product(m);
+  bindings::bind_kcenter(m);
   m.def("build_info", [] {
     py::dict info;
     std::string error;

@@ -15,6 +15,7 @@
 #include "tokenset/common.h"
 #include "tokenset/fde.h"
 #include "tokenset/inner_product.h"
+#include "tokenset/kcenter.h"
 #include "tokenset/maxsim.h"
 
 namespace tokenset {
@@ -99,6 +100,7 @@ void run_op(Call& call, void (*entry)(const Params&, const Launch&), const Param
 void bind_maxsim(py::module_& m);
 void bind_fde(py::module_& m);
 void bind_inner_product(py::module_& m);
+void bind_kcenter(py::module_& m);
 
 }  // namespace bindings
 }  // namespace tokenset

@@ -10,6 +10,7 @@ from ._build import build_info, get_num_threads, set_num_threads, set_simd_level
 from .fde import FDE
 from .index import Index
 from .inner_product import inner_product_topk
+from .kcenter import kcenter
 from .maxsim import maxsim, maxsim_pairs, maxsim_topk
 from .ragged import Ragged, ragged
 
@@ -24,6 +25,7 @@ __all__ = [
     "FDE",
     "Index",
     "inner_product_topk",
+    "kcenter",
     "build_info",
     "simd_level",
     "set_simd_level",

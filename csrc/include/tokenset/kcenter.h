@@ -1,0 +1,80 @@
+// k-center (max-min diversity, farthest-first traversal): for every set, k tokens picked greedily, each the token whose
+// distance to its nearest earlier pick is largest (DivPrune, ToDRE; Gonzalez's 2-approximation of k-center).
+//
+// Semantics (the same on both devices; the numpy reference is tokenset/reference/kcenter.py):
+//   distance  cosine: 1 - <x, y> r_x r_y with r = 1 / ||x|| (r = 0 for a zero vector: its similarity is 0)
+//             l2:     ||x - y|| (compared squared)        ip: -<x, y>
+//             accumulated in float32 whatever the dtype; a NaN distance counts as -inf (a token with NaN is picked
+//             after every finite one).
+//   first     first[i] >= 0: that token; first[i] == -1: the most isolated token (largest distance to its nearest
+//             other token; DivPrune's first pick), computed tile by tile, never as an n x n matrix.
+//   picks     min(k[i], n_i) distinct tokens in pick order, ties to the lowest index; the rest of the row is -1.
+//   distances (optional) the picked token's distance to its nearest earlier pick at the time it was picked (+inf for
+//             the first): the covering radius so far, non-increasing.
+#pragma once
+
+#include "tokenset/common.h"
+
+namespace tokenset {
+
+enum class Metric : int32_t { Cosine = 0, L2 = 1, InnerProduct = 2 };
+
+inline const char* metric_name(Metric m) {
+  switch (m) {
+    case Metric::Cosine: return "cosine";
+    case Metric::L2: return "l2";
+    case Metric::InnerProduct: return "ip";
+  }
+  return "unknown";
+}
+
+struct KcenterParams {
+  SetBatch tokens;
+  Metric metric = Metric::Cosine;
+  const int64_t* k = nullptr;           // [count] picks per set (device memory on CUDA)
+  const int64_t* host_k = nullptr;      // the same on the host: what validate() checks
+  const int64_t* first = nullptr;       // [count] first pick per set, -1 = most isolated (device memory on CUDA)
+  const int64_t* host_first = nullptr;
+  int64_t max_k = 0;                    // columns of the outputs
+  int64_t* indices = nullptr;           // [count, max_k]
+  float* distances = nullptr;           // [count, max_k] or null
+};
+
+inline void validate(const KcenterParams& p) {
+  check_token_values(p.tokens.values, "tokens");
+  const int m = static_cast<int>(p.metric);
+  TOKENSET_CHECK(m >= 0 && m <= 2, ValueError, "metric must be cosine, l2 or ip (0, 1, 2), got ", m);
+  TOKENSET_CHECK(p.max_k >= 0, ValueError, "max_k must be >= 0, got ", p.max_k);
+  if (p.tokens.count == 0) return;
+  TOKENSET_CHECK(p.host_k && p.k && p.host_first && p.first, ValueError, "kcenter: k and first arrays missing");
+  TOKENSET_CHECK(p.max_k == 0 || p.indices, ValueError, "kcenter: indices output missing");
+  for (int64_t i = 0; i < p.tokens.count; ++i) {
+    TOKENSET_CHECK(p.host_k[i] >= 1 && p.host_k[i] <= p.max_k, ValueError, "k[", i, "] must be in 1..", p.max_k,
+                   ", got ", p.host_k[i]);
+    const int64_t n = p.tokens.host_offsets[i + 1] - p.tokens.host_offsets[i];
+    TOKENSET_CHECK(p.host_first[i] == -1 || (p.host_first[i] >= 0 && p.host_first[i] < n), ValueError, "first[", i, "]=", p.host_first[i], " is not a token of set ", i, ", which has ", n,
+                   " tokens (use -1 for the most isolated token)");
+  }
+}
+
+// GPU: running minimum distances, picked flags and per-token norms for every token of the batch (one float, one
+// float, one byte per token: 1/(2 dim) of the float32 input).
+inline int64_t workspace_bytes(const KcenterParams& p) {
+  const int64_t tokens = p.tokens.count > 0 ? p.tokens.host_offsets[p.tokens.count] : 0;
+  WorkspaceCarver carve;
+  carve.take<float>(tokens);
+  carve.take<float>(tokens);
+  carve.take<uint8_t>(tokens);
+  return carve.used();
+}
+
+namespace cpu {
+void kcenter(const KcenterParams& params, const Launch& launch = Launch());
+}  // namespace cpu
+
+namespace cuda {
+// One block per set: warps stride the set's tokens (lanes stride the dimension), a block argmax per pick.
+void kcenter(const KcenterParams& params, const Launch& launch);
+}  // namespace cuda
+
+}  // namespace tokenset
