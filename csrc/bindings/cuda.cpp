@@ -17,6 +17,7 @@ PYBIND11_MODULE(_cuda, m) {
   bindings::bind_fde(m);
   bindings::bind_inner_product(m);
   bindings::bind_kcenter(m);
+  bindings::bind_coverage(m);
   m.def("build_info", [] {
     py::dict info;
     std::string error;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "tokenset/common.h"
+#include "tokenset/coverage.h"
 #include "tokenset/fde.h"
 #include "tokenset/inner_product.h"
 #include "tokenset/kcenter.h"
@@ -101,6 +102,7 @@ void bind_maxsim(py::module_& m);
 void bind_fde(py::module_& m);
 void bind_inner_product(py::module_& m);
 void bind_kcenter(py::module_& m);
+void bind_coverage(py::module_& m);
 
 }  // namespace bindings
 }  // namespace tokenset

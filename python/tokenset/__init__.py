@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._backend import _core
 from ._build import build_info, get_num_threads, set_num_threads, set_simd_level, simd_level
+from .coverage import coverage, max_coverage
 from .fde import FDE
 from .index import Index
 from .inner_product import inner_product_topk
@@ -26,6 +27,8 @@ __all__ = [
     "Index",
     "inner_product_topk",
     "kcenter",
+    "coverage",
+    "max_coverage",
     "build_info",
     "simd_level",
     "set_simd_level",
