@@ -13,6 +13,8 @@ from .index import Index
 from .inner_product import inner_product_topk
 from .kcenter import kcenter
 from .maxsim import maxsim, maxsim_pairs, maxsim_topk
+from .merge import merge
+from .prune import PruneResult, prune
 from .ragged import Ragged, ragged
 
 __version__ = _core.build_info()["version"]
@@ -29,6 +31,9 @@ __all__ = [
     "kcenter",
     "coverage",
     "max_coverage",
+    "prune",
+    "merge",
+    "PruneResult",
     "build_info",
     "simd_level",
     "set_simd_level",

@@ -1,0 +1,370 @@
+"""Token merging, batched over ragged sets: ToMe bipartite soft matching, DPC-KNN clustering (Chat-UniVi), per-set
+k-means and k-medoids with farthest-first initialisation (CenterCLIP; CRISP-style reduction of a document's vectors).
+
+Every method computes its nearest neighbours with native kernels or GEMMs in the tokens' library and device and
+merges with size-weighted sums there; only the plan (which token joins which group: small integer arrays) is made
+on the host. Ties go to the lower index everywhere.
+
+* ``"tome"``: split each set alternately (A = even positions, B = odd); every A token's most similar B token
+  (cosine of ``metric``, default the tokens themselves; ToMe uses the attention keys averaged over heads); the r
+  most similar edges are merged into their B token by size-weighted average, ``r = min(n - keep, (n - protected) //
+  2)``; rounds repeat until ``keep`` is reached (each round at most halves a set). The first ``protected`` tokens
+  ([CLS], distillation) are never merged. ``sizes`` (per token, default 1) compose with earlier merges.
+* ``"dpc_knn"``: distances ``||x_i - x_j|| / sqrt(d)``; density ``exp(-mean of the squared distances to the knn
+  nearest tokens, itself included)``; delta = distance to the nearest denser token (the densest: the largest
+  distance in the set); the ``keep`` tokens with the largest delta x density are centres; every token joins its
+  nearest centre; groups are averaged (weighted by ``sizes``).
+* ``"kmeans"``: ``iters`` Lloyd iterations from farthest-first (KKZ) centres: the largest-norm token, then k-center
+  (l2); an empty cluster keeps its centre and is dropped at the end. Tokens are the centroids (float32); indices are
+  each cluster's member nearest its centroid. ``metric="cosine"`` clusters unit vectors (spherical k-means).
+* ``"kmedoids"``: the same initialisation; assign to the nearest medoid, then each cluster's medoid becomes the
+  member with the least sum of squared distances to the other members; ``iters`` rounds or until stable. Tokens are
+  the medoids themselves (input dtype).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _array, _segments
+from .kcenter import kcenter
+from .prune import PruneResult, _unknown, finish, keep_counts
+from .ragged import Ragged, ragged
+
+MERGE_METHODS = ("tome", "dpc_knn", "kmeans", "kmedoids")
+_DISTANCE_CHUNK_BYTES = 64 << 20  # DPC-KNN: distance rows computed at once per set
+
+
+def _per_token(values: Any, batch: Ragged, name: str) -> np.ndarray:
+    """A per-token float array (list of [n_i], [B, N] padded, or flat [T]) as host float32 [T], checked."""
+    lengths = batch.lengths
+    total = int(lengths.sum())
+    if isinstance(values, (list, tuple)):
+        flat = np.concatenate([np.asarray(_array.host_copy(v), np.float32).reshape(-1) for v in values]) \
+            if values else np.zeros(0, np.float32)
+    else:
+        arr = np.asarray(_array.host_copy(values), np.float32)
+        if arr.ndim == 2 and arr.shape[0] == len(batch):
+            flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
+        else:
+            flat = arr.reshape(-1)
+    if flat.shape[0] != total:
+        raise ValueError(f"{name} must have one entry per token ({total} in all), got {flat.shape[0]}")
+    if not np.all(flat > 0):
+        raise ValueError(f"{name} must be positive and finite (sizes / weights of tokens)")
+    return flat
+
+
+def _weighted_average(x: Any, weights: Any, segments: np.ndarray, count: int) -> Tuple[Any, Any]:
+    """(sum w x / sum w, sum w) per segment, in x's library."""
+    totals = _segments.segment_sum(weights, segments, count)
+    sums = _segments.segment_sum(x * weights[:, None], segments, count)
+    return sums / totals[:, None], totals
+
+
+def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, protected: int = 0):
+    if isinstance(protected, bool) or not isinstance(protected, (int, np.integer)) or protected < 0:
+        raise ValueError(f"protected must be an integer >= 0 (leading tokens never merged), got {protected!r}")
+    lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
+    x = _segments.float32(batch.values)
+    keys = x
+    if metric is not None:
+        m = ragged(metric, name="metric")
+        if not np.array_equal(m.lengths, batch.lengths):
+            raise ValueError("metric must have one key per token (the tokens' lengths per set)")
+        keys = _segments.float32(m.values)
+    size_host = _per_token(sizes, batch, "sizes") if sizes is not None else np.ones(x.shape[0], np.float32)
+    size = _segments.from_host(size_host, lib, dev)
+    lens = batch.lengths.copy()
+    origin = np.arange(x.shape[0], dtype=np.int64) - np.repeat(batch.offsets[:-1] - batch.offsets[0], lens)
+    while True:
+        sets = _segments.set_ids(lens)
+        off = _segments.offsets_of(lens)
+        pos = np.arange(lens.sum(), dtype=np.int64) - off[sets]
+        free = pos >= protected
+        a_rows = np.flatnonzero(free & (pos % 2 == 0))
+        b_rows = np.flatnonzero(free & (pos % 2 == 1))
+        a_len = np.bincount(sets[a_rows], minlength=len(lens)).astype(np.int64)
+        b_len = np.bincount(sets[b_rows], minlength=len(lens)).astype(np.int64)
+        r = np.minimum(np.maximum(lens - ks, 0), np.maximum(lens - protected, 0) // 2)
+        r = np.where(b_len > 0, np.minimum(r, a_len), 0)
+        if r.max(initial=0) <= 0:
+            break
+        unit = _segments.unit_rows(keys)
+        a_unit, b_unit = _segments.take(unit, a_rows), _segments.take(unit, b_rows)
+        match = _segments.nearest(Ragged(a_unit, _segments.offsets_of(a_len)),
+                                  Ragged(b_unit, _segments.offsets_of(b_len)))
+        a_sets = sets[a_rows]
+        has_b = b_len[a_sets] > 0
+        match = np.where(has_b & (match >= 0), match, 0)
+        dst = b_rows[np.minimum(_segments.offsets_of(b_len)[a_sets] + match, max(len(b_rows) - 1, 0))] \
+            if len(b_rows) else np.zeros_like(a_rows)
+        score = _array.host_copy(_segments.row_dots(a_unit, _segments.take(unit, dst))).astype(np.float64)
+        score = np.where(np.isnan(score) | ~has_b, -np.inf, score)
+        order = np.lexsort((a_rows, -score, a_sets))  # per set: most similar first, lower position on ties
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.shape[0]) - _segments.offsets_of(a_len)[a_sets[order]]
+        merged = rank < r[a_sets]
+        dest = np.arange(lens.sum(), dtype=np.int64)
+        dest[a_rows[merged]] = dst[merged]
+        keep_row = np.ones(lens.sum(), bool)
+        keep_row[a_rows[merged]] = False
+        new_index = np.cumsum(keep_row) - 1
+        segments = new_index[dest]
+        count = int(keep_row.sum())
+        x_new, size_new = _weighted_average(x, size, segments, count)
+        if keys is not x:
+            keys, _ = _weighted_average(keys, size, segments, count)
+        else:
+            keys = x_new
+        x, size = x_new, size_new
+        origin = origin[keep_row]
+        lens = lens - r
+    return origin, x, size, lens
+
+
+def _dpc_knn(batch: Ragged, ks: np.ndarray, knn: int = 5, sizes: Any = None):
+    if isinstance(knn, bool) or not isinstance(knn, (int, np.integer)) or knn < 1:
+        raise ValueError(f"knn must be an integer >= 1, got {knn!r}")
+    lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
+    x = _segments.float32(batch.values)
+    weights = _segments.from_host(_per_token(sizes, batch, "sizes") if sizes is not None
+                                  else np.ones(x.shape[0], np.float32), lib, dev)
+    lens = batch.lengths
+    base = batch.offsets[:-1] - batch.offsets[0]
+    d = x.shape[1]
+    segments = np.zeros(x.shape[0], np.int64)
+    centres_all, counts = [], []
+    next_segment = 0
+    for i in range(len(lens)):
+        n, start = int(lens[i]), int(base[i])
+        if n == 0:
+            counts.append(0)
+            continue
+        k = int(min(ks[i], n))
+        xs = x[start:start + n]
+        centres = _dpc_centres(xs, k, min(knn, n), d) if k < n else np.arange(n, dtype=np.int64)
+        assign = _nearest_centre(xs, centres, d)
+        segments[start:start + n] = next_segment + assign
+        next_segment += k
+        centres_all.append(centres)
+        counts.append(k)
+    merged, totals = _weighted_average(x, weights, segments, next_segment)
+    lens_out = np.array(counts, np.int64)
+    origin = np.concatenate(centres_all) if centres_all else np.zeros(0, np.int64)
+    return origin, merged, totals, lens_out
+
+
+def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, d: int) -> np.ndarray:
+    """||x_r - c|| / sqrt(d) for rows r0..r1 of xs against `cols` (host float64)."""
+    dots = xs[r0:r1] @ cols.T
+    d2 = _array.host_copy(dots).astype(np.float64) * -2.0
+    d2 += _array.host_copy(sq[r0:r1]).astype(np.float64)[:, None]
+    d2 += _array.host_copy(cols_sq).astype(np.float64)[None, :]
+    return np.sqrt(np.maximum(d2, 0.0) / d)
+
+
+def _dpc_centres(xs: Any, k: int, knn: int, d: int) -> np.ndarray:
+    n = xs.shape[0]
+    sq = _segments.row_dots(xs, xs)
+    step = max(1, _DISTANCE_CHUNK_BYTES // (8 * n))
+    density = np.empty(n)
+    largest = 0.0
+    for r0 in range(0, n, step):
+        dist = _distance_rows(xs, sq, r0, min(n, r0 + step), xs, sq, d)
+        np.fill_diagonal(dist[:, r0:r0 + dist.shape[0]], 0.0)  # a token's distance to itself is exactly 0
+        nearest = np.partition(dist, knn - 1, axis=1)[:, :knn]
+        density[r0:r0 + dist.shape[0]] = np.exp(-(nearest ** 2).mean(axis=1))
+        largest = max(largest, float(dist.max()))
+    index = np.arange(n)
+    delta = np.empty(n)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        dist = _distance_rows(xs, sq, r0, r1, xs, sq, d)
+        mine = density[r0:r1, None]
+        denser = (density[None, :] > mine) | ((density[None, :] == mine) & (index[None, :] < index[r0:r1, None]))
+        masked = np.where(denser, dist, np.inf).min(axis=1)
+        delta[r0:r1] = np.where(np.isinf(masked), largest, masked)
+    score = delta * density
+    return np.sort(np.lexsort((index, -score))[:k]).astype(np.int64)
+
+
+def _nearest_centre(xs: Any, centres: np.ndarray, d: int) -> np.ndarray:
+    """For every token the position (in `centres`, sorted) of its nearest centre, lowest on ties; centres join
+    themselves."""
+    n = xs.shape[0]
+    c = _segments.take(xs, centres)
+    sq, csq = _segments.row_dots(xs, xs), _segments.row_dots(c, c)
+    step = max(1, _DISTANCE_CHUNK_BYTES // (8 * max(1, len(centres))))
+    assign = np.empty(n, np.int64)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        assign[r0:r1] = np.argmin(_distance_rows(xs, sq, r0, r1, c, csq, d), axis=1)
+    assign[centres] = np.arange(len(centres))
+    return assign
+
+
+def _init_centres(batch: Ragged, x: Any, ks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """KKZ: the largest-norm token of each set, then farthest-first (l2). (global rows [K], per-set counts [B])."""
+    lens = batch.lengths
+    sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)
+    sets = _segments.set_ids(lens)
+    base = _segments.offsets_of(lens)
+    first = np.full(len(lens), -1, np.int64)
+    if sq.shape[0]:
+        order = np.lexsort((np.arange(sq.shape[0]), -np.where(np.isnan(sq), -np.inf, sq), sets))
+        starts = base[:-1][lens > 0]
+        first[lens > 0] = order[starts] - starts
+    xr = Ragged(x, base, name="tokens")
+    picks = _array.host_copy(kcenter(xr, ks, metric="l2", first=np.where(lens > 0, first, 0)))
+    valid = picks >= 0
+    rows = (base[:-1, None] + picks)[valid]
+    return rows.astype(np.int64), valid.sum(axis=1).astype(np.int64)
+
+
+def _assign(x: Any, sets: np.ndarray, lens: np.ndarray, centres: Any, c_len: np.ndarray) -> np.ndarray:
+    """Nearest centre (squared l2, lowest index on ties) of every token, as a position within its set's centres:
+    argmax of <[x, 1], [2c, -|c|^2]> with the native MaxSim argmax."""
+    lib, dev = _array.library(x), _array.device(x)
+    ones = _segments.from_host(np.ones(x.shape[0], np.float32), lib, dev)
+    qx = _segments.concat_columns(x, ones)
+    cx = _segments.concat_columns(centres * 2.0, -_segments.row_dots(centres, centres))
+    return _segments.nearest(Ragged(qx, _segments.offsets_of(lens)), Ragged(cx, _segments.offsets_of(c_len)))
+
+
+def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: bool):
+    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
+        raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
+    if metric not in ("l2", "cosine"):
+        raise ValueError(f"metric must be 'l2' or 'cosine' for k-means / k-medoids, got {metric!r}")
+    lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
+    x = _segments.float32(batch.values)
+    if metric == "cosine":
+        x = _segments.unit_rows(x)
+    lens = batch.lengths
+    sets = _segments.set_ids(lens)
+    rows, c_len = _init_centres(batch, x, ks)
+    c_off = _segments.offsets_of(c_len)
+    centres = _segments.take(x, rows)
+    total = int(c_len.sum())
+    segments = np.zeros(x.shape[0], np.int64)
+    for it in range(iters + 1):
+        segments = c_off[sets] + _assign(x, sets, lens, centres, c_len)
+        if it == iters:
+            break
+        if medoids:
+            new_rows = _medoids(x, segments, total, rows)
+            if np.array_equal(new_rows, rows):
+                break
+            rows = new_rows
+            centres = _segments.take(x, rows)
+        else:
+            counts = np.bincount(segments, minlength=total)
+            sums = _segments.segment_sum(x, segments, total)
+            scale = _segments.from_host(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0).astype(np.float32),
+                                        lib, dev)
+            keep_old = _segments.from_host((counts == 0).astype(np.float32), lib, dev)
+            centres = sums * scale[:, None] + centres * keep_old[:, None]
+            if metric == "cosine":
+                centres = _segments.unit_rows(centres)
+    counts = np.bincount(segments, minlength=total)
+    if medoids:
+        representative = rows
+        values = _segments.take(batch.values, rows)
+        if _array.is_torch(values):
+            values = values.detach()
+    else:
+        # Each cluster's member nearest its centroid represents it (lowest index on ties).
+        d2 = _array.host_copy(_segments.row_dots(x, x) - 2.0 * _segments.row_dots(x, _segments.take(centres, segments))
+                              ).astype(np.float64)
+        order = np.lexsort((np.arange(x.shape[0]), d2, segments))
+        first_of = np.r_[True, segments[order][1:] != segments[order][:-1]] if order.size else np.zeros(0, bool)
+        representative = np.zeros(total, np.int64)
+        representative[segments[order][first_of]] = order[first_of]
+        values = centres
+    nonempty = counts > 0
+    local = representative - (batch.offsets[:-1] - batch.offsets[0])[np.repeat(np.arange(len(lens)), c_len)]
+    lens_out = np.bincount(np.repeat(np.arange(len(lens)), c_len)[nonempty], minlength=len(lens)).astype(np.int64)
+    keep_rows = np.flatnonzero(nonempty)
+    sizes = counts[keep_rows].astype(np.float32)
+    return local[keep_rows], _segments.take(values, keep_rows), sizes, lens_out
+
+
+def _medoids(x: Any, segments: np.ndarray, total: int, rows: np.ndarray) -> np.ndarray:
+    """Each cluster's member j minimising sum_i ||x_i - x_j||^2 = n |x_j|^2 - 2 <x_j, S> + const (S: the cluster's
+    sum), lowest index on ties; an empty cluster keeps its medoid."""
+    sums = _segments.segment_sum(x, segments, total)
+    counts = np.bincount(segments, minlength=total).astype(np.float64)
+    cost = counts[segments] * _array.host_copy(_segments.row_dots(x, x)).astype(np.float64) \
+        - 2.0 * _array.host_copy(_segments.row_dots(x, _segments.take(sums, segments))).astype(np.float64)
+    order = np.lexsort((np.arange(x.shape[0]), cost, segments))
+    new_rows = rows.copy()
+    if order.size:
+        first_of = np.r_[True, segments[order][1:] != segments[order][:-1]]
+        new_rows[segments[order][first_of]] = order[first_of]
+    return new_rows
+
+
+def _order_groups(origin: np.ndarray, values: Any, sizes: Any, lens: np.ndarray):
+    """Groups of each set sorted by their representative's index (original order)."""
+    sets = _segments.set_ids(lens)
+    order = np.lexsort((origin, sets))
+    if np.array_equal(order, np.arange(order.shape[0])):
+        return origin, values, sizes
+    sizes = _segments.take(sizes, order) if _array.is_array(sizes) and _array.library(sizes) != "numpy" \
+        else np.asarray(sizes)[order]
+    return origin[order], _segments.take(values, order), sizes
+
+
+def merge(tokens: Any, keep: Any, method: str = "tome", *, lengths: Optional[Any] = None, mask: Optional[Any] = None,
+          padded: bool = False, **options: Any) -> PruneResult:
+    """Merge every set's tokens down to `keep` groups with `method` (see the module docstring).
+
+    Args:
+        tokens: a set batch (``Ragged``, list of ``[n_i, d]``, ``[B, N, d]`` with optional ``lengths`` / ``mask``, or
+            one ``[n, d]`` set).
+        keep: groups per set: an int, one per set, or a ratio in (0, 1] of each set's length.
+        method: ``"tome"`` (options ``metric``, ``sizes``, ``protected``), ``"dpc_knn"`` (``knn``=5, ``sizes``),
+            ``"kmeans"`` / ``"kmedoids"`` (``iters``=10, ``metric``="l2" | "cosine").
+        padded: return ``tokens`` as ``[B, K, d]`` zero-padded.
+
+    Returns:
+        :class:`PruneResult`: representatives' indices in original order, merged tokens (float32 averages;
+        k-medoids: the medoid tokens), sizes (tokens per group), lengths.
+
+    >>> import numpy as np, tokenset
+    >>> x = np.random.default_rng(0).standard_normal((2, 16, 8)).astype(np.float32)
+    >>> r = tokenset.merge(x, keep=6, method="tome")
+    >>> r.lengths.tolist(), r.sizes.sum(axis=1).tolist()
+    ([6, 6], [16.0, 16.0])
+    """
+    if method not in MERGE_METHODS:
+        raise _unknown(method, MERGE_METHODS)
+    batch = tokens if isinstance(tokens, Ragged) else ragged(tokens, lengths=lengths, mask=mask, name="tokens")
+    ks = keep_counts(keep, batch.lengths)
+    allowed = {"tome": {"metric", "sizes", "protected"}, "dpc_knn": {"knn", "sizes"},
+               "kmeans": {"iters", "metric"}, "kmedoids": {"iters", "metric"}}[method]
+    extra = set(options) - allowed
+    if extra:
+        raise TypeError(f"method={method!r} takes no option(s) {', '.join(sorted(extra))}; it takes "
+                        f"{', '.join(sorted(allowed))}")
+    lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
+    if method == "tome":
+        origin, values, sizes, lens = _tome(batch, ks, **options)
+    elif method == "dpc_knn":
+        origin, values, sizes, lens = _dpc_knn(batch, ks, **options)
+    else:
+        origin, values, sizes, lens = _clusters(batch, ks, options.get("iters", 10), options.get("metric", "l2"),
+                                                method == "kmedoids")
+    origin, values, sizes = _order_groups(origin, values, sizes, lens)
+    width = int(lens.max()) if lens.size else 0
+    sets = _segments.set_ids(lens)
+    slot = np.arange(lens.sum(), dtype=np.int64) - _segments.offsets_of(lens)[sets]
+    picks = np.full((len(lens), width), -1, np.int64)
+    picks[sets, slot] = origin
+    host_sizes = np.asarray(_array.host_copy(sizes), np.float32)
+    padded_sizes = np.zeros((len(lens), width), np.float32)
+    padded_sizes[sets, slot] = host_sizes
+    return finish(Ragged(values, _segments.offsets_of(lens), name="tokens"), picks, padded_sizes, lens, lib, dev,
+                  padded)

@@ -1,0 +1,157 @@
+"""One entry point for token reduction: ``prune`` keeps a subset of each set's tokens, ``merge`` (tokenset.merge)
+combines them; both return a :class:`PruneResult`.
+
+Pruning methods (all batched over ragged sets, CPU and GPU):
+
+* ``"divprune"``: k-center with DivPrune's choices (1 - cosine, the most isolated token first).
+* ``"kcenter"``: k-center with ``metric`` (cosine | l2 | ip), ``first`` ("isolated" | "random" | index), ``seed``.
+* ``"mmtok"``: MMTok's coverage of ``text`` tokens and of the image (``text``, ``vision_keys``, ``text_temperature``,
+  ``vision_temperature``, ``vision_weight``).
+* ``"scores"``: the top tokens by a score you give per token (``scores``: [CLS] attention as in VTC-CLS, the last
+  query row's attention as in FastV, ... ; ties to the lower index).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from . import _array, _segments
+from .coverage import coverage
+from .kcenter import kcenter, per_set_counts
+from .ragged import Ragged, ragged
+
+PRUNE_METHODS = ("divprune", "kcenter", "mmtok", "scores")
+
+
+class PruneResult(NamedTuple):
+    """What a pruning or merging call returns.
+
+    Attributes:
+        indices: ``[B, K]`` int64 (K = the most tokens kept in a set), each set's kept tokens in original order (for
+            a merge: each group's representative token), -1 after ``lengths[i]``; in the input's library and device.
+        tokens: the reduced tokens: a :class:`Ragged` batch in the input's library (``[B, K, d]`` zero-padded when
+            ``padded=True`` was asked). Merged tokens are size-weighted averages, float32.
+        sizes: ``[B, K]`` float32: how many original tokens (or how much size, for weighted inputs) each kept token
+            stands for: 1 for pruning; ToMe's proportional attention adds ``log(sizes)`` to the attention logits.
+        lengths: host int64 ``[B]``: tokens kept per set.
+    """
+
+    indices: Any
+    tokens: Any
+    sizes: Any
+    lengths: np.ndarray
+
+
+def keep_counts(keep: Any, lengths: np.ndarray) -> np.ndarray:
+    """`keep` as tokens per set: a count (int or one per set, >= 1) or a ratio in (0, 1] of each set's length
+    (rounded, at least 1 token of a non-empty set)."""
+    if isinstance(keep, (float, np.floating)):
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep as a ratio must be in (0, 1], got {keep}; pass an int to keep a number of tokens")
+        return np.where(lengths > 0, np.maximum(1, np.rint(keep * lengths)), 1).astype(np.int64)
+    return per_set_counts(keep, lengths.shape[0], name="keep")
+
+
+def _unknown(method: Any, known) -> ValueError:
+    return ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, known))}")
+
+
+def _score_picks(batch: Ragged, ks: np.ndarray, scores: Any) -> np.ndarray:
+    if scores is None:
+        raise ValueError("method='scores' needs scores=: one score per token (a list of [n_i] arrays, [B, N] or a "
+                         "flat [T] array)")
+    lengths = batch.lengths
+    if isinstance(scores, (list, tuple)):
+        flat = np.concatenate([np.asarray(_array.host_copy(s), np.float64).reshape(-1) for s in scores]) \
+            if len(scores) else np.zeros(0)
+    else:
+        arr = np.asarray(_array.host_copy(scores), np.float64)
+        if arr.ndim == 2:
+            if arr.shape[0] != len(batch) or arr.shape[1] < (lengths.max() if lengths.size else 0):
+                raise ValueError(f"scores [B, N] must have B={len(batch)} rows and N >= the longest set "
+                                 f"({int(lengths.max()) if lengths.size else 0}), got {arr.shape}")
+            flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
+        else:
+            flat = arr.reshape(-1)
+    if flat.shape[0] != int(lengths.sum()):
+        raise ValueError(f"scores must have one entry per token ({int(lengths.sum())} in all), got {flat.shape[0]}")
+    flat = np.where(np.isnan(flat), -np.inf, flat)
+    sets = _segments.set_ids(lengths)
+    local = np.arange(flat.shape[0]) - _segments.offsets_of(lengths)[sets]
+    order = np.lexsort((local, -flat, sets))  # by set, higher score first, lower index on ties
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.shape[0]) - _segments.offsets_of(lengths)[sets[order]]
+    picks = np.full((len(batch), int(ks.max()) if ks.size else 0), -1, np.int64)
+    chosen = rank < ks[sets]
+    picks[sets[chosen], rank[chosen]] = local[chosen]
+    return picks
+
+
+def assemble(batch: Ragged, picks: np.ndarray, padded: bool) -> PruneResult:
+    """A PruneResult from per-set picks (host [B, K], -1 = none, any order): indices sorted, tokens gathered."""
+    lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
+    picks = np.where(picks < 0, np.iinfo(np.int64).max, picks)
+    picks = np.sort(picks, axis=1)
+    valid = picks != np.iinfo(np.int64).max
+    picks = np.where(valid, picks, -1)
+    lengths = valid.sum(axis=1).astype(np.int64)
+    rows = (batch.offsets[:-1, None] + picks)[valid] - batch.offsets[0]
+    values = batch.values
+    kept = _segments.take(values, rows) if values.shape[0] else values[:0]
+    tokens = Ragged(kept, _segments.offsets_of(lengths), name="tokens")
+    sizes = np.where(valid, 1.0, 0.0).astype(np.float32)
+    return finish(tokens, picks, sizes, lengths, lib, dev, padded)
+
+
+def finish(tokens: Ragged, picks: np.ndarray, sizes: Any, lengths: np.ndarray, lib: str, dev, padded: bool
+           ) -> PruneResult:
+    indices = _segments.from_host(np.ascontiguousarray(picks), lib, dev)
+    if not _array.is_array(sizes) or _array.library(sizes) == "numpy":
+        sizes = _segments.from_host(np.ascontiguousarray(sizes, np.float32), lib, dev)
+    out = tokens.to_padded()[0] if padded else tokens
+    return PruneResult(indices, out, sizes, lengths)
+
+
+def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional[Any] = None,
+          mask: Optional[Any] = None, padded: bool = False, **options: Any) -> PruneResult:
+    """Keep `keep` tokens of every set, chosen by `method`.
+
+    Args:
+        tokens: a set batch (``Ragged``, list of ``[n_i, d]``, ``[B, N, d]`` with optional ``lengths`` / ``mask``,
+            or one ``[n, d]`` set).
+        keep: tokens to keep per set: an int, one int per set, or a ratio in (0, 1] of each set's length
+            (DivPrune's default is 0.098).
+        method: ``"divprune"`` | ``"kcenter"`` | ``"mmtok"`` | ``"scores"`` (see the module docstring).
+        padded: return ``tokens`` as ``[B, K, d]`` zero-padded (``lengths`` tells the valid prefix).
+        options: the method's options (``metric``, ``first``, ``seed``; ``text``, ``vision_keys``, temperatures;
+            ``scores``).
+
+    Returns:
+        :class:`PruneResult`: kept indices in original order, the kept tokens, sizes (all 1), lengths.
+
+    >>> import numpy as np, tokenset
+    >>> x = np.random.default_rng(0).standard_normal((2, 576, 64)).astype(np.float32)
+    >>> r = tokenset.prune(x, keep=0.1)
+    >>> r.indices.shape, r.lengths.tolist(), r.tokens.values.shape
+    ((2, 58), [58, 58], (116, 64))
+    """
+    if method not in PRUNE_METHODS:
+        raise _unknown(method, PRUNE_METHODS)
+    batch = tokens if isinstance(tokens, Ragged) else ragged(tokens, lengths=lengths, mask=mask, name="tokens")
+    ks = keep_counts(keep, batch.lengths)
+    allowed = {"divprune": set(), "kcenter": {"metric", "first", "seed"}, "scores": {"scores"},
+               "mmtok": {"text", "vision_keys", "text_temperature", "vision_temperature", "vision_weight"}}[method]
+    extra = set(options) - allowed
+    if extra:
+        raise TypeError(f"method={method!r} takes no option(s) {', '.join(sorted(extra))}; it takes "
+                        f"{', '.join(sorted(allowed)) or 'none'}")
+    if method == "divprune":
+        picks = kcenter(batch, ks, metric="cosine", first="isolated")
+    elif method == "kcenter":
+        picks = kcenter(batch, ks, **options)
+    elif method == "mmtok":
+        picks = coverage(batch, ks, **options)
+    else:
+        picks = _score_picks(batch, ks, options.get("scores"))
+    return assemble(batch, _array.host_copy(picks), padded)
