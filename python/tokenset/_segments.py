@@ -92,14 +92,15 @@ def segment_sum(values: Any, segments: np.ndarray, count: int) -> Any:
 def nearest(queries: Ragged, targets: Ragged) -> np.ndarray:
     """For every token of query set i, the index within target set i of its largest inner product (lowest index on
     ties; -1 when target set i is empty): one native MaxSim call with one candidate per query (host int64 [T])."""
-    b = len(queries)
-    candidates = np.arange(b, dtype=np.int64)[:, None]
-    if b == 0 or queries.offsets[-1] == queries.offsets[0]:
-        return np.zeros(0, np.int64)
-    _, argmax = _maxsim_ops.maxsim(queries, targets, candidates=candidates, with_argmax=True)
-    argmax = _array.host_copy(argmax)[:, 0, :]
     lengths = queries.lengths
-    valid = np.arange(argmax.shape[1])[None, :] < lengths[:, None]
+    nonempty = np.flatnonzero(lengths > 0)  # MaxSim refuses empty queries; they have no tokens to place anyway
+    if nonempty.size == 0:
+        return np.zeros(0, np.int64)
+    sub = Ragged(queries.values, queries.offsets[0] + offsets_of(lengths[nonempty]), name="queries")
+    candidates = nonempty.astype(np.int64)[:, None]
+    _, argmax = _maxsim_ops.maxsim(sub, targets, candidates=candidates, with_argmax=True)
+    argmax = _array.host_copy(argmax)[:, 0, :]
+    valid = np.arange(argmax.shape[1])[None, :] < lengths[nonempty][:, None]
     return argmax[valid].astype(np.int64)
 
 

@@ -34,6 +34,7 @@ from .ragged import Ragged, ragged
 
 MERGE_METHODS = ("tome", "dpc_knn", "kmeans", "kmedoids")
 _DISTANCE_CHUNK_BYTES = 64 << 20  # DPC-KNN: distance rows computed at once per set
+_TIE = 1e-5  # relative: float32 costs this close count as equal (k-means representatives, k-medoids medoids)
 
 
 def _per_token(values: Any, batch: Ragged, name: str) -> np.ndarray:
@@ -205,10 +206,11 @@ def _nearest_centre(xs: Any, centres: np.ndarray, d: int) -> np.ndarray:
     return assign
 
 
-def _init_centres(batch: Ragged, x: Any, ks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """KKZ: the largest-norm token of each set, then farthest-first (l2). (global rows [K], per-set counts [B])."""
+def _init_centres(batch: Ragged, x: Any, ks: np.ndarray, raw: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """KKZ: the largest-norm token of each set (norms of `raw`, the tokens before any normalisation), then
+    farthest-first (l2) over `x`. (global rows [K], per-set counts [B])."""
     lens = batch.lengths
-    sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)
+    sq = _array.host_copy(_segments.row_dots(raw, raw)).astype(np.float64)
     sets = _segments.set_ids(lens)
     base = _segments.offsets_of(lens)
     first = np.full(len(lens), -1, np.int64)
@@ -239,12 +241,11 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     if metric not in ("l2", "cosine"):
         raise ValueError(f"metric must be 'l2' or 'cosine' for k-means / k-medoids, got {metric!r}")
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
-    x = _segments.float32(batch.values)
-    if metric == "cosine":
-        x = _segments.unit_rows(x)
+    raw = _segments.float32(batch.values)
+    x = _segments.unit_rows(raw) if metric == "cosine" else raw
     lens = batch.lengths
     sets = _segments.set_ids(lens)
-    rows, c_len = _init_centres(batch, x, ks)
+    rows, c_len = _init_centres(batch, x, ks, raw)
     c_off = _segments.offsets_of(c_len)
     centres = _segments.take(x, rows)
     total = int(c_len.sum())
@@ -275,13 +276,11 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
         if _array.is_torch(values):
             values = values.detach()
     else:
-        # Each cluster's member nearest its centroid represents it (lowest index on ties).
-        d2 = _array.host_copy(_segments.row_dots(x, x) - 2.0 * _segments.row_dots(x, _segments.take(centres, segments))
-                              ).astype(np.float64)
-        order = np.lexsort((np.arange(x.shape[0]), d2, segments))
-        first_of = np.r_[True, segments[order][1:] != segments[order][:-1]] if order.size else np.zeros(0, bool)
-        representative = np.zeros(total, np.int64)
-        representative[segments[order][first_of]] = order[first_of]
+        # Each cluster's member nearest its centroid represents it (float32 distances: within the tie tolerance,
+        # the lowest index; a two-member cluster's centroid is equidistant from both).
+        sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)
+        d2 = sq - 2.0 * _array.host_copy(_segments.row_dots(x, _segments.take(centres, segments))).astype(np.float64)
+        representative = _first_minimum(d2, segments, total, _TIE * (sq + np.abs(d2)))
         values = centres
     nonempty = counts > 0
     local = representative - (batch.offsets[:-1] - batch.offsets[0])[np.repeat(np.arange(len(lens)), c_len)]
@@ -296,14 +295,23 @@ def _medoids(x: Any, segments: np.ndarray, total: int, rows: np.ndarray) -> np.n
     sum), lowest index on ties; an empty cluster keeps its medoid."""
     sums = _segments.segment_sum(x, segments, total)
     counts = np.bincount(segments, minlength=total).astype(np.float64)
-    cost = counts[segments] * _array.host_copy(_segments.row_dots(x, x)).astype(np.float64) \
-        - 2.0 * _array.host_copy(_segments.row_dots(x, _segments.take(sums, segments))).astype(np.float64)
-    order = np.lexsort((np.arange(x.shape[0]), cost, segments))
-    new_rows = rows.copy()
-    if order.size:
-        first_of = np.r_[True, segments[order][1:] != segments[order][:-1]]
-        new_rows[segments[order][first_of]] = order[first_of]
-    return new_rows
+    sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)
+    cost = counts[segments] * sq - 2.0 * _array.host_copy(
+        _segments.row_dots(x, _segments.take(sums, segments))).astype(np.float64)
+    scale = np.bincount(segments, weights=sq, minlength=total)  # sum of |x_i|^2: the size of every cost term
+    new_rows = _first_minimum(cost, segments, total, _TIE * (counts[segments] * sq + scale[segments]))
+    return np.where(counts > 0, new_rows, rows)
+
+
+def _first_minimum(cost: np.ndarray, segments: np.ndarray, count: int, tolerance: np.ndarray) -> np.ndarray:
+    """Per segment, the lowest index i whose cost is within tolerance[i] of the segment's minimum (float32 costs
+    computed in different orders must not split exact ties, e.g. the two members of a two-token cluster)."""
+    lowest = np.full(count, np.inf)
+    np.minimum.at(lowest, segments, cost)
+    near = cost <= lowest[segments] + tolerance
+    first = np.full(count, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, segments[near], np.flatnonzero(near))
+    return first
 
 
 def _order_groups(origin: np.ndarray, values: Any, sizes: Any, lens: np.ndarray):

@@ -1,4 +1,4 @@
 """Plain numpy references of every kernel: readable, slow, and the oracle every fast backend is tested against."""
-from . import coverage, fde, inner_product, kcenter, maxsim
+from . import coverage, fde, inner_product, kcenter, maxsim, merge
 
-__all__ = ["coverage", "fde", "inner_product", "kcenter", "maxsim"]
+__all__ = ["coverage", "fde", "inner_product", "kcenter", "maxsim", "merge"]
