@@ -1,0 +1,155 @@
+"""Greedy maximum coverage (MMTok) against the numpy reference.
+
+Tolerance: none. Gains are float32 sums over rows in row order with no fused operations, so the kernels (every SIMD
+level, the GPU) and the reference compute bit-identical gains, and identical picks, on any matrix. MMTok matrices
+built by tokenset (float32 GEMM + softmax) and by the reference (float64) differ by rounding, so picks from tokens
+are compared on random data where no two gains are that close.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tokenset
+from tokenset.reference import coverage as ref
+
+from conftest import DTYPES, as_dtype, on_device, random_sets, requires_torch, to_numpy
+
+
+def random_matrices(rng, shapes):
+    return [rng.random((r, c)).astype(np.float32) ** 4 for r, c in shapes]
+
+
+@pytest.mark.parametrize("shapes", [[(1, 1), (5, 40), (70, 3)], [(300, 576)], [(0, 5), (4, 0), (33, 17)]])
+def test_given_matrices_bit_identical(simd, shapes):
+    rng = np.random.default_rng(len(shapes))
+    mats = random_matrices(rng, shapes)
+    for k in (1, 7, 600):
+        idx, gains = tokenset.max_coverage(mats, k, return_gains=True)
+        for i, m in enumerate(mats):
+            want_idx, want_gains = ref.coverage_set(m, k)
+            np.testing.assert_array_equal(idx[i, :len(want_idx)], want_idx)
+            np.testing.assert_array_equal(gains[i, :len(want_idx)], want_gains)  # bit for bit
+            assert (idx[i, len(want_idx):] == -1).all()
+
+
+def test_ties_nan_negative_and_saturation():
+    c = np.array([[0.5, 0.5, -1.0, np.nan],
+                  [0.2, 0.2, -2.0, 0.9],
+                  [-1.0, -1.0, -1.0, -1.0]], np.float32)
+    idx, gains = tokenset.max_coverage(c, 4, return_gains=True)
+    want_idx, want_gains = ref.coverage_set(c, 4)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(gains, want_gains)
+    assert idx[0] == 3  # 0.9 beats 0.5 + 0.2; the NaN covers nothing
+    assert idx[1] == 0  # columns 0 and 1 tie: the lower wins
+    assert sorted(idx.tolist()) == [0, 1, 2, 3]  # zero gains still pick unpicked columns, never a duplicate
+
+
+def test_padded_matrices_with_rows_and_cols():
+    rng = np.random.default_rng(3)
+    full = rng.random((3, 10, 12)).astype(np.float32)
+    full[0, 6:] = 100.0  # padding is never read
+    rows, cols = np.array([6, 10, 0]), np.array([12, 5, 4])
+    idx = tokenset.max_coverage(full, 4, rows=rows, cols=cols)
+    for i in range(3):
+        want = ref.coverage_set(full[i, :rows[i], :cols[i]], 4)[0]
+        np.testing.assert_array_equal(idx[i, :len(want)], want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mmtok_reference_sweep(device, dtype):
+    rng = np.random.default_rng(8)
+    vision = random_sets(rng, [1, 7, 120, 576], 64)
+    text = random_sets(rng, [3, 0, 12, 30], 64)
+    vision_d = on_device(vision, device, dtype)
+    text_d = on_device(text, device, "float32")
+    got = to_numpy(tokenset.coverage(vision_d, 20, text=text_d))
+    for i in range(4):
+        v = np.asarray(to_numpy(vision_d[i]), np.float32)
+        want = ref.coverage_set(ref.mmtok_matrix(v, text[i]), 20)[0]
+        np.testing.assert_array_equal(got[i, :len(want)], want, err_msg=f"set {i}")
+
+
+def test_mmtok_options_and_objective():
+    rng = np.random.default_rng(12)
+    v = rng.standard_normal((200, 32)).astype(np.float32)
+    keys = rng.standard_normal((200, 16)).astype(np.float32)
+    t = rng.standard_normal((9, 32)).astype(np.float32)
+    kw = dict(text_temperature=0.05, vision_temperature=0.5, vision_weight=2.0)
+    got = tokenset.coverage(v, 15, text=t, vision_keys=keys, **kw)
+    matrix = ref.mmtok_matrix(v, t, keys, **kw)
+    np.testing.assert_array_equal(got, ref.coverage_set(matrix, 15)[0])
+    only_image = tokenset.coverage(v, 15)
+    np.testing.assert_array_equal(only_image, ref.coverage_set(ref.mmtok_matrix(v), 15)[0])
+    # Greedy coverage beats a random subset of the same size on its own objective.
+    random_pick = np.random.default_rng(0).choice(200, 15, replace=False)
+    assert ref.objective(matrix, got) > ref.objective(matrix, random_pick)
+
+
+def test_shared_text_per_set_k_and_empty_sets():
+    rng = np.random.default_rng(6)
+    vision = random_sets(rng, [0, 10, 50], 16)
+    t = rng.standard_normal((4, 16)).astype(np.float32)
+    got = tokenset.coverage(vision, np.array([3, 20, 5]), text=t)
+    assert got.shape == (3, 20) and (got[0] == -1).all()
+    np.testing.assert_array_equal(got[1, :10], ref.coverage_set(ref.mmtok_matrix(vision[1], t), 20)[0])
+    np.testing.assert_array_equal(got[2, :5], ref.coverage_set(ref.mmtok_matrix(vision[2], t), 5)[0])
+    assert (got[2, 5:] == -1).all()
+
+
+def test_chunked_build_equals_one_chunk(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("tokenset.coverage")  # the module, not the function of the same name
+
+    rng = np.random.default_rng(1)
+    vision = random_sets(rng, [40, 60, 30, 50], 8)
+    whole = tokenset.coverage(vision, 6)
+    monkeypatch.setattr(module, "_CHUNK_BYTES", 1)  # one set per chunk
+    np.testing.assert_array_equal(tokenset.coverage(vision, 6), whole)
+
+
+@requires_torch
+def test_torch_in_torch_out():
+    import torch
+
+    v = torch.randn(2, 40, 16)
+    got = tokenset.coverage(v, 5, text=torch.randn(3, 16))
+    assert isinstance(got, torch.Tensor) and got.shape == (2, 5)
+
+
+def test_bad_input():
+    v = np.ones((2, 6, 4), np.float32)
+    with pytest.raises(ValueError, match="text has 3 sets but vision has 2"):
+        tokenset.coverage(v, 2, text=[np.ones((1, 4), np.float32)] * 3)
+    with pytest.raises(ValueError, match="text tokens have dimension 5"):
+        tokenset.coverage(v, 2, text=np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match="text_temperature must be a positive number"):
+        tokenset.coverage(v, 2, text_temperature=0)
+    with pytest.raises(ValueError, match="vision_weight"):
+        tokenset.coverage(v, 2, vision_weight=-1)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        tokenset.coverage(v, 0)
+    with pytest.raises(ValueError, match="vision_keys must have one token per vision token"):
+        tokenset.coverage(v, 2, vision_keys=np.ones((2, 5, 4), np.float32))
+    with pytest.raises(ValueError, match="matrix must be"):
+        tokenset.max_coverage(np.ones(4, np.float32), 2)
+    with pytest.raises(ValueError, match=r"cols\[0\]=9 must be in 0..3"):
+        tokenset.max_coverage(np.ones((1, 2, 3), np.float32), 2, cols=[9])
+
+
+def test_gpu_matches_cpu(cuda):
+    import torch
+
+    rng = np.random.default_rng(4)
+    mats = random_matrices(rng, [(30, 576), (1, 1), (200, 50)])
+    cpu_idx, cpu_gains = tokenset.max_coverage(mats, 40, return_gains=True)
+    gpu_idx, gpu_gains = tokenset.max_coverage([torch.from_numpy(m).cuda() for m in mats], 40, return_gains=True)
+    np.testing.assert_array_equal(to_numpy(gpu_idx), cpu_idx)
+    np.testing.assert_array_equal(to_numpy(gpu_gains), cpu_gains)  # the same float32 operations in the same order
+    vision = random_sets(rng, [100, 576], 64)
+    for dtype in DTYPES:
+        cpu = tokenset.coverage([as_dtype(s, dtype) for s in vision], 30)
+        gpu = tokenset.coverage(on_device(vision, "cuda", dtype), 30)
+        assert (to_numpy(gpu) == cpu).mean() > 0.9  # matrices built by different GEMMs: rare near-ties may differ
