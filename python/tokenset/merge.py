@@ -306,6 +306,8 @@ def _medoids(x: Any, segments: np.ndarray, total: int, rows: np.ndarray) -> np.n
 def _first_minimum(cost: np.ndarray, segments: np.ndarray, count: int, tolerance: np.ndarray) -> np.ndarray:
     """Per segment, the lowest index i whose cost is within tolerance[i] of the segment's minimum (float32 costs
     computed in different orders must not split exact ties, e.g. the two members of a two-token cluster)."""
+    cost = np.where(np.isnan(cost), np.inf, cost)  # NaN tokens never win while a number is there
+    tolerance = np.nan_to_num(tolerance, nan=0.0, posinf=0.0)
     lowest = np.full(count, np.inf)
     np.minimum.at(lowest, segments, cost)
     near = cost <= lowest[segments] + tolerance

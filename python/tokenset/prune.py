@@ -96,6 +96,8 @@ def assemble(batch: Ragged, picks: np.ndarray, padded: bool) -> PruneResult:
     valid = picks != np.iinfo(np.int64).max
     picks = np.where(valid, picks, -1)
     lengths = valid.sum(axis=1).astype(np.int64)
+    width = int(lengths.max()) if lengths.size else 0
+    picks, valid = picks[:, :width], valid[:, :width]
     rows = (batch.offsets[:-1, None] + picks)[valid] - batch.offsets[0]
     values = batch.values
     kept = _segments.take(values, rows) if values.shape[0] else values[:0]

@@ -16,8 +16,9 @@ TIE = 1e-5  # relative tolerance under which two costs count as equal (the kerne
 
 
 def _first_min(cost: np.ndarray, tolerance: np.ndarray) -> int:
-    """The lowest index whose cost is within its tolerance of the minimum."""
-    return int(np.flatnonzero(cost <= cost.min() + tolerance)[0])
+    """The lowest index whose cost is within its tolerance of the minimum (NaN costs count as +inf)."""
+    cost = np.where(np.isnan(cost), np.inf, cost)
+    return int(np.flatnonzero(cost <= cost.min() + np.nan_to_num(tolerance, nan=0.0, posinf=0.0))[0])
 
 
 def _sorted(rep: np.ndarray, tokens: np.ndarray, sizes: np.ndarray) -> Result:
