@@ -285,9 +285,33 @@ for i in range(calls):
     q, d = batch(), batch()
     nq = max(len(getattr(q, "offsets", [])) - 1, 0) if getattr(q.offsets, "ndim", 0) == 1 else 1
     nd = max(len(getattr(d, "offsets", [])) - 1, 0) if getattr(d.offsets, "ndim", 0) == 1 else 1
-    op = rng.integers(0, 5)
+    op = rng.integers(0, 7)
     try:
-        if op == 4:  # inner-product top-k: any values as queries / vectors, any k, outputs and mask
+        if op == 5:  # k-center: any batch, per-set k and first (valid or not), outputs
+            b = nq
+            k = rng.integers(-1, 6, b).astype(np.int64) if rng.random() < 0.3 else rng.integers(1, 6, b).astype(np.int64)
+            first = rng.integers(-2, 8, b).astype(np.int64) if rng.random() < 0.3 else np.full(b, -1, np.int64)
+            max_k = int(k.max(initial=1)) + int(rng.integers(-1, 2))
+            if rng.random() < 0.1:
+                k = k[:-1]
+            _core.kcenter(q, int(rng.integers(-1, 4)) if rng.random() < 0.1 else int(rng.integers(0, 3)), k, None,
+                          first, None, max_k, np.empty((b, max(max_k, 0)), np.int64),
+                          out((b, max(max_k, 0))) if rng.random() < 0.5 else None)
+        elif op == 6:  # greedy coverage: any matrix, rows / cols / k (valid or not), outputs
+            m = rng.standard_normal((int(rng.integers(0, 4)), int(rng.integers(0, 9)), int(rng.integers(0, 9))))
+            m = m.astype(np.float32) if rng.random() < 0.8 else m
+            if rng.random() < 0.1:
+                m = m[..., ::2]
+            b = m.shape[0]
+            rows = rng.integers(-1, m.shape[1] + 2, b).astype(np.int64)
+            cols = rng.integers(-1, m.shape[2] + 2, b).astype(np.int64)
+            if rng.random() < 0.7:
+                rows, cols = np.clip(rows, 0, m.shape[1]), np.clip(cols, 0, m.shape[2])
+            k = rng.integers(0 if rng.random() < 0.2 else 1, 5, b).astype(np.int64)
+            max_k = int(k.max(initial=1))
+            _core.coverage(m, rows, None, cols, None, k, None, max_k, np.empty((b, max_k), np.int64),
+                           out((b, max_k)) if rng.random() < 0.5 else None)
+        elif op == 4:  # inner-product top-k: any values as queries / vectors, any k, outputs and mask
             qv, vv = q.values if q.values is not None else values(), d.values if d.values is not None else values()
             rows_q = qv.shape[0] if hasattr(qv, "shape") and qv.ndim else 0
             rows_v = vv.shape[0] if hasattr(vv, "shape") and vv.ndim else 0
@@ -398,3 +422,75 @@ def test_inner_product_topk_any_input(data):
         kth = np.sort(exact)[::-1][len(got) - 1] if len(got) else -np.inf
         assert (v64[got] @ queries[a] >= kth - 2 * bound).all()  # a best set, up to rounding
         assert (np.diff(scores[a][: len(got)]) <= 0).all()
+
+
+# ---- token selection and merging ----------------------------------------------------------------------------------------
+@FUZZ
+@given(data=st.data())
+def test_kcenter_any_input(data):
+    from tokenset.reference import kcenter as kref
+
+    dim = data.draw(st.integers(1, 40), label="dim")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    special = data.draw(st.booleans(), label="special")
+    sets = draw_sets(data, dim, dtype, nonempty=False, special=special)
+    metric = data.draw(st.sampled_from(["cosine", "l2", "ip"]), label="metric")
+    k = data.draw(st.integers(1, 45), label="k")
+    if data.draw(st.booleans(), label="duplicates"):
+        sets = [np.concatenate([s, s[: len(s) // 2]]) for s in sets]  # exact ties
+    idx = tokenset.kcenter(sets, k, metric=metric)
+    assert idx.shape == (len(sets), k)
+    for i, s in enumerate(sets):
+        got = idx[i][idx[i] >= 0]
+        assert len(got) == min(k, len(s)) and len(set(got.tolist())) == len(got)  # never a duplicate
+        assert (idx[i][len(got):] == -1).all()
+        if not special and len(s):
+            x64 = np.asarray(s, np.float64)
+            # Each pick is a farthest token at its step, up to float32 rounding of the distances.
+            _, want_dist = kref.kcenter_set(x64, k, metric)
+            _, dist = tokenset.kcenter([s], k, metric=metric, return_distances=True)
+            finite = np.isfinite(want_dist)
+            scale = (np.abs(x64).sum(axis=1).max() ** 2) if metric != "cosine" else 1.0
+            assert np.allclose(dist[0, :len(got)][finite], want_dist[finite], atol=64 * U32 * dim * scale + 1e-6)
+
+
+@FUZZ
+@given(data=st.data())
+def test_max_coverage_any_matrix(data):
+    from tokenset.reference import coverage as cref
+
+    count = data.draw(st.integers(1, 4), label="sets")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    mats = []
+    for _ in range(count):
+        r, c = data.draw(st.integers(0, 30), label="rows"), data.draw(st.integers(0, 30), label="cols")
+        m = rng.standard_normal((r, c)).astype(np.float32)
+        if data.draw(st.booleans(), label="special") and m.size:
+            m.reshape(-1)[rng.integers(0, m.size, 3)] = rng.choice([np.nan, np.inf, -np.inf, 0.0], 3)
+        if data.draw(st.booleans(), label="ties") and c > 1:
+            m[:, c // 2:] = m[:, : c - c // 2]
+        mats.append(m)
+    k = data.draw(st.integers(1, 35), label="k")
+    idx, gains = tokenset.max_coverage(mats, k, return_gains=True)
+    for i, m in enumerate(mats):
+        want_idx, want_gains = cref.coverage_set(m, k)
+        np.testing.assert_array_equal(idx[i, :len(want_idx)], want_idx)
+        np.testing.assert_array_equal(gains[i, :len(want_idx)], want_gains)
+
+
+@FUZZ
+@given(data=st.data())
+def test_merge_any_input(data):
+    dim = data.draw(st.integers(1, 12), label="dim")
+    sets = draw_sets(data, dim, "float32", nonempty=False, special=data.draw(st.booleans(), label="special"))
+    method = data.draw(st.sampled_from(["tome", "dpc_knn", "kmeans", "kmedoids"]), label="method")
+    keep = data.draw(st.one_of(st.integers(1, 45), st.floats(0.01, 1.0)), label="keep")
+    result = tokenset.merge(sets, keep, method=method)
+    lengths = np.array([len(s) for s in sets])
+    assert (result.lengths <= lengths).all() and (result.lengths <= np.maximum(
+        np.ceil(keep * lengths) if isinstance(keep, float) else keep, 1)).all()
+    assert np.allclose(result.sizes.sum(axis=1), lengths)  # every token belongs to exactly one group
+    for i in range(len(sets)):
+        n = result.lengths[i]
+        assert len(set(result.indices[i, :n].tolist())) == n and (np.diff(result.indices[i, :n]) > 0).all()
+        assert result.tokens[i].shape == (n, dim)

@@ -58,7 +58,10 @@ def every_op():
     return [tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1],
             tokenset.maxsim_pairs(q, d, np.array([[0, 5, -1], [7, 399, 2]])), *tokenset.maxsim_topk(q, d, 10),
             fde.encode_documents(d), fde.encode_queries(q), fde.partitions(d),
-            *tokenset.inner_product_topk(q[1], np.concatenate(d), 7)]
+            *tokenset.inner_product_topk(q[1], np.concatenate(d), 7), tokenset.kcenter(d, 5),
+            tokenset.kcenter(d[0], 5, metric="l2"), tokenset.coverage(d[:40], 4, text=q[0]),
+            tokenset.merge(d[:40], 3, method="tome").tokens.values,
+            tokenset.merge(d[:20], 3, method="kmeans").tokens.values]
 """
 
 
@@ -140,6 +143,16 @@ d = np.ones((3, 5, 4096), np.float32)
 tokenset.maxsim(q[:2], d)
 """, "s = tokenset.maxsim(q, d); t = tokenset.maxsim_topk(q, d, 2)", threads=2)
     assert added < 64 * MiB + 48 * MiB, added / MiB
+
+
+def test_kcenter_scratch_is_bounded_by_chunks_not_by_n_squared():
+    """One float16 set of 60,000 tokens, the most isolated first pick (O(n^2) distances): scratch is a few floats per
+    token plus 4 MiB of packed pivots and 1 MiB of converted rows per worker; an n x n matrix would be 13 GiB."""
+    added = peak_added("""
+x = np.random.default_rng(0).standard_normal((60_000, 64)).astype(np.float16)
+tokenset.kcenter(x[:100], 3)
+""", "idx = tokenset.kcenter(x[:20_000], 2); idx = tokenset.kcenter([x, x[:5]], 2, first=0)", threads=2)
+    assert added < 48 * MiB, added / MiB
 
 
 def test_fde_load_allocates_by_the_file_not_by_its_claims(tmp_path):

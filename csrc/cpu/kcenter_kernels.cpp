@@ -122,7 +122,7 @@ static void update_impl(const KcenterRows& rows, const float* pivot, float pivot
       const int64_t j = j0 + g;
       if (picked[j]) continue;
       float dist = d[g];
-      if constexpr (M == Metric::Cosine) dist = 1.0f - dist * pivot_stat * stats[j];
+      if constexpr (M == Metric::Cosine) dist = 1.0f - dist * (pivot_stat * stats[j]);
       if constexpr (M == Metric::InnerProduct) dist = -dist;
       if (dist != dist) dist = -kInf;
       float m = min_distance[j];
@@ -211,16 +211,16 @@ static inline void panel_tile_any(int rows_left, const float* panel, const float
 static void nearest_other(const KcenterRows& rows, Metric metric, const float* stats, int64_t p0, int64_t p1,
                           int64_t block_rows, float* packed, float* block, float* out) {
   const int64_t dim = rows.dim, pivots = p1 - p0, panels = (pivots + QB - 1) / QB;
-  // Pack: panel c, dimension k, lane l = pivot p0 + c * QB + l (cosine: already scaled to unit length).
+  // Pack: panel c, dimension k, lane l = pivot p0 + c * QB + l, unscaled: every pair's dot product is then summed in
+  // the same order (over k, one FMA per element) whichever of the two is the pivot, and the distance below is
+  // symmetric in (i, j) bit for bit, so mutual nearest neighbours tie exactly and the lower index wins.
   std::memset(packed, 0, sizeof(float) * panels * dim * QB);
   for (int64_t i = 0; i < pivots; ++i) {
     float* lane = packed + (i / QB) * dim * QB + (i % QB);
     const void* r = row_at(rows, p0 + i);
-    const float scale = metric == Metric::Cosine ? stats[p0 + i] : 1.0f;
-    for (int64_t k = 0; k < dim; ++k) lane[k * QB] = element_to_float(r, k, rows.dtype) * scale;
+    for (int64_t k = 0; k < dim; ++k) lane[k * QB] = element_to_float(r, k, rows.dtype);
   }
-  // best[i]: the largest "closeness" over other rows: cosine similarity, 2<x_i, x_j> - ||x_j||^2 (l2), <x_i, x_j>.
-  for (int64_t i = 0; i < pivots; ++i) out[i] = -kInf;
+  for (int64_t i = 0; i < pivots; ++i) out[i] = kInf;  // the nearest other token's distance (squared for l2)
   float tile[R * QB];
   for (int64_t b0 = 0; b0 < rows.count; b0 += block_rows) {
     const int64_t here = rows.count - b0 < block_rows ? rows.count - b0 : block_rows;
@@ -242,33 +242,25 @@ static void nearest_other(const KcenterRows& rows, Metric metric, const float* s
         panel_tile_any<R>(take, panel, source + r0 * stride, stride, dim, tile);
         for (int r = 0; r < take; ++r) {
           const int64_t j = b0 + r0 + r;
-          const float a = metric == Metric::Cosine ? stats[j] : (metric == Metric::L2 ? 2.0f : 1.0f);
-          const float shift = metric == Metric::L2 ? -stats[j] : 0.0f;
           for (int64_t l = 0; l < lanes; ++l) {
             const int64_t i = c * QB + l;
             if (p0 + i == j) continue;
-            float v = std::fma(a, tile[r * QB + l], shift);
-            if (v != v) v = kInf;  // a NaN distance counts as -inf
-            if (v > out[i]) out[i] = v;
+            const float dot = tile[r * QB + l];
+            float d;
+            if (metric == Metric::Cosine) {
+              d = 1.0f - dot * (stats[p0 + i] * stats[j]);
+            } else if (metric == Metric::L2) {
+              d = (stats[p0 + i] + stats[j]) - 2.0f * dot;
+              d = d < 0.0f ? 0.0f : d;
+            } else {
+              d = -dot;
+            }
+            if (d != d) d = -kInf;  // a NaN distance counts as -inf
+            if (d < out[i]) out[i] = d;
           }
         }
       }
     }
-  }
-  for (int64_t i = 0; i < pivots; ++i) {
-    const float best = out[i];
-    float d;
-    if (best == kInf) {
-      d = -kInf;
-    } else if (metric == Metric::Cosine) {
-      d = 1.0f - best;
-    } else if (metric == Metric::L2) {
-      d = stats[p0 + i] - best;
-      d = d < 0.0f ? 0.0f : d;
-    } else {
-      d = -best;
-    }
-    out[i] = d != d ? -kInf : d;
   }
 }
 

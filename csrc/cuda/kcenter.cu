@@ -34,10 +34,11 @@ __device__ __forceinline__ float warp_pair(const T* a, const T* b, int64_t dim, 
   return acc;
 }
 
-// The distance (squared for l2) from the raw pair value; NaN counts as -inf.
+// The distance (squared for l2) from the raw pair value, symmetric in (a, b) bit for bit (the lane sums of a pair
+// run in the same order either way); NaN counts as -inf.
 template <Metric M>
 __device__ __forceinline__ float distance_of(float pair, float stat_a, float stat_b) {
-  float d = M == Metric::Cosine ? 1.0f - pair * stat_a * stat_b : (M == Metric::L2 ? pair : -pair);
+  float d = M == Metric::Cosine ? 1.0f - pair * (stat_a * stat_b) : (M == Metric::L2 ? pair : -pair);
   return d != d ? -INFINITY : d;
 }
 

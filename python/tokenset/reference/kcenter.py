@@ -30,7 +30,7 @@ def distances_from(x: np.ndarray, pivot: int, metric: str) -> np.ndarray:
             d = -dots
         else:
             inv = inverse_norms(x)
-            d = 1.0 - dots * inv * inv[pivot]
+            d = 1.0 - dots * (inv * inv[pivot])  # symmetric in (pivot, j): mutual nearest neighbours tie exactly
     return np.where(np.isnan(d), -np.inf, d)
 
 
@@ -97,6 +97,7 @@ def divprune_published(x: np.ndarray, k: int) -> np.ndarray:
     x = _rows(x)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     dist = 1.0 - unit @ unit.T
+    dist = np.minimum(dist, dist.T)  # a GEMM need not be symmetric bit for bit; mutual nearest neighbours must tie
     n = x.shape[0]
     picks = []
     for i in range(min(k, n)):
