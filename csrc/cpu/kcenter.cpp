@@ -51,9 +51,11 @@ void kcenter(const KcenterParams& p, const Launch&) {
   AlignedBuffer<uint8_t> picked(outer * max_length);
   AlignedBuffer<float> best_value(outer * inner);
   AlignedBuffer<int64_t> best_index(outer * inner);
-  // Per worker (outer * inner): packed pivot panels, a converted row block and the chunk's isolation values.
+  // Per set in flight: every token's nearest-other distance as a pivot; per worker: packed pivot panels, a converted
+  // row block, and every token's nearest-other distance as a row (merged after the pass).
   const int workers = outer * inner;
-  AlignedBuffer<float> packed(workers * chunk * dim), block(workers * block_rows * dim), isolation(workers * chunk);
+  AlignedBuffer<float> packed(workers * chunk * dim), block(workers * block_rows * dim);
+  AlignedBuffer<float> as_pivot(outer * max_length), as_row(workers * max_length);
 
   auto run_set = [&](int64_t set, int slot) {
     const int64_t n = sets.length(set);
@@ -90,19 +92,31 @@ void kcenter(const KcenterParams& p, const Launch&) {
     int64_t pick = p.host_first[set];
     float value = kInf;
     if (pick < 0) {
-      reset_bests();
+      // Chunk c pairs its pivots with the rows from its own start on: each pair once (upper triangle), folded into
+      // both tokens' nearest-other distances. Later chunks have fewer rows, so chunks are handed out one at a time.
+      float* pivot_min = as_pivot.data() + slot * max_length;
+      for (int w = 0; w < inner; ++w) {
+        float* row_min = as_row.data() + (slot * inner + w) * max_length;
+        for (int64_t j = 0; j < n; ++j) row_min[j] = kInf;
+      }
       const int64_t chunks = (n + chunk - 1) / chunk;
       each(chunks, 1, [&](int64_t c0, int64_t c1, int worker) {
         const int w = slot * inner + worker;
-        float* iso = isolation.data() + w * chunk;
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t i0 = c * chunk, i1 = std::min(n, i0 + chunk);
           kernel.nearest_other(rows, p.metric, st, i0, i1, block_rows, packed.data() + w * chunk * dim,
-                               block.data() + w * block_rows * dim, iso);
-          for (int64_t i = i0; i < i1; ++i) keep_best(iso[i - i0], i, bv + worker, bi + worker);
+                               block.data() + w * block_rows * dim, pivot_min + i0,
+                               as_row.data() + static_cast<int64_t>(w) * max_length);
         }
       });
-      pick = winner(&value);
+      float best = -kInf;
+      pick = -1;
+      for (int64_t i = 0; i < n; ++i) {
+        float nearest = pivot_min[i];
+        for (int w = 0; w < inner; ++w) nearest = std::min(nearest, as_row[(slot * inner + w) * max_length + i]);
+        if (pick < 0 || nearest > best) best = nearest, pick = i;
+      }
+      value = best;
     }
     for (int64_t j = 0; j < n; ++j) mins[j] = kInf, done[j] = 0;
     for (int64_t t = 0; t < picks; ++t) {

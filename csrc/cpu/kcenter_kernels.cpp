@@ -209,7 +209,7 @@ static inline void panel_tile_any(int rows_left, const float* panel, const float
 }
 
 static void nearest_other(const KcenterRows& rows, Metric metric, const float* stats, int64_t p0, int64_t p1,
-                          int64_t block_rows, float* packed, float* block, float* out) {
+                          int64_t block_rows, float* packed, float* block, float* out, float* row_min) {
   const int64_t dim = rows.dim, pivots = p1 - p0, panels = (pivots + QB - 1) / QB;
   // Pack: panel c, dimension k, lane l = pivot p0 + c * QB + l, unscaled: every pair's dot product is then summed in
   // the same order (over k, one FMA per element) whichever of the two is the pivot, and the distance below is
@@ -222,7 +222,7 @@ static void nearest_other(const KcenterRows& rows, Metric metric, const float* s
   }
   for (int64_t i = 0; i < pivots; ++i) out[i] = kInf;  // the nearest other token's distance (squared for l2)
   float tile[R * QB];
-  for (int64_t b0 = 0; b0 < rows.count; b0 += block_rows) {
+  for (int64_t b0 = p0; b0 < rows.count; b0 += block_rows) {  // rows below p0: folded by earlier chunks
     const int64_t here = rows.count - b0 < block_rows ? rows.count - b0 : block_rows;
     const float* source;
     int64_t stride;
@@ -242,6 +242,7 @@ static void nearest_other(const KcenterRows& rows, Metric metric, const float* s
         panel_tile_any<R>(take, panel, source + r0 * stride, stride, dim, tile);
         for (int r = 0; r < take; ++r) {
           const int64_t j = b0 + r0 + r;
+          float nearest_row = row_min[j];
           for (int64_t l = 0; l < lanes; ++l) {
             const int64_t i = c * QB + l;
             if (p0 + i == j) continue;
@@ -257,7 +258,9 @@ static void nearest_other(const KcenterRows& rows, Metric metric, const float* s
             }
             if (d != d) d = -kInf;  // a NaN distance counts as -inf
             if (d < out[i]) out[i] = d;
+            if (d < nearest_row) nearest_row = d;
           }
+          row_min[j] = nearest_row;
         }
       }
     }

@@ -31,10 +31,12 @@ struct KcenterKernel {
   void (*update)(const KcenterRows& rows, Metric metric, const float* pivot, float pivot_stat, const float* stats,
                  int64_t begin, int64_t end, float* min_distance, const uint8_t* picked, float* best_value,
                  int64_t* best_index);
-  // For pivots [p0, p1): out[i - p0] = min over rows j != i of the distance (squared for l2), tile by tile.
-  // Scratch: `packed` holds (p1 - p0 rounded up to kKcenterPivotAlign) * dim floats, `block` block_rows * dim floats.
+  // The nearest-other distances (squared for l2) of pivots [p0, p1) against rows [p0, count), both ways at once
+  // (the distance is symmetric, so the pairs below p0 were folded by earlier chunks): pivot_min[i - p0] = min over
+  // those rows j != i; row_min[j] = min(row_min[j], min over the pivots i != j). Scratch: `packed` holds (p1 - p0
+  // rounded up to kKcenterPivotAlign) * dim floats, `block` block_rows * dim floats.
   void (*nearest_other)(const KcenterRows& rows, Metric metric, const float* stats, int64_t p0, int64_t p1,
-                        int64_t block_rows, float* packed, float* block, float* out);
+                        int64_t block_rows, float* packed, float* block, float* pivot_min, float* row_min);
   // dst[k] = float(row j's element k).
   void (*load_row)(const KcenterRows& rows, int64_t j, float* dst);
 };
