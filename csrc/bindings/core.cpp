@@ -30,6 +30,7 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_inner_product(m);
   bindings::bind_kcenter(m);
   bindings::bind_coverage(m);
+  bindings::bind_segment_sum(m);
 
   m.def("simd_level", [] { return std::string(cpu::simd_level_name(cpu::active_simd_level())); });
   m.def("best_simd_level", [] { return std::string(cpu::simd_level_name(cpu::best_simd_level())); });

@@ -16,6 +16,7 @@ from .maxsim import maxsim, maxsim_pairs, maxsim_topk
 from .merge import merge
 from .prune import PruneResult, prune
 from .ragged import Ragged, ragged
+from .segment_sum import segment_sum
 
 __version__ = _core.build_info()["version"]
 
@@ -34,6 +35,7 @@ __all__ = [
     "prune",
     "merge",
     "PruneResult",
+    "segment_sum",
     "build_info",
     "simd_level",
     "set_simd_level",

@@ -11,7 +11,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from . import _array
-from .ops import maxsim as _maxsim_ops
+from .ops import segment_sum as _segment_sum_ops
 from .ragged import Ragged
 
 Device = Tuple[str, int]
@@ -62,46 +62,49 @@ def unit_rows(x: Any) -> Any:
     return x / xp.maximum(norms, np.float32(1e-30))[:, None]
 
 
-def segment_sum(values: Any, segments: np.ndarray, count: int) -> Any:
-    """out[s] = sum of values[i] over i with segments[i] == s (host int64, every s < count), in values' library;
-    the sums run in index order within a segment."""
-    lib, dev = _array.library(values), _array.device(values)
-    one_d = values.ndim == 1
-    if lib == "torch":
-        torch = _array._torch()
-        out = torch.zeros((count,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
-        return out.index_add_(0, from_host(segments.astype(np.int64), lib, dev), values)
-    if lib == "cupy":
-        cupy = _array._cupy()
-        import cupyx
-
-        out = cupy.zeros((count,) + tuple(values.shape[1:]), dtype=values.dtype)
-        cupyx.scatter_add(out, from_host(segments.astype(np.int64), lib, dev), values)
-        return out
+def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = None) -> Any:
+    """out[s] = sum of weights[i] * values[i] over i with segments[i] == s (host int64, every s < count): the native
+    segment-sum op, members in index order. values: [T, d] (float32 / float16 / bfloat16) or [T]."""
     order = np.argsort(segments, kind="stable")
-    sorted_segments = segments[order]
-    out = np.zeros((count,) + tuple(values.shape[1:]), dtype=values.dtype)
-    if order.size == 0:
-        return out
-    starts = np.flatnonzero(np.r_[True, sorted_segments[1:] != sorted_segments[:-1]])
-    sums = np.add.reduceat(values[order], starts, axis=0)
-    out[sorted_segments[starts]] = sums if not one_d else sums
-    return out
+    starts = np.zeros(count + 1, np.int64)
+    np.cumsum(np.bincount(segments, minlength=count), out=starts[1:])
+    if values.ndim == 1:
+        return _segment_sum_ops.segment_sum(values[:, None], order, starts, weights)[:, 0]
+    return _segment_sum_ops.segment_sum(values, order, starts, weights)
 
 
-def nearest(queries: Ragged, targets: Ragged) -> np.ndarray:
+def nearest(queries: Ragged, targets: Ragged, with_scores: bool = False):
     """For every token of query set i, the index within target set i of its largest inner product (lowest index on
-    ties; -1 when target set i is empty): one native MaxSim call with one candidate per query (host int64 [T])."""
-    lengths = queries.lengths
-    nonempty = np.flatnonzero(lengths > 0)  # MaxSim refuses empty queries; they have no tokens to place anyway
-    if nonempty.size == 0:
-        return np.zeros(0, np.int64)
-    sub = Ragged(queries.values, queries.offsets[0] + offsets_of(lengths[nonempty]), name="queries")
-    candidates = nonempty.astype(np.int64)[:, None]
-    _, argmax = _maxsim_ops.maxsim(sub, targets, candidates=candidates, with_argmax=True)
-    argmax = _array.host_copy(argmax)[:, 0, :]
-    valid = np.arange(argmax.shape[1])[None, :] < lengths[nonempty][:, None]
-    return argmax[valid].astype(np.int64)
+    ties; NaN scores rank first, as numpy's argmax) as host int64 [T], and optionally that score (host float32 [T]):
+    one GEMM per set in the arrays' library, in row chunks of at most 16M scores. A query set whose target set is
+    empty gets -1."""
+    lib = _array.library(queries.values)
+    xp = None if lib == "torch" else (_array._cupy() if lib == "cupy" else np)
+    q_all, t_all = queries.values, targets.values
+    q_off = queries.offsets - queries.offsets[0]
+    t_off = targets.offsets - targets.offsets[0]
+    index = np.full(int(q_off[-1]), -1, np.int64)
+    score = np.full(int(q_off[-1]), -np.inf, np.float32)
+    for i in range(len(queries)):
+        m, n = int(q_off[i + 1] - q_off[i]), int(t_off[i + 1] - t_off[i])
+        if m == 0 or n == 0:
+            continue
+        t = t_all[t_off[i]:t_off[i + 1]]
+        step = max(1, (16 << 20) // n)
+        for r0 in range(0, m, step):
+            r1 = min(m, r0 + step)
+            s = q_all[q_off[i] + r0:q_off[i] + r1] @ t.T
+            if xp is None:
+                best = s.argmax(dim=1)
+                index[q_off[i] + r0:q_off[i] + r1] = best.cpu().numpy()
+                if with_scores:
+                    score[q_off[i] + r0:q_off[i] + r1] = s.gather(1, best[:, None])[:, 0].cpu().numpy()
+            else:
+                best = s.argmax(axis=1)
+                index[q_off[i] + r0:q_off[i] + r1] = _array.host_copy(best)
+                if with_scores:
+                    score[q_off[i] + r0:q_off[i] + r1] = _array.host_copy(s[xp.arange(r1 - r0), best])
+    return (index, score) if with_scores else index
 
 
 def set_ids(lengths: np.ndarray) -> np.ndarray:

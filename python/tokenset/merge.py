@@ -60,7 +60,7 @@ def _per_token(values: Any, batch: Ragged, name: str) -> np.ndarray:
 def _weighted_average(x: Any, weights: Any, segments: np.ndarray, count: int) -> Tuple[Any, Any]:
     """(sum w x / sum w, sum w) per segment, in x's library."""
     totals = _segments.segment_sum(weights, segments, count)
-    sums = _segments.segment_sum(x * weights[:, None], segments, count)
+    sums = _segments.segment_sum(x, segments, count, weights)
     return sums / totals[:, None], totals
 
 
@@ -94,15 +94,14 @@ def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, 
             break
         unit = _segments.unit_rows(keys)
         a_unit, b_unit = _segments.take(unit, a_rows), _segments.take(unit, b_rows)
-        match = _segments.nearest(Ragged(a_unit, _segments.offsets_of(a_len)),
-                                  Ragged(b_unit, _segments.offsets_of(b_len)))
+        match, score = _segments.nearest(Ragged(a_unit, _segments.offsets_of(a_len)),
+                                         Ragged(b_unit, _segments.offsets_of(b_len)), with_scores=True)
         a_sets = sets[a_rows]
-        has_b = b_len[a_sets] > 0
-        match = np.where(has_b & (match >= 0), match, 0)
-        dst = b_rows[np.minimum(_segments.offsets_of(b_len)[a_sets] + match, max(len(b_rows) - 1, 0))] \
+        has_b = (b_len[a_sets] > 0) & (match >= 0)
+        # A tokens of a set without B tokens point anywhere valid; they are never merged (has_b is False).
+        dst = b_rows[np.minimum(_segments.offsets_of(b_len)[a_sets] + np.where(has_b, match, 0), len(b_rows) - 1)] \
             if len(b_rows) else np.zeros_like(a_rows)
-        score = _array.host_copy(_segments.row_dots(a_unit, _segments.take(unit, dst))).astype(np.float64)
-        score = np.where(np.isnan(score) | ~has_b, -np.inf, score)
+        score = np.where(np.isnan(score) | ~has_b, -np.inf, score.astype(np.float64))
         order = np.lexsort((a_rows, -score, a_sets))  # per set: most similar first, lower position on ties
         rank = np.empty_like(order)
         rank[order] = np.arange(order.shape[0]) - _segments.offsets_of(a_len)[a_sets[order]]
@@ -225,12 +224,9 @@ def _init_centres(batch: Ragged, x: Any, ks: np.ndarray, raw: Any) -> Tuple[np.n
     return rows.astype(np.int64), valid.sum(axis=1).astype(np.int64)
 
 
-def _assign(x: Any, sets: np.ndarray, lens: np.ndarray, centres: Any, c_len: np.ndarray) -> np.ndarray:
+def _assign(qx: Any, lens: np.ndarray, centres: Any, c_len: np.ndarray) -> np.ndarray:
     """Nearest centre (squared l2, lowest index on ties) of every token, as a position within its set's centres:
-    argmax of <[x, 1], [2c, -|c|^2]> with the native MaxSim argmax."""
-    lib, dev = _array.library(x), _array.device(x)
-    ones = _segments.from_host(np.ones(x.shape[0], np.float32), lib, dev)
-    qx = _segments.concat_columns(x, ones)
+    argmax of <[x, 1], [2c, -|c|^2]> (qx = [x, 1]), one GEMM per set."""
     cx = _segments.concat_columns(centres * 2.0, -_segments.row_dots(centres, centres))
     return _segments.nearest(Ragged(qx, _segments.offsets_of(lens)), Ragged(cx, _segments.offsets_of(c_len)))
 
@@ -250,8 +246,9 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     centres = _segments.take(x, rows)
     total = int(c_len.sum())
     segments = np.zeros(x.shape[0], np.int64)
+    qx = _segments.concat_columns(x, _segments.from_host(np.ones(x.shape[0], np.float32), lib, dev))
     for it in range(iters + 1):
-        segments = c_off[sets] + _assign(x, sets, lens, centres, c_len)
+        segments = c_off[sets] + _assign(qx, lens, centres, c_len)
         if it == iters:
             break
         if medoids:

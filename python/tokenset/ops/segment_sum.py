@@ -1,0 +1,34 @@
+"""Typed wrapper of the weighted segment-sum kernel: CSR members on the device, output, call."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import _array
+from . import _dispatch
+
+
+def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Optional[Any] = None) -> Any:
+    """``out [S, d]`` float32 with ``out[s] = sum_{m in starts[s]..starts[s+1]} weights[order[m]] values[order[m]]``;
+    order / starts: host int64 (checked natively)."""
+    arrays = [values] + ([weights] if weights is not None else [])
+    lib, dev = _dispatch.placement(*arrays)
+    stream = _dispatch.stream(lib, dev)
+    if _array.is_torch(values):
+        values = values.detach()
+    values = _array.inner_contiguous(values)
+    if weights is not None:
+        if _array.is_torch(weights):
+            weights = weights.detach()
+        if _array.dtype_name(weights, "weights") != "float32":
+            weights = _array.astype(weights, "float32")
+    order = _array.frozen(np.ascontiguousarray(order, np.int64))
+    starts = _array.frozen(np.ascontiguousarray(starts, np.int64))
+    order_dev = starts_dev = None
+    if dev[0] != "cpu":
+        order_dev, starts_dev = _array.to_device(order, lib, dev), _array.to_device(starts, lib, dev)
+    out = _dispatch.empty((max(int(starts.shape[0]) - 1, 0), int(values.shape[1])), "float32", lib, dev)
+    _dispatch.module(dev).segment_sum(values, order, order_dev, starts, starts_dev, weights, out, stream,
+                                      _dispatch.allocator(lib, dev))
+    return out
