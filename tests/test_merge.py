@@ -201,3 +201,16 @@ def test_nan_tokens_never_crash():
     for method in ("divprune", "kcenter", "mmtok"):
         r = tokenset.prune(x, 4, method=method)
         assert r.lengths.tolist() == [4, 4]
+
+
+@pytest.mark.parametrize("method,fn", [("tome", ref.tome), ("kmeans", ref.kmeans), ("kmedoids", ref.kmedoids)])
+def test_many_small_sets_take_the_native_nearest_path(method, fn):
+    """>= 64 small sets: nearest neighbours come from one native MaxSim argmax call instead of a GEMM per set."""
+    rng = np.random.default_rng(30)
+    sets = random_sets(rng, rng.integers(0, 40, 80), 20)
+    check_against(tokenset.merge(sets, 0.5, method=method), sets, fn_with_ratio(fn, 0.5, sets), None)
+
+
+def fn_with_ratio(fn, ratio, sets):
+    keeps = {id(s): max(1, int(np.rint(ratio * len(s)))) for s in sets}
+    return lambda s, _keep, **kw: fn(s, keeps[id(s)], **kw)

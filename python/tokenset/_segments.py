@@ -11,6 +11,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from . import _array
+from .ops import maxsim as _maxsim_ops
 from .ops import segment_sum as _segment_sum_ops
 from .ragged import Ragged
 
@@ -75,9 +76,36 @@ def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = No
 
 def nearest(queries: Ragged, targets: Ragged, with_scores: bool = False):
     """For every token of query set i, the index within target set i of its largest inner product (lowest index on
-    ties; NaN scores rank first, as numpy's argmax) as host int64 [T], and optionally that score (host float32 [T]):
-    one GEMM per set in the arrays' library, in row chunks of at most 16M scores. A query set whose target set is
-    empty gets -1."""
+    ties) as host int64 [T], and optionally that score (host float32 [T]); -1 where target set i is empty.
+
+    Many small sets (the usual case of documents): one native MaxSim argmax call for the whole batch. Few large sets
+    (images of hundreds of tokens): one GEMM per set in the arrays' library, in row chunks of at most 16M scores."""
+    if len(queries) >= 64 and queries.values.shape[0] <= 256 * len(queries):
+        return _nearest_native(queries, targets, with_scores)
+    return _nearest_gemm(queries, targets, with_scores)
+
+
+def _nearest_native(queries: Ragged, targets: Ragged, with_scores: bool):
+    lengths = queries.lengths
+    index = np.full(int(lengths.sum()), -1, np.int64)
+    nonempty = np.flatnonzero(lengths > 0)  # MaxSim refuses empty queries; they have no tokens to place anyway
+    if nonempty.size:
+        sub = Ragged(queries.values, queries.offsets[0] + offsets_of(lengths[nonempty]), name="queries")
+        _, argmax = _maxsim_ops.maxsim(sub, targets, candidates=nonempty.astype(np.int64)[:, None], with_argmax=True)
+        argmax = _array.host_copy(argmax)[:, 0, :]
+        index = argmax[np.arange(argmax.shape[1])[None, :] < lengths[nonempty][:, None]].astype(np.int64)
+    if not with_scores:
+        return index
+    score = np.full(index.shape[0], -np.inf, np.float32)
+    found = np.flatnonzero(index >= 0)
+    if found.size:
+        rows = (targets.offsets[:-1] - targets.offsets[0])[set_ids(lengths)[found]] + index[found]
+        q = take(queries.values[queries.offsets[0]:], found)
+        score[found] = _array.host_copy(row_dots(q, take(targets.values[targets.offsets[0]:], rows)))
+    return index, score
+
+
+def _nearest_gemm(queries: Ragged, targets: Ragged, with_scores: bool):
     lib = _array.library(queries.values)
     xp = None if lib == "torch" else (_array._cupy() if lib == "cupy" else np)
     q_all, t_all = queries.values, targets.values
