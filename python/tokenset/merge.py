@@ -93,9 +93,12 @@ def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, 
         if r.max(initial=0) <= 0:
             break
         unit = _segments.unit_rows(keys)
-        a_unit, b_unit = _segments.take(unit, a_rows), _segments.take(unit, b_rows)
-        match, score = _segments.nearest(Ragged(a_unit, _segments.offsets_of(a_len)),
-                                         Ragged(b_unit, _segments.offsets_of(b_len)), with_scores=True)
+        if len(lens) >= 64 and lens.sum() <= 256 * len(lens):  # many small sets: one native call on gathered rows
+            match, score = _segments.nearest(
+                Ragged(_segments.take(unit, a_rows), _segments.offsets_of(a_len)),
+                Ragged(_segments.take(unit, b_rows), _segments.offsets_of(b_len)), with_scores=True)
+        else:  # few large sets: one GEMM per set on strided views of A and B, no gathered copies
+            match, score = _alternate_nearest(unit, off, lens, protected)
         a_sets = sets[a_rows]
         has_b = (b_len[a_sets] > 0) & (match >= 0)
         # A tokens of a set without B tokens point anywhere valid; they are never merged (has_b is False).
@@ -122,6 +125,41 @@ def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, 
         origin = origin[keep_row]
         lens = lens - r
     return origin, x, size, lens
+
+
+def _alternate_nearest(unit: Any, off: np.ndarray, lens: np.ndarray, protected: int):
+    """For every free A token (even position >= protected) of every set, its most similar free B token (odd position
+    >= protected) as an index among the set's free B tokens, and that similarity: A @ B^T per set on strided views,
+    in row chunks of at most 16M scores. Host (int64, float32) arrays in the order of the A tokens."""
+    torch_lib = _array.is_torch(unit)
+    match, score = [], []
+    for i in range(len(lens)):
+        n = int(lens[i])
+        a0, b0 = protected + (protected % 2), protected + 1 - (protected % 2)
+        if a0 >= n:
+            continue
+        xs = unit[int(off[i]):int(off[i]) + n]
+        a, b = xs[a0::2], xs[b0::2]
+        m, nb = a.shape[0], b.shape[0]
+        if nb == 0:
+            match.append(np.full(m, -1, np.int64))
+            score.append(np.full(m, -np.inf, np.float32))
+            continue
+        step = max(1, (16 << 20) // nb)
+        for r0 in range(0, m, step):
+            s = a[r0:r0 + step] @ b.T
+            if torch_lib:
+                best = s.max(dim=1)
+                match.append(best.indices.cpu().numpy())
+                score.append(best.values.cpu().numpy())
+            else:
+                j = s.argmax(axis=1)
+                match.append(_array.host_copy(j).astype(np.int64))
+                score.append(_array.host_copy(s[np.arange(s.shape[0]), j] if not _array.is_cupy(s)
+                                              else s[_array._cupy().arange(s.shape[0]), j]))
+    if not match:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(match).astype(np.int64), np.concatenate(score).astype(np.float32)
 
 
 def _dpc_knn(batch: Ragged, ks: np.ndarray, knn: int = 5, sizes: Any = None):
