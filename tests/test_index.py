@@ -315,3 +315,38 @@ def test_usearch_backend(tmp_path):
         tokenset.Index(DIM, backend="faiss-ivf")
     with pytest.raises(ValueError, match="backend_options"):
         tokenset.Index(DIM, backend="usearch", backend_options={"connectivity": 0})
+
+
+def test_to_rejects_bad_devices():
+    index = tokenset.Index(8, fde=tokenset.FDE(8, reps=2, simhash_bits=2, seed=0))
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N'"):
+        index.to("tpu")
+    with pytest.raises(TypeError, match="device must be a string"):
+        index.to(0)
+    assert index.to("cpu") is index and index.device == "cpu"
+
+
+def test_gpu_index_matches_cpu(cuda, tmp_path):
+    """Index.to("cuda"): FDE encoding, the FDE scan and the rerank run on the GPU; the answers are the CPU's."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    docs = [rng.standard_normal((int(n), 32)).astype(np.float32) for n in rng.integers(1, 60, 700)]
+    queries = [d[:5] + 0.01 for d in docs[:40]]
+    index = tokenset.Index(32, fde=tokenset.FDE(32, reps=8, simhash_bits=3, final_dim=1024, seed=1))
+    index.add(docs[:400])
+    index.add(docs[400:])  # two segments
+    index.remove([3, 450])
+    cpu_ids, cpu_scores = index.search(queries, k=10, candidates=100)
+    assert index.to("cuda") is index and index.device == "cuda:0"
+    for q in (queries, [torch.from_numpy(x).cuda() for x in queries]):
+        ids, scores = index.search(q, k=10, candidates=100)
+        np.testing.assert_array_equal(ids, cpu_ids)
+        np.testing.assert_allclose(scores, cpu_scores, rtol=1e-5, atol=1e-5)
+    index.remove([7])
+    ids, _ = index.search(queries, k=10, candidates=100)
+    assert 7 not in ids and 3 not in ids and 450 not in ids
+    index.save(tmp_path / "idx")
+    loaded = tokenset.Index.load(tmp_path / "idx").to("cuda")
+    np.testing.assert_array_equal(loaded.search(queries, k=10, candidates=100)[0], ids)
+    assert index.to("cpu").search(queries, k=10, candidates=100)[0].tolist() == ids.tolist()

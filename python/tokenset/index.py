@@ -48,12 +48,13 @@ def default_fde(dim: int) -> FDE:
 class _Segment:
     """Documents stored together: tokens [T, d] + offsets [n + 1], FDEs [n, F] float16, ids [n] int64, alive [n]."""
 
-    __slots__ = ("tokens", "offsets", "fde", "ids", "alive", "batch")
+    __slots__ = ("tokens", "offsets", "fde", "ids", "alive", "batch", "device_copies")
 
     def __init__(self, tokens, offsets, fde, ids):
         self.tokens, self.offsets, self.fde, self.ids = tokens, offsets, fde, ids
         self.alive = np.ones(len(ids), dtype=bool)
         self.batch = Ragged(tokens, offsets, name="index documents")
+        self.device_copies: Dict[str, Tuple[Any, Ragged]] = {}  # device -> (FDEs, tokens) there (Index.to)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -124,6 +125,7 @@ class Index:
         self._where: Dict[int, Tuple[int, int]] = {}  # id -> (segment, row); pending rows: segment -1
         self._next_id = 0
         self._lock = threading.RLock()  # add/remove/flush vs concurrent searches
+        self._device: Optional[str] = None  # None: search on the CPU; "cuda:N": on that GPU (Index.to)
 
     # ---- contents ---------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -223,6 +225,77 @@ class Index:
         for row, i in enumerate(ids):
             self._where[int(i)] = (seg, row)
 
+    # ---- device -----------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where :meth:`search` runs: ``"cpu"`` or ``"cuda:N"``."""
+        return self._device or "cpu"
+
+    def to(self, device: str) -> "Index":
+        """Runs :meth:`search` on `device`: ``"cpu"`` (the default) or a CUDA device (``"cuda"``, ``"cuda:1"``).
+
+        On a GPU every segment's FDEs and tokens are copied there once, on first use (torch CUDA tensors, or cupy
+        arrays without torch), and kept while the segment lives; queries (from any device) are encoded, scanned
+        (:func:`tokenset.inner_product_topk`) and reranked (``maxsim_pairs``) by the CUDA kernels, and only the
+        candidate lists ``[nq, candidates]`` cross to the host. Storage, ``add``, ``remove`` and ``save`` stay on
+        the host. Returns the index.
+        """
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+        if device == "cpu":
+            with self._lock:
+                self._device = None
+                for seg in self._segments:
+                    seg.device_copies.clear()
+            return self
+        name, _, ordinal = device.partition(":")
+        if name != "cuda" or (ordinal and not ordinal.isdigit()):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        from . import _backend
+        from ._build import build_info
+
+        _backend.cuda()  # a clear error when this build has no CUDA module
+        visible = build_info()["cuda_devices"]
+        if int(ordinal or 0) >= visible:
+            raise RuntimeError(f"{device!r}: this machine has {visible} CUDA device(s) visible to tokenset")
+        for name in ("torch", "cupy"):  # the device arrays' library: torch when installed, else cupy
+            try:
+                __import__(name)
+                break
+            except ImportError:
+                continue
+        else:
+            raise ImportError("a GPU index keeps its arrays as torch CUDA tensors or cupy arrays: install torch "
+                              "(pip install torch) or cupy")
+        with self._lock:
+            self._device = f"cuda:{int(ordinal or 0)}"
+        return self
+
+    def _device_library(self) -> str:
+        return "torch" if _array._torch() is not None else "cupy"
+
+    def _on_device(self, array: np.ndarray) -> Any:
+        index = int(self._device.split(":")[1])
+        array = np.ascontiguousarray(array)  # a memory-mapped segment is read once, here
+        return _array.to_device(array, self._device_library(), ("cuda", index))
+
+    def _device_copy(self, seg: _Segment) -> Tuple[Any, Ragged]:
+        """(FDEs, tokens) of a segment on the search device, made on first use."""
+        with self._lock:
+            copy = seg.device_copies.get(self._device)
+            if copy is None:
+                copy = (self._on_device(seg.fde), Ragged(self._on_device(seg.tokens), seg.offsets,
+                                                         name="index documents"))
+                seg.device_copies[self._device] = copy
+            return copy
+
+    def _device_queries(self, q: Ragged) -> Ragged:
+        if _array.device(q._any_values) == ("cuda", int(self._device.split(":")[1])) and \
+                _array.library(q._any_values) == self._device_library():
+            return q
+        values = np.asarray(_array.host_copy(q.values))
+        return Ragged(self._on_device(values), q.offsets - q.offsets[0], name="queries")
+
     # ---- search -----------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int = 10, candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k documents per query: ``(ids int64 [nq, k], scores float32 [nq, k])``, best first (exact MaxSim of
@@ -243,20 +316,25 @@ class Index:
             segments = list(self._segments)
             alive = [s.alive.copy() for s in segments]
         nq = len(q)
-        qf = np.asarray(_array.host_copy(self.fde.encode_queries(q)), dtype=np.float32)
+        gpu = self._device is not None
+        if gpu:
+            q_run = self._device_queries(q)
+        else:
+            q_run = q if _array.device(q._any_values)[0] == "cpu" else ragged(
+                [np.asarray(_array.host_copy(q[i])) for i in range(nq)], name="queries")
+        qf = self.fde.encode_queries(q_run)  # on the search device
         if self.backend == "exact":
             _, cand_pos = self._fde_candidates(qf, segments, alive, int(candidates))
         else:
-            cand_pos = self._ann_candidates(qf, segments, int(candidates))
+            cand_pos = self._ann_candidates(np.asarray(_array.host_copy(qf), np.float32), segments, int(candidates))
         # Rerank: each candidate is a (segment, row); one fused maxsim_pairs per segment, rows of others are -1.
         bases = np.cumsum([0] + [len(s) for s in segments])
         exact = np.full(cand_pos.shape, -np.inf, dtype=np.float32)
-        q_host = q if _array.device(q._any_values)[0] == "cpu" else ragged(
-            [np.asarray(_array.host_copy(q[i])) for i in range(nq)], name="queries")
         for si, seg in enumerate(segments):
             local = np.where((cand_pos >= bases[si]) & (cand_pos < bases[si + 1]), cand_pos - bases[si], -1)
             if (local >= 0).any():
-                scores = maxsim_pairs(q_host, seg.batch, local)
+                documents = self._device_copy(seg)[1] if gpu else seg.batch
+                scores = np.asarray(_array.host_copy(maxsim_pairs(q_run, documents, local)))
                 exact = np.where(local >= 0, scores, exact)
         # Top-k of the reranked candidates: higher score first, ties to the lower stored position; NaN ranks last.
         order = rank_order(exact, cand_pos, k)
@@ -271,16 +349,18 @@ class Index:
         out_scores[:, :width] = np.where(valid, top_scores, -np.inf)
         return out_ids, out_scores
 
-    def _fde_candidates(self, qf: np.ndarray, segments, alive, candidates: int):
+    def _fde_candidates(self, qf: Any, segments, alive, candidates: int):
         """Each query's best `candidates` live documents by FDE inner product: (scores, global positions), -1 where
         fewer exist. One fused top-k pass per segment over the stored float16 FDEs, read in place (memory: the
-        per-thread heaps), then the segments' lists merged."""
-        nq = qf.shape[0]
+        per-thread heaps; on a GPU, the segment's device copy), then the segments' lists merged on the host."""
+        nq = int(qf.shape[0])
         all_s, all_p = [np.full((nq, 0), -np.inf, np.float32)], [np.zeros((nq, 0), np.int64)]
         base = 0
         for seg, live in zip(segments, alive):
             if len(seg) and live.any():
-                s, i = inner_product_topk(qf, seg.fde, min(candidates, len(seg)), mask=live)
+                fdes = self._device_copy(seg)[0] if self._device is not None else seg.fde
+                s, i = inner_product_topk(qf, fdes, min(candidates, len(seg)), mask=live)
+                s, i = np.asarray(_array.host_copy(s)), np.asarray(_array.host_copy(i))
                 all_s.append(s)  # (-inf, -1) where the segment has fewer live documents
                 all_p.append(np.where(i >= 0, i + base, -1))
             base += len(seg)
