@@ -8,17 +8,6 @@ namespace tokenset {
 namespace bindings {
 namespace {
 
-const int64_t* per_set(Call& call, py::handle host, py::handle device_copy, const char* name, int64_t count,
-                       Device device, const int64_t** host_out) {
-  const ArrayView h = call.view(host, name, false, true);
-  check_array(h, name, DType::Int64, {count}, Device{DeviceType::CPU, -1});
-  *host_out = h.ptr<const int64_t>();
-  if (kModuleDevice == DeviceType::CPU) return *host_out;
-  const ArrayView d = call.view(device_copy, name);
-  check_array(d, name, DType::Int64, {count}, device);
-  return d.ptr<const int64_t>();
-}
-
 void coverage(py::handle matrix, py::handle rows, py::handle rows_device, py::handle cols, py::handle cols_device,
               py::handle k, py::handle k_device, int64_t max_k, py::handle indices, py::handle gains, intptr_t stream,
               py::handle allocate) {
@@ -30,9 +19,9 @@ void coverage(py::handle matrix, py::handle rows, py::handle rows_device, py::ha
   TOKENSET_CHECK(max_k >= 0, ValueError, "max_k must be >= 0, got ", max_k);
   const Device device = kModuleDevice == DeviceType::CPU ? Device{DeviceType::CPU, -1} : call.device();
   const int64_t b = p.matrix.shape[0];
-  p.rows = per_set(call, rows, rows_device, "rows", b, device, &p.host_rows);
-  p.cols = per_set(call, cols, cols_device, "cols", b, device, &p.host_cols);
-  p.k = per_set(call, k, k_device, "k", b, device, &p.host_k);
+  p.rows = per_set_int64(call, rows, rows_device, "rows", b, device, &p.host_rows);
+  p.cols = per_set_int64(call, cols, cols_device, "cols", b, device, &p.host_cols);
+  p.k = per_set_int64(call, k, k_device, "k", b, device, &p.host_k);
   p.max_k = max_k;
   const ArrayView i = call.view(indices, "indices", true);
   check_array(i, "indices", DType::Int64, {b, max_k}, device);

@@ -8,18 +8,6 @@ namespace tokenset {
 namespace bindings {
 namespace {
 
-// A per-set int64 array: the host copy validate() checks and, on the GPU, the device copy the kernel reads.
-const int64_t* per_set(Call& call, py::handle host, py::handle device_copy, const char* name, int64_t count,
-                       Device device, const int64_t** host_out) {
-  const ArrayView h = call.view(host, name, false, true);
-  check_array(h, name, DType::Int64, {count}, Device{DeviceType::CPU, -1});
-  *host_out = h.ptr<const int64_t>();
-  if (kModuleDevice == DeviceType::CPU) return *host_out;
-  const ArrayView d = call.view(device_copy, name);
-  check_array(d, name, DType::Int64, {count}, device);
-  return d.ptr<const int64_t>();
-}
-
 void kcenter(py::handle tokens, int metric, py::handle k, py::handle k_device, py::handle first,
              py::handle first_device, int64_t max_k, py::handle indices, py::handle distances, intptr_t stream,
              py::handle allocate) {
@@ -31,8 +19,8 @@ void kcenter(py::handle tokens, int metric, py::handle k, py::handle k_device, p
   p.max_k = max_k;
   const Device device = kModuleDevice == DeviceType::CPU ? Device{DeviceType::CPU, -1} : call.device();
   const int64_t count = p.tokens.count;
-  p.k = per_set(call, k, k_device, "k", count, device, &p.host_k);
-  p.first = per_set(call, first, first_device, "first", count, device, &p.host_first);
+  p.k = per_set_int64(call, k, k_device, "k", count, device, &p.host_k);
+  p.first = per_set_int64(call, first, first_device, "first", count, device, &p.host_first);
   TOKENSET_CHECK(max_k >= 0, ValueError, "max_k must be >= 0, got ", max_k);
   const ArrayView i = call.view(indices, "indices", true);
   check_array(i, "indices", DType::Int64, {count, max_k}, device);

@@ -251,5 +251,16 @@ Launch Call::launch(py::handle allocate, int64_t bytes) {
   return l;
 }
 
+const int64_t* per_set_int64(Call& call, py::handle host, py::handle device_copy, const char* name, int64_t count,
+                             Device device, const int64_t** host_out) {
+  const ArrayView h = call.view(host, name, false, true);
+  check_array(h, name, DType::Int64, {count}, Device{DeviceType::CPU, -1});
+  *host_out = h.ptr<const int64_t>();
+  if (kModuleDevice == DeviceType::CPU) return *host_out;
+  const ArrayView d = call.view(device_copy, name);
+  check_array(d, name, DType::Int64, {count}, device);
+  return d.ptr<const int64_t>();
+}
+
 }  // namespace bindings
 }  // namespace tokenset

@@ -78,6 +78,11 @@ class Call {
   std::deque<std::vector<int64_t>> offset_copies_;  // host offsets as checked: what the kernels read
 };
 
+// A per-set int64 [count] array given twice: `host` (what validate() checks) and, in the CUDA module,
+// `device_copy` (what the kernel reads). Returns the kernel's pointer and sets *host_out.
+const int64_t* per_set_int64(Call& call, py::handle host, py::handle device_copy, const char* name, int64_t count,
+                             Device device, const int64_t** host_out);
+
 // The op entries of this module's device: tokenset::cpu::<op> in _core, tokenset::cuda::<op> in _cuda (same signature).
 #if defined(TOKENSET_BINDING_CUDA)
 namespace backend = ::tokenset::cuda;

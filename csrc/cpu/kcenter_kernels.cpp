@@ -33,27 +33,6 @@ static_assert(kKcenterPivotAlign % QB == 0, "pivot chunks must hold whole panels
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// W elements of a row from element k on, as float32.
-template <DType D>
-static inline V::type load_vec(const void* row, int64_t k) {
-  if constexpr (D == DType::Float32) {
-    return V::load(static_cast<const float*>(row) + k);
-  } else {
-    const uint16_t* p = static_cast<const uint16_t*>(row) + k;
-#if defined(TOKENSET_SIMD_AVX512)
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    if constexpr (D == DType::Float16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#elif defined(TOKENSET_SIMD_AVX2)
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    if constexpr (D == DType::Float16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-#else
-    return D == DType::Float16 ? half_to_float(*p) : bfloat_to_float(*p);
-#endif
-  }
-}
-
 static inline const void* row_at(const KcenterRows& rows, int64_t j) {
   return static_cast<const char*>(rows.data) + j * rows.stride * dtype_size(rows.dtype);
 }
@@ -78,7 +57,7 @@ static inline void pivot_rows(const KcenterRows& rows, const float* pivot, int64
   for (; k + W <= rows.dim; k += W) {
     const V::type p = V::load(pivot + k);
     for (int g = 0; g < G; ++g) {
-      const V::type x = load_vec<D>(r[g], k);
+      const V::type x = load_as_float<D>(r[g], k);
       if constexpr (kL2) {
         const V::type diff = V::fmadd(x, minus_one, p);
         acc[g] = V::fmadd(diff, diff, acc[g]);

@@ -156,6 +156,27 @@ static inline float element_to_float(const void* base, int64_t index, DType dtyp
   }
 }
 
+// W elements of a row of dtype D from element k on, as float32 (float16 / bfloat16 converted in registers).
+template <DType D>
+static inline V::type load_as_float(const void* row, int64_t k) {
+  if constexpr (D == DType::Float32) {
+    return V::load(static_cast<const float*>(row) + k);
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(row) + k;
+#if defined(TOKENSET_SIMD_AVX512)
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (D == DType::Float16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(TOKENSET_SIMD_AVX2)
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (D == DType::Float16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+    return D == DType::Float16 ? half_to_float(*p) : bfloat_to_float(*p);
+#endif
+  }
+}
+
 // Converts `count` contiguous 16-bit elements to float32.
 static void convert_row(const uint16_t* src, float* dst, int64_t count, DType dtype) {
   int64_t i = 0;

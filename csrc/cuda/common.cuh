@@ -107,6 +107,52 @@ __device__ __forceinline__ void warp_argmax(float& value, int64_t& index) {
   }
 }
 
+// ---- greedy selection: the best (value, index) of a block, larger value first, then the lower index --------------
+// (k-center, coverage). Index -1 is "no candidate".
+__device__ __forceinline__ void keep_best(float value, int64_t index, float& best_value, int64_t& best_index) {
+  if (index < 0) return;
+  if (best_index < 0 || value > best_value || (value == best_value && index < best_index)) {
+    best_value = value;
+    best_index = index;
+  }
+}
+
+// Every thread offers (value, index); on return every thread sees the block's best in *out_value / *out_index
+// (shared memory). kWarps warps; s_value / s_index: shared arrays of kWarps entries.
+template <int kWarps>
+__device__ void block_best(float value, int64_t index, float* s_value, int64_t* s_index, float* out_value,
+                           int64_t* out_index) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int64_t i = __shfl_xor_sync(0xffffffffu, index, offset);
+    keep_best(v, i, value, index);
+  }
+  if (threadIdx.x % 32 == 0) s_value[threadIdx.x / 32] = value, s_index[threadIdx.x / 32] = index;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float v = -INFINITY;
+    int64_t i = -1;
+    for (int w = 0; w < kWarps; ++w) keep_best(s_value[w], s_index[w], v, i);
+    *out_value = v;
+    *out_index = i;
+  }
+  __syncthreads();
+}
+
+// Pick outputs before a greedy selection: indices -1, values NaN (values may be null). A template, so that every
+// translation unit that launches it has its own definition.
+template <int kUnused = 0>
+__global__ void fill_picks_kernel(int64_t* indices, float* values, int64_t size) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
+    indices[i] = -1;
+    if (values) values[i] = __int_as_float(0x7fc00000);
+  }
+}
+inline void fill_picks(int64_t* indices, float* values, int64_t size, cudaStream_t stream) {
+  fill_picks_kernel<><<<grid_for(size, 256), 256, 0, stream>>>(indices, values, size);
+  TOKENSET_CHECK_LAUNCH("fill picks");
+}
+
 // ---- block top-k --------------------------------------------------------------------------------------------------
 // Ranking keys: a 64-bit key whose order is the CPU's top-k order (higher score first, NaN as -inf, -0 as +0, then
 // the lower index), so that keys are distinct and a larger key ranks first. Key 0 is "no entry" (below every key).

@@ -10,18 +10,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ void keep_best(float value, int64_t index, float& best_value, int64_t& best_index) {
-  if (index < 0) return;
-  if (best_index < 0 || value > best_value || (value == best_value && index < best_index)) {
-    best_value = value;
-    best_index = index;
-  }
-}
-
 __global__ void __launch_bounds__(kThreads) coverage_kernel(const CoverageParams p, float* best, float* row_max,
                                                             uint8_t* picked) {
   __shared__ float s_value[kThreads / 32];
   __shared__ int64_t s_index[kThreads / 32];
+  __shared__ float pick_value;
   __shared__ int64_t pick_index;
   const int64_t set = blockIdx.x;
   const int64_t rows = p.rows[set], cols = p.cols[set];
@@ -55,21 +48,11 @@ __global__ void __launch_bounds__(kThreads) coverage_kernel(const CoverageParams
       }
       keep_best(g, j, v, i);
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
-      const int64_t oi = __shfl_xor_sync(0xffffffffu, i, offset);
-      keep_best(ov, oi, v, i);
-    }
-    if (threadIdx.x % 32 == 0) s_value[threadIdx.x / 32] = v, s_index[threadIdx.x / 32] = i;
-    __syncthreads();
+    block_best<kThreads / 32>(v, i, s_value, s_index, &pick_value, &pick_index);
     if (threadIdx.x == 0) {
-      float bv = 0.0f;
-      int64_t bi = -1;
-      for (int w = 0; w < kThreads / 32; ++w) keep_best(s_value[w], s_index[w], bv, bi);
-      pick_index = bi;
-      p.indices[set * p.max_k + t] = bi;
-      if (p.gains) p.gains[set * p.max_k + t] = bv;
-      done[bi] = 1;
+      p.indices[set * p.max_k + t] = pick_index;
+      if (p.gains) p.gains[set * p.max_k + t] = pick_value;
+      done[pick_index] = 1;
     }
     __syncthreads();
     const int64_t pick = pick_index;
@@ -78,13 +61,6 @@ __global__ void __launch_bounds__(kThreads) coverage_kernel(const CoverageParams
       if (bst[r] < top[r] && c > bst[r]) bst[r] = c;
     }
     __syncthreads();
-  }
-}
-
-__global__ void fill_kernel(int64_t* indices, float* gains, int64_t size) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
-    indices[i] = -1;
-    if (gains) gains[i] = __int_as_float(0x7fc00000);
   }
 }
 
@@ -99,8 +75,7 @@ void coverage(const CoverageParams& p, const Launch& launch) {
   TOKENSET_CHECK(needed == 0 || (launch.workspace != nullptr && launch.workspace_bytes >= needed), ValueError,
                  "coverage: the CUDA workspace is missing or smaller than workspace_bytes()");
   cudaStream_t stream = stream_of(launch);
-  fill_kernel<<<grid_for(size, 256), 256, 0, stream>>>(p.indices, p.gains, size);
-  TOKENSET_CHECK_LAUNCH("coverage fill");
+  fill_picks(p.indices, p.gains, size, stream);
   WorkspaceCarver carve(launch.workspace);
   float* best = carve.take<float>(b * p.matrix.shape[1]);
   float* row_max = carve.take<float>(b * p.matrix.shape[1]);

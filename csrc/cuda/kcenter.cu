@@ -42,30 +42,6 @@ __device__ __forceinline__ float distance_of(float pair, float stat_a, float sta
   return d != d ? -INFINITY : d;
 }
 
-__device__ __forceinline__ void keep_best(float value, int64_t index, float& best_value, int64_t& best_index) {
-  if (index < 0) return;
-  if (best_index < 0 || value > best_value || (value == best_value && index < best_index)) {
-    best_value = value;
-    best_index = index;
-  }
-}
-
-// Every warp's lane 0 offers (value, index); thread 0 gets the block's best in out_value / out_index (shared).
-__device__ void block_best(float value, int64_t index, float* s_value, int64_t* s_index, float* out_value,
-                           int64_t* out_index) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) s_value[warp] = value, s_index[warp] = index;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float v = -INFINITY;
-    int64_t i = -1;
-    for (int w = 0; w < kWarps; ++w) keep_best(s_value[w], s_index[w], v, i);
-    *out_value = v;
-    *out_index = i;
-  }
-  __syncthreads();
-}
-
 template <typename T, Metric M>
 __global__ void __launch_bounds__(kWarps * 32)
     kcenter_kernel(const KcenterParams p, float* min_distance, float* stats, uint8_t* picked) {
@@ -112,7 +88,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
       keep_best(nearest, i, best, best_i);
     }
-    block_best(best, best_i, s_value, s_index, &pick_value, &pick_index);
+    block_best<kWarps>(best, best_i, s_value, s_index, &pick_value, &pick_index);
   }
 
   for (int64_t t = 0; t < picks; ++t) {
@@ -137,7 +113,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (lane == 0) mins[j] = m;
       keep_best(m, j, best, best_j);
     }
-    block_best(best, best_j, s_value, s_index, &pick_value, &pick_index);
+    block_best<kWarps>(best, best_j, s_value, s_index, &pick_value, &pick_index);
   }
 }
 
@@ -163,13 +139,6 @@ void run(const KcenterParams& p, const Launch& launch) {
   TOKENSET_CHECK_LAUNCH("kcenter");
 }
 
-__global__ void fill_kernel(int64_t* indices, float* distances, int64_t size) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
-    indices[i] = -1;
-    if (distances) distances[i] = __int_as_float(0x7fc00000);
-  }
-}
-
 }  // namespace
 
 void kcenter(const KcenterParams& p, const Launch& launch) {
@@ -177,8 +146,7 @@ void kcenter(const KcenterParams& p, const Launch& launch) {
   const int64_t size = p.tokens.count * p.max_k;
   if (size == 0) return;
   TOKENSET_CHECK(p.tokens.count < (int64_t(1) << 31), ValueError, "kcenter: at most 2^31 - 1 sets per call on the GPU");
-  fill_kernel<<<grid_for(size, 256), 256, 0, stream_of(launch)>>>(p.indices, p.distances, size);
-  TOKENSET_CHECK_LAUNCH("kcenter fill");
+  fill_picks(p.indices, p.distances, size, stream_of(launch));
   TOKENSET_FLOAT_SWITCH(p.tokens.dtype(), kDType, [&] { run<cuda_type_t<kDType>>(p, launch); });
 }
 
