@@ -120,6 +120,13 @@ def kmeans_torch(x: torch.Tensor, centres: torch.Tensor, iters: int):
     return centres, counts
 
 
+def _radius(points: np.ndarray, picks) -> float:
+    """max over the tokens of the distance (1 - cosine) to the nearest pick, float64: the k-center objective."""
+    x = points.astype(np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return float((1.0 - x @ x[np.asarray(picks)].T).min(axis=1).max())
+
+
 # ---- one shape -------------------------------------------------------------------------------------------------------
 def run_shape(batch: int, n: int, dim: int, keep: int, repeats: int, budget: float) -> list:
     rng = np.random.default_rng(0)
@@ -144,7 +151,9 @@ def run_shape(batch: int, n: int, dim: int, keep: int, repeats: int, budget: flo
     # k-center / DivPrune
     ours = tokenset.kcenter(x, keep)
     theirs = divprune_loop(xt, keep)
-    agree = float(np.mean([np.array_equal(ours[i], theirs[i].numpy()) for i in range(batch)]))
+    same = float(np.mean([np.array_equal(ours[i], theirs[i].numpy()) for i in range(batch)]))
+    agree = same if same == 1.0 else f"{same:.2f} identical, radius ratio " + str(round(max(
+        _radius(x[i], ours[i]) / _radius(x[i], theirs[i].numpy()) for i in range(min(batch, 4))), 4))
     report("divprune", {"tokenset.kcenter": lambda: tokenset.kcenter(x, keep),
                         "DivPrune torch loop": lambda: divprune_loop(xt, keep)}, agree)
     report("kcenter", {"tokenset.kcenter first=0": lambda: tokenset.kcenter(x, keep, first=0),
@@ -156,9 +165,14 @@ def run_shape(batch: int, n: int, dim: int, keep: int, repeats: int, budget: flo
     # worst ratio of covering radii (max over tokens of the distance to the nearest pick, float64; 1 = as good).
     ours_l2 = tokenset.kcenter(unit, keep, metric="l2", first=0)
 
-    def radius(i, picks):
-        d = ((unit[i][:, None, :].astype(np.float64) - unit[i][np.asarray(picks)][None].astype(np.float64)) ** 2)
-        return float(np.sqrt(d.sum(-1).min(axis=1).max()))
+    def radius(i, picks, points=unit):
+        """max over tokens of the Euclidean distance to the nearest pick (float64; for unit vectors a monotone
+        function of 1 - cosine, so it also scores DivPrune's objective)."""
+        x = points[i].astype(np.float64)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        p = x[np.asarray(picks)]
+        d2 = (x ** 2).sum(1)[:, None] + (p ** 2).sum(1)[None, :] - 2.0 * x @ p.T
+        return float(np.sqrt(np.maximum(d2, 0).min(axis=1).max()))
 
     def fps_agreement(theirs):
         same = float(np.mean([np.array_equal(ours_l2[i], theirs[i]) for i in range(batch)]))
