@@ -239,3 +239,16 @@ def test_gpu_matches_cpu(cuda):
         np.testing.assert_array_equal(to_numpy(gpu.indices), cpu.indices)
         np.testing.assert_array_equal(to_numpy(gpu.sizes), cpu.sizes)
         np.testing.assert_allclose(to_numpy(gpu.tokens.values), cpu.tokens.values, atol=1e-4)
+
+
+def test_tome_zero_keys_have_similarity_zero():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 20, 6)).astype(np.float32)
+    x[0, 3] = 0  # an A token
+    x[0, 6] = 0  # ... and another one
+    x[0, 9] = 0  # a B token
+    result = tokenset.merge(x, 12, method="tome")
+    rep, tokens, sizes = ref.tome(x[0], 12)
+    np.testing.assert_array_equal(result.indices[0], rep)
+    np.testing.assert_array_equal(result.sizes[0], sizes)
+    np.testing.assert_allclose(result.tokens[0], tokens, atol=1e-5)

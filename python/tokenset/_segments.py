@@ -57,13 +57,18 @@ def concat_columns(x: Any, column: Any) -> Any:
     return xp.concatenate([x, column[:, None]], axis=1)
 
 
-def unit_rows(x: Any) -> Any:
-    """Rows scaled to unit length (a zero row stays zero)."""
+def inverse_norms(x: Any) -> Any:
+    """1 / max(|x_i|, 1e-30) per row: a zero row scaled by it stays zero (similarity 0 with everything)."""
     norms = row_dots(x, x) ** 0.5
     if _array.is_torch(x):
-        return x / norms.clamp_min(1e-30)[:, None]
+        return 1.0 / norms.clamp_min(1e-30)
     xp = _array._cupy() if _array.is_cupy(x) else np
-    return x / xp.maximum(norms, np.float32(1e-30))[:, None]
+    return 1.0 / xp.maximum(norms, np.float32(1e-30))
+
+
+def unit_rows(x: Any) -> Any:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    return x * inverse_norms(x)[:, None]
 
 
 def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = None) -> Any:

@@ -58,10 +58,10 @@ def _per_token(values: Any, batch: Ragged, name: str) -> np.ndarray:
 
 
 def _weighted_average(x: Any, weights: Any, segments: np.ndarray, count: int) -> Tuple[Any, Any]:
-    """(sum w x / sum w, sum w) per segment, in x's library."""
+    """(sum (w / W) x, W = sum w) per segment, in x's library: one native pass over x with normalised weights."""
     totals = _segments.segment_sum(weights, segments, count)
-    sums = _segments.segment_sum(x, segments, count, weights)
-    return sums / totals[:, None], totals
+    share = weights / _segments.take(totals[:, None], segments)[:, 0]
+    return _segments.segment_sum(x, segments, count, share), totals
 
 
 def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, protected: int = 0):
@@ -92,13 +92,13 @@ def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, 
         r = np.where(b_len > 0, np.minimum(r, a_len), 0)
         if r.max(initial=0) <= 0:
             break
-        unit = _segments.unit_rows(keys)
         if len(lens) >= 64 and lens.sum() <= 256 * len(lens):  # many small sets: one native call on gathered rows
+            unit = _segments.unit_rows(keys)
             match, score = _segments.nearest(
                 Ragged(_segments.take(unit, a_rows), _segments.offsets_of(a_len)),
                 Ragged(_segments.take(unit, b_rows), _segments.offsets_of(b_len)), with_scores=True)
-        else:  # few large sets: one GEMM per set on strided views of A and B, no gathered copies
-            match, score = _alternate_nearest(unit, off, lens, protected)
+        else:  # few large sets: one GEMM per set on strided views of A and B, no copies of the tokens
+            match, score = _alternate_nearest(keys, off, lens, protected)
         a_sets = sets[a_rows]
         has_b = (b_len[a_sets] > 0) & (match >= 0)
         # A tokens of a set without B tokens point anywhere valid; they are never merged (has_b is False).
@@ -127,19 +127,23 @@ def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, 
     return origin, x, size, lens
 
 
-def _alternate_nearest(unit: Any, off: np.ndarray, lens: np.ndarray, protected: int):
+def _alternate_nearest(keys: Any, off: np.ndarray, lens: np.ndarray, protected: int):
     """For every free A token (even position >= protected) of every set, its most similar free B token (odd position
-    >= protected) as an index among the set's free B tokens, and that similarity: A @ B^T per set on strided views,
-    in row chunks of at most 16M scores. Host (int64, float32) arrays in the order of the A tokens."""
-    torch_lib = _array.is_torch(unit)
+    >= protected) by cosine, as an index among the set's free B tokens, and that cosine: (A @ B^T) / (|a| |b|) per set
+    on strided views of the keys (the norms scale the small score block, not the tokens), in row chunks of at most
+    16M scores. Host (int64, float32) arrays in the order of the A tokens."""
+    lib = _array.library(keys)
+    xp = None if lib == "torch" else (_array._cupy() if lib == "cupy" else np)
+    inverse = _segments.inverse_norms(keys)  # a zero key has similarity 0 with everything
     match, score = [], []
     for i in range(len(lens)):
         n = int(lens[i])
         a0, b0 = protected + (protected % 2), protected + 1 - (protected % 2)
         if a0 >= n:
             continue
-        xs = unit[int(off[i]):int(off[i]) + n]
-        a, b = xs[a0::2], xs[b0::2]
+        start = int(off[i])
+        a, b = keys[start + a0:start + n:2], keys[start + b0:start + n:2]
+        ia, ib = inverse[start + a0:start + n:2], inverse[start + b0:start + n:2]
         m, nb = a.shape[0], b.shape[0]
         if nb == 0:
             match.append(np.full(m, -1, np.int64))
@@ -147,16 +151,15 @@ def _alternate_nearest(unit: Any, off: np.ndarray, lens: np.ndarray, protected: 
             continue
         step = max(1, (16 << 20) // nb)
         for r0 in range(0, m, step):
-            s = a[r0:r0 + step] @ b.T
-            if torch_lib:
+            s = (a[r0:r0 + step] @ b.T) * ib[None, :] * ia[r0:r0 + step, None]
+            if xp is None:
                 best = s.max(dim=1)
                 match.append(best.indices.cpu().numpy())
                 score.append(best.values.cpu().numpy())
             else:
                 j = s.argmax(axis=1)
                 match.append(_array.host_copy(j).astype(np.int64))
-                score.append(_array.host_copy(s[np.arange(s.shape[0]), j] if not _array.is_cupy(s)
-                                              else s[_array._cupy().arange(s.shape[0]), j]))
+                score.append(_array.host_copy(s[xp.arange(s.shape[0]), j]))
     if not match:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(match).astype(np.int64), np.concatenate(score).astype(np.float32)
