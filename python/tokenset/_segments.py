@@ -12,8 +12,8 @@ import numpy as np
 
 from . import _array
 from .ops import maxsim as _maxsim_ops
-from .ops import segment_sum as _segment_sum_ops
 from .ragged import Ragged
+from .segment_sum import segment_sum as _public_segment_sum
 
 Device = Tuple[str, int]
 
@@ -72,14 +72,10 @@ def unit_rows(x: Any) -> Any:
 
 
 def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = None) -> Any:
-    """out[s] = sum of weights[i] * values[i] over i with segments[i] == s (host int64, every s < count): the native
-    segment-sum op, members in index order. values: [T, d] (float32 / float16 / bfloat16) or [T]."""
-    order = np.argsort(segments, kind="stable")
-    starts = np.zeros(count + 1, np.int64)
-    np.cumsum(np.bincount(segments, minlength=count), out=starts[1:])
+    """tokenset.segment_sum for [T, d] or [T] values (host int64 segments, every s < count)."""
     if values.ndim == 1:
-        return _segment_sum_ops.segment_sum(values[:, None], order, starts, weights)[:, 0]
-    return _segment_sum_ops.segment_sum(values, order, starts, weights)
+        return _public_segment_sum(values[:, None], segments, count, weights)[:, 0]
+    return _public_segment_sum(values, segments, count, weights)
 
 
 def nearest(queries: Ragged, targets: Ragged, with_scores: bool = False):
@@ -114,8 +110,6 @@ def _nearest_native(queries: Ragged, targets: Ragged, with_scores: bool):
 
 
 def _nearest_gemm(queries: Ragged, targets: Ragged, with_scores: bool):
-    lib = _array.library(queries.values)
-    xp = None if lib == "torch" else (_array._cupy() if lib == "cupy" else np)
     q_all, t_all = queries.values, targets.values
     q_off = queries.offsets - queries.offsets[0]
     t_off = targets.offsets - targets.offsets[0]
@@ -129,18 +123,21 @@ def _nearest_gemm(queries: Ragged, targets: Ragged, with_scores: bool):
         step = max(1, (16 << 20) // n)
         for r0 in range(0, m, step):
             r1 = min(m, r0 + step)
-            s = q_all[q_off[i] + r0:q_off[i] + r1] @ t.T
-            if xp is None:
-                best = s.argmax(dim=1)
-                index[q_off[i] + r0:q_off[i] + r1] = best.cpu().numpy()
-                if with_scores:
-                    score[q_off[i] + r0:q_off[i] + r1] = s.gather(1, best[:, None])[:, 0].cpu().numpy()
-            else:
-                best = s.argmax(axis=1)
-                index[q_off[i] + r0:q_off[i] + r1] = _array.host_copy(best)
-                if with_scores:
-                    score[q_off[i] + r0:q_off[i] + r1] = _array.host_copy(s[xp.arange(r1 - r0), best])
+            rows = slice(q_off[i] + r0, q_off[i] + r1)
+            index[rows], score[rows] = row_argmax(q_all[rows] @ t.T)
     return (index, score) if with_scores else index
+
+
+def row_argmax(scores: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """Per row of a 2-D score block (any library), the first column of the largest score and that score, as host
+    (int64, float32) arrays."""
+    if _array.is_torch(scores):
+        best = scores.max(dim=1)
+        return best.indices.cpu().numpy().astype(np.int64), best.values.cpu().numpy().astype(np.float32)
+    xp = _array._cupy() if _array.is_cupy(scores) else np
+    column = scores.argmax(axis=1)
+    value = scores[xp.arange(scores.shape[0]), column]
+    return _array.host_copy(column).astype(np.int64), _array.host_copy(value).astype(np.float32)
 
 
 def set_ids(lengths: np.ndarray) -> np.ndarray:

@@ -178,7 +178,6 @@ def coverage(vision: Any, k: Any, text: Any = None, *, vision_keys: Any = None, 
     lens = batch.lengths
     text_lens = texts.lengths if texts is not None else np.zeros(b, np.int64)
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
-    indices = np.full((b, max_k), -1, np.int64) if lib == "numpy" else None
     pieces: List[Tuple[int, Any, Optional[Any]]] = []
     start = 0
     while start < b:  # chunks of sets whose padded matrices fit the budget

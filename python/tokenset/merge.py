@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _array, _segments
 from .kcenter import kcenter
-from .prune import PruneResult, _unknown, finish, keep_counts
+from .prune import PruneResult, _unknown, finish, keep_counts, per_token_values
 from .ragged import Ragged, ragged
 
 MERGE_METHODS = ("tome", "dpc_knn", "kmeans", "kmedoids")
@@ -38,20 +38,8 @@ _TIE = 1e-5  # relative: float32 costs this close count as equal (k-means repres
 
 
 def _per_token(values: Any, batch: Ragged, name: str) -> np.ndarray:
-    """A per-token float array (list of [n_i], [B, N] padded, or flat [T]) as host float32 [T], checked."""
-    lengths = batch.lengths
-    total = int(lengths.sum())
-    if isinstance(values, (list, tuple)):
-        flat = np.concatenate([np.asarray(_array.host_copy(v), np.float32).reshape(-1) for v in values]) \
-            if values else np.zeros(0, np.float32)
-    else:
-        arr = np.asarray(_array.host_copy(values), np.float32)
-        if arr.ndim == 2 and arr.shape[0] == len(batch):
-            flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
-        else:
-            flat = arr.reshape(-1)
-    if flat.shape[0] != total:
-        raise ValueError(f"{name} must have one entry per token ({total} in all), got {flat.shape[0]}")
+    """Sizes / weights, one per token, as host float32 [T]: positive and finite."""
+    flat = per_token_values(values, batch, name).astype(np.float32)
     if not np.all(flat > 0):
         raise ValueError(f"{name} must be positive and finite (sizes / weights of tokens)")
     return flat
@@ -132,8 +120,6 @@ def _alternate_nearest(keys: Any, off: np.ndarray, lens: np.ndarray, protected: 
     >= protected) by cosine, as an index among the set's free B tokens, and that cosine: (A @ B^T) / (|a| |b|) per set
     on strided views of the keys (the norms scale the small score block, not the tokens), in row chunks of at most
     16M scores. Host (int64, float32) arrays in the order of the A tokens."""
-    lib = _array.library(keys)
-    xp = None if lib == "torch" else (_array._cupy() if lib == "cupy" else np)
     inverse = _segments.inverse_norms(keys)  # a zero key has similarity 0 with everything
     match, score = [], []
     for i in range(len(lens)):
@@ -151,15 +137,9 @@ def _alternate_nearest(keys: Any, off: np.ndarray, lens: np.ndarray, protected: 
             continue
         step = max(1, (16 << 20) // nb)
         for r0 in range(0, m, step):
-            s = (a[r0:r0 + step] @ b.T) * ib[None, :] * ia[r0:r0 + step, None]
-            if xp is None:
-                best = s.max(dim=1)
-                match.append(best.indices.cpu().numpy())
-                score.append(best.values.cpu().numpy())
-            else:
-                j = s.argmax(axis=1)
-                match.append(_array.host_copy(j).astype(np.int64))
-                score.append(_array.host_copy(s[xp.arange(s.shape[0]), j]))
+            j, value = _segments.row_argmax((a[r0:r0 + step] @ b.T) * ib[None, :] * ia[r0:r0 + step, None])
+            match.append(j)
+            score.append(value)
     if not match:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(match).astype(np.int64), np.concatenate(score).astype(np.float32)
@@ -185,8 +165,9 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, knn: int = 5, sizes: Any = None):
             continue
         k = int(min(ks[i], n))
         xs = x[start:start + n]
-        centres = _dpc_centres(xs, k, min(knn, n), d) if k < n else np.arange(n, dtype=np.int64)
-        assign = _nearest_centre(xs, centres, d)
+        sq = _segments.row_dots(xs, xs)
+        centres = _dpc_centres(xs, sq, k, min(knn, n), d) if k < n else np.arange(n, dtype=np.int64)
+        assign = _nearest_centre(xs, sq, centres, d)
         segments[start:start + n] = next_segment + assign
         next_segment += k
         centres_all.append(centres)
@@ -206,9 +187,10 @@ def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, 
     return np.sqrt(np.maximum(d2, 0.0) / d)
 
 
-def _dpc_centres(xs: Any, k: int, knn: int, d: int) -> np.ndarray:
+def _dpc_centres(xs: Any, sq: Any, k: int, knn: int, d: int) -> np.ndarray:
+    """The k DPC-KNN centres of one set (sq: |x_i|^2). Distance rows are computed twice, in chunks, once for the
+    densities and once for delta (which needs every density): 2x the GEMM work instead of an n x n matrix."""
     n = xs.shape[0]
-    sq = _segments.row_dots(xs, xs)
     step = max(1, _DISTANCE_CHUNK_BYTES // (8 * n))
     density = np.empty(n)
     largest = 0.0
@@ -231,12 +213,12 @@ def _dpc_centres(xs: Any, k: int, knn: int, d: int) -> np.ndarray:
     return np.sort(np.lexsort((index, -score))[:k]).astype(np.int64)
 
 
-def _nearest_centre(xs: Any, centres: np.ndarray, d: int) -> np.ndarray:
+def _nearest_centre(xs: Any, sq: Any, centres: np.ndarray, d: int) -> np.ndarray:
     """For every token the position (in `centres`, sorted) of its nearest centre, lowest on ties; centres join
     themselves."""
     n = xs.shape[0]
     c = _segments.take(xs, centres)
-    sq, csq = _segments.row_dots(xs, xs), _segments.row_dots(c, c)
+    csq = _segments.row_dots(c, c)
     step = max(1, _DISTANCE_CHUNK_BYTES // (8 * max(1, len(centres))))
     assign = np.empty(n, np.int64)
     for r0 in range(0, n, step):
@@ -286,14 +268,14 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     c_off = _segments.offsets_of(c_len)
     centres = _segments.take(x, rows)
     total = int(c_len.sum())
-    segments = np.zeros(x.shape[0], np.int64)
+    sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)  # |x_i|^2: fixed across iterations
     qx = _segments.concat_columns(x, _segments.from_host(np.ones(x.shape[0], np.float32), lib, dev))
     for it in range(iters + 1):
         segments = c_off[sets] + _assign(qx, lens, centres, c_len)
         if it == iters:
             break
         if medoids:
-            new_rows = _medoids(x, segments, total, rows)
+            new_rows = _medoids(x, sq, segments, total, rows)
             if np.array_equal(new_rows, rows):
                 break
             rows = new_rows
@@ -316,24 +298,23 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     else:
         # Each cluster's member nearest its centroid represents it (float32 distances: within the tie tolerance,
         # the lowest index; a two-member cluster's centroid is equidistant from both).
-        sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)
         d2 = sq - 2.0 * _array.host_copy(_segments.row_dots(x, _segments.take(centres, segments))).astype(np.float64)
         representative = _first_minimum(d2, segments, total, _TIE * (sq + np.abs(d2)))
         values = centres
     nonempty = counts > 0
-    local = representative - (batch.offsets[:-1] - batch.offsets[0])[np.repeat(np.arange(len(lens)), c_len)]
-    lens_out = np.bincount(np.repeat(np.arange(len(lens)), c_len)[nonempty], minlength=len(lens)).astype(np.int64)
+    centre_sets = _segments.set_ids(c_len)
+    local = representative - (batch.offsets[:-1] - batch.offsets[0])[centre_sets]
+    lens_out = np.bincount(centre_sets[nonempty], minlength=len(lens)).astype(np.int64)
     keep_rows = np.flatnonzero(nonempty)
     sizes = counts[keep_rows].astype(np.float32)
     return local[keep_rows], _segments.take(values, keep_rows), sizes, lens_out
 
 
-def _medoids(x: Any, segments: np.ndarray, total: int, rows: np.ndarray) -> np.ndarray:
+def _medoids(x: Any, sq: np.ndarray, segments: np.ndarray, total: int, rows: np.ndarray) -> np.ndarray:
     """Each cluster's member j minimising sum_i ||x_i - x_j||^2 = n |x_j|^2 - 2 <x_j, S> + const (S: the cluster's
-    sum), lowest index on ties; an empty cluster keeps its medoid."""
+    sum; sq: host |x_i|^2), lowest index on ties; an empty cluster keeps its medoid."""
     sums = _segments.segment_sum(x, segments, total)
     counts = np.bincount(segments, minlength=total).astype(np.float64)
-    sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)
     cost = counts[segments] * sq - 2.0 * _array.host_copy(
         _segments.row_dots(x, _segments.take(sums, segments))).astype(np.float64)
     scale = np.bincount(segments, weights=sq, minlength=total)  # sum of |x_i|^2: the size of every cost term

@@ -57,25 +57,34 @@ def _unknown(method: Any, known) -> ValueError:
     return ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, known))}")
 
 
+def per_token_values(values: Any, batch: Ragged, name: str) -> np.ndarray:
+    """One number per token of `batch` (a list of [n_i] arrays, [B, N] padded, or a flat [T] array, any library) as
+    host float64 [T], or a ValueError naming `name`."""
+    lengths = batch.lengths
+    longest = int(lengths.max()) if lengths.size else 0
+    if isinstance(values, (list, tuple)):
+        flat = np.concatenate([np.asarray(_array.host_copy(v), np.float64).reshape(-1) for v in values]) \
+            if len(values) else np.zeros(0)
+    else:
+        arr = np.asarray(_array.host_copy(values), np.float64)
+        if arr.ndim == 2 and arr.shape[0] == len(batch):
+            if arr.shape[1] < longest:
+                raise ValueError(f"{name} [B, N] must have B={len(batch)} rows and N >= the longest set ({longest}), "
+                                 f"got {arr.shape}")
+            flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
+        else:
+            flat = arr.reshape(-1)
+    if flat.shape[0] != int(lengths.sum()):
+        raise ValueError(f"{name} must have one entry per token ({int(lengths.sum())} in all), got {flat.shape[0]}")
+    return flat
+
+
 def _score_picks(batch: Ragged, ks: np.ndarray, scores: Any) -> np.ndarray:
     if scores is None:
         raise ValueError("method='scores' needs scores=: one score per token (a list of [n_i] arrays, [B, N] or a "
                          "flat [T] array)")
     lengths = batch.lengths
-    if isinstance(scores, (list, tuple)):
-        flat = np.concatenate([np.asarray(_array.host_copy(s), np.float64).reshape(-1) for s in scores]) \
-            if len(scores) else np.zeros(0)
-    else:
-        arr = np.asarray(_array.host_copy(scores), np.float64)
-        if arr.ndim == 2:
-            if arr.shape[0] != len(batch) or arr.shape[1] < (lengths.max() if lengths.size else 0):
-                raise ValueError(f"scores [B, N] must have B={len(batch)} rows and N >= the longest set "
-                                 f"({int(lengths.max()) if lengths.size else 0}), got {arr.shape}")
-            flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
-        else:
-            flat = arr.reshape(-1)
-    if flat.shape[0] != int(lengths.sum()):
-        raise ValueError(f"scores must have one entry per token ({int(lengths.sum())} in all), got {flat.shape[0]}")
+    flat = per_token_values(scores, batch, "scores")
     flat = np.where(np.isnan(flat), -np.inf, flat)
     sets = _segments.set_ids(lengths)
     local = np.arange(flat.shape[0]) - _segments.offsets_of(lengths)[sets]

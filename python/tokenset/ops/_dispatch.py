@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple
 
+import numpy as np
+
 from .. import _array, _backend
 from ..ragged import Ragged
 
@@ -71,6 +73,13 @@ def kernel_batch(batch: Ragged, lib: str, dev: Device, stream_handle: int, name:
     values = _kernel_values(batch.values, dtype, lib, dev)
     device_offsets = None if dev[0] == "cpu" else batch.device_offsets(lib, dev, stream_handle)
     return KernelBatch(values, None, batch.offsets, device_offsets)
+
+
+def host_and_device(arr: Any, lib: str, dev: Device) -> Tuple[Any, Any]:
+    """An int64 host array the native layer checks (immutable, so what it checks is what a CPU kernel reads) and,
+    on a GPU, its device copy for the kernel (None on the CPU)."""
+    host = _array.frozen(np.ascontiguousarray(arr, dtype=np.int64))
+    return host, (None if dev[0] == "cpu" else _array.to_device(host, lib, dev))
 
 
 def empty(shape, dtype: str, lib: str, dev: Device) -> Any:

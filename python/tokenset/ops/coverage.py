@@ -25,8 +25,7 @@ def coverage(matrix: Any, rows: np.ndarray, cols: np.ndarray, k: np.ndarray, max
             matrix = matrix.contiguous()
         else:
             matrix = (_array._cupy() if _array.is_cupy(matrix) else np).ascontiguousarray(matrix)
-    host = [_array.frozen(np.ascontiguousarray(a, dtype=np.int64)) for a in (rows, cols, k)]
-    device = [None] * 3 if dev[0] == "cpu" else [_array.to_device(a, lib, dev) for a in host]
+    host, device = zip(*(_dispatch.host_and_device(a, lib, dev) for a in (rows, cols, k)))
     b = int(matrix.shape[0])
     indices = _dispatch.empty((b, int(max_k)), "int64", lib, dev)
     gains = _dispatch.empty((b, int(max_k)), "float32", lib, dev) if with_gains else None

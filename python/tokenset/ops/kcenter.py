@@ -5,7 +5,6 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .. import _array
 from ..ragged import Ragged
 from . import _dispatch
 
@@ -18,11 +17,8 @@ def kcenter(batch: Ragged, metric: str, k: np.ndarray, first: np.ndarray, max_k:
     lib, dev = _dispatch.placement(batch._any_values)
     stream = _dispatch.stream(lib, dev)
     tokens = _dispatch.kernel_batch(batch, lib, dev, stream, "tokens")
-    k = _array.frozen(np.ascontiguousarray(k, dtype=np.int64))
-    first = _array.frozen(np.ascontiguousarray(first, dtype=np.int64))
-    k_dev = first_dev = None
-    if dev[0] != "cpu":
-        k_dev, first_dev = _array.to_device(k, lib, dev), _array.to_device(first, lib, dev)
+    k, k_dev = _dispatch.host_and_device(k, lib, dev)
+    first, first_dev = _dispatch.host_and_device(first, lib, dev)
     b = len(batch)
     indices = _dispatch.empty((b, int(max_k)), "int64", lib, dev)
     distances = _dispatch.empty((b, int(max_k)), "float32", lib, dev) if with_distances else None

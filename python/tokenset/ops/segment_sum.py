@@ -23,11 +23,8 @@ def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Opt
             weights = weights.detach()
         if _array.dtype_name(weights, "weights") != "float32":
             weights = _array.astype(weights, "float32")
-    order = _array.frozen(np.ascontiguousarray(order, np.int64))
-    starts = _array.frozen(np.ascontiguousarray(starts, np.int64))
-    order_dev = starts_dev = None
-    if dev[0] != "cpu":
-        order_dev, starts_dev = _array.to_device(order, lib, dev), _array.to_device(starts, lib, dev)
+    order, order_dev = _dispatch.host_and_device(order, lib, dev)
+    starts, starts_dev = _dispatch.host_and_device(starts, lib, dev)
     out = _dispatch.empty((max(int(starts.shape[0]) - 1, 0), int(values.shape[1])), "float32", lib, dev)
     _dispatch.module(dev).segment_sum(values, order, order_dev, starts, starts_dev, weights, out, stream,
                                       _dispatch.allocator(lib, dev))
