@@ -180,6 +180,8 @@ def test_bad_input():
         tokenset.merge(x, 2, sizes=np.ones(3))
     with pytest.raises(ValueError, match="sizes must be positive"):
         tokenset.merge(x, 2, sizes=np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="sizes must be positive and finite"):
+        tokenset.merge(x, 2, sizes=np.full((2, 6), np.inf))
     with pytest.raises(ValueError, match="protected must be an integer"):
         tokenset.merge(x, 2, protected=-1)
     with pytest.raises(ValueError, match="metric must have one key per token"):

@@ -40,7 +40,7 @@ _TIE = 1e-5  # relative: float32 costs this close count as equal (k-means repres
 def _per_token(values: Any, batch: Ragged, name: str) -> np.ndarray:
     """Sizes / weights, one per token, as host float32 [T]: positive and finite."""
     flat = per_token_values(values, batch, name).astype(np.float32)
-    if not np.all(flat > 0):
+    if not np.all(np.isfinite(flat) & (flat > 0)):
         raise ValueError(f"{name} must be positive and finite (sizes / weights of tokens)")
     return flat
 
