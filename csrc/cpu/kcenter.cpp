@@ -53,9 +53,12 @@ void kcenter(const KcenterParams& p, const Launch&) {
   AlignedBuffer<int64_t> best_index(outer * inner);
   // Per set in flight: every token's nearest-other distance as a pivot; per worker: packed pivot panels, a converted
   // row block, and every token's nearest-other distance as a row (merged after the pass).
-  const int workers = outer * inner;
+  // Allocated only when some set asks for its most isolated token.
+  bool isolate = false;
+  for (int64_t i = 0; i < count; ++i) isolate = isolate || (p.host_first[i] < 0 && sets.length(i) > 0);
+  const int workers = isolate ? outer * inner : 0;
   AlignedBuffer<float> packed(workers * chunk * dim), block(workers * block_rows * dim);
-  AlignedBuffer<float> as_pivot(outer * max_length), as_row(workers * max_length);
+  AlignedBuffer<float> as_pivot(isolate ? outer * max_length : 0), as_row(workers * max_length);
 
   auto run_set = [&](int64_t set, int slot) {
     const int64_t n = sets.length(set);
