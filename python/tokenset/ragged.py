@@ -124,6 +124,17 @@ class Ragged:
             return self._sets[i]
         return self._values[int(self.offsets[i]):int(self.offsets[i + 1])]
 
+    def compact(self) -> "Ragged":
+        """The same sets with offsets starting at 0 and ``values`` holding exactly their tokens (row ``offsets[0]`` of
+        the original is row 0 here): a view of the values and rebased offsets, no copy of the tokens. A valid Ragged
+        may start past row 0 (``offsets[0] > 0``) or end before the last row; code that indexes ``values`` with
+        per-token positions (gathers, segment ids, masks) works on ``batch.compact()``. Returns ``self`` when already
+        compact (and for a batch built from a list)."""
+        start, end = int(self.offsets[0]), int(self.offsets[-1])
+        if self._values is None or (start == 0 and end == int(self._values.shape[0])):
+            return self
+        return Ragged(self._values[start:end], self.offsets - start, name="Ragged")
+
     def device_offsets(self, lib: str, dev, stream: int = 0):
         """Offsets as an int64 array on the values' device, cached per (library, device, stream): each copy is made
         and freed on the stream that uses it, so a kernel on one stream never reads memory another stream reuses."""
