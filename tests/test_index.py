@@ -111,7 +111,7 @@ def test_save_load_round_trip_mmap_and_compaction(tmp_path):
     index.save(tmp_path / "idx")
     loaded = tokenset.Index.load(tmp_path / "idx")
     assert len(loaded) == len(index) and np.array_equal(np.sort(loaded.ids), np.sort(index.ids))
-    assert isinstance(loaded._segments[0].tokens, np.memmap)  # tokens read in place from the map
+    assert isinstance(loaded._store.segments[0].tokens, np.memmap)  # tokens read in place from the map
     after = loaded.search(queries, k=8, candidates=60)
     assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
     loaded.verify()
@@ -245,7 +245,7 @@ def test_many_small_adds_keep_few_segments_and_exact_results():
         index.search(docs[i], k=1)
         if i == 100:
             index.remove([3, 50])
-    assert len(index._segments) <= 9  # O(log n)
+    assert len(index._store.segments) <= 9  # O(log n)
     _, queries = known_item_queries(rng, docs, 8)
     ids, scores = index.search(queries, k=5, candidates=200)
     exact_ids, exact_scores = index.exact_search(queries, k=5)

@@ -14,9 +14,11 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
 import zipfile
-from typing import Any, Callable, Dict, Iterable, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -45,13 +47,32 @@ def fspath(path: Any, what: str = "path") -> str:
 
 # ---- writing --------------------------------------------------------------------------------------------------------
 
+def temporary_name(path: PathLike) -> str:
+    """A fresh name for ``path``'s temporary file, beside it: ``.<name>.<16 hex>.tmp`` (:func:`is_temporary_of`)."""
+    path = fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}\.tmp$")
+
+
+def is_temporary_of(entry: str, names: Callable[[str], bool]) -> bool:
+    """Whether a directory entry is a temporary file that :func:`atomic_write` made for a name accepted by `names`
+    (what an interrupted write leaves behind; nothing else is ever deleted as a temporary)."""
+    match = _TEMPORARY.match(entry)
+    return bool(match) and names(match.group("name"))
+
+
 def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
     """Calls ``write(file)`` on a new, uniquely named temporary file in the target's directory, fsyncs it, renames it
     over ``path`` and fsyncs the directory. Concurrent writers (threads or processes) each use their own temporary
-    file; the last rename wins and every reader sees one complete file."""
+    file; the last rename wins and every reader sees one complete file. The file is created with mode 0o666 less the
+    process's umask, like any file ``open(path, "w")`` makes (the kernel applies the umask)."""
     path = fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    tmp = temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -61,8 +82,11 @@ def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None]) -> 
         tmp = None
         _fsync_directory(directory)
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 def _fsync_directory(directory: str) -> None:
@@ -102,15 +126,48 @@ def seal(config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> Dict[str, Any
 
 def write_zip(path: PathLike, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
     """``config.json`` (sealed) plus one stored ``<name>.npy`` per array, written atomically."""
+    atomic_write(path, lambda f: _write_zip_to(f, config, arrays))
+
+
+def zip_bytes(config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> bytes:
+    """The bytes :func:`write_zip` writes (for small files that are hashed or embedded as a whole)."""
+    buf = io.BytesIO()
+    _write_zip_to(buf, config, arrays)
+    return buf.getvalue()
+
+
+def _write_zip_to(f, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
     sealed = seal(config, arrays)
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("config.json", json.dumps(sealed, indent=1, sort_keys=True, allow_nan=False))
+        for name, a in arrays.items():
+            z.writestr(f"{name}.npy", npy_bytes(a))
+
+
+def write_npy(path: PathLike, dtype: Any, shape: Tuple[int, ...], blocks: Iterable[np.ndarray]) -> str:
+    """Writes a ``.npy`` of `dtype` / `shape` atomically from `blocks` (arrays whose rows, in order, are the whole
+    array: each is written as it comes, so memory stays at one block whatever the array's size) and returns the
+    SHA-256 of its data (the bytes after the header). A block count that does not add up is a RuntimeError and
+    leaves the previous file."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    digest = hashlib.sha256()
 
     def write(f) -> None:
-        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr("config.json", json.dumps(sealed, indent=1, sort_keys=True, allow_nan=False))
-            for name, a in arrays.items():
-                z.writestr(f"{name}.npy", npy_bytes(a))
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        written = 0
+        for block in blocks:
+            data = memoryview(np.ascontiguousarray(block, dtype=dtype)).cast("B")
+            f.write(data)
+            digest.update(data)
+            written += data.nbytes
+        if written != expected:
+            raise RuntimeError(f"{os.path.basename(path)}: {written} bytes written, {shape} {dtype} needs {expected}")
 
     atomic_write(path, write)
+    return digest.hexdigest()
 
 
 # ---- reading --------------------------------------------------------------------------------------------------------
@@ -238,15 +295,18 @@ def header_bytes_bound() -> int:
 class ZipReader:
     """A tokenset zip, opened for checked reads: only stored, unencrypted members of known size."""
 
-    def __init__(self, path: PathLike, kind: str):
+    def __init__(self, path: PathLike, kind: str, data: Optional[bytes] = None):
+        """Opens the zip at `path`, or, when `data` is given, the zip held in those bytes (already read and checked
+        by the caller: `path` then only names it in messages)."""
         self.path = fspath(path)
         self.kind = kind
+        # A path is opened as a checked regular file: a FIFO or a device is refused, never read.
+        self._file = open_regular(self.path, "the file", self.corrupt) if data is None else io.BytesIO(data)
         try:
-            self._zip = zipfile.ZipFile(self.path, "r")
+            self._zip = zipfile.ZipFile(self._file, "r")
             infos = self._zip.infolist()
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            raise  # not a malformed file: the usual OSError
         except Exception as exc:  # BadZipFile, EOFError, OSError (bad seek), NotImplementedError, ...
+            self._file.close()
             raise self.corrupt(f"not a readable zip archive: {type(exc).__name__}: {exc}") from None
         if len(infos) > MAX_MEMBERS:
             raise self.corrupt(f"{len(infos)} members")
@@ -268,6 +328,7 @@ class ZipReader:
 
     def __exit__(self, *exc) -> None:
         self._zip.close()
+        self._file.close()
 
     def read(self, member: str, max_bytes: int) -> bytes:
         """The bytes of a member that the caller expects to be at most ``max_bytes`` (checked before reading)."""
@@ -297,3 +358,106 @@ class ZipReader:
         if not isinstance(digest, str) or array_digest(a) != digest:
             raise self.corrupt(f"{name}.npy does not match its checksum")
         return a
+
+
+# ---- files of a directory -------------------------------------------------------------------------------------------
+
+def safe_name(name: Any) -> bool:
+    """A plain file name: no directory part, not hidden, not empty, at most 200 characters."""
+    return isinstance(name, str) and 0 < len(name) < 200 and os.path.basename(name) == name and \
+        not name.startswith(".") and "\x00" not in name
+
+
+def open_regular(path: PathLike, what: str, corrupt: Callable[[str], Exception], max_bytes: int = -1):
+    """``path`` opened for reading, after checking on the open descriptor that it is a regular file (a FIFO, a
+    device such as ``/dev/zero`` or a directory is refused: opening never blocks, reading never runs forever) of at
+    most `max_bytes` (``-1``: any size). A missing file raises FileNotFoundError; other failures are `corrupt`."""
+    path = fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise corrupt(f"{what} unreadable: {exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise corrupt(f"{what} is not a regular file")
+        if max_bytes >= 0 and info.st_size > max_bytes:
+            raise corrupt(f"{what} is {info.st_size} bytes, more than the {max_bytes} it can be")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_npy_file(f, name: str, dtype: Any, shape: Any, mmap: bool, corrupt) -> np.ndarray:
+    """The array stored in the open ``.npy`` file `f` (from :func:`open_regular`): header, dtype, shape (a tuple, or
+    ``None`` for any 1-D length) and the file's exact size are checked on this descriptor, and the data is
+    memory-mapped read-only from the same descriptor (``mmap``) or read, so what was checked is what is used even
+    when the path is replaced meanwhile."""
+    dtype = np.dtype(dtype)
+    f.seek(0)
+    got_shape, fortran, got_dtype = read_npy_header(f, name, corrupt)
+    start = f.tell()
+    if got_dtype != dtype or (fortran and len(got_shape) > 1) or \
+            (shape is not None and tuple(got_shape) != tuple(shape)) or (shape is None and len(got_shape) != 1):
+        raise corrupt(f"{name} holds {got_dtype} {tuple(got_shape)}, expected {dtype} "
+                      f"{tuple(shape) if shape is not None else '(n,)'}")
+    count = int(np.prod(got_shape, dtype=np.int64))
+    size = os.fstat(f.fileno()).st_size
+    if size != start + count * dtype.itemsize:
+        raise corrupt(f"{name} is {size} bytes, its header says {start + count * dtype.itemsize} (truncated or "
+                      f"resized)")
+    if mmap and count:
+        return np.memmap(f, dtype=dtype, mode="r", offset=start, shape=tuple(got_shape))
+    data = np.fromfile(f, dtype=dtype, count=count)
+    if data.size != count:
+        raise corrupt(f"{name} is truncated")
+    data = data.reshape(got_shape)
+    data.setflags(write=False)
+    return data
+
+
+class DirectoryLock:
+    """An exclusive advisory lock on a directory, held while tokenset changes it: ``fcntl.flock`` on the lock file
+    `name` inside it (created once, with the umask's mode, and never deleted: deleting a lock file lets two holders
+    lock two different files). Excludes other threads and other processes alike (each holder opens its own
+    descriptor). Where ``fcntl`` does not exist (Windows), only threads of this process are excluded."""
+
+    _process_locks: Dict[str, Any] = {}
+    _guard = __import__("threading").Lock()
+
+    def __init__(self, directory: str, name: str):
+        self.path = os.path.join(directory, name)
+        self._fd = None
+        with DirectoryLock._guard:
+            key = os.path.realpath(self.path)
+            self._thread_lock = DirectoryLock._process_locks.setdefault(key, __import__("threading").Lock())
+
+    def __enter__(self) -> "DirectoryLock":
+        self._thread_lock.acquire()
+        try:
+            try:
+                import fcntl
+            except ImportError:
+                return self
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._fd is not None:
+                os.close(self._fd)  # releases the flock
+                self._fd = None
+        finally:
+            self._thread_lock.release()

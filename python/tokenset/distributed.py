@@ -3,11 +3,14 @@
 Each shard is an :class:`tokenset.Index` saved in its own directory and served by one Ray actor that loads it
 (memory-mapped) from disk. ``search`` sends the queries to every shard at once, each returns its exact top-k (FDE
 candidates + MaxSim rerank over its documents), and the lists are merged exactly: the global top-k is the top-k of
-the union (higher score first, ties to the lower id).
+the union (higher score first, ties to the lower id). Each shard cuts its own top-k by that same rule (an
+:class:`Index` breaks ties by id, never by storage position), so a tie at a shard's k-th place cannot drop a lower id.
+Ids must be distinct across shards: checked when the sharded index starts.
 
 Failure: an actor whose process dies is restarted by Ray (``max_restarts``) and reloads its shard from disk; the
-interrupted call is retried (``max_task_retries``). When a shard still cannot answer, ``search`` raises
-:class:`ShardUnavailableError` naming the shard: never a partial answer presented as complete.
+interrupted call is retried (``max_task_retries``). When a shard still cannot answer, or does not answer within
+``timeout`` seconds, ``search`` raises :class:`ShardUnavailableError` naming the shard: never a partial answer
+presented as complete.
 
 >>> import numpy as np, ray, tokenset.distributed as td                      # doctest: +SKIP
 >>> ray.init(num_cpus=2)                                                    # doctest: +SKIP
@@ -23,7 +26,7 @@ import numpy as np
 
 from . import _array
 from .fde import FDE
-from .index import Index, rank_order
+from .index import Index, top_k
 from .ragged import ragged
 
 
@@ -54,6 +57,9 @@ class _Shard:
     def size(self) -> int:
         return len(self.index)
 
+    def ids(self) -> np.ndarray:
+        return self.index.ids
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -65,19 +71,33 @@ class ShardedIndex:
         directories: one saved index per shard (ids must be distinct across shards).
         max_restarts: how many times Ray restarts a dead shard worker (it reloads the shard from disk).
         num_cpus: CPUs reserved per shard worker.
+        timeout: seconds to wait for a shard's answer (None: no limit) before :class:`ShardUnavailableError`.
     """
 
-    def __init__(self, directories: Sequence[Any], *, max_restarts: int = 1, num_cpus: float = 1):
+    def __init__(self, directories: Sequence[Any], *, max_restarts: int = 1, num_cpus: float = 1,
+                 timeout: Optional[float] = 300.0):
         ray = _ray()
         if not ray.is_initialized():
             raise RuntimeError("call ray.init(...) first (e.g. ray.init(num_cpus=2) on one machine)")
         self.directories = [os.fspath(d) for d in directories]
         if not self.directories:
             raise ValueError("a sharded index needs at least one shard directory")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or
+                                    not timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        self.timeout = timeout
         actor = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts,
                            max_task_retries=max_restarts)(_Shard)
         self._actors = [actor.remote(d) for d in self.directories]
         self._sizes = self._gather([a.size.remote() for a in self._actors])
+        shard_ids = self._gather([a.ids.remote() for a in self._actors])
+        every = np.sort(np.concatenate(shard_ids)) if shard_ids else np.zeros(0, np.int64)
+        repeated = every[1:][every[1:] == every[:-1]]
+        if repeated.size:
+            holders = [d for d, ids in zip(self.directories, shard_ids) if int(repeated[0]) in set(ids.tolist())]
+            self.close()
+            raise ValueError(f"id {int(repeated[0])} is stored in more than one shard ({holders}); ids must be "
+                             f"distinct across shards, or a search could return one document twice")
 
     @classmethod
     def build(cls, documents: Any, directory: Any, shards: int, dim: int, ids: Any = None,
@@ -109,7 +129,10 @@ class ShardedIndex:
         out = []
         for directory, ref in zip(self.directories, refs):
             try:
-                out.append(ray.get(ref))
+                out.append(ray.get(ref, timeout=self.timeout))
+            except ray.exceptions.GetTimeoutError as exc:
+                raise ShardUnavailableError(f"shard {directory} did not answer within {self.timeout} s; no partial "
+                                            f"result is returned") from exc
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                 raise ShardUnavailableError(f"shard {directory} did not answer (its worker died and could not be "
                                             f"restarted: {type(exc).__name__}); no partial result is returned") from exc
@@ -117,14 +140,16 @@ class ShardedIndex:
 
     def search(self, queries: Any, k: int = 10, candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k over every shard: ``(ids int64 [nq, k], scores float32 [nq, k])``, merged exactly."""
-        q = ragged(queries, name="queries")
-        values = np.ascontiguousarray(_array.host_copy(q.values))
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        k = int(k)
+        q = ragged(queries, name="queries").compact()
+        values = np.ascontiguousarray(_array.host_copy(q.values, "queries"))
         offsets = np.asarray(q.offsets)
         parts = self._gather([a.search.remote(values, offsets, k, candidates) for a in self._actors])
         ids = np.concatenate([p[0] for p in parts], axis=1)
         scores = np.concatenate([p[1] for p in parts], axis=1)
-        order = rank_order(scores, ids, k)
-        return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+        return top_k(ids, scores, k)
 
     def worker_pids(self) -> List[int]:
         """The process id of every shard's worker (for monitoring, and for tests that kill one)."""

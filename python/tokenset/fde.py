@@ -196,7 +196,7 @@ class FDE:
         self._seed = seed
         self._kernel_state: Optional[Dict[str, Any]] = None
         self._grouping: Optional[Dict[str, np.ndarray]] = None
-        self._device_states: Dict[Tuple[str, Tuple[str, int], int], Dict[str, Any]] = {}
+        self._device_states = _array.SmallCache()  # (library, device, stream) -> (device state, host state)
 
     # ---- configuration ------------------------------------------------------------------------------------------
     @property
@@ -325,15 +325,15 @@ class FDE:
         """``(state on the GPU, the host state it was copied from)``, cached per (library, device, stream): each copy
         is made and freed on the stream that uses it. The host state (with the GPU grouping) is what the native
         entry checks."""
-        key = (lib, dev, stream)
-        if key not in self._device_states:
+        def make():
             host = dict(self._host_state())
             host.update(self._gpu_grouping())
             names = ("simhash", "proj_index", "proj_weight", "proj_order", "proj_starts", "final_index",
                      "final_sign", "final_order", "final_starts")
             device = {n: (None if host.get(n) is None else _array.to_device(host[n], lib, dev)) for n in names}
-            self._device_states[key] = (device, host)
-        return self._device_states[key]
+            return device, host
+
+        return self._device_states.get((lib, dev, stream), make)
 
     def encode_documents(self, documents: Any, *, lengths: Any = None, mask: Any = None, out: Any = None):
         """FDEs of documents, ``[nd, output_dim]`` float32 in the input's library and device.
@@ -385,13 +385,27 @@ class FDE:
         file."""
         _storage.write_zip(path, self._config(), self._arrays())
 
+    def to_bytes(self) -> bytes:
+        """The bytes :meth:`save` writes (read back by :meth:`from_bytes`)."""
+        return _storage.zip_bytes(self._config(), self._arrays())
+
     @classmethod
     def load(cls, path: Any) -> "FDE":
         """Reads an encoder written by :meth:`save`. Nothing on disk is trusted: every size is checked against hard
         limits (``dim <= 2**16``, ``reps <= 4096``, the FDE size) and the config before anything is allocated, every
         array against its shape, dtype and SHA-256, the whole config against its own SHA-256, and every index against
         its range. Any malformed file raises ValueError (a missing file: the usual OSError)."""
-        with _storage.ZipReader(path, "tokenset FDE") as z:
+        return cls._read(_storage.ZipReader(path, "tokenset FDE"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> "FDE":
+        """An encoder from the bytes of a file written by :meth:`save` (checked exactly as :meth:`load` checks a
+        file; `name` names it in messages)."""
+        return cls._read(_storage.ZipReader(name, "tokenset FDE", data=bytes(data)))
+
+    @classmethod
+    def _read(cls, reader: "_storage.ZipReader") -> "FDE":
+        with reader as z:
             corrupt = z.corrupt
             config = z.config()
             if config.get("format") != _FORMAT:

@@ -31,7 +31,9 @@ def maxsim(queries: Ragged, documents: Ragged, candidates: Optional[Any] = None,
 
     Returns ``(scores float32, argmax int32 [.., .., max query length] or None)``.
     """
-    extra = [candidates] if _array.is_array(candidates) else []
+    # Candidate lists on the host (numpy, CPU torch) are index arrays, copied to the kernel's device below: they do not
+    # take part in the device check. Device candidates must be on the documents' device.
+    extra = [candidates] if _array.is_array(candidates) and _array.device(candidates)[0] != "cpu" else []
     lib, dev, stream, q, d = _prepare(queries, documents, *extra)
     nq = len(queries)
     cand = host_cand = None
