@@ -151,24 +151,32 @@ class Index:
 
     def _encode(self, batch: Ragged) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tokens in the stored dtype, offsets from 0, FDEs float16) of a compact batch: FDEs encoded in chunks
-        (the float32 encoder output is bounded by _ENCODE_BYTES), tokens copied once, straight into one array."""
+        (the float32 encoder output is bounded by _ENCODE_BYTES), tokens copied once, straight into one array (in
+        blocks of rows for an array batch, set by set for a list)."""
         n = len(batch)
         offsets = np.array(batch.offsets, dtype=np.int64)
         fdes = np.empty((n, self.fde.output_dim), dtype=np.float16)
         step = max(1, _ENCODE_BYTES // (4 * self.fde.output_dim))
         for c0 in range(0, n, step):
-            part = ragged([batch[i] for i in range(c0, min(n, c0 + step))], name="documents")
+            c1 = min(n, c0 + step)
+            part = ragged([batch[i] for i in range(c0, c1)], name="documents") if batch.sets is not None else \
+                Ragged(batch.values, offsets[c0:c1 + 1], name="documents")
             encoded = np.asarray(_array.host_copy(self.fde.encode_documents(part)))
             with np.errstate(over="ignore"):
-                fdes[c0:c0 + len(part)] = encoded
-            self._check_half(fdes[c0:c0 + len(part)], encoded, "the documents' FDEs", c0)
+                fdes[c0:c1] = encoded
+            self._check_half(fdes[c0:c1], encoded, "the documents' FDEs", c0)
         tokens = np.empty((int(offsets[-1]), self.dim), dtype=self.dtype)
-        for i in range(n):
-            rows = tokens[offsets[i]:offsets[i + 1]]
-            source = np.asarray(_array.host_copy(batch[i], "documents"))
+        if batch.sets is not None:
+            pieces = ((int(offsets[i]), batch[i]) for i in range(n))
+        else:
+            rows = max(1, _ENCODE_BYTES // (4 * self.dim))
+            pieces = ((t0, batch.values[t0:t0 + rows]) for t0 in range(0, tokens.shape[0], rows))
+        for t0, piece in pieces:
+            source = np.asarray(_array.host_copy(piece, "documents"))
+            target = tokens[t0:t0 + source.shape[0]]
             with np.errstate(over="ignore"):
-                rows[...] = source
-            self._check_half(rows, source, "documents", i)
+                target[...] = source
+            self._check_half(target, source, "documents", int(np.searchsorted(offsets, t0, side="right")) - 1)
         return tokens, offsets, fdes
 
     def _check_half(self, stored: np.ndarray, source: np.ndarray, what: str, first: int) -> None:
@@ -275,7 +283,14 @@ class Index:
         exact = np.full(positions.shape, -np.inf, dtype=np.float32)
         for local, seg in snap.split(positions):
             documents = _device.segment_copy(seg, dev)[1] if dev is not None else seg.batch
-            scores = np.asarray(_array.host_copy(maxsim_pairs(q_run, documents, local)))
+            # Only the candidate documents, as a list of views of the stored tokens (read in place on the CPU): the
+            # kernel's per-call checks then cost O(candidates), not O(documents in the segment).
+            rows, columns = np.unique(local[local >= 0], return_inverse=True)
+            offsets = np.asarray(seg.offsets)
+            picked = [documents.values[offsets[r]:offsets[r + 1]] for r in rows.tolist()]
+            which = np.full(local.shape, -1, np.int64)
+            which[local >= 0] = columns.reshape(-1)
+            scores = np.asarray(_array.host_copy(maxsim_pairs(q_run, picked, which)))
             exact = np.where(local >= 0, scores, exact)
         return top_k(snap.ids_at(positions), exact, k)
 

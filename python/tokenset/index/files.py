@@ -62,8 +62,9 @@ def save(index: Any, directory: Any) -> Dict[str, Any]:
     os.makedirs(directory, exist_ok=True)
     if not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory}: not a directory")
+    _previous_generation(directory)  # a folder that is not ours is refused before the lock file is made in it
     with _storage.DirectoryLock(directory, LOCK):
-        previous = _previous_generation(directory)
+        previous = _previous_generation(directory)  # read again under the lock: what the last save wrote
         snapshot, next_id = index._snapshot_for_save()
         generation = secrets.token_hex(6)
         files = _write_arrays(index, snapshot, directory, generation)

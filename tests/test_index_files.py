@@ -1,0 +1,309 @@
+"""Index.save / load / verify as a user's folder sees them: nothing of theirs deleted, concurrent saves and loads from
+threads and processes, special files refused, streamed saves in bounded memory, file modes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import tokenset
+from tokenset.index import files as index_files
+
+from conftest import subprocess_env
+
+DIM = 8
+
+
+def tiny_index(n=60, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    index = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=2, simhash_bits=2, seed=0), **kwargs)
+    docs = [rng.standard_normal((int(m), DIM)).astype(np.float32) for m in rng.integers(1, 8, n)]
+    index.add(docs)
+    return index, docs
+
+
+def generation_files(directory):
+    with open(os.path.join(directory, "manifest.json")) as f:
+        manifest = json.load(f)
+    return {m["file"] for m in manifest["arrays"].values()} | {manifest["encoder"]["file"]}
+
+
+def test_save_never_deletes_what_it_did_not_write(tmp_path):
+    index, docs = tiny_index()
+    # A folder of the user's data with no index in it is refused, untouched.
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "my_embeddings.npy", np.arange(3))
+    (data / "notes.tmp").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no tokenset index"):
+        index.save(data)
+    assert sorted(os.listdir(data)) == ["my_embeddings.npy", "notes.tmp"]
+    # So is a folder whose manifest.json is somebody else's.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "my project"}')
+    with pytest.raises(ValueError, match="not a tokenset index manifest"):
+        index.save(other)
+    assert os.listdir(other) == ["manifest.json"]
+    # Files put beside a saved index survive every later save; the previous generation does not.
+    folder = tmp_path / "idx"
+    index.save(folder)
+    first = generation_files(folder)
+    np.save(folder / "my_embeddings.npy", np.arange(3))
+    (folder / "fde-notmine.encoder").write_text("mine")
+    (folder / "leftover.npy.tmp").write_text("mine")
+    index.remove([0, 1])
+    index.save(folder)
+    second = generation_files(folder)
+    names = set(os.listdir(folder))
+    assert not first & names and second <= names
+    assert {"my_embeddings.npy", "fde-notmine.encoder", "leftover.npy.tmp"} <= names
+    assert names == second | {"manifest.json", ".tokenset-index.lock", "my_embeddings.npy", "fde-notmine.encoder",
+                              "leftover.npy.tmp"}
+    assert np.array_equal(np.load(folder / "my_embeddings.npy"), np.arange(3))
+    assert len(tokenset.Index.load(folder)) == len(docs) - 2
+
+
+def test_interrupted_save_temporaries_are_cleaned_but_only_ours(tmp_path):
+    index, _ = tiny_index()
+    index.save(tmp_path)
+    ours = tmp_path / ".tokens-0123456789ab.npy.0123456789abcdef.tmp"
+    ours.write_bytes(b"partial")
+    theirs = tmp_path / ".mine.0123456789abcdef.tmp"
+    theirs.write_bytes(b"mine")
+    index.save(tmp_path)
+    assert not ours.exists() and theirs.exists()
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    index, _ = tiny_index()
+    old = os.umask(0o022)
+    try:
+        index.save(tmp_path / "a")
+    finally:
+        os.umask(old)
+    for name in os.listdir(tmp_path / "a"):
+        assert os.stat(tmp_path / "a" / name).st_mode & 0o777 == 0o644, name
+
+
+def test_concurrent_saves_leave_one_complete_generation(tmp_path):
+    """2 threads x 15 trials saving two different indexes to one folder: 13 of 15 used to leave a folder that no
+    longer loaded."""
+    a, _ = tiny_index(40, seed=1)
+    b, _ = tiny_index(70, seed=2)
+    for trial in range(15):
+        folder = tmp_path / f"t{trial}"
+        errors = []
+
+        def save(index):
+            try:
+                index.save(folder)
+            except Exception as exc:  # noqa: BLE001 - any exception fails the test below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=save, args=(ix,)) for ix in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        loaded = tokenset.Index.load(folder)
+        loaded.verify()
+        assert len(loaded) in (40, 70)
+        assert set(os.listdir(folder)) == generation_files(folder) | {"manifest.json", ".tokenset-index.lock"}
+
+
+def test_loads_racing_saves_never_fail(tmp_path):
+    """Loads while another thread saves again and again: every load sees one complete generation (about 50 of 3,660
+    loads used to fail, some with a raw FileNotFoundError)."""
+    index, docs = tiny_index(30)
+    index.save(tmp_path)
+    stop = threading.Event()
+    failures, loads = [], [0]
+
+    def saver():
+        while not stop.is_set():
+            index.save(tmp_path)
+
+    def loader():
+        while not stop.is_set():
+            try:
+                loaded = tokenset.Index.load(tmp_path, mmap=bool(loads[0] % 2))
+                assert len(loaded) == 30
+                loads[0] += 1
+            except Exception as exc:  # noqa: BLE001
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=saver), threading.Thread(target=loader)]
+    for t in threads:
+        t.start()
+    threads[1].join(timeout=4)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert loads[0] > 20
+
+
+def test_verify_after_load_then_save_into_the_same_folder(tmp_path):
+    index, _ = tiny_index()
+    index.save(tmp_path)
+    loaded = tokenset.Index.load(tmp_path)
+    loaded.remove([3])
+    loaded.save(tmp_path)  # deletes the generation `loaded` was opened from
+    loaded.verify()  # checks what it saved
+    again = tokenset.Index.load(tmp_path)
+    index.save(tmp_path)  # another Index replaces the generation
+    with pytest.raises(ValueError, match="saved again"):
+        again.verify()
+    with pytest.raises(ValueError, match="checks the files of an index"):
+        tiny_index()[0].verify()
+
+
+def test_load_refuses_special_files(tmp_path):
+    """A FIFO used to block load forever, and a symlink to /dev/zero to read until memory ran out."""
+    index, _ = tiny_index()
+    index.save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    encoder = tmp_path / manifest["encoder"]["file"]
+    encoder.unlink()
+    os.mkfifo(encoder)
+    code = f"import tokenset; tokenset.Index.load({str(tmp_path)!r})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=subprocess_env())
+    assert run.returncode != 0 and "not a regular file" in run.stderr
+    encoder.unlink()
+    os.symlink("/dev/zero", encoder)
+    with pytest.raises(ValueError, match="not a regular file"):
+        tokenset.Index.load(tmp_path)
+    tokens = tmp_path / manifest["arrays"]["tokens"]["file"]
+    tokens.unlink()
+    os.symlink("/dev/zero", tokens)
+    with pytest.raises(ValueError, match="not a regular file"):
+        tokenset.Index.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        tokenset.Index.load(tmp_path / "nothing-here")
+
+
+def test_save_streams_in_blocks_and_round_trips(tmp_path, monkeypatch):
+    """Save holds one block, not the corpus (it used to hold ~2x the live corpus): tokens, FDEs and ids are written
+    from views of the live runs; with tiny blocks every array is cut into many pieces and still round-trips."""
+    rng = np.random.default_rng(5)
+    index = tokenset.Index(64, fde=tokenset.FDE(64, reps=2, simhash_bits=2, final_dim=64, seed=0), dtype="float32")
+    index.add(rng.standard_normal((4000, 64, 64)).astype(np.float32))  # 65 MB of tokens
+    index.remove(np.arange(0, 4000, 3))
+    tracemalloc.start()
+    try:
+        index.save(tmp_path / "big")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    monkeypatch.setattr(index_files, "BLOCK_BYTES", 1000)
+    small, docs = tiny_index(50)
+    small.remove([0, 7, 8, 9, 49])
+    small.add(docs[:3], ids=[100, 101, 102])
+    small.save(tmp_path / "small")
+    loaded = tokenset.Index.load(tmp_path / "small")
+    assert np.array_equal(loaded.ids, small.ids)
+    for want, got in zip((small.exact_search(docs[:10], 5)), loaded.exact_search(docs[:10], 5)):
+        assert np.array_equal(want, got)
+
+
+def test_saves_and_loads_from_processes(tmp_path):
+    """Processes saving, loading, searching, adding and removing on one folder at once: afterwards it loads and
+    holds exactly one complete generation."""
+    index, _ = tiny_index(20)
+    index.save(tmp_path)
+    worker = textwrap.dedent(f"""
+        import sys, numpy as np, tokenset
+        rng = np.random.default_rng(int(sys.argv[1]))
+        for step in range(12):
+            index = tokenset.Index.load({str(tmp_path)!r})
+            docs = [rng.standard_normal((3, {DIM})).astype(np.float32) for _ in range(4)]
+            index.add(docs)
+            index.remove(index.ids[:1])
+            index.search(docs[0], k=3)
+            index.save({str(tmp_path)!r})
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", worker, str(seed)], env=subprocess_env(),
+                              stderr=subprocess.PIPE, text=True) for seed in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    loaded = tokenset.Index.load(tmp_path)
+    loaded.verify()
+    # Each worker's save holds what it loaded + 3 (last writer wins): 20 + 3j documents for some j in 1..36.
+    assert (len(loaded) - 20) % 3 == 0 and 23 <= len(loaded) <= 20 + 3 * 36
+    assert set(os.listdir(tmp_path)) == generation_files(tmp_path) | {"manifest.json", ".tokenset-index.lock"}
+
+
+def test_one_index_under_threads_adding_removing_searching_saving_loading(tmp_path):
+    """Threads share one Index and one folder: adds, removes, searches, saves and loads at once. Nothing is lost or
+    duplicated, every search answers from one consistent snapshot, and the folder ends with one complete
+    generation that holds what the index holds."""
+    index, docs = tiny_index(50)
+    rng = np.random.default_rng(9)
+    stop = threading.Event()
+    errors, added, removed = [], [], []
+    lock = threading.Lock()
+
+    def guarded(body):
+        def run():
+            while not stop.is_set():
+                try:
+                    body()
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(repr(exc))
+                    return
+        return run
+
+    def add():
+        new = index.add([rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(5)])
+        with lock:
+            added.extend(new.tolist())
+
+    def remove():
+        with lock:
+            pool = [i for i in added if i not in removed]
+            pick = pool[:2]
+            removed.extend(pick)
+        if pick:
+            index.remove(pick)
+
+    def search():
+        ids, scores = index.search(docs[:4], k=5, candidates=20)
+        for row in ids:
+            got = row[row >= 0]
+            assert len(set(got.tolist())) == got.size  # no document twice in one answer
+
+    def save():
+        index.save(tmp_path)
+
+    def load():
+        loaded = tokenset.Index.load(tmp_path)
+        assert len(np.unique(loaded.ids)) == len(loaded)
+
+    index.save(tmp_path)
+    threads = [threading.Thread(target=guarded(f)) for f in (add, remove, search, search, save, save, load)]
+    for t in threads:
+        t.start()
+    stop.wait(3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(index) == 50 + len(added) - len(removed)
+    assert sorted(index.ids.tolist()) == sorted(set(range(50)) | set(added) - set(removed))
+    index.save(tmp_path)
+    loaded = tokenset.Index.load(tmp_path)
+    loaded.verify()
+    assert sorted(loaded.ids.tolist()) == sorted(index.ids.tolist())
+    assert set(os.listdir(tmp_path)) == generation_files(tmp_path) | {"manifest.json", ".tokenset-index.lock"}
