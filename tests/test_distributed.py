@@ -74,3 +74,43 @@ def test_dead_shard_is_an_error_not_a_partial_answer(local_ray, tmp_path):
         time.sleep(0.5)
         with pytest.raises(distributed.ShardUnavailableError, match="shard-1"):
             sharded.search([docs[0][:3]], k=5)
+
+
+def test_ties_at_a_shards_kth_place_keep_the_lower_id(local_ray, tmp_path):
+    """Identical documents: shard 0 holds ids 50, 60, 1 (stored in that order), shard 1 holds 2, 3. The top 2 over
+    both is ids 1 and 2: each shard cuts its own list by id too (it used to cut by position, dropping id 1)."""
+    same = np.ones((3, DIM), np.float32)
+    encoder = tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0)
+    for name, ids in (("a", [50, 60, 1]), ("b", [2, 3])):
+        shard = tokenset.Index(DIM, fde=encoder)
+        shard.add([same] * len(ids), ids=ids)
+        shard.save(tmp_path / name)
+    sharded = distributed.ShardedIndex([tmp_path / "a", tmp_path / "b"])
+    try:
+        ids, _ = sharded.search(same, k=2)
+        assert ids.tolist() == [[1, 2]]
+        with pytest.raises(ValueError, match="k must be"):
+            sharded.search(same, k=0)
+    finally:
+        sharded.close()
+
+
+def test_shards_must_hold_distinct_ids(local_ray, tmp_path):
+    encoder = tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0)
+    for name, ids in (("a", [1, 2]), ("b", [2, 3])):
+        shard = tokenset.Index(DIM, fde=encoder)
+        shard.add([np.ones((2, DIM), np.float32)] * 2, ids=ids)
+        shard.save(tmp_path / name)
+    with pytest.raises(ValueError, match="id 2 is stored in more than one shard"):
+        distributed.ShardedIndex([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="timeout"):
+        distributed.ShardedIndex([tmp_path / "a"], timeout=0)
+
+
+def test_a_shard_that_does_not_answer_in_time_is_an_error(local_ray, tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    docs = corpus(rng, 20)
+    with sharded_index(tmp_path, docs) as sharded:
+        sharded.timeout = 1e-4  # no shard answers a search this fast
+        with pytest.raises(distributed.ShardUnavailableError, match="did not answer within"):
+            sharded.search([docs[0][:3]], k=5)
