@@ -307,3 +307,45 @@ def test_one_index_under_threads_adding_removing_searching_saving_loading(tmp_pa
     loaded.verify()
     assert sorted(loaded.ids.tolist()) == sorted(index.ids.tolist())
     assert set(os.listdir(tmp_path)) == generation_files(tmp_path) | {"manifest.json", ".tokenset-index.lock"}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_fork_while_another_thread_saves(tmp_path):
+    """A child forked while a thread of the parent holds the folder's save lock can save there once the parent is
+    done (the inherited in-process lock used to stay held forever in the child), and the child's copy of the
+    parent's descriptor does not keep the parent's lock held."""
+    from tokenset import _storage
+
+    index, _ = tiny_index(10)
+    index.save(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _storage.DirectoryLock(str(tmp_path), index_files.LOCK):
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child waits for the parent's lock, then saves
+        try:
+            index.save(tmp_path)
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(3)
+    release.set()
+    holder.join()
+    index.save(tmp_path)  # would wait forever if the child's copy of the descriptor kept the lock
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child never got the folder's lock")
+    assert os.WEXITSTATUS(status) == 0
+    assert len(tokenset.Index.load(tmp_path)) == 10

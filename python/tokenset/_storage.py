@@ -429,6 +429,7 @@ class DirectoryLock:
 
     _process_locks: Dict[str, Any] = {}
     _guard = __import__("threading").Lock()
+    _held_fds: set = set()  # descriptors holding a flock now (closed in a forked child, see _forget_in_child)
 
     def __init__(self, directory: str, name: str):
         self.path = os.path.join(directory, name)
@@ -444,8 +445,9 @@ class DirectoryLock:
                 import fcntl
             except ImportError:
                 return self
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
+            DirectoryLock._held_fds.add(self._fd)
         except BaseException:
             if self._fd is not None:
                 os.close(self._fd)
@@ -457,7 +459,25 @@ class DirectoryLock:
     def __exit__(self, *exc) -> None:
         try:
             if self._fd is not None:
+                DirectoryLock._held_fds.discard(self._fd)
                 os.close(self._fd)  # releases the flock
                 self._fd = None
         finally:
             self._thread_lock.release()
+
+    @classmethod
+    def _forget_in_child(cls) -> None:
+        # A forked child has only the forking thread: locks other threads held at the fork would stay held forever,
+        # and an inherited descriptor would keep the parent's flock held for as long as the child lives.
+        for fd in list(cls._held_fds):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        cls._held_fds = set()
+        cls._process_locks = {}
+        cls._guard = __import__("threading").Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=DirectoryLock._forget_in_child)
