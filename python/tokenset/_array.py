@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 import numpy as np
 
@@ -32,8 +32,21 @@ def is_cupy(x: Any) -> bool:
     return cupy is not None and isinstance(x, cupy.ndarray)
 
 
-def is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or is_torch(x) or is_cupy(x)
+def check_dense(x: Any, name: str = "input") -> None:
+    """A TypeError for a torch tensor tokenset cannot read: a sparse (COO, CSR, CSC, BSR, BSC) or MKL-DNN layout.
+    Nested (jagged) tensors are set batches, read set by set."""
+    if is_torch(x) and x.layout != _torch().strided and not is_nested(x):
+        raise TypeError(f"{name}: a torch tensor with layout {x.layout} is not supported; tokenset reads dense "
+                        f"(strided) tensors: call .to_dense() first")
+
+
+def is_array(x: Any, name: str = "input") -> bool:
+    """Whether `x` is a numpy array, torch tensor or cupy array; a torch tensor of a layout tokenset cannot read
+    (sparse) is a TypeError naming `name`, so every entry point refuses it before any library call."""
+    if is_torch(x):
+        check_dense(x, name)
+        return True
+    return isinstance(x, np.ndarray) or is_cupy(x)
 
 
 def is_nested(x: Any) -> bool:
@@ -86,6 +99,19 @@ def dtype_name(x: Any, name: str) -> str:
     raise TypeError(f"{name}: dtype {dt} is not supported; tokenset takes {SUPPORTED} (try x.astype(np.float32))")
 
 
+MAX_DIM = 1 << 16  # the token dimension limit of every kernel
+
+
+def check_tokens(x: Any, dim: int, name: str) -> None:
+    """Token values every op computes on: float32, float16 or bfloat16 (else a TypeError that says how to convert;
+    complex, float64 and integer tokens are refused, never cast) and a token dimension in 1..65536 (a ValueError),
+    checked before any work."""
+    dtype_name(x, name)
+    if not 1 <= dim <= MAX_DIM:
+        fix = "a token needs at least one coordinate" if dim < 1 else "project the tokens to at most 65536 first"
+        raise ValueError(f"{name}: token dimension must be in 1..65536, got {dim} ({fix})")
+
+
 def frozen(a: np.ndarray) -> np.ndarray:
     """A C-contiguous copy of a host array that no one can write: backed by immutable bytes, so even
     ``setflags(write=True)`` fails. What kernels follow (offsets, indices) is kept this way once checked."""
@@ -131,10 +157,20 @@ def inner_contiguous(x: Any) -> Any:
     return _cupy().ascontiguousarray(x) if is_cupy(x) else np.ascontiguousarray(x)
 
 
-def host_copy(x: Any) -> np.ndarray:
-    """A numpy array of anything array-like (device arrays are copied to the host)."""
+def host_copy(x: Any, name: str = "input") -> np.ndarray:
+    """A numpy array of anything array-like (device arrays are copied to the host; sparse tensors are a TypeError
+    naming `name`)."""
     if is_torch(x):
-        return x.detach().cpu().numpy()
+        check_dense(x, name)
+        x = x.detach().cpu()
+        if x.dtype == _torch().bfloat16:  # numpy has no bfloat16: the bits, viewed through ml_dtypes
+            try:
+                import ml_dtypes
+            except ImportError:
+                raise TypeError(f"{name}: a torch bfloat16 tensor has no numpy form without ml_dtypes: pip install "
+                                f"ml_dtypes, or convert it first (x.float())") from None
+            return x.view(_torch().int16).numpy().view(ml_dtypes.bfloat16)
+        return x.numpy()
     if is_cupy(x):
         return x.get()
     return np.asarray(x)
@@ -143,7 +179,7 @@ def host_copy(x: Any) -> np.ndarray:
 def int64_host(x: Any, name: str) -> np.ndarray:
     """An int64 numpy copy/view of an integer array from any library (device arrays are copied to the host), of the
     same shape. Values that int64 cannot hold (uint64 above 2**63 - 1) are a ValueError, never wrapped."""
-    arr = host_copy(x)
+    arr = host_copy(x, name)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
@@ -187,6 +223,25 @@ def to_device(arr: np.ndarray, lib: str, dev: Tuple[str, int]) -> Any:
         return cupy.asarray(arr)
 
 
+def to_device_blocks(arr: np.ndarray, lib: str, dev: Tuple[str, int], block_bytes: int = 64 << 20) -> Any:
+    """A contiguous copy of a host array (a memory map, say) on CUDA device `dev`, uploaded in row blocks of about
+    `block_bytes`: host memory stays at one block, never the whole array."""
+    rows = int(arr.shape[0]) if arr.ndim else 1
+    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize) if arr.ndim else 1
+    if arr.ndim == 0 or rows * row_bytes <= block_bytes:
+        return to_device(arr, lib, dev)
+    out = empty(tuple(arr.shape), str(arr.dtype), lib, dev)
+    step = max(1, block_bytes // row_bytes)
+    for r0 in range(0, rows, step):
+        block = np.array(arr[r0:r0 + step])  # a private, writeable host block
+        if lib == "torch":
+            out[r0:r0 + step].copy_(_torch().from_numpy(block))
+        else:
+            with _cupy().cuda.Device(dev[1]):
+                out[r0:r0 + step].set(block)
+    return out
+
+
 def current_stream(lib: str, dev: Tuple[str, int]) -> int:
     """The caller's current CUDA stream as an integer handle; kernels are launched on it (0 on the CPU)."""
     if dev[0] == "cpu":
@@ -197,3 +252,36 @@ def current_stream(lib: str, dev: Tuple[str, int]) -> int:
     cupy = _cupy()
     with cupy.cuda.Device(dev[1]):
         return int(cupy.cuda.get_current_stream().ptr)
+
+
+class SmallCache:
+    """A least-recently-used map of at most `size` entries, for device copies cached per (library, device, stream):
+    a program that cycles through many streams keeps the last few copies, not one per stream it ever used."""
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int = 4):
+        from collections import OrderedDict
+
+        self._entries = OrderedDict()
+        self._size = size
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        entries = self._entries
+        try:
+            value = entries[key]
+            entries.move_to_end(key)
+            return value
+        except KeyError:
+            pass
+        value = make()
+        entries[key] = value
+        while len(entries) > self._size:
+            entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -38,7 +38,7 @@ class Ragged:
 
     ``values`` is a 2-D numpy array, torch tensor or cupy array, kept as given (no copy); ``offsets`` are validated
     once, here, and kept as a private read-only int64 host copy, which is what every kernel reads (device copies are
-    made on demand and cached per stream). :func:`ragged` builds a Ragged from a list of arrays without concatenating
+    made on demand and cached for the last few streams). :func:`ragged` builds a Ragged from a list of arrays without concatenating
     them: CPU kernels read such a batch in place through a per-set pointer table, and ``values`` is only built (one
     copy) when asked for.
 
@@ -51,7 +51,7 @@ class Ragged:
     __slots__ = ("_values", "_sets", "offsets", "_device_offsets")
 
     def __init__(self, values: Any, offsets: Any, *, name: str = "Ragged"):
-        if not _array.is_array(values):
+        if not _array.is_array(values, f"{name}: values"):
             raise TypeError(f"{name}: values must be a numpy array, torch tensor or cupy array, got "
                             f"{type(values).__name__}")
         if values.ndim != 2:
@@ -64,7 +64,7 @@ class Ragged:
         self._values = values
         self._sets = None
         self.offsets = offsets
-        self._device_offsets = {}
+        self._device_offsets = _array.SmallCache()
 
     @classmethod
     def _from_sets(cls, sets: Sequence[Any]) -> "Ragged":
@@ -76,7 +76,7 @@ class Ragged:
         self._values = None
         self._sets = list(sets)
         self.offsets = offsets
-        self._device_offsets = {}
+        self._device_offsets = _array.SmallCache()
         return self
 
     @property
@@ -136,13 +136,10 @@ class Ragged:
         return Ragged(self._values[start:end], self.offsets - start, name="Ragged")
 
     def device_offsets(self, lib: str, dev, stream: int = 0):
-        """Offsets as an int64 array on the values' device, cached per (library, device, stream): each copy is made
-        and freed on the stream that uses it, so a kernel on one stream never reads memory another stream reuses."""
-        key = (lib, dev, stream)
-        cached = self._device_offsets.get(key)
-        if cached is None:
-            cached = self._device_offsets[key] = _array.to_device(self.offsets, lib, dev)
-        return cached
+        """Offsets as an int64 array on the values' device, cached per (library, device, stream) for the last few
+        of them: each copy is made and freed on the stream that uses it, so a kernel on one stream never reads memory
+        another stream reuses."""
+        return self._device_offsets.get((lib, dev, stream), lambda: _array.to_device(self.offsets, lib, dev))
 
     def to_padded(self, fill: float = 0.0):
         """``(padded [B, N, d], lengths [B])`` in the values' library, N the longest set."""
@@ -207,7 +204,7 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
         if len(x) == 0:
             raise ValueError(f"{name}: an empty list has no sets and no token dimension; pass a Ragged with zero sets")
         first = x[0]
-        if not _array.is_array(first):
+        if not _array.is_array(first, f"{name}[0]"):
             raise TypeError(f"{name}[0]: expected an array, got {type(first).__name__}")
         kind, dtype = type(first), first.dtype
         dim = first.shape[1] if first.ndim == 2 else None
@@ -225,12 +222,14 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
                 raise ValueError(f"{name}[{i}]: token dimension {a.shape[1]} differs from {name}[0]'s {dim}")
             if a.dtype != dtype:
                 raise TypeError(f"{name}: all sets must have one dtype, got {dtype} and {a.dtype} ({name}[{i}])")
+            if torch_device is not None:
+                _array.check_dense(a, f"{name}[{i}]")
             if torch_device is not None and a.device != torch_device or (
                     torch_device is None and device[0] == "cuda" and _array.device(a) != device):
                 raise ValueError(f"{name}: all sets must be on one device, got {_array.device_name(device)} and "
                                  f"{_array.device_name(_array.device(a))} ({name}[{i}])")
         return Ragged._from_sets(x)
-    if not _array.is_array(x):
+    if not _array.is_array(x, name):
         raise TypeError(f"{name}: expected a set batch (Ragged, list of [n, d] arrays, [B, N, d] or [n, d] array), "
                         f"got {type(x).__name__}")
     if x.ndim == 2:
@@ -240,6 +239,8 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
     if x.ndim != 3:
         raise ValueError(f"{name}: expected a [B, N, d] or [n, d] array, got shape {tuple(x.shape)}")
     b, n, d = (int(s) for s in x.shape)
+    if (lengths is not None or mask is not None) and not 1 <= d <= 1 << 16:  # before the gather below copies tokens
+        raise ValueError(f"{name}: token dimension must be in 1..{1 << 16}, got {d}")
     if lengths is not None and mask is not None:
         raise ValueError(f"{name}: pass lengths or mask, not both")
     lib = _array.library(x)
@@ -253,7 +254,7 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
             raise ValueError(f"{name}: lengths must lie in [0, {n}], got min {lens.min()} max {lens.max()}")
         keep = np.arange(n)[None, :] < lens[:, None]
     else:
-        keep = _array.host_copy(mask)
+        keep = _array.host_copy(mask, f"{name}: mask")
         if keep.dtype != np.bool_:
             raise TypeError(f"{name}: mask must be boolean, got dtype {keep.dtype}")
         if keep.shape != (b, n):
