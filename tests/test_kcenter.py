@@ -99,6 +99,84 @@ def test_zero_vectors_and_nan(device):
     assert got[-1] == 5 and sorted(got.tolist()) == list(range(8))
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_infinite_tokens_agree_with_the_reference(device, simd, dtype, metric):
+    """A token holding +-inf (kcenter.h, Semantics): l2 is the sum of squared differences, so it is at +inf from every
+    finite token (the most isolated token) and at NaN, i.e. -inf, from a token with the same infinity in the same
+    coordinate. The CPU's most-isolated pass computed |x|^2 + |y|^2 - 2<x, y> = inf - inf (NaN, or a wrong +-inf
+    by the sign of the other token's coordinate) and picked another first token than the reference and the GPU."""
+    rng = np.random.default_rng(21)
+    for trial in range(30):
+        n, dim = int(rng.integers(2, 40)), int(rng.integers(2, 20))
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        for _ in range(1 + trial % 3):  # one to three infinities of either sign (sometimes in one token)
+            x[rng.integers(n), rng.integers(dim)] = np.inf if rng.random() < 0.5 else -np.inf
+        x = as_dtype(x, dtype)
+        x64 = exact_float64([x])[0]
+        for first in (None, int(rng.integers(n))):
+            k = int(rng.integers(1, n + 1))
+            got, dist = tokenset.kcenter(on_device([x], device, dtype), k, metric=metric,
+                                         first="isolated" if first is None else first, return_distances=True)
+            want, want_dist = ref.kcenter_set(x64, k, metric, first)
+            got, dist = to_numpy(got)[0], to_numpy(dist)[0]
+            np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}, first {first}")
+            finite = np.isfinite(want_dist)
+            np.testing.assert_array_equal(dist[~finite], want_dist[~finite])
+            np.testing.assert_allclose(dist[finite], want_dist[finite], rtol=1e-4, atol=1e-5)
+
+
+def test_native_per_set_arrays_are_checked():
+    """The native entries check their per-set int64 arrays (a private copy, what the kernel then reads): arrays that
+    are not contiguous int64 of one entry per set, or values out of range, are a ValueError or TypeError naming the
+    array, never read."""
+    core = tokenset._backend._core
+    x = np.ones((6, 4), np.float32)
+
+    class Batch:
+        values, sets, device_offsets = x, None, None
+        offsets = np.array([0, 2, 6], np.int64)
+
+    good = {"k": np.array([2, 3], np.int64), "first": np.array([0, -1], np.int64),
+            "rows": np.array([3, 1], np.int64), "cols": np.array([3, 2], np.int64)}
+    odd = [  # (array, exception, message), for every array
+        (np.array([2, 9, 3, 9], np.int64)[::2], ValueError, "must be C-contiguous"),
+        (np.array([2, 3], np.int32), TypeError, "must be int64, got int32"),
+        (np.array([2.0, 3.0]), TypeError, "dtype float64 is not supported"),
+        (np.array([2, 3], np.uint64), TypeError, "dtype uint64 is not supported"),
+        (np.array([2], np.int64), ValueError, r"must have shape \(2\), got \(1\)"),
+        (np.array([2, 3, 1], np.int64), ValueError, r"must have shape \(2\), got \(3\)"),
+        (np.array([[2, 3]], np.int64), ValueError, "must have 1 dimension"),
+        ([2, 3], TypeError, "expected an array"),
+        (None, TypeError, "expected an array"),
+    ]
+    values = {  # out of range, per array
+        "k": [(np.array([0, 1], np.int64), r"k\[0\] must be in 1..3, got 0"),
+              (np.array([1, 2**62], np.int64), r"k\[1\] must be in 1..3")],
+        "first": [(np.array([-2, 0], np.int64), r"first\[0\]=-2 is not a token of set 0"),
+                  (np.array([0, 4], np.int64), r"first\[1\]=4 is not a token of set 1, which has 4 tokens")],
+        "rows": [(np.array([-1, 1], np.int64), r"rows\[0\]=-1 must be in 0..3"),
+                 (np.array([1, 2**62], np.int64), r"rows\[1\]=\d+ must be in 0..3")],
+        "cols": [(np.array([4, 1], np.int64), r"cols\[0\]=4 must be in 0..3")],
+    }
+
+    def kcenter(k=good["k"], first=good["first"]):
+        core.kcenter(Batch(), 1, k, None, first, None, 3, np.empty((2, 3), np.int64))
+
+    def coverage(rows=good["rows"], cols=good["cols"], k=good["k"]):
+        core.coverage(np.ones((2, 3, 3), np.float32), rows, None, cols, None, k, None, 3, np.empty((2, 3), np.int64))
+
+    calls = [(kcenter, "k"), (kcenter, "first"), (coverage, "rows"), (coverage, "cols"), (coverage, "k")]
+    for call, name in calls:
+        call()
+        for array, exc, match in odd:
+            with pytest.raises(exc, match=rf"{name}:? .*{match}|{name}.*{match}"):
+                call(**{name: array})
+        for array, match in values[name]:
+            with pytest.raises(ValueError, match=match):
+                call(**{name: array})
+
+
 def test_padded_input_and_non_contiguous_rows():
     rng = np.random.default_rng(9)
     padded = rng.standard_normal((3, 20, 8)).astype(np.float32)

@@ -244,6 +244,160 @@ print("ok", raised)
     assert out.startswith("ok")
 
 
+def test_per_set_arrays_changed_during_a_call_are_never_followed():
+    """Per-set int64 arrays given to a native entry (k-center's k and first, coverage's rows, segment_sum's order,
+    MaxSim's candidates) used to be checked and then read in the caller's memory: rewritten by another thread while
+    the kernel ran (the GIL is released), they crashed the process (a first pick of 10**12). Now the binding checks
+    a copy the call owns and the kernel reads that copy: every call returns the valid result or raises ValueError."""
+    out = run_python("""
+import threading, numpy as np, tokenset
+core = tokenset._backend._core
+rng = np.random.default_rng(0)
+x = rng.standard_normal((64 * 300, 16)).astype(np.float32)
+class Batch:
+    values, sets, device_offsets = x, None, None
+    offsets = np.arange(0, 64 * 300 + 1, 300, dtype=np.int64)
+q = rng.standard_normal((20, 16)).astype(np.float32)
+class Queries:
+    values, sets, device_offsets = q, None, None
+    offsets = np.array([0, 10, 20], np.int64)
+matrix = rng.random((64, 200, 100)).astype(np.float32)
+full = lambda v: np.full(64, v, np.int64)
+starts = np.arange(0, len(x) + 1, 3, dtype=np.int64)
+def kcenter(k_first):
+    out = np.empty((64, 4), np.int64)
+    core.kcenter(Batch(), 1, k_first[0], None, k_first[1], None, 4, out)
+    return out
+def coverage(rows):
+    out = np.empty((64, 5), np.int64)
+    core.coverage(matrix, rows, None, full(100), None, full(5), None, 5, out)
+    return out
+def segment_sum(order):
+    out = np.empty((len(starts) - 1, 16), np.float32)
+    core.segment_sum(x, order, None, starts, None, None, out)
+    return out
+def candidates(cand):
+    out = np.empty((2, 500), np.float32)
+    core.maxsim(Queries(), Batch(), out, None, cand)
+    return out
+cases = [  # (call, the caller's arrays, their valid contents, contents that would be followed out of bounds)
+    (kcenter, (full(4), full(0)), (full(4), full(0)), (full(10**6), full(10**12))),
+    (coverage, (full(200),), (full(200),), (full(10**9),)),
+    (segment_sum, (np.arange(len(x))[::-1].copy(),), (np.arange(len(x))[::-1].copy(),), (np.full(len(x), 10**12),)),
+    (candidates, (rng.integers(0, 64, (2, 500)),), (rng.integers(0, 64, (2, 500)),), (np.full((2, 500), 10**12),)),
+]
+for call, arrays, good, bad in cases:
+    arrays = tuple(np.asarray(a, np.int64) for a in arrays)
+    for a, g in zip(arrays, good):
+        a[...] = g
+    expected = call(tuple(np.asarray(g, np.int64) for g in good) if call is kcenter else np.asarray(good[0], np.int64))
+    stop = False
+    def flip():
+        while not stop:
+            for a, b in zip(arrays, bad):
+                a[...] = b
+            for a, g in zip(arrays, good):
+                a[...] = g
+    t = threading.Thread(target=flip); t.start()
+    try:
+        for _ in range(200):
+            try:
+                got = call(arrays if call is kcenter else arrays[0])
+            except ValueError:
+                continue
+            assert np.array_equal(got, expected), call.__name__
+    finally:
+        stop = True; t.join()
+print("ok")
+""", threads=2, timeout=300)
+    assert out.startswith("ok")
+
+
+def test_set_num_threads_during_calls_never_indexes_past_scratch():
+    """Every CPU driver sizes per-worker scratch for the thread count it reads once; parallel_for used to read the
+    count again (no worker count given), so tokenset.set_num_threads on another thread during a call handed out
+    worker ids past the scratch: a segfault or heap corruption (6 of 9 runs). The worker count is now a required
+    argument of parallel_for and the pool never hands out an id at or above it. Every op, on inputs large enough to
+    go parallel, while a thread switches between 1, 8, 2 and 4 threads: no crash, and the same results."""
+    out = run_python("""
+import threading, numpy as np, tokenset
+rng = np.random.default_rng(0)
+q = [rng.standard_normal((n, 64)).astype(np.float32) for n in (5, 9, 17)]
+d = [rng.standard_normal((n, 64)).astype(np.float16) for n in rng.integers(1, 80, 600)]
+d32 = [x.astype(np.float32) for x in d]
+flat = np.concatenate(d)
+big = [rng.standard_normal((3000, 32)).astype(np.float32)]
+cov = rng.random((64, 40, 30)).astype(np.float32)
+fde = tokenset.FDE(64, reps=4, simhash_bits=3, proj_dim=16, final_dim=256)
+seg = rng.integers(0, 500, len(flat))
+cand = rng.integers(-1, len(d), (3, 40))
+def every_op():
+    return [tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1], *tokenset.maxsim_topk(q, d, 10),
+            tokenset.maxsim_pairs(q, d, cand), *tokenset.inner_product_topk(q[2], flat, 7),
+            tokenset.kcenter(d32, 6), tokenset.kcenter(big, 8, metric="l2"),  # threads over sets / within a set
+            tokenset.max_coverage(cov, 5), fde.encode_documents(d32), fde.encode_queries(q),
+            tokenset.segment_sum(flat, seg, 500)]
+initial = tokenset.get_num_threads()
+expected = every_op()
+stop = False
+def switch():
+    i = 0
+    while not stop:
+        tokenset.set_num_threads((1, 8, 2, 4)[i % 4])
+        i += 1
+t = threading.Thread(target=switch); t.start()
+try:
+    for _ in range(60):
+        for a, b in zip(every_op(), expected):
+            assert np.array_equal(a, b, equal_nan=True)
+finally:
+    stop = True; t.join()
+    tokenset.set_num_threads(initial)
+assert tokenset.get_num_threads() == initial
+print("ok")
+""", threads=1, timeout=300)
+    assert out.startswith("ok")
+
+
+def test_token_dimension_limit_is_checked_before_any_copy():
+    """A broadcast input of width 2**31 (no memory of its own) used to be made contiguous (8 GiB per row pair)
+    before the native check refused its token dimension. The limit is now checked in Python before any conversion
+    or copy, with the native message. Run under a 3 GiB address-space limit: a copy is a MemoryError, not a slow
+    machine."""
+    out = run_python("""
+import resource, numpy as np, tokenset
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+wide = np.broadcast_to(np.float32(0), (2, 2**31))
+wide16 = np.broadcast_to(np.float16(0), (2, 2**31))
+padded = np.broadcast_to(np.float32(0), (2, 3, 2**31))
+fde = tokenset.FDE(8, reps=2, simhash_bits=2, seed=0)
+calls = {
+    "maxsim": lambda: tokenset.maxsim(wide, wide),
+    "maxsim, queries converted": lambda: tokenset.maxsim(wide, wide16),
+    "maxsim, lists": lambda: tokenset.maxsim([wide], [wide]),
+    "maxsim_topk": lambda: tokenset.maxsim_topk(wide, wide, 1),
+    "maxsim_pairs": lambda: tokenset.maxsim_pairs(wide, wide, np.zeros((1, 1), np.int64)),
+    "inner_product_topk": lambda: tokenset.inner_product_topk(wide, wide, 1),
+    "inner_product_topk, float16": lambda: tokenset.inner_product_topk(wide16, wide16, 1),
+    "kcenter": lambda: tokenset.kcenter(wide, 1),
+    "kcenter, padded": lambda: tokenset.kcenter(padded, 1, lengths=[1, 2]),
+    "coverage": lambda: tokenset.coverage(wide, 1),
+    "fde documents": lambda: fde.encode_documents(wide),
+    "fde queries": lambda: fde.encode_queries(wide),
+    "segment_sum": lambda: tokenset.segment_sum(wide, [0, 1]),
+}
+for name, call in calls.items():
+    try:
+        call()
+    except ValueError as e:
+        assert "2147483648" in str(e) and ("token dimension" in str(e) or "dim=8" in str(e)), (name, str(e))
+    else:
+        raise AssertionError(name + ": no error")
+print("ok")
+""", threads=2)
+    assert out.startswith("ok")
+
+
 def test_index_search_memory_is_bounded_by_candidates_not_the_corpus(tmp_path):
     """Index.search over 20,000 documents (a saved, memory-mapped index): the FDE scan keeps per-thread heaps of
     `candidates` per query and the rerank reads tokens in place, so a search adds a few MiB, not a copy of the 40 MiB

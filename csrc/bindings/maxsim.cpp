@@ -32,7 +32,9 @@ void maxsim(py::handle queries, py::handle documents, py::handle scores, py::han
     p.num_candidates = c.shape[1];
     const ArrayView h = host_candidates.is_none() ? c : call.view(host_candidates, "host candidates", false, true);
     check_array(h, "host candidates", DType::Int64, {nq, p.num_candidates}, Device{DeviceType::CPU, -1});
-    p.host_candidates = h.ptr<const int64_t>();
+    // Checked and, on the CPU, read from the call's own copy (a caller's buffer may change while the kernel runs).
+    p.host_candidates = call.own_int64(h.ptr<const int64_t>(), nq * p.num_candidates);
+    if (kModuleDevice == DeviceType::CPU) p.candidates = p.host_candidates;
   }
   const ArrayView s = call.view(scores, "scores", true);
   check_array(s, "scores", DType::Float32, {nq, p.columns()}, device);

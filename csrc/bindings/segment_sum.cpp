@@ -19,11 +19,11 @@ void segment_sum(py::handle values, py::handle order, py::handle order_device, p
   check_array(hs, "starts", DType::Int64, {-1}, Device{DeviceType::CPU, -1});
   TOKENSET_CHECK(hs.shape[0] >= 1, ValueError, "starts must have S + 1 >= 1 entries");
   p.segments = hs.shape[0] - 1;
-  p.host_starts = hs.ptr<const int64_t>();
+  p.host_starts = call.own_int64(hs.ptr<const int64_t>(), hs.shape[0]);  // checked and read from the call's copy
   const ArrayView ho = call.view(order, "order", false, true);
   check_array(ho, "order", DType::Int64, {-1}, Device{DeviceType::CPU, -1});
   p.members = ho.shape[0];
-  p.host_order = ho.ptr<const int64_t>();
+  p.host_order = call.own_int64(ho.ptr<const int64_t>(), ho.shape[0]);
   p.starts = p.host_starts;
   p.order = p.host_order;
   if (kModuleDevice == DeviceType::CUDA) {

@@ -2,6 +2,7 @@
 
 #include <pybind11/numpy.h>
 
+#include <algorithm>
 #include <string>
 
 namespace tokenset {
@@ -188,9 +189,7 @@ SetBatch Call::set_batch(py::handle batch, const char* name) {
   b.count = offsets.shape[0] - 1;
   // Checked and read from our own copy: the caller's buffer may change while the kernel runs (another thread, with
   // the GIL released), and what a kernel follows must be what was checked.
-  const int64_t* given = offsets.ptr<const int64_t>();
-  offset_copies_.emplace_back(given, given + offsets.shape[0]);
-  b.host_offsets = offset_copies_.back().data();
+  b.host_offsets = own_int64(offsets.ptr<const int64_t>(), offsets.shape[0]);
   b.offsets = b.host_offsets;
   py::object sets = batch.attr("sets");
   if (!sets.is_none()) {  // a list of arrays, read in place
@@ -237,6 +236,14 @@ SetBatch Call::set_batch(py::handle batch, const char* name) {
   return b;
 }
 
+const int64_t* Call::own_int64(const int64_t* data, int64_t count) {
+  // Never null, even for no entries (a null pointer means "not given" to some params, e.g. MaxSim's candidates); a
+  // deque, so earlier copies stay where they are.
+  std::vector<int64_t>& copy = int64_copies_.emplace_back(static_cast<size_t>(count > 0 ? count : 1), 0);
+  if (count > 0) std::copy(data, data + count, copy.begin());
+  return copy.data();
+}
+
 Launch Call::launch(py::handle allocate, int64_t bytes) {
   Launch l;
   l.stream = reinterpret_cast<void*>(stream_);
@@ -255,7 +262,7 @@ const int64_t* per_set_int64(Call& call, py::handle host, py::handle device_copy
                              Device device, const int64_t** host_out) {
   const ArrayView h = call.view(host, name, false, true);
   check_array(h, name, DType::Int64, {count}, Device{DeviceType::CPU, -1});
-  *host_out = h.ptr<const int64_t>();
+  *host_out = call.own_int64(h.ptr<const int64_t>(), count);
   if (kModuleDevice == DeviceType::CPU) return *host_out;
   const ArrayView d = call.view(device_copy, name);
   check_array(d, name, DType::Int64, {count}, device);

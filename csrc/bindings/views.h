@@ -60,6 +60,11 @@ class Call {
   // stream), kept alive for the call; nothing is allocated for 0 bytes.
   Launch launch(py::handle allocate, int64_t bytes);
 
+  // A copy of `count` int64 values owned by this call (alive until the kernel has run): what validate() checks and a
+  // CPU kernel reads, so a caller that rewrites its buffer meanwhile (another thread; the GIL is released) is never
+  // followed.
+  const int64_t* own_int64(const int64_t* data, int64_t count);
+
   // The device of the first array seen; every later array must be on it.
   Device device() const { return device_; }
 
@@ -75,11 +80,12 @@ class Call {
   std::vector<void*> managed_;  // DLManagedTensor*, returned to their producers at the end of the call
   std::deque<std::vector<const void*>> tables_;
   std::deque<std::vector<int64_t>> table_strides_;
-  std::deque<std::vector<int64_t>> offset_copies_;  // host offsets as checked: what the kernels read
+  std::deque<std::vector<int64_t>> int64_copies_;  // host offsets and index arrays as checked: what the kernels read
 };
 
-// A per-set int64 [count] array given twice: `host` (what validate() checks) and, in the CUDA module,
-// `device_copy` (what the kernel reads). Returns the kernel's pointer and sets *host_out.
+// A per-set int64 [count] array given twice: `host` (contiguous int64, copied into the call: *host_out is the copy,
+// what validate() checks and what a CPU kernel reads) and, in the CUDA module, `device_copy` (what the kernel reads:
+// Python's _dispatch.host_and_device makes it from the same immutable host array). Returns the kernel's pointer.
 const int64_t* per_set_int64(Call& call, py::handle host, py::handle device_copy, const char* name, int64_t count,
                              Device device, const int64_t** host_out);
 

@@ -25,7 +25,7 @@ void coverage(const CoverageParams& p, const Launch&) {
   AlignedBuffer<uint8_t> picked(workers * max_cols);
   const float* matrix = p.matrix.ptr<const float>();
   const int64_t set_stride = p.matrix.strides[0], row_stride = p.matrix.strides[1];
-  parallel_for(b, 1, [&](int64_t begin, int64_t end, int worker) {
+  parallel_for(b, 1, workers, [&](int64_t begin, int64_t end, int worker) {
     float* bst = best.data() + worker * max_rows;
     float* top = row_max.data() + worker * max_rows;
     float* gain = gains.data() + worker * max_cols;
@@ -68,7 +68,7 @@ void coverage(const CoverageParams& p, const Launch&) {
         live = kept;
       }
     }
-  }, workers);
+  });
 }
 
 }  // namespace cpu

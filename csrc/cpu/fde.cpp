@@ -490,12 +490,9 @@ void fde_encode(const FdeParams& p, const Launch&) {
       s.fill_best.resize(static_cast<size_t>(p.reps * parts));
     }
   }
-  parallel_for(
-      p.sets.count, grain,
-      [&](int64_t begin, int64_t end, int worker) {
-        for (int64_t set = begin; set < end; ++set) encode_set(c, set, end, c.scratch[static_cast<size_t>(worker)]);
-      },
-      workers);
+  parallel_for(p.sets.count, grain, workers, [&](int64_t begin, int64_t end, int worker) {
+    for (int64_t set = begin; set < end; ++set) encode_set(c, set, end, c.scratch[static_cast<size_t>(worker)]);
+  });
 }
 
 }  // namespace cpu

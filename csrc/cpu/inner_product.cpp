@@ -33,7 +33,7 @@ void inner_product_topk(const InnerProductParams& p, const Launch&) {
   for (int64_t q0 = 0; q0 < nq; q0 += group) {
     const int64_t count = std::min(group, nq - q0);
     heaps.reset(threads, count, kept);
-    parallel_for(n, grain_for(n, threads, 8), [&](int64_t begin, int64_t end, int worker) {
+    parallel_for(n, grain_for(n, threads, 8), threads, [&](int64_t begin, int64_t end, int worker) {
       float* row32 = convert ? scratch.data() + static_cast<int64_t>(worker) * dim : nullptr;
       float out[kInnerProductGroup];
       for (int64_t i = begin; i < end; ++i) {

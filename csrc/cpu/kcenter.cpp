@@ -74,7 +74,7 @@ void kcenter(const KcenterParams& p, const Launch&) {
     // Runs fn(begin, end, worker) over [0, items): across threads (inside) or on this worker alone.
     auto each = [&](int64_t items, int64_t grain, auto&& fn) {
       if (inside) {
-        parallel_for(items, grain, fn, inner);
+        parallel_for(items, grain, inner, fn);
       } else {
         fn(0, items, 0);
       }
@@ -146,9 +146,9 @@ void kcenter(const KcenterParams& p, const Launch&) {
   if (inside) {
     for (int64_t set = 0; set < count; ++set) run_set(set, 0);
   } else {
-    parallel_for(count, 1, [&](int64_t b, int64_t e, int worker) {
+    parallel_for(count, 1, outer, [&](int64_t b, int64_t e, int worker) {
       for (int64_t set = b; set < e; ++set) run_set(set, worker);
-    }, outer);
+    });
   }
 }
 

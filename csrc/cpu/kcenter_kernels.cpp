@@ -187,6 +187,16 @@ static inline void panel_tile_any(int rows_left, const float* panel, const float
   }
 }
 
+// ||a - b||^2 in float32, one FMA per element in k order; a is read `a_step` floats apart (a lane of a pivot panel).
+static float direct_l2(const float* a, int64_t a_step, const float* b, int64_t dim) {
+  float s = 0.0f;
+  for (int64_t k = 0; k < dim; ++k) {
+    const float diff = a[k * a_step] - b[k];
+    s = std::fma(diff, diff, s);
+  }
+  return s;
+}
+
 static void nearest_other(const KcenterRows& rows, Metric metric, const float* stats, int64_t p0, int64_t p1,
                           int64_t block_rows, float* packed, float* block, float* out, float* row_min) {
   const int64_t dim = rows.dim, pivots = p1 - p0, panels = (pivots + QB - 1) / QB;
@@ -231,6 +241,10 @@ static void nearest_other(const KcenterRows& rows, Metric metric, const float* s
               d = 1.0f - dot * (stats[p0 + i] * stats[j]);
             } else if (metric == Metric::L2) {
               d = (stats[p0 + i] + stats[j]) - 2.0f * dot;
+              // |x|^2 + |y|^2 - 2<x, y> is NaN (inf - inf) or a spurious +-inf once a token holds +-inf or a square
+              // overflows: such a pair is summed as ||x - y||^2 instead, as the greedy passes and the GPU do (+inf,
+              // or NaN where inf - inf meet).
+              if (!(std::fabs(d) < kInf)) d = direct_l2(panel + l, QB, source + (r0 + r) * stride, dim);
               d = d < 0.0f ? 0.0f : d;
             } else {
               d = -dot;

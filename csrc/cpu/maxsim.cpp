@@ -58,7 +58,7 @@ class PackedQueries {
       : q0_(q0), offsets_(q1 - q0 + 1, 0) {
     for (int64_t q = q0; q < q1; ++q) offsets_[q - q0 + 1] = offsets_[q - q0] + packed_floats(p, kernel, q);
     storage_.resize(static_cast<size_t>(offsets_.back()));
-    parallel_for(q1 - q0, 16, [&](int64_t begin, int64_t end, int) {
+    parallel_for_ranges(q1 - q0, 16, [&](int64_t begin, int64_t end) {
       for (int64_t q = q0 + begin; q < q0 + end; ++q) kernel.pack_query(p.queries, q, at(q));
     });
   }
@@ -91,7 +91,7 @@ void score_pairs(const MaxsimParams& p) {
     q1 = query_group_end(p, kernel, q0);
     const PackedQueries packed(p, kernel, q0, q1);
     const int64_t group = q1 - q0, items = group * columns;
-    parallel_for(items, grain_for(items, threads), [&](int64_t begin, int64_t end, int worker) {
+    parallel_for(items, grain_for(items, threads), threads, [&](int64_t begin, int64_t end, int worker) {
       float* rows = scratch.of(worker);
       for (int64_t item = begin; item < end; ++item) {
         int64_t q, col, doc;
@@ -135,7 +135,7 @@ void score_topk(const MaxsimParams& p) {
     const int64_t group = q1 - q0;
     const PackedQueries packed(p, kernel, q0, q1);
     heaps.reset(threads, group, kept);
-    parallel_for(nd, grain_for(nd, threads), [&](int64_t begin, int64_t end, int worker) {
+    parallel_for(nd, grain_for(nd, threads), threads, [&](int64_t begin, int64_t end, int worker) {
       float* rows = scratch.of(worker);
       for (int64_t doc = begin; doc < end; ++doc) {
         for (int64_t g = 0; g < group; ++g) {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -12,13 +13,29 @@
 namespace tokenset {
 namespace cpu {
 
-// fn(begin, end, worker) over [0, n) in chunks of `grain`, on up to `max_workers` workers (default: all threads).
-// Workers must not throw: drivers allocate every scratch buffer before calling this.
+// fn(begin, end, worker) over [0, n) in chunks of `grain`, on at most `workers` workers: every worker id is in
+// [0, workers), whatever set_num_threads does meanwhile. `workers` is required (no default that could disagree with
+// the driver's sizing): it is the count the driver sized its per-worker scratch for, from the one num_threads() it
+// read at entry (or fewer). Values < 1 run on worker 0 alone. Workers must not throw: drivers allocate every scratch
+// buffer before calling this.
 template <typename Fn>
-void parallel_for(int64_t n, int64_t grain, Fn&& fn, int max_workers = 0) {
+void parallel_for(int64_t n, int64_t grain, int workers, Fn&& fn) {
   using F = std::remove_reference_t<Fn>;
-  parallel_for_raw(n, grain, max_workers > 0 ? max_workers : num_threads(),
+  static_assert(std::is_invocable_v<F&, int64_t, int64_t, int>,
+                "parallel_for takes fn(begin, end, worker); a body without a worker index uses parallel_for_ranges");
+  parallel_for_raw(n, grain, workers > 0 ? workers : 1,
                    [](void* ctx, int64_t begin, int64_t end, int worker) { (*static_cast<F*>(ctx))(begin, end, worker); },
+                   const_cast<void*>(static_cast<const void*>(&fn)));
+}
+
+// fn(begin, end) over [0, n) in chunks of `grain`, on up to all the pool's threads: for bodies that use no per-worker
+// state (they get no worker index, so nothing can be sized for a thread count that has changed since).
+template <typename Fn>
+void parallel_for_ranges(int64_t n, int64_t grain, Fn&& fn) {
+  using F = std::remove_reference_t<Fn>;
+  static_assert(std::is_invocable_v<F&, int64_t, int64_t>, "parallel_for_ranges takes fn(begin, end)");
+  parallel_for_raw(n, grain, std::numeric_limits<int>::max(),
+                   [](void* ctx, int64_t begin, int64_t end, int) { (*static_cast<F*>(ctx))(begin, end); },
                    const_cast<void*>(static_cast<const void*>(&fn)));
 }
 

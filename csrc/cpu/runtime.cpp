@@ -130,6 +130,7 @@ struct Job {
   void* ctx = nullptr;
   int64_t n = 0;
   int64_t grain = 1;
+  int workers = 1;  // ids handed out are < workers
   std::atomic<int64_t> next{0};
 };
 
@@ -155,22 +156,29 @@ class ThreadPool {
     threads_.store(threads);
   }
 
+  // Worker ids handed out are < max_workers (and < the thread count), always: the count is read under run_mutex_,
+  // which set_threads takes too, so it cannot change between sizing the job and handing out ids; a call that finds
+  // the pool busy (another caller's job, or set_threads) runs inline as worker 0.
   void parallel_for(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx) {
     if (n <= 0) return;
     grain = std::max<int64_t>(grain, 1);
+    max_workers = std::max(max_workers, 1);  // worker 0 always runs: callers size scratch for at least one worker
     const int64_t chunks = (n + grain - 1) / grain;
-    const int workers = static_cast<int>(std::min<int64_t>({threads_.load(), max_workers, chunks}));
     std::unique_lock<std::mutex> run(run_mutex_, std::try_to_lock);
-    if (workers <= 1 || !run.owns_lock()) {  // small job, or the pool is busy with another caller's job
-      fn(ctx, 0, n, 0);  // NB: worker 0 only; callers size scratch for at least one worker
+    const int workers =
+        run.owns_lock() ? static_cast<int>(std::min<int64_t>({threads_.load(), max_workers, chunks})) : 1;
+    if (workers <= 1) {  // small job, or the pool is busy with another caller's job
+      if (run.owns_lock()) run.unlock();  // the pool stays free for other callers
+      fn(ctx, 0, n, 0);
       return;
     }
-    ensure_workers(threads_.load() - 1);
+    ensure_workers(workers - 1);
     Job job;
     job.fn = fn;
     job.ctx = ctx;
     job.n = n;
     job.grain = grain;
+    job.workers = workers;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &job;
@@ -227,7 +235,7 @@ class ThreadPool {
         id = next_worker_id_++;
         job = job_;
       }
-      run_chunks(*job, id);
+      if (id < job->workers) run_chunks(*job, id);  // always true (helpers_wanted_ = workers - 1): a cheap guard
       {
         std::lock_guard<std::mutex> lock(mutex_);
         --helpers_running_;

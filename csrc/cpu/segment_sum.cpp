@@ -17,7 +17,7 @@ void segment_sum(const SegmentSumParams& p, const Launch&) {
   const int64_t rows = p.values.shape[0];
   const int64_t row_bytes = (rows > 1 ? p.values.strides[0] : dim) * dtype_size(p.values.dtype);
   const char* base = static_cast<const char*>(p.values.data);
-  parallel_for(p.segments, grain_for(p.segments, num_threads(), 8), [&](int64_t begin, int64_t end, int) {
+  parallel_for_ranges(p.segments, grain_for(p.segments, num_threads(), 8), [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
       float* out = p.out + s * dim;
       std::memset(out, 0, sizeof(float) * dim);

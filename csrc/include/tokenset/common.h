@@ -57,6 +57,15 @@ inline void check_set_batch(SetBatch& batch, const char* name) {
                  offsets[batch.count], " exceeds the ", batch.values.shape[0], " rows of values");
 }
 
+// For an op's validate(): check_set_batch again on a batch it already filled (max_length included), so that an entry
+// checks every offset its kernels follow itself instead of trusting whoever built the batch. O(count).
+inline void check_filled_set_batch(const SetBatch& batch, const char* name) {
+  SetBatch checked = batch;
+  check_set_batch(checked, name);
+  TOKENSET_CHECK(checked.max_length == batch.max_length, ValueError, name, ": max_length is ", batch.max_length,
+                 " but the longest set has ", checked.max_length, " tokens");
+}
+
 // Checks an array the op reads or writes whole: dtype, exact shape (-1: any extent), C-contiguous, device.
 inline void check_array(const ArrayView& a, const char* name, DType dtype, std::initializer_list<int64_t> shape,
                         Device device) {

@@ -22,11 +22,12 @@ void set_simd_level(SimdLevel level);
 int num_threads();
 void set_num_threads(int threads);
 
-// Runs fn(ctx, begin, end, worker) over [0, n) in chunks of `grain` items, on up to `max_workers` workers
-// (worker ids are < max_workers). The calling thread takes part. Safe to call from several threads at once: a call
+// Runs fn(ctx, begin, end, worker) over [0, n) in chunks of `grain` items, on up to `max_workers` workers: worker ids
+// are < max(max_workers, 1) and < the thread count, even while set_num_threads runs on another thread. The calling
+// thread takes part (worker 0). Safe to call from several threads at once: a call
 // that finds the pool busy runs on its own thread. A plain function pointer keeps this ABI free of templates, which
 // matters because the kernels calling it are compiled with different instruction sets. Ops use the typed
-// tokenset::cpu::parallel_for of csrc/cpu/parallel.h.
+// tokenset::cpu::parallel_for / parallel_for_ranges of csrc/cpu/parallel.h.
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end, int worker);
 void parallel_for_raw(int64_t n, int64_t grain, int max_workers, RangeFn fn, void* ctx);
 

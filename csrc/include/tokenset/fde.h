@@ -118,6 +118,7 @@ inline void check_fde_config(const FdeParams& p) {
 // them.
 inline void validate(const FdeParams& p, bool grouped = false) {
   check_fde_config(p);
+  check_filled_set_batch(p.sets, p.average ? "documents" : "queries");
   const int64_t dim = p.sets.dim();
   if (!p.average)
     for (int64_t q = 0; q < p.sets.count; ++q)

@@ -5,7 +5,10 @@
 //   distance  cosine: 1 - <x, y> r_x r_y with r = 1 / ||x|| (r = 0 for a zero vector: its similarity is 0)
 //             l2:     ||x - y|| (compared squared)        ip: -<x, y>
 //             accumulated in float32 whatever the dtype; a NaN distance counts as -inf (a token with NaN is picked
-//             after every finite one).
+//             after every finite one). l2 is ||x - y||^2 summed over differences, so a token holding +-inf is at
+//             +inf from every finite token (the most isolated token, and the next pick after a finite one) and at
+//             NaN, i.e. -inf, from a token with the same infinity in the same coordinate. (The CPU's most-isolated
+//             pass computes |x|^2 + |y|^2 - 2<x, y> and sums the differences where that is not finite.)
 //   first     first[i] >= 0: that token; first[i] == -1: the most isolated token (largest distance to its nearest
 //             other token; DivPrune's first pick), computed tile by tile, never as an n x n matrix.
 //   picks     min(k[i], n_i) distinct tokens in pick order, ties to the lowest index; the rest of the row is -1.
@@ -31,6 +34,8 @@ inline const char* metric_name(Metric m) {
 struct KcenterParams {
   SetBatch tokens;
   Metric metric = Metric::Cosine;
+  // Per-set arrays: host_* is what validate() checks, a copy owned by the call (the binding's); the kernel's pointer is
+  // that same copy on the CPU and, on CUDA, the device copy Python made from the same immutable host array.
   const int64_t* k = nullptr;           // [count] picks per set (device memory on CUDA)
   const int64_t* host_k = nullptr;      // the same on the host: what validate() checks
   const int64_t* first = nullptr;       // [count] first pick per set, -1 = most isolated (device memory on CUDA)
@@ -40,8 +45,9 @@ struct KcenterParams {
   float* distances = nullptr;           // [count, max_k] or null
 };
 
+// Checks everything the kernels follow, the batch included (offsets, max_length, every set inside the values).
 inline void validate(const KcenterParams& p) {
-  check_token_values(p.tokens.values, "tokens");
+  check_filled_set_batch(p.tokens, "tokens");
   const int m = static_cast<int>(p.metric);
   TOKENSET_CHECK(m >= 0 && m <= 2, ValueError, "metric must be cosine, l2 or ip (0, 1, 2), got ", m);
   TOKENSET_CHECK(p.max_k >= 0, ValueError, "max_k must be >= 0, got ", p.max_k);

@@ -41,8 +41,10 @@ struct MaxsimParams {
 
 constexpr int64_t kMaxArgmaxLength = (int64_t(1) << 31) - 1;
 
-// Checks everything a kernel will follow (the batches were checked by check_set_batch when they were built).
+// Checks everything a kernel will follow, the batches included (offsets, max_length, every set inside its values).
 inline void validate(const MaxsimParams& p) {
+  check_filled_set_batch(p.queries, "queries");
+  check_filled_set_batch(p.documents, "documents");
   TOKENSET_CHECK(p.queries.dim() == p.documents.dim(), ValueError, "queries have token dimension ", p.queries.dim(),
                  " but documents have ", p.documents.dim());
   TOKENSET_CHECK(p.queries.dtype() == p.documents.dtype(), TypeError, "queries are ", dtype_name(p.queries.dtype()),

@@ -50,6 +50,16 @@ def token_dtype(batch: Ragged, name: str) -> str:
     return _array.dtype_name(batch._any_values, name)
 
 
+MAX_TOKEN_DIM = 1 << 16  # kMaxTokenDim of csrc/include/tokenset/common.h
+
+
+def check_token_dim(dim: int, name: str) -> None:
+    """The native hard limit on the token dimension (check_token_values, same message), checked here before anything
+    is converted or made contiguous: a broadcast [2, 2**31] view must be refused, not copied into 16 GiB first."""
+    if not 1 <= int(dim) <= MAX_TOKEN_DIM:
+        raise ValueError(f"{name}: token dimension must be in 1..{MAX_TOKEN_DIM}, got {int(dim)}")
+
+
 def _kernel_values(x: Any, dtype: Optional[str], lib: str, dev: Device) -> Any:
     torch_input = _array.is_torch(x)  # lib is the result's library; one side may be numpy (torch with numpy)
     if torch_input:
@@ -67,6 +77,7 @@ def kernel_batch(batch: Ragged, lib: str, dev: Device, stream_handle: int, name:
     """The native description of a batch, its values converted to `dtype` when given (queries follow the documents'
     dtype). CPU lists are passed as lists (read in place); GPU lists are concatenated once (a device copy)."""
     token_dtype(batch, name)  # a clear TypeError for unsupported dtypes before anything is converted
+    check_token_dim(batch.dim, name)  # and the hard limit before anything is copied
     if batch.sets is not None and dev[0] == "cpu":
         sets = [_kernel_values(s, dtype, lib, dev) for s in batch.sets]
         return KernelBatch(None, sets, batch.offsets, None)

@@ -21,6 +21,8 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
             raise ValueError(f"{name} must be 2-D [count, dim], got shape {tuple(x.shape)}")
     lib, dev = _dispatch.placement(queries, vectors)
     _array.dtype_name(vectors, "vectors")  # float32 / float16 / bfloat16, or a TypeError that says how to convert
+    for name, x in (("queries", queries), ("vectors", vectors)):  # before the conversions / copies below
+        _dispatch.check_token_dim(x.shape[1], name)
     if _array.is_torch(queries):
         queries = queries.detach()
     if _array.is_torch(vectors):

@@ -17,6 +17,7 @@ def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Opt
     stream = _dispatch.stream(lib, dev)
     if _array.is_torch(values):
         values = values.detach()
+    _dispatch.check_token_dim(values.shape[1], "values")  # before a copy of a (broadcast, strided) view
     values = _array.inner_contiguous(values)
     if weights is not None:
         if _array.is_torch(weights):

@@ -3,7 +3,9 @@
 DivPrune (Alvar et al., CVPR 2025): distance 1 - cosine; the first pick is the token whose nearest other token is
 farthest; then repeatedly the token with the largest minimum distance to the tokens picked so far. Unlike the
 published loop, a token is never picked twice. tokenset adds l2 and inner-product distances, a given or random first
-pick, and NaN handling: a NaN distance counts as -inf.
+pick, and NaN handling: a NaN distance counts as -inf. Infinities follow from the formulas: l2 sums squared
+differences, so a token holding +-inf is at +inf from every finite token and at NaN (-inf) from a token with the same
+infinity in the same coordinate; cosine and ip distances of such a token are NaN or +-inf as the products give.
 """
 from __future__ import annotations
 
@@ -22,15 +24,16 @@ def distances_from(x: np.ndarray, pivot: int, metric: str) -> np.ndarray:
     """Distances from token ``pivot`` to every token (squared for l2), NaN as -inf."""
     x = _rows(x)
     p = x[pivot]
-    if metric == "l2":
-        d = ((x - p) ** 2).sum(axis=1)
-    else:
-        dots = (x * p).sum(axis=1)
-        if metric == "ip":
-            d = -dots
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, inf * 0: NaN by design, counted as -inf below
+        if metric == "l2":
+            d = ((x - p) ** 2).sum(axis=1)
         else:
-            inv = inverse_norms(x)
-            d = 1.0 - dots * (inv * inv[pivot])  # symmetric in (pivot, j): mutual nearest neighbours tie exactly
+            dots = (x * p).sum(axis=1)
+            if metric == "ip":
+                d = -dots
+            else:
+                inv = inverse_norms(x)
+                d = 1.0 - dots * (inv * inv[pivot])  # symmetric in (pivot, j): mutual nearest neighbours tie exactly
     return np.where(np.isnan(d), -np.inf, d)
 
 
