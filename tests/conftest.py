@@ -131,6 +131,20 @@ def random_sets(rng, lengths, dim, dtype=np.float32):
     return [rng.standard_normal((int(n), dim)).astype(dtype) for n in lengths]
 
 
+GAP_FILL = 1e6  # what gap rows of a gapped Ragged hold (inf in float16): a read of one shows in any result
+
+
+def gapped(sets, before=3, after=2, fill=GAP_FILL):
+    """The sets (numpy, one dtype) as one valid Ragged whose values hold `before` rows ahead of the first set
+    (offsets[0] = before) and `after` rows past the last (offsets[-1] < rows), filled with `fill`, so that code that
+    reads values from row 0 or up to the last row, instead of by the offsets, returns or mixes in sentinel rows."""
+    dim, dtype = sets[0].shape[1], sets[0].dtype
+    gap = lambda n: np.full((n, dim), fill).astype(dtype)  # noqa: E731
+    values = np.concatenate([gap(before), *sets, gap(after)])
+    offsets = before + np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
+    return tokenset.Ragged(values, offsets)
+
+
 def as_float64(sets):
     return [np.asarray(s, dtype=np.float64) for s in sets]
 

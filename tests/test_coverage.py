@@ -13,7 +13,7 @@ import pytest
 import tokenset
 from tokenset.reference import coverage as ref
 
-from conftest import DTYPES, as_dtype, on_device, random_sets, requires_torch, to_numpy
+from conftest import DTYPES, as_dtype, gapped, on_device, random_sets, requires_torch, to_numpy
 
 
 def random_matrices(rng, shapes):
@@ -96,6 +96,39 @@ def test_shared_text_per_set_k_and_empty_sets():
     np.testing.assert_array_equal(got[1, :10], ref.coverage_set(ref.mmtok_matrix(vision[1], t), 20)[0])
     np.testing.assert_array_equal(got[2, :5], ref.coverage_set(ref.mmtok_matrix(vision[2], t), 5)[0])
     assert (got[2, 5:] == -1).all()
+
+
+def test_gapped_ragged_reads_only_its_sets():
+    """Vision tokens, text tokens and vision keys as Raggeds whose values start past row 0 and end after the last set
+    (sentinel rows in the gaps): the same picks as the lists of their sets."""
+    rng = np.random.default_rng(21)
+    vision = random_sets(rng, [0, 9, 60, 33], 16)
+    text = random_sets(rng, [2, 5, 0, 7], 16)
+    keys = random_sets(rng, [0, 9, 60, 33], 6)
+    want = tokenset.coverage(vision, 8, text=text, vision_keys=keys)
+    for before, after in [(3, 2), (0, 5), (4, 0)]:
+        got = tokenset.coverage(gapped(vision, before, after), 8, text=gapped(text, after, before),
+                                vision_keys=gapped(keys, before, before))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(tokenset.coverage(gapped(vision, before, after), 8),
+                                      tokenset.coverage(vision, 8))
+
+
+def test_padded_vision_keys_follow_the_mask():
+    """[B, N, dk] keys beside [B, N, d] vision with a mask (or lengths) are gathered at the same positions (they were
+    refused for a length mismatch)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 20, 8)).astype(np.float32)
+    keys = rng.standard_normal((3, 20, 4)).astype(np.float32)
+    mask = rng.random((3, 20)) < 0.6
+    want = tokenset.coverage([x[i][mask[i]] for i in range(3)], 5, vision_keys=[keys[i][mask[i]] for i in range(3)])
+    np.testing.assert_array_equal(tokenset.coverage(x, 5, vision_keys=keys, mask=mask), want)
+    r = tokenset.prune(x, 5, method="mmtok", vision_keys=keys, mask=mask)
+    np.testing.assert_array_equal(r.indices, np.sort(np.where(want >= 0, want, 99), axis=1)[:, :r.indices.shape[1]])
+    lengths = np.array([20, 3, 0])
+    want = tokenset.coverage([x[i, :n] for i, n in enumerate(lengths)], 5,
+                             vision_keys=[keys[i, :n] for i, n in enumerate(lengths)])
+    np.testing.assert_array_equal(tokenset.coverage(x, 5, vision_keys=keys, lengths=lengths), want)
 
 
 def test_chunked_build_equals_one_chunk(monkeypatch):

@@ -2,6 +2,8 @@
 does reach C++ directly is checked again there (no crash)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -378,3 +380,109 @@ def test_autograd_with_mixed_libraries(side):
     assert isinstance(scores, torch.Tensor)
     scores.sum().backward()
     assert torch.allclose(leaf.grad, expected)
+
+
+# ---- token selection and merging: counts, token values, layouts (issue: reliability) ---------------------------------
+X = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+SELECTION_CALLS = {
+    "kcenter": lambda x, k: tokenset.kcenter(x, k),
+    "coverage": lambda x, k: tokenset.coverage(x, k),
+    "max_coverage": lambda x, k: tokenset.max_coverage(np.ones((2, 3, 5), np.float32), k),
+    "prune": lambda x, k: tokenset.prune(x, k),
+    "prune-mmtok": lambda x, k: tokenset.prune(x, k, method="mmtok"),
+    "merge": lambda x, k: tokenset.merge(x, k),
+    "merge-kmeans": lambda x, k: tokenset.merge(x, k, method="kmeans"),
+}
+
+
+@pytest.mark.parametrize("call", list(SELECTION_CALLS))
+@pytest.mark.parametrize("k", [2**63, 2**64 - 1, 2**70, np.uint64(2**63), np.array([2**64 - 1, 1], np.uint64),
+                               [2**63, 1], [1, 2**70], np.array([1, 2**63 + 5], np.uint64)],
+                         ids=["2^63", "2^64-1", "2^70", "np.uint64", "uint64 array", "list", "list 2^70",
+                              "uint64 second"])
+def test_counts_beyond_int64_are_refused_never_wrapped(call, k):
+    """k / keep >= 2**63 raised OverflowError from numpy; a per-set uint64 above 2**63 - 1 was wrapped to a negative
+    count (and then refused with the wrapped value, or taken as a float)."""
+    name = "keep" if call.startswith(("prune", "merge")) else "k"
+    with pytest.raises(ValueError, match=rf"{name}(\[\d\])?=\d+ does not fit in int64 .*refused, never wrapped"):
+        SELECTION_CALLS[call](X, k)
+
+
+def test_kcenter_first_beyond_int64_is_refused():
+    with pytest.raises(ValueError, match="first=18446744073709551615 does not fit in int64"):
+        tokenset.kcenter(X, 2, first=np.array([2**64 - 1, 0], np.uint64))
+
+
+@pytest.mark.parametrize("call", ["coverage", "prune-mmtok", "prune-scores", "merge"])
+def test_selection_refuses_tokens_it_cannot_compute_on(call):
+    """coverage / prune(method="mmtok") took complex tokens (the imaginary part silently dropped) and token
+    dimensions 0 and 65,537; the other ops refused them natively."""
+    run = {"coverage": lambda x: tokenset.coverage(x, 2),
+           "prune-mmtok": lambda x: tokenset.prune(x, 2, method="mmtok"),
+           "prune-scores": lambda x: tokenset.prune(x, 2, method="scores", scores=np.ones(x.shape[:-1])),
+           "merge": lambda x: tokenset.merge(x, 2)}[call]
+    for dtype in (np.complex64, np.complex128, np.float64, np.int32):
+        with pytest.raises(TypeError, match=rf"dtype {np.dtype(dtype)} is not supported.*float32.*astype"):
+            run(X.astype(dtype))
+    with pytest.raises(ValueError, match="token dimension must be in 1..65536, got 0"):
+        run(np.zeros((2, 3, 0), np.float32))
+    with pytest.raises(ValueError, match="token dimension must be in 1..65536, got 65537"):
+        run(np.zeros((1, 2, 65537), np.float16))
+
+
+def test_coverage_checks_text_and_keys_too():
+    with pytest.raises(TypeError, match="text: dtype complex64 is not supported"):
+        tokenset.coverage(X, 2, text=np.ones((3, 4), np.complex64))
+    with pytest.raises(TypeError, match="vision_keys: dtype complex64 is not supported"):
+        tokenset.coverage(X, 2, vision_keys=np.ones((2, 5, 3), np.complex64))
+    with pytest.raises(ValueError, match="vision_keys: token dimension must be in 1..65536, got 0"):
+        tokenset.coverage(X, 2, vision_keys=np.ones((2, 5, 0), np.float32))
+
+
+def test_max_coverage_list_entries_must_be_arrays():
+    m = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match=r"matrix\[1\] must be a 2-D numpy array, torch tensor or cupy array.*NoneType"):
+        tokenset.max_coverage([m, None], 1)
+    with pytest.raises(TypeError, match=r"matrix\[0\] must be a 2-D .*list"):
+        tokenset.max_coverage([[[1.0]], m], 1)
+    with pytest.raises(ValueError, match=r"matrix\[1\] must be 2-D \[rows, cols\]"):
+        tokenset.max_coverage([m, np.ones(3, np.float32)], 1)
+
+
+@requires_torch
+def test_sparse_torch_tensors_are_refused_with_the_fix():
+    """A sparse tensor reached torch / numpy calls that raised RuntimeError ("unsupported memory format option") or
+    NotImplementedError; every entry point now refuses it, naming the argument and the fix."""
+    import torch
+
+    s = torch.randn(4, 8).to_sparse()
+    dense = torch.randn(4, 8)
+    calls = {
+        "maxsim": lambda: tokenset.maxsim(s, dense),
+        "maxsim documents": lambda: tokenset.maxsim(dense, [dense, s]),
+        "kcenter": lambda: tokenset.kcenter(s, 2),
+        "coverage": lambda: tokenset.coverage(s, 2),
+        "coverage text": lambda: tokenset.coverage(dense, 2, text=s),
+        "max_coverage": lambda: tokenset.max_coverage(s, 2),
+        "max_coverage list": lambda: tokenset.max_coverage([dense, s], 2),
+        "prune": lambda: tokenset.prune(s, 2),
+        "prune scores": lambda: tokenset.prune(dense, 2, method="scores", scores=torch.ones(4).to_sparse()),
+        "merge": lambda: tokenset.merge(s, 2),
+        "merge sizes": lambda: tokenset.merge(dense, 2, sizes=torch.ones(4).to_sparse()),
+        "Ragged": lambda: tokenset.Ragged(s, [0, 4]),
+        "ragged": lambda: tokenset.ragged(s),
+        "ragged list": lambda: tokenset.ragged([dense, s]),
+        "ragged mask": lambda: tokenset.ragged(torch.randn(2, 4, 8), mask=torch.ones(2, 4).bool().to_sparse()),
+        "kcenter k": lambda: tokenset.kcenter(dense, torch.ones(1, dtype=torch.int64).to_sparse()),
+        "segment_sum": lambda: tokenset.segment_sum(s, [0, 0, 1, 1]),
+        "segment_sum weights": lambda: tokenset.segment_sum(dense, [0, 0, 1, 1],
+            weights=torch.ones(4).to_sparse()),
+    }
+    for label, call in calls.items():
+        with pytest.raises(TypeError, match=r"layout torch\.sparse_coo is not supported.*call \.to_dense\(\)"):
+            call()
+    with warnings.catch_warnings():  # torch, once per process: "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore")
+        csr = torch.randn(4, 8).to_sparse_csr()
+    with pytest.raises(TypeError, match=r"x: a torch tensor with layout torch\.sparse_csr .*\.to_dense\(\)"):
+        tokenset.kcenter(csr, 2)

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 import tokenset  # noqa: E402
 from tokenset.reference import maxsim as ref  # noqa: E402
 
-from conftest import (BF16, HAVE_TORCH, U32, check_fde_against_reference, fde_sanitize,  # noqa: E402
-                      maxsim_error_bound, subprocess_env)
+from conftest import (BF16, GAP_FILL, HAVE_TORCH, U32, check_fde_against_reference, fde_sanitize,  # noqa: E402
+                      gapped, maxsim_error_bound, subprocess_env)
 
 LONG = os.environ.get("TOKENSET_FUZZ") == "long"
 EXAMPLES = 5000 if LONG else 300
@@ -87,11 +87,8 @@ def draw_form(data, sets, dtype: str):
             wide[:, 1:dim + 1] = s
             out.append(wide[:, 1:dim + 1])
         return out
-    if form == "ragged":  # values with rows before the first set and after the last
-        gap = data.draw(st.integers(0, 3), label="gap")
-        values = np.concatenate([np.zeros((gap, dim), sets[0].dtype), *sets, np.zeros((2, dim), sets[0].dtype)])
-        offsets = gap + np.concatenate([[0], np.cumsum([len(s) for s in sets])])
-        return tokenset.Ragged(values, offsets)
+    if form == "ragged":  # values with rows (sentinels) before the first set and after the last
+        return gapped(sets, data.draw(st.integers(0, 3), label="gap"), data.draw(st.integers(0, 3), label="tail"))
     n = max([len(s) for s in sets] + [1]) + data.draw(st.integers(0, 2), label="pad")
     padded = np.zeros((len(sets), n, dim), sets[0].dtype)
     if form == "lengths":
@@ -105,6 +102,44 @@ def draw_form(data, sets, dtype: str):
         mask[i, where] = True
         padded[i, where] = s
     return tokenset.ragged(padded, mask=mask)
+
+
+def draw_layout(data, sets, per_token=None):
+    """The sets in a layout prune / merge take, with per-token values (a list of [n_i] arrays, or None) laid out to
+    match: a list of sets (values as a list or one flat array), a gapped Ragged (rows before the first set and after
+    the last), or padded [B, N, d] with ``lengths`` or with a non-prefix ``mask`` (values as [B, N] at the same
+    positions). Gap and padding rows, and padding values, hold sentinels (1e6): a read of one shows in any result.
+    Returns (tokens, layout keywords, values)."""
+    form = data.draw(st.sampled_from(["list", "gapped", "lengths", "mask"]), label="layout")
+    if form == "list":
+        flat = per_token is not None and data.draw(st.booleans(), label="flat values")
+        return sets, {}, (np.concatenate(per_token) if flat else per_token)
+    if form == "gapped":
+        return gapped(sets, data.draw(st.integers(0, 3), label="gap"), data.draw(st.integers(0, 3), label="tail")), \
+            {}, per_token
+    lengths = np.array([len(s) for s in sets])
+    n = int(lengths.max(initial=0)) + data.draw(st.integers(0, 3), label="pad")
+    padded = _as(np.full((len(sets), n, sets[0].shape[1]), GAP_FILL), str(sets[0].dtype))
+    laid = np.full((len(sets), n), GAP_FILL)
+    mask = np.zeros((len(sets), n), bool)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="mask seed"))
+    for i, s in enumerate(sets):
+        where = np.arange(len(s)) if form == "lengths" else np.sort(rng.choice(n, len(s), replace=False))
+        mask[i, where] = True
+        padded[i, where] = s
+        if per_token is not None:
+            laid[i, where] = per_token[i]
+    layout = {"lengths": lengths} if form == "lengths" else {"mask": mask}
+    return padded, layout, (laid if per_token is not None else None)
+
+
+def assert_same_reduction(got, want, sets):
+    """prune / merge results of two layouts of the same sets: identical picks, groups, sizes and tokens."""
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_array_equal(to_numpy(got.indices), to_numpy(want.indices))
+    np.testing.assert_array_equal(to_numpy(got.sizes), to_numpy(want.sizes))
+    values = lambda r: to_numpy(r.tokens.values).astype(np.float64)  # noqa: E731
+    np.testing.assert_array_equal(values(got), values(want))
 
 
 def to_numpy(x):
@@ -438,7 +473,10 @@ def test_kcenter_any_input(data):
     k = data.draw(st.integers(1, 45), label="k")
     if data.draw(st.booleans(), label="duplicates"):
         sets = [np.concatenate([s, s[: len(s) // 2]]) for s in sets]  # exact ties
-    idx = tokenset.kcenter(sets, k, metric=metric)
+    given = sets
+    if data.draw(st.booleans(), label="gapped"):  # rows (sentinels) before the first set and after the last
+        given = gapped(sets, data.draw(st.integers(0, 3), label="gap"), data.draw(st.integers(0, 3), label="tail"))
+    idx = tokenset.kcenter(given, k, metric=metric)
     assert idx.shape == (len(sets), k)
     for i, s in enumerate(sets):
         got = idx[i][idx[i] >= 0]
@@ -480,17 +518,57 @@ def test_max_coverage_any_matrix(data):
 
 @FUZZ
 @given(data=st.data())
+def test_prune_any_input(data):
+    """Every prune method on every layout (list, gapped Ragged, padded with lengths or a non-prefix mask) gives the
+    result of the list of the same sets: the same picks, each set's own tokens (never a gap or padding row), scores
+    read at the tokens' positions; a huge keep is clamped to the sets, never allocated."""
+    dim = data.draw(st.integers(1, 12), label="dim")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    sets = draw_sets(data, dim, dtype, nonempty=False, special=data.draw(st.booleans(), label="special"))
+    method = data.draw(st.sampled_from(["divprune", "kcenter", "mmtok", "scores"]), label="method")
+    keep = data.draw(st.one_of(st.integers(1, 45), st.floats(0.01, 1.0), st.just(2**40)), label="keep")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="options seed"))
+    scores = [rng.standard_normal(len(s)) for s in sets] if method == "scores" else None
+    options = {"kcenter": {"metric": data.draw(st.sampled_from(["cosine", "l2", "ip"]), label="metric"),
+                           "first": "random", "seed": 2},
+               "mmtok": {"text": rng.standard_normal((3, dim)).astype(np.float32)}}.get(method, {})
+    want = tokenset.prune(sets, keep, method=method, **options, **({"scores": scores} if scores else {}))
+    lengths = np.array([len(s) for s in sets])
+    counts = np.maximum(1, np.rint(keep * lengths)) if isinstance(keep, float) else np.full(len(sets), keep)
+    np.testing.assert_array_equal(want.lengths, np.minimum(counts, lengths))
+    tokens, layout, laid = draw_layout(data, sets, scores)
+    got = tokenset.prune(tokens, keep, method=method, **layout, **options, **({"scores": laid} if scores else {}))
+    assert_same_reduction(got, want, sets)
+    for i, s in enumerate(sets):
+        n = got.lengths[i]
+        picked = to_numpy(got.indices)[i, :n]
+        assert (np.diff(picked) > 0).all() and (to_numpy(got.indices)[i, n:] == -1).all()
+        np.testing.assert_array_equal(to_numpy(got.tokens[i]).astype(np.float64), s[picked].astype(np.float64))
+
+
+@FUZZ
+@given(data=st.data())
 def test_merge_any_input(data):
     dim = data.draw(st.integers(1, 12), label="dim")
     sets = draw_sets(data, dim, "float32", nonempty=False, special=data.draw(st.booleans(), label="special"))
     method = data.draw(st.sampled_from(["tome", "dpc_knn", "kmeans", "kmedoids"]), label="method")
-    keep = data.draw(st.one_of(st.integers(1, 45), st.floats(0.01, 1.0)), label="keep")
-    result = tokenset.merge(sets, keep, method=method)
+    keep = data.draw(st.one_of(st.integers(1, 45), st.floats(0.01, 1.0), st.just(2**40)), label="keep")
+    sizes = None
+    if method in ("tome", "dpc_knn") and data.draw(st.booleans(), label="sizes"):
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="sizes seed"))
+        sizes = [rng.random(len(s)) + 0.5 for s in sets]
+    result = tokenset.merge(sets, keep, method=method, **({"sizes": sizes} if sizes else {}))
     lengths = np.array([len(s) for s in sets])
     assert (result.lengths <= lengths).all() and (result.lengths <= np.maximum(
         np.ceil(keep * lengths) if isinstance(keep, float) else keep, 1)).all()
-    assert np.allclose(result.sizes.sum(axis=1), lengths)  # every token belongs to exactly one group
+    totals = lengths if sizes is None else [np.sum(w, dtype=np.float32) for w in sizes]
+    assert np.allclose(result.sizes.sum(axis=1), totals, rtol=1e-5)  # every token belongs to exactly one group
     for i in range(len(sets)):
         n = result.lengths[i]
         assert len(set(result.indices[i, :n].tolist())) == n and (np.diff(result.indices[i, :n]) > 0).all()
         assert result.tokens[i].shape == (n, dim)
+    # The same sets in any layout (gapped Ragged, padded with lengths or a non-prefix mask; sizes laid out to match):
+    # the same groups and tokens, never a gap or padding row merged in.
+    tokens, layout, laid = draw_layout(data, sets, sizes)
+    got = tokenset.merge(tokens, keep, method=method, **layout, **({"sizes": laid} if sizes else {}))
+    assert_same_reduction(got, result, sets)

@@ -12,7 +12,8 @@ import pytest
 import tokenset
 from tokenset.reference import kcenter as ref
 
-from conftest import DTYPES, EDGE_LENGTHS, as_dtype, exact_float64, on_device, random_sets, requires_torch, to_numpy
+from conftest import (DTYPES, EDGE_LENGTHS, as_dtype, exact_float64, gapped, on_device, random_sets,
+                      requires_torch, to_numpy)
 
 METRICS = ["cosine", "l2", "ip"]
 
@@ -185,6 +186,23 @@ def test_padded_input_and_non_contiguous_rows():
     assert_picks(got, expected([padded[i, :n] for i, n in enumerate(lengths)], 6, "cosine"), 6)
     base = rng.standard_normal((40, 8)).astype(np.float32)
     np.testing.assert_array_equal(tokenset.kcenter(base[::2], 5), tokenset.kcenter(np.ascontiguousarray(base[::2]), 5))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_gapped_ragged_reads_only_its_sets(metric):
+    """A valid Ragged whose values start past row 0 and end after its last set, with sentinel rows (1e6) in the gaps:
+    the same picks and distances as the list of its sets (a gap row read as a token would be the farthest)."""
+    rng = np.random.default_rng(13)
+    sets = random_sets(rng, [0, 7, 40, 1, 25], 8)
+    want, want_dist = tokenset.kcenter(sets, 9, metric=metric, return_distances=True)
+    for before, after in [(3, 2), (0, 4), (6, 0)]:
+        for first in ("isolated", 0, [0, 3, 10, 0, 24]):
+            got, dist = tokenset.kcenter(gapped(sets, before, after), 9, metric=metric, first=first,
+                                         return_distances=True)
+            np.testing.assert_array_equal(got, tokenset.kcenter(sets, 9, metric=metric, first=first))
+        got, dist = tokenset.kcenter(gapped(sets, before, after), 9, metric=metric, return_distances=True)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(dist, want_dist)
 
 
 def test_threads_within_a_set_equal_threads_over_sets():

@@ -7,6 +7,10 @@ index on both sides (k-means / k-medoids costs within a relative 1e-5 count as t
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -15,7 +19,7 @@ from tokenset.reference import coverage as coverage_ref
 from tokenset.reference import kcenter as kcenter_ref
 from tokenset.reference import merge as ref
 
-from conftest import random_sets, requires_torch, to_numpy
+from conftest import GAP_FILL, gapped, random_sets, requires_torch, subprocess_env, to_numpy
 
 LENGTHS = [0, 1, 2, 5, 40, 101]
 CASES = [
@@ -254,3 +258,118 @@ def test_tome_zero_keys_have_similarity_zero():
     np.testing.assert_array_equal(result.indices[0], rep)
     np.testing.assert_array_equal(result.sizes[0], sizes)
     np.testing.assert_allclose(result.tokens[0], tokens, atol=1e-5)
+
+
+# ---- regressions of the reliability issue: layouts, per-token values, memory, CUDA index arrays ----------------------
+def assert_same_merge(got, want):
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_array_equal(to_numpy(got.indices), to_numpy(want.indices))
+    np.testing.assert_array_equal(to_numpy(got.sizes), to_numpy(want.sizes))
+    np.testing.assert_allclose(to_numpy(got.tokens.values), to_numpy(want.tokens.values), rtol=1e-6, atol=1e-6)
+    assert not (np.abs(to_numpy(got.tokens.values)) >= GAP_FILL / 2).any()  # no gap row was merged in
+
+
+@pytest.mark.parametrize("lengths", [[0, 1, 2, 5, 40, 101], list(np.random.default_rng(3).integers(0, 30, 80))],
+                         ids=["gemm", "native"])
+@pytest.mark.parametrize("method,fn,options", CASES, ids=[f"{m}-{o}" for m, _, o in CASES])
+def test_gapped_ragged_merges_its_own_tokens(method, fn, options, lengths):
+    """A valid Ragged whose values start past row 0 and end after its last set: DPC-KNN merged gap rows into group
+    0, ToMe / k-means / k-medoids crashed with numpy broadcast errors. On both nearest-neighbour paths."""
+    rng = np.random.default_rng(17)
+    sets = random_sets(rng, lengths, 12)
+    want = tokenset.merge(sets, 0.4, method=method, **options)
+    check_against(want, sets, fn_with_ratio(fn, 0.4, sets), None, **options)
+    for before, after in [(3, 2), (0, 3), (4, 0)]:
+        assert_same_merge(tokenset.merge(gapped(sets, before, after), 0.4, method=method, **options), want)
+
+
+@pytest.mark.parametrize("method", ["tome", "dpc_knn"])
+def test_sizes_follow_a_non_prefix_mask(method):
+    """[B, N] sizes of padded tokens with a non-prefix mask were read as prefixes (wrong weights, silently)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 16, 8)).astype(np.float32)
+    mask = rng.random((3, 16)) < 0.7
+    mask[:, :2] = [False, True]
+    sizes = np.where(mask, rng.random((3, 16)) + 0.5, 1e6)  # padding positions: sizes that would show
+    sets = [x[i][mask[i]] for i in range(3)]
+    want = tokenset.merge(sets, 4, method=method, sizes=[sizes[i][mask[i]] for i in range(3)])
+    got = tokenset.merge(x, 4, method=method, sizes=sizes, mask=mask)
+    assert_same_merge(got, want)
+    np.testing.assert_allclose(to_numpy(got.sizes).sum(axis=1), [sizes[i][mask[i]].sum() for i in range(3)],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"sizes \[B, N\] must have the mask's shape \(3, 16\)"):
+        tokenset.merge(x, 4, method=method, sizes=sizes[:, :15], mask=mask)
+    if method == "tome":  # keys padded like the tokens are gathered like them
+        keys = rng.standard_normal((3, 16, 5)).astype(np.float32)
+        want = tokenset.merge(sets, 4, metric=[keys[i][mask[i]] for i in range(3)])
+        assert_same_merge(tokenset.merge(x, 4, metric=keys, mask=mask), want)
+
+
+def test_per_set_sizes_are_checked_set_by_set():
+    rng = np.random.default_rng(0)
+    sets = random_sets(rng, [3, 5], 4)
+    for method in ("tome", "dpc_knn"):
+        with pytest.raises(ValueError, match=r"sizes\[0\] has 5 entries but set 0 has 3 tokens"):
+            tokenset.merge(sets, 2, method=method, sizes=[np.ones(5), np.ones(3)])
+
+
+@pytest.mark.parametrize("method", ["tome", "dpc_knn", "kmeans", "kmedoids"])
+def test_huge_keep_is_clamped_to_the_sets(method):
+    """keep=2**40 on small sets: k-means / k-medoids asked k-center for [B, 2**40] picks (MemoryError)."""
+    x = np.random.default_rng(2).standard_normal((6, 5, 4)).astype(np.float32)
+    want = tokenset.merge(x, 5, method=method)
+    for keep in (2**40, np.full(6, 2**62, np.uint64)):
+        assert_same_merge(tokenset.merge(x, keep, method=method), want)
+
+
+def test_many_small_sets_memory_is_bounded_by_the_tokens():
+    """20,000 sets of 2 tokens and one of 5,000 (2.7 MiB of tokens) on the native nearest-neighbour path: the MaxSim
+    argmax output was [sets, 1, longest set] int32, +251 MiB (ToMe) / +492 MiB (k-means) at its peak. Sets now go to
+    MaxSim by length class; what remains is MaxSim's own query-panel budget (64 MiB)."""
+    code = textwrap.dedent("""
+        import resource, sys, numpy as np, tokenset
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rng = np.random.default_rng(0)
+        sets = [rng.standard_normal((2, 16)).astype(np.float32) for _ in range(20_000)]
+        sets.append(rng.standard_normal((5_000, 16)).astype(np.float32))
+        tokenset.merge(sets[:100], 1, method="tome")  # warm-up
+        for method in ("tome", "kmeans", "kmedoids"):
+            before = peak()
+            r = tokenset.merge(sets, 1, method=method)
+            assert np.allclose(r.sizes.sum(axis=1), [len(s) for s in sets])
+            print(method, peak() - before)
+        """)
+    env = subprocess_env(TOKENSET_NUM_THREADS="2", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in proc.stdout.split("\n"):
+        if line.strip():
+            method, added = line.split()
+            assert int(added) < (64 + 48) << 20, f"{method}: +{int(added) >> 20} MiB"
+
+
+def test_gpu_many_small_sets_match_cpu(cuda):
+    """64+ CUDA sets take the native nearest-neighbour path: host candidate lists beside CUDA tokens made MaxSim's
+    device check refuse the call ("inputs are on different devices"). Also a gapped CUDA Ragged and a mask."""
+    import torch
+
+    rng = np.random.default_rng(12)
+    sets = random_sets(rng, rng.integers(0, 30, 90), 16)
+    cpu_ragged = gapped(sets)
+    gpu_ragged = tokenset.Ragged(torch.from_numpy(np.asarray(cpu_ragged.values)).cuda(), cpu_ragged.offsets)
+    for method in ("tome", "dpc_knn", "kmeans", "kmedoids"):
+        cpu = tokenset.merge(sets, 0.5, method=method)
+        for given in ([torch.from_numpy(s).cuda() for s in sets], gpu_ragged):
+            gpu = tokenset.merge(given, 0.5, method=method)
+            assert gpu.tokens.values.is_cuda and gpu.indices.is_cuda
+            np.testing.assert_array_equal(to_numpy(gpu.indices), cpu.indices)
+            np.testing.assert_array_equal(to_numpy(gpu.sizes), cpu.sizes)
+            np.testing.assert_allclose(to_numpy(gpu.tokens.values), cpu.tokens.values, atol=1e-4)
+    x = rng.standard_normal((70, 12, 16)).astype(np.float32)
+    mask = rng.random((70, 12)) < 0.5
+    sizes = rng.random((70, 12)).astype(np.float32) + 0.5
+    cpu = tokenset.merge(x, 3, sizes=sizes, mask=mask)
+    gpu = tokenset.merge(torch.from_numpy(x).cuda(), 3, sizes=torch.from_numpy(sizes).cuda(),
+                         mask=torch.from_numpy(mask).cuda())
+    np.testing.assert_array_equal(to_numpy(gpu.indices), cpu.indices)
+    np.testing.assert_allclose(to_numpy(gpu.sizes), cpu.sizes, rtol=1e-6)

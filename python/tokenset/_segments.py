@@ -82,37 +82,59 @@ def nearest(queries: Ragged, targets: Ragged, with_scores: bool = False):
     """For every token of query set i, the index within target set i of its largest inner product (lowest index on
     ties) as host int64 [T], and optionally that score (host float32 [T]); -1 where target set i is empty.
 
-    Many small sets (the usual case of documents): one native MaxSim argmax call for the whole batch. Few large sets
-    (images of hundreds of tokens): one GEMM per set in the arrays' library, in row chunks of at most 16M scores."""
+    Many small sets (the usual case of documents): native MaxSim argmax calls, one per class of set lengths. Few large
+    sets (images of hundreds of tokens): one GEMM per set in the arrays' library, in row chunks of at most 16M
+    scores. Either way memory is bounded by the tokens (and the chunks), never by sets x the longest set."""
+    queries, targets = queries.compact(), targets.compact()  # per-token positions index values directly
     if len(queries) >= 64 and queries.values.shape[0] <= 256 * len(queries):
         return _nearest_native(queries, targets, with_scores)
     return _nearest_gemm(queries, targets, with_scores)
 
 
+def length_classes(lengths: np.ndarray) -> np.ndarray:
+    """The class of every set by its length: c = bit_length(n - 1) (lengths in (2^(c-1), 2^c]), -1 for empty sets.
+    Within a class the longest set is at most twice the shortest, so a padded [sets, longest] array of one class holds
+    at most twice its tokens."""
+    classes = np.frexp(np.maximum(lengths, 1) - 1)[1].astype(np.int64)
+    return np.where(lengths > 0, classes, -1)
+
+
 def _nearest_native(queries: Ragged, targets: Ragged, with_scores: bool):
-    lengths = queries.lengths
-    index = np.full(int(lengths.sum()), -1, np.int64)
-    nonempty = np.flatnonzero(lengths > 0)  # MaxSim refuses empty queries; they have no tokens to place anyway
-    if nonempty.size:
-        sub = Ragged(queries.values, queries.offsets[0] + offsets_of(lengths[nonempty]), name="queries")
-        _, argmax = _maxsim_ops.maxsim(sub, targets, candidates=nonempty.astype(np.int64)[:, None], with_argmax=True)
+    lengths, offsets = queries.lengths, queries.offsets
+    index = np.full(int(offsets[-1]), -1, np.int64)
+    classes = length_classes(lengths)
+    # One MaxSim call per length class: its argmax output is [sets, 1, longest query] int32, so sets of 2 tokens
+    # beside one of 5,000 never make a [sets, 5000] array. MaxSim refuses empty queries; they have no tokens to place.
+    for c in np.unique(classes[classes >= 0]):
+        members = np.flatnonzero(classes == c)
+        member_lengths = lengths[members]
+        local = offsets_of(member_lengths)
+        if int(local[-1]) == index.shape[0]:  # the only class: its sets are every token, in order
+            rows, values = None, queries.values
+        else:
+            rows = np.arange(int(local[-1]), dtype=np.int64) + np.repeat(offsets[members] - local[:-1], member_lengths)
+            values = take(queries.values, rows)
+        _, argmax = _maxsim_ops.maxsim(Ragged(values, local, name="queries"), targets,
+                                       candidates=members.astype(np.int64)[:, None], with_argmax=True)
         argmax = _array.host_copy(argmax)[:, 0, :]
-        index = argmax[np.arange(argmax.shape[1])[None, :] < lengths[nonempty][:, None]].astype(np.int64)
+        found = argmax[np.arange(argmax.shape[1])[None, :] < member_lengths[:, None]].astype(np.int64)
+        if rows is None:
+            index[:] = found
+        else:
+            index[rows] = found
     if not with_scores:
         return index
     score = np.full(index.shape[0], -np.inf, np.float32)
     found = np.flatnonzero(index >= 0)
     if found.size:
-        rows = (targets.offsets[:-1] - targets.offsets[0])[set_ids(lengths)[found]] + index[found]
-        q = take(queries.values[queries.offsets[0]:], found)
-        score[found] = _array.host_copy(row_dots(q, take(targets.values[targets.offsets[0]:], rows)))
+        rows = targets.offsets[:-1][set_ids(lengths)[found]] + index[found]
+        score[found] = _array.host_copy(row_dots(take(queries.values, found), take(targets.values, rows)))
     return index, score
 
 
 def _nearest_gemm(queries: Ragged, targets: Ragged, with_scores: bool):
     q_all, t_all = queries.values, targets.values
-    q_off = queries.offsets - queries.offsets[0]
-    t_off = targets.offsets - targets.offsets[0]
+    q_off, t_off = queries.offsets, targets.offsets
     index = np.full(int(q_off[-1]), -1, np.int64)
     score = np.full(int(q_off[-1]), -np.inf, np.float32)
     for i in range(len(queries)):

@@ -76,6 +76,7 @@ def _text_batch(text: Any, vision: Ragged) -> Optional[Ragged]:
     if _array.is_array(text) and text.ndim == 2:  # one question for every image
         text = [text] * len(vision)
     t = ragged(text, name="text")
+    _array.check_tokens(t._any_values, t.dim, "text")
     if len(t) != len(vision):
         raise ValueError(f"text has {len(t)} sets but vision has {len(vision)}: pass one text set per vision set "
                          f"(or one [m, d] array for all)")
@@ -103,17 +104,21 @@ def max_coverage(matrix: Any, k: Any, *, rows: Optional[Any] = None, cols: Optio
     >>> tokenset.max_coverage(c, 2)
     array([1, 2])
     """
-    single = _array.is_array(matrix) and matrix.ndim == 2
+    single = _array.is_array(matrix, "matrix") and matrix.ndim == 2
     if isinstance(matrix, (list, tuple)):
         if not matrix:
             raise ValueError("matrix: an empty list has no sets")
+        for i, m in enumerate(matrix):
+            if not _array.is_array(m, f"matrix[{i}]"):
+                raise TypeError(f"matrix[{i}] must be a 2-D numpy array, torch tensor or cupy array [rows, cols], got "
+                                f"{type(m).__name__}; pass a [0, 0] matrix for a set with nothing to cover")
+            if m.ndim != 2:
+                raise ValueError(f"matrix[{i}] must be 2-D [rows, cols], got shape {tuple(m.shape)}")
         r = np.array([int(m.shape[0]) for m in matrix], np.int64)
         c = np.array([int(m.shape[1]) for m in matrix], np.int64)
         padded = _array.empty((len(matrix), int(r.max()), int(c.max())), "float32", _array.library(matrix[0]),
                               _array.device(matrix[0]))
         for i, m in enumerate(matrix):
-            if m.ndim != 2:
-                raise ValueError(f"matrix[{i}] must be 2-D [rows, cols], got shape {tuple(m.shape)}")
             padded[i, :r[i], :c[i]] = m
         matrix, rows, cols = padded, r, c
     if not _array.is_array(matrix):
@@ -148,7 +153,7 @@ def coverage(vision: Any, k: Any, text: Any = None, *, vision_keys: Any = None, 
         text: the text tokens to cover: one set per vision set, or one ``[m, d]`` array for all; None covers the image
             only (Q).
         vision_keys: optional second feature space for vision-vision coverage (MMTok uses CLIP features), with the
-            vision sets' lengths.
+            vision sets' lengths (``[B, N, dk]`` beside padded vision: gathered with the same ``lengths`` / ``mask``).
         text_temperature, vision_temperature, vision_weight: tau_t, tau_v and w (MMTok's defaults).
 
     Returns:
@@ -159,8 +164,9 @@ def coverage(vision: Any, k: Any, text: Any = None, *, vision_keys: Any = None, 
     >>> tokenset.coverage(v, 3, text=v[:1]).tolist()[0]
     0
     """
-    single = _array.is_array(vision) and vision.ndim == 2 and lengths is None and mask is None
-    batch = vision if isinstance(vision, Ragged) else ragged(vision, lengths=lengths, mask=mask, name="vision")
+    single = _array.is_array(vision, "vision") and vision.ndim == 2 and lengths is None and mask is None
+    batch = ragged(vision, lengths=lengths, mask=mask, name="vision")
+    _array.check_tokens(batch._any_values, batch.dim, "vision")
     tt = _check_positive(text_temperature, "text_temperature")
     tv = _check_positive(vision_temperature, "vision_temperature")
     if isinstance(vision_weight, bool) or not isinstance(vision_weight, (int, float, np.floating, np.integer)) \
@@ -169,7 +175,10 @@ def coverage(vision: Any, k: Any, text: Any = None, *, vision_keys: Any = None, 
     texts = _text_batch(text, batch)
     keys = None
     if vision_keys is not None:
-        keys = ragged(vision_keys, name="vision_keys")
+        padded_like = _array.is_array(vision_keys, "vision_keys") and vision_keys.ndim == 3  # gathered like vision
+        keys = ragged(vision_keys, lengths=lengths if padded_like else None, mask=mask if padded_like else None,
+                      name="vision_keys")
+        _array.check_tokens(keys._any_values, keys.dim, "vision_keys")
         if not np.array_equal(keys.lengths, batch.lengths):
             raise ValueError("vision_keys must have one token per vision token (the same lengths per set)")
     b = len(batch)

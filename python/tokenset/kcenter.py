@@ -16,22 +16,41 @@ import numpy as np
 
 from . import _array
 from .ops import kcenter as _ops
-from .ragged import Ragged, ragged
+from .ragged import ragged
 
 _FIRST_MODES = ("isolated", "random")
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _too_large(name: str, value: Any) -> ValueError:
+    return ValueError(f"{name}={value} does not fit in int64 (at most 2**63 - 1); counts are refused, never wrapped: "
+                      f"pass the number of tokens you want (a set never gives more than it has)")
+
+
 def per_set_counts(k: Any, batch_size: int, name: str = "k") -> np.ndarray:
-    """An int or a per-set array of counts >= 1 as host int64 [B] (the error names the argument)."""
+    """An int or a per-set array of counts >= 1 as host int64 [B] (the error names the argument). Counts int64
+    cannot hold (2**63 and above, as a Python int, a numpy integer or a uint64 entry) are a ValueError, never
+    wrapped."""
     if isinstance(k, bool):
         raise TypeError(f"{name} must be an integer or an array of integers, got bool")
     if isinstance(k, (int, np.integer)):
         if k < 1:
             raise ValueError(f"{name} must be >= 1, got {k}")
+        if k > _INT64_MAX:
+            raise _too_large(name, k)
         return np.full(batch_size, int(k), np.int64)
-    if not (_array.is_array(k) or isinstance(k, (list, tuple))):
+    if not (_array.is_array(k, name) or isinstance(k, (list, tuple))):
         raise TypeError(f"{name} must be an integer or an array of integers, got {type(k).__name__}")
-    arr = np.asarray(_array.host_copy(k) if _array.is_array(k) else k)
+    if isinstance(k, (list, tuple)):  # Python ints first: numpy would make floats or objects of out-of-range ones
+        for i, v in enumerate(k):
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                if v < 1:
+                    raise ValueError(f"{name}[{i}] must be >= 1, got {v}")
+                if v > _INT64_MAX:
+                    raise _too_large(f"{name}[{i}]", v)
+    arr = np.asarray(_array.host_copy(k, name) if _array.is_array(k) else k)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.shape != (batch_size,):
@@ -40,6 +59,9 @@ def per_set_counts(k: Any, batch_size: int, name: str = "k") -> np.ndarray:
     if arr.size and arr.min() < 1:
         bad = int(np.argmin(arr))
         raise ValueError(f"{name}[{bad}] must be >= 1, got {arr[bad]}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > _INT64_MAX:
+        bad = int(np.argmax(arr))
+        raise _too_large(f"{name}[{bad}]", int(arr[bad]))
     return arr.astype(np.int64)
 
 
@@ -55,9 +77,11 @@ def first_picks(first: Union[str, int, Any], lengths: np.ndarray, seed: int) -> 
         raise ValueError(f"first must be 'isolated', 'random', a token index or one index per set, got {first!r}")
     if isinstance(first, bool):
         raise TypeError("first must be 'isolated', 'random' or an integer index, got bool")
-    arr = np.asarray(_array.host_copy(first) if _array.is_array(first) else first)
+    arr = np.asarray(_array.host_copy(first, "first") if _array.is_array(first, "first") else first)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"first must be 'isolated', 'random' or integer indices, got {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > _INT64_MAX:  # never wrapped to a negative index
+        raise ValueError(f"first={int(arr.max())} does not fit in int64: pass a token index of each set")
     arr = np.broadcast_to(arr.astype(np.int64), (b,)) if arr.ndim == 0 else arr.astype(np.int64)
     if arr.shape != (b,):
         raise ValueError(f"first must be one index or one index per set, shape ({b},), got {tuple(arr.shape)}")
@@ -99,8 +123,8 @@ def kcenter(x: Any, k: Any, metric: str = "cosine", first: Union[str, int, Any] 
     >>> tokenset.kcenter(x, 3)
     array([3, 0, 2])
     """
-    single = _array.is_array(x) and x.ndim == 2 and lengths is None and mask is None
-    batch = x if isinstance(x, Ragged) else ragged(x, lengths=lengths, mask=mask, name="x")
+    single = _array.is_array(x, "x") and x.ndim == 2 and lengths is None and mask is None
+    batch = ragged(x, lengths=lengths, mask=mask, name="x")  # a Ragged as is (lengths / mask: an error)
     metric = check_metric(metric)
     lens = batch.lengths
     ks = per_set_counts(k, len(batch))

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _array, _segments
 from .kcenter import kcenter
-from .prune import PruneResult, _unknown, finish, keep_counts, per_token_values
+from .prune import PruneResult, _unknown, finish, keep_counts, per_token_values, token_batch
 from .ragged import Ragged, ragged
 
 MERGE_METHODS = ("tome", "dpc_knn", "kmeans", "kmedoids")
@@ -37,9 +37,9 @@ _DISTANCE_CHUNK_BYTES = 64 << 20  # DPC-KNN: distance rows computed at once per 
 _TIE = 1e-5  # relative: float32 costs this close count as equal (k-means representatives, k-medoids medoids)
 
 
-def _per_token(values: Any, batch: Ragged, name: str) -> np.ndarray:
-    """Sizes / weights, one per token, as host float32 [T]: positive and finite."""
-    flat = per_token_values(values, batch, name).astype(np.float32)
+def _per_token(values: Any, batch: Ragged, name: str, mask: Optional[np.ndarray]) -> np.ndarray:
+    """Sizes / weights, one per token, as host float32 [T]: positive and finite (`mask`: see per_token_values)."""
+    flat = per_token_values(values, batch, name, mask).astype(np.float32)
     if not np.all(np.isfinite(flat) & (flat > 0)):
         raise ValueError(f"{name} must be positive and finite (sizes / weights of tokens)")
     return flat
@@ -52,21 +52,25 @@ def _weighted_average(x: Any, weights: Any, segments: np.ndarray, count: int) ->
     return _segments.segment_sum(x, segments, count, share), totals
 
 
-def _tome(batch: Ragged, ks: np.ndarray, metric: Any = None, sizes: Any = None, protected: int = 0):
+def _tome(batch: Ragged, ks: np.ndarray, padding: dict, metric: Any = None, sizes: Any = None, protected: int = 0):
     if isinstance(protected, bool) or not isinstance(protected, (int, np.integer)) or protected < 0:
         raise ValueError(f"protected must be an integer >= 0 (leading tokens never merged), got {protected!r}")
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
     x = _segments.float32(batch.values)
     keys = x
     if metric is not None:
-        m = ragged(metric, name="metric")
+        # Keys padded like the tokens ([B, N, dk] beside [B, N, d] with lengths / mask) are gathered like them.
+        padded_like = _array.is_array(metric, "metric") and metric.ndim == 3
+        m = ragged(metric, lengths=padding["lengths"] if padded_like else None,
+                   mask=padding["mask"] if padded_like else None, name="metric").compact()
         if not np.array_equal(m.lengths, batch.lengths):
             raise ValueError("metric must have one key per token (the tokens' lengths per set)")
         keys = _segments.float32(m.values)
-    size_host = _per_token(sizes, batch, "sizes") if sizes is not None else np.ones(x.shape[0], np.float32)
+    size_host = _per_token(sizes, batch, "sizes", padding["host_mask"]) if sizes is not None \
+        else np.ones(x.shape[0], np.float32)
     size = _segments.from_host(size_host, lib, dev)
     lens = batch.lengths.copy()
-    origin = np.arange(x.shape[0], dtype=np.int64) - np.repeat(batch.offsets[:-1] - batch.offsets[0], lens)
+    origin = np.arange(x.shape[0], dtype=np.int64) - np.repeat(batch.offsets[:-1], lens)
     while True:
         sets = _segments.set_ids(lens)
         off = _segments.offsets_of(lens)
@@ -145,15 +149,15 @@ def _alternate_nearest(keys: Any, off: np.ndarray, lens: np.ndarray, protected: 
     return np.concatenate(match).astype(np.int64), np.concatenate(score).astype(np.float32)
 
 
-def _dpc_knn(batch: Ragged, ks: np.ndarray, knn: int = 5, sizes: Any = None):
+def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: Any = None):
     if isinstance(knn, bool) or not isinstance(knn, (int, np.integer)) or knn < 1:
         raise ValueError(f"knn must be an integer >= 1, got {knn!r}")
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
     x = _segments.float32(batch.values)
-    weights = _segments.from_host(_per_token(sizes, batch, "sizes") if sizes is not None
+    weights = _segments.from_host(_per_token(sizes, batch, "sizes", padding["host_mask"]) if sizes is not None
                                   else np.ones(x.shape[0], np.float32), lib, dev)
     lens = batch.lengths
-    base = batch.offsets[:-1] - batch.offsets[0]
+    base = batch.offsets[:-1]
     d = x.shape[1]
     segments = np.zeros(x.shape[0], np.int64)
     centres_all, counts = [], []
@@ -180,11 +184,13 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, knn: int = 5, sizes: Any = None):
 
 def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, d: int) -> np.ndarray:
     """||x_r - c|| / sqrt(d) for rows r0..r1 of xs against `cols` (host float64)."""
-    dots = xs[r0:r1] @ cols.T
-    d2 = _array.host_copy(dots).astype(np.float64) * -2.0
+    d2 = _array.host_copy(xs[r0:r1] @ cols.T).astype(np.float64)  # one float64 block, then in place
+    d2 *= -2.0
     d2 += _array.host_copy(sq[r0:r1]).astype(np.float64)[:, None]
     d2 += _array.host_copy(cols_sq).astype(np.float64)[None, :]
-    return np.sqrt(np.maximum(d2, 0.0) / d)
+    np.maximum(d2, 0.0, out=d2)
+    d2 /= d
+    return np.sqrt(d2, out=d2)
 
 
 def _dpc_centres(xs: Any, sq: Any, k: int, knn: int, d: int) -> np.ndarray:
@@ -303,7 +309,7 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
         values = centres
     nonempty = counts > 0
     centre_sets = _segments.set_ids(c_len)
-    local = representative - (batch.offsets[:-1] - batch.offsets[0])[centre_sets]
+    local = representative - batch.offsets[:-1][centre_sets]
     lens_out = np.bincount(centre_sets[nonempty], minlength=len(lens)).astype(np.int64)
     keep_rows = np.flatnonzero(nonempty)
     sizes = counts[keep_rows].astype(np.float32)
@@ -353,9 +359,13 @@ def merge(tokens: Any, keep: Any, method: str = "tome", *, lengths: Optional[Any
     Args:
         tokens: a set batch (``Ragged``, list of ``[n_i, d]``, ``[B, N, d]`` with optional ``lengths`` / ``mask``, or
             one ``[n, d]`` set).
-        keep: groups per set: an int, one per set, or a ratio in (0, 1] of each set's length.
+        keep: groups per set: an int, one per set, or a ratio in (0, 1] of each set's length (counts above a set's
+            length keep every token of it).
         method: ``"tome"`` (options ``metric``, ``sizes``, ``protected``), ``"dpc_knn"`` (``knn``=5, ``sizes``),
-            ``"kmeans"`` / ``"kmedoids"`` (``iters``=10, ``metric``="l2" | "cosine").
+            ``"kmeans"`` / ``"kmedoids"`` (``iters``=10, ``metric``="l2" | "cosine"). Per-token ``sizes`` are a
+            list of ``[n_i]`` arrays, a flat ``[T]`` array, or ``[B, N]`` beside padded tokens (read at the tokens'
+            positions: the prefix with ``lengths``, the mask's with ``mask``); ToMe's ``metric`` keys padded like
+            the tokens are gathered like them.
         padded: return ``tokens`` as ``[B, K, d]`` zero-padded.
 
     Returns:
@@ -370,8 +380,9 @@ def merge(tokens: Any, keep: Any, method: str = "tome", *, lengths: Optional[Any
     """
     if method not in MERGE_METHODS:
         raise _unknown(method, MERGE_METHODS)
-    batch = tokens if isinstance(tokens, Ragged) else ragged(tokens, lengths=lengths, mask=mask, name="tokens")
+    batch, host_mask = token_batch(tokens, lengths, mask)
     ks = keep_counts(keep, batch.lengths)
+    padding = {"lengths": lengths, "mask": mask, "host_mask": host_mask}
     allowed = {"tome": {"metric", "sizes", "protected"}, "dpc_knn": {"knn", "sizes"},
                "kmeans": {"iters", "metric"}, "kmedoids": {"iters", "metric"}}[method]
     extra = set(options) - allowed
@@ -380,9 +391,9 @@ def merge(tokens: Any, keep: Any, method: str = "tome", *, lengths: Optional[Any
                         f"{', '.join(sorted(allowed))}")
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
     if method == "tome":
-        origin, values, sizes, lens = _tome(batch, ks, **options)
+        origin, values, sizes, lens = _tome(batch, ks, padding, **options)
     elif method == "dpc_knn":
-        origin, values, sizes, lens = _dpc_knn(batch, ks, **options)
+        origin, values, sizes, lens = _dpc_knn(batch, ks, padding, **options)
     else:
         origin, values, sizes, lens = _clusters(batch, ks, options.get("iters", 10), options.get("metric", "l2"),
                                                 method == "kmedoids")

@@ -12,7 +12,7 @@ Pruning methods (all batched over ragged sets, CPU and GPU):
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -45,46 +45,74 @@ class PruneResult(NamedTuple):
 
 def keep_counts(keep: Any, lengths: np.ndarray) -> np.ndarray:
     """`keep` as tokens per set: a count (int or one per set, >= 1) or a ratio in (0, 1] of each set's length
-    (rounded, at least 1 token of a non-empty set)."""
+    (rounded, at least 1 token of a non-empty set), clamped to each set's length (at least 1) before anything is
+    allocated by it: a huge count on small sets costs nothing."""
     if isinstance(keep, (float, np.floating)):
         if not 0.0 < keep <= 1.0:
             raise ValueError(f"keep as a ratio must be in (0, 1], got {keep}; pass an int to keep a number of tokens")
         return np.where(lengths > 0, np.maximum(1, np.rint(keep * lengths)), 1).astype(np.int64)
-    return per_set_counts(keep, lengths.shape[0], name="keep")
+    return np.minimum(per_set_counts(keep, lengths.shape[0], name="keep"), np.maximum(lengths, 1))
+
+
+def token_batch(tokens: Any, lengths: Optional[Any], mask: Optional[Any]) -> Tuple[Ragged, Optional[np.ndarray]]:
+    """The entry of the prune / merge pipelines: the batch with offsets from 0 and values holding exactly its tokens
+    (``Ragged.compact``: per-token positions index ``values`` directly, whatever rows a given Ragged skips), its
+    tokens checked (dtype, dimension), and the host boolean mask it was gathered with (None unless padded input came
+    with ``mask``): per-token options given as ``[B, N]`` are gathered at the same positions."""
+    batch = ragged(tokens, lengths=lengths, mask=mask, name="tokens").compact()
+    _array.check_tokens(batch._any_values, batch.dim, "tokens")
+    return batch, (_array.host_copy(mask, "tokens: mask") if mask is not None else None)
 
 
 def _unknown(method: Any, known) -> ValueError:
     return ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, known))}")
 
 
-def per_token_values(values: Any, batch: Ragged, name: str) -> np.ndarray:
-    """One number per token of `batch` (a list of [n_i] arrays, [B, N] padded, or a flat [T] array, any library) as
-    host float64 [T], or a ValueError naming `name`."""
+def per_token_values(values: Any, batch: Ragged, name: str, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """One number per token of `batch` as host float64 [T], or a ValueError naming `name` (and the set):
+
+    * a list of ``[n_i]`` arrays, one per set, each with its set's length;
+    * ``[B, N]`` padded: the valid prefix of each row (N >= the longest set), or, when the batch was gathered from
+      padded tokens with a boolean ``mask`` (host ``[B, N]``), the values at the mask's positions (the same
+      positions the tokens were taken from);
+    * a flat ``[T]`` array of every token in order.
+    """
     lengths = batch.lengths
     longest = int(lengths.max()) if lengths.size else 0
     if isinstance(values, (list, tuple)):
-        flat = np.concatenate([np.asarray(_array.host_copy(v), np.float64).reshape(-1) for v in values]) \
-            if len(values) else np.zeros(0)
-    else:
-        arr = np.asarray(_array.host_copy(values), np.float64)
-        if arr.ndim == 2 and arr.shape[0] == len(batch):
-            if arr.shape[1] < longest:
-                raise ValueError(f"{name} [B, N] must have B={len(batch)} rows and N >= the longest set ({longest}), "
-                                 f"got {arr.shape}")
-            flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
-        else:
-            flat = arr.reshape(-1)
+        if len(values) != len(batch):
+            raise ValueError(f"{name}: a list needs one array per set ({len(batch)} sets), got {len(values)}")
+        parts = []
+        for i, v in enumerate(values):
+            part = np.asarray(_array.host_copy(v, f"{name}[{i}]"), np.float64).reshape(-1)
+            if part.shape[0] != lengths[i]:
+                raise ValueError(f"{name}[{i}] has {part.shape[0]} entries but set {i} has {lengths[i]} tokens: pass "
+                                 f"one value per token of each set")
+            parts.append(part)
+        return np.concatenate(parts) if parts else np.zeros(0)
+    arr = np.asarray(_array.host_copy(values, name), np.float64)
+    if arr.ndim == 2 and arr.shape[0] == len(batch):
+        if mask is not None:
+            if arr.shape != mask.shape:
+                raise ValueError(f"{name} [B, N] must have the mask's shape {tuple(mask.shape)} (the values at the "
+                                 f"mask's valid positions are used), got {tuple(arr.shape)}")
+            return arr[mask]
+        if arr.shape[1] < longest:
+            raise ValueError(f"{name} [B, N] must have B={len(batch)} rows and N >= the longest set ({longest}), "
+                             f"got {arr.shape}")
+        return arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
+    flat = arr.reshape(-1)
     if flat.shape[0] != int(lengths.sum()):
         raise ValueError(f"{name} must have one entry per token ({int(lengths.sum())} in all), got {flat.shape[0]}")
     return flat
 
 
-def _score_picks(batch: Ragged, ks: np.ndarray, scores: Any) -> np.ndarray:
+def _score_picks(batch: Ragged, ks: np.ndarray, scores: Any, mask: Optional[np.ndarray]) -> np.ndarray:
     if scores is None:
         raise ValueError("method='scores' needs scores=: one score per token (a list of [n_i] arrays, [B, N] or a "
                          "flat [T] array)")
     lengths = batch.lengths
-    flat = per_token_values(scores, batch, "scores")
+    flat = per_token_values(scores, batch, "scores", mask)
     flat = np.where(np.isnan(flat), -np.inf, flat)
     sets = _segments.set_ids(lengths)
     local = np.arange(flat.shape[0]) - _segments.offsets_of(lengths)[sets]
@@ -98,7 +126,8 @@ def _score_picks(batch: Ragged, ks: np.ndarray, scores: Any) -> np.ndarray:
 
 
 def assemble(batch: Ragged, picks: np.ndarray, padded: bool) -> PruneResult:
-    """A PruneResult from per-set picks (host [B, K], -1 = none, any order): indices sorted, tokens gathered."""
+    """A PruneResult from per-set picks (host [B, K], -1 = none, any order) of a compact batch: indices sorted,
+    tokens gathered."""
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
     picks = np.where(picks < 0, np.iinfo(np.int64).max, picks)
     picks = np.sort(picks, axis=1)
@@ -107,7 +136,7 @@ def assemble(batch: Ragged, picks: np.ndarray, padded: bool) -> PruneResult:
     lengths = valid.sum(axis=1).astype(np.int64)
     width = int(lengths.max()) if lengths.size else 0
     picks, valid = picks[:, :width], valid[:, :width]
-    rows = (batch.offsets[:-1, None] + picks)[valid] - batch.offsets[0]
+    rows = (batch.offsets[:-1, None] + picks)[valid]
     values = batch.values
     kept = _segments.take(values, rows) if values.shape[0] else values[:0]
     tokens = Ragged(kept, _segments.offsets_of(lengths), name="tokens")
@@ -132,11 +161,13 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
         tokens: a set batch (``Ragged``, list of ``[n_i, d]``, ``[B, N, d]`` with optional ``lengths`` / ``mask``,
             or one ``[n, d]`` set).
         keep: tokens to keep per set: an int, one int per set, or a ratio in (0, 1] of each set's length
-            (DivPrune's default is 0.098).
+            (DivPrune's default is 0.098); counts above a set's length keep the whole set.
         method: ``"divprune"`` | ``"kcenter"`` | ``"mmtok"`` | ``"scores"`` (see the module docstring).
         padded: return ``tokens`` as ``[B, K, d]`` zero-padded (``lengths`` tells the valid prefix).
         options: the method's options (``metric``, ``first``, ``seed``; ``text``, ``vision_keys``, temperatures;
-            ``scores``).
+            ``scores``). Per-token ``scores`` are a list of ``[n_i]`` arrays, a flat ``[T]`` array, or ``[B, N]``
+            beside padded tokens (read at the tokens' positions: the prefix with ``lengths``, the mask's with
+            ``mask``); ``vision_keys`` padded like the tokens are gathered like them.
 
     Returns:
         :class:`PruneResult`: kept indices in original order, the kept tokens, sizes (all 1), lengths.
@@ -149,7 +180,7 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
     """
     if method not in PRUNE_METHODS:
         raise _unknown(method, PRUNE_METHODS)
-    batch = tokens if isinstance(tokens, Ragged) else ragged(tokens, lengths=lengths, mask=mask, name="tokens")
+    batch, host_mask = token_batch(tokens, lengths, mask)
     ks = keep_counts(keep, batch.lengths)
     allowed = {"divprune": set(), "kcenter": {"metric", "first", "seed"}, "scores": {"scores"},
                "mmtok": {"text", "vision_keys", "text_temperature", "vision_temperature", "vision_weight"}}[method]
@@ -162,7 +193,10 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
     elif method == "kcenter":
         picks = kcenter(batch, ks, **options)
     elif method == "mmtok":
+        keys = options.get("vision_keys")
+        if _array.is_array(keys, "vision_keys") and keys.ndim == 3 and (lengths is not None or mask is not None):
+            options = dict(options, vision_keys=ragged(keys, lengths=lengths, mask=mask, name="vision_keys"))
         picks = coverage(batch, ks, **options)
     else:
-        picks = _score_picks(batch, ks, options.get("scores"))
+        picks = _score_picks(batch, ks, options.get("scores"), host_mask)
     return assemble(batch, _array.host_copy(picks), padded)

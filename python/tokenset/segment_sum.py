@@ -32,7 +32,7 @@ def segment_sum(values: Any, segments: Any, count: Optional[int] = None, weights
     array([[3. , 4. ],
            [3.5, 5. ]], dtype=float32)
     """
-    if not _array.is_array(values) or values.ndim != 2:
+    if not _array.is_array(values, "values") or values.ndim != 2:
         raise ValueError("values must be a 2-D array [T, d] (numpy, torch or cupy)")
     seg = _array.int64_host(segments, "segments")
     if seg.shape != (int(values.shape[0]),):
@@ -43,7 +43,7 @@ def segment_sum(values: Any, segments: Any, count: Optional[int] = None, weights
         raise ValueError(f"count must be an integer >= 0, got {count!r}")
     if seg.size and (seg.min() < 0 or seg.max() >= count):
         raise ValueError(f"segments must lie in [0, {count}), got min {seg.min()} max {seg.max()}")
-    if weights is not None and not _array.is_array(weights):
+    if weights is not None and not _array.is_array(weights, "weights"):
         weights = np.asarray(weights, np.float32)
     if weights is not None and tuple(weights.shape) != (int(values.shape[0]),):
         raise ValueError(f"weights must have shape ({int(values.shape[0])},), got {tuple(weights.shape)}")
