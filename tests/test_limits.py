@@ -427,3 +427,68 @@ stored = 20000 * 32 * 64 * 2 + 20000 * 2048 * 2
 """, "index.add(docs[2:]); index.search(docs[0, :4], k=1)", threads=2)
     stored = 20000 * 32 * 64 * 2 + 20000 * 2048 * 2  # 160 MiB of float16 tokens and FDEs
     assert added < stored + 64 * MiB + 32 * MiB, added / MiB
+
+
+def test_fde_state_changed_during_a_call_is_never_followed():
+    """The FDE's int32 indices (projection, Count-Sketch) given to the native entry used to be checked and then read
+    in the caller's memory (the Python API keeps them immutable, a direct call need not): rewritten by another thread
+    during the kernel, they were followed out of bounds (a segfault in 3 of 3 runs). The binding now checks a copy
+    the call owns, which the kernel reads."""
+    out = run_python("""
+import threading, time, numpy as np, tokenset
+core = tokenset._backend._core
+fde = tokenset.FDE(16, reps=8, simhash_bits=3, proj_dim=8, final_dim=64, seed=0)
+state = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in fde.kernel_state().items()}
+x = np.random.default_rng(0).standard_normal((64 * 300, 16)).astype(np.float32)
+class Batch:
+    values, sets, device_offsets = x, None, None
+    offsets = np.arange(0, 64 * 300 + 1, 300, dtype=np.int64)
+def encode():
+    out = np.empty((64, 64), np.float32)
+    core.fde_encode(Batch(), state, state, True, True, out, None, 0, None)
+    return out
+expected = encode()
+good = {k: state[k].copy() for k in ("proj_index", "final_index")}
+stop = False
+def flip():  # mostly valid (so most checks pass), briefly out of range while kernels run
+    while not stop:
+        for k in good:
+            state[k][...] = 10**9
+        time.sleep(0.0002)
+        for k in good:
+            state[k][...] = good[k]
+        time.sleep(0.002)
+t = threading.Thread(target=flip); t.start()
+try:
+    for _ in range(1000):
+        try:
+            got = encode()
+        except ValueError:
+            continue
+        assert np.array_equal(got, expected)
+finally:
+    stop = True; t.join()
+print("ok")
+""", threads=2, timeout=300)
+    assert out.startswith("ok")
+
+
+def test_set_num_threads_releases_the_gil_while_it_waits():
+    """set_num_threads waits for a running job; it used to hold the GIL meanwhile, stalling every Python thread until
+    the job ended (a 10 ms sleep of another thread took 0.3 s more)."""
+    out = run_python("""
+import threading, time, numpy as np, tokenset
+rng = np.random.default_rng(0)
+q = rng.standard_normal((64, 128)).astype(np.float32)
+v = rng.standard_normal((1_000_000, 128)).astype(np.float16)
+start = time.perf_counter(); tokenset.inner_product_topk(q, v, 10); one = time.perf_counter() - start
+job = threading.Thread(target=tokenset.inner_product_topk, args=(q, v, 10)); job.start()
+time.sleep(one / 5)
+t0 = time.perf_counter()
+setter = threading.Thread(target=tokenset.set_num_threads, args=(1,)); setter.start()
+time.sleep(0.01)  # the setter waits for the job meanwhile; this thread needs the GIL back to return
+stall = time.perf_counter() - t0 - 0.01
+job.join(); setter.join()
+print("ok" if stall < one / 8 else f"stalled {stall:.3f} s behind a {one:.3f} s job")
+""", threads=2, timeout=300)
+    assert out.startswith("ok"), out

@@ -34,10 +34,15 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("simd_level", [] { return std::string(cpu::simd_level_name(cpu::active_simd_level())); });
   m.def("best_simd_level", [] { return std::string(cpu::simd_level_name(cpu::best_simd_level())); });
-  m.def("set_simd_level", [](const std::string& name) { cpu::set_simd_level(simd_level_from_name(name)); });
+  // Both may wait for a running job (the pool's lock): without the GIL, so other Python threads go on meanwhile.
+  m.def("set_simd_level", [](const std::string& name) {
+    const cpu::SimdLevel level = simd_level_from_name(name);
+    py::gil_scoped_release release;
+    cpu::set_simd_level(level);
+  });
   m.def("compiled_simd_levels", [] { return std::string(cpu::compiled_simd_levels()); });
   m.def("num_threads", &cpu::num_threads);
-  m.def("set_num_threads", &cpu::set_num_threads, py::arg("threads"));
+  m.def("set_num_threads", &cpu::set_num_threads, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def("build_info", [] {
     py::dict info;
     info["version"] = TOKENSET_VERSION;

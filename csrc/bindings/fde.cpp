@@ -26,7 +26,8 @@ py::handle state_item(const py::dict& state, const char* key) {
   return state.contains(key) ? py::handle(state[key]) : py::handle(Py_None);
 }
 
-// One state array: the kernel's copy (`state`, on the sets' device) and the host copy it is checked from.
+// One state array: the kernel's copy (`state`, on the sets' device) and the host copy it is checked from (copied into
+// the call: the CPU kernel reads that copy).
 template <typename T>
 void state_array(Call& call, const py::dict& state, const py::dict& host_state, const char* key, DType dtype,
                  std::initializer_list<int64_t> shape, Device device, const T** kernel, const T** host) {
@@ -35,7 +36,7 @@ void state_array(Call& call, const py::dict& state, const py::dict& host_state, 
   const std::string name = std::string("FDE ") + key;
   const ArrayView hv = call.view(h, name.c_str(), false, true);
   check_array(hv, name.c_str(), dtype, shape, Device{DeviceType::CPU, -1});
-  *host = hv.ptr<const T>();
+  *host = call.own(hv.ptr<const T>(), hv.numel());  // what validate() checks is what a CPU kernel reads
   if (kModuleDevice == DeviceType::CPU) {
     *kernel = *host;
     return;

@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <vector>
 
@@ -64,6 +65,16 @@ class Call {
   // CPU kernel reads, so a caller that rewrites its buffer meanwhile (another thread; the GIL is released) is never
   // followed.
   const int64_t* own_int64(const int64_t* data, int64_t count);
+
+  // The same for `count` elements of a 4-byte type (the FDE's int32 indices and float32 state).
+  template <typename T>
+  const T* own(const T* data, int64_t count) {
+    static_assert(sizeof(T) <= sizeof(int64_t) && alignof(T) <= alignof(int64_t), "own(): a small scalar type");
+    std::vector<int64_t>& copy =
+        int64_copies_.emplace_back(static_cast<size_t>((count * static_cast<int64_t>(sizeof(T)) + 7) / 8 + 1), 0);
+    if (count > 0) std::memcpy(copy.data(), data, static_cast<size_t>(count) * sizeof(T));
+    return reinterpret_cast<const T*>(copy.data());
+  }
 
   // The device of the first array seen; every later array must be on it.
   Device device() const { return device_; }
