@@ -348,6 +348,46 @@ def test_many_small_sets_memory_is_bounded_by_the_tokens():
             assert int(added) < (64 + 48) << 20, f"{method}: +{int(added) >> 20} MiB"
 
 
+PEAK_OF_THIS_PROCESS = textwrap.dedent("""
+    def peak():  # bytes: the high-water RSS of this process's own memory (VmHWM). Not ru_maxrss: a child's starts at
+        # its parent's RSS at fork (Linux keeps it across exec), so under a 230 MiB pytest it hid 190 MiB of growth.
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    """)
+
+
+def dpc_knn_scratch_bound(n: int) -> int:
+    """The README's bound on DPC-KNN's scratch for one set of n tokens (float32 input, one array: no copy of the
+    tokens): row chunks of r = max(1, 2^26 // (13 n)) distance rows, 13 bytes per distance (float64 distances and a
+    1-byte mask reused by every chunk, the chunk's float32 GEMM block), plus 128 bytes per token."""
+    rows = max(1, (64 << 20) // (13 * n))
+    return 13 * rows * n + 128 * n
+
+
+@pytest.mark.parametrize("n", [5_000, 20_000])
+def test_dpc_knn_memory_is_bounded_by_a_chunk_of_distance_rows(n):
+    """One set of 5,000 tokens (dim 64, float32): DPC-KNN added +237 MiB at its peak (20,000 tokens: +216 MiB), while
+    the README promised 64 MiB of scores per chunk: a 64 MiB float64 block of distance rows beside its float32 GEMM
+    block, a partitioned copy of it, a masked copy and [rows, n] boolean temporaries for the delta pass. Every
+    temporary of a chunk now fits the 64 MiB together (measured +64 / +64 MiB). 16 MiB of headroom for the
+    allocator; the bound itself is the README's formula (dpc_knn_scratch_bound)."""
+    code = PEAK_OF_THIS_PROCESS + textwrap.dedent(f"""
+        import numpy as np, tokenset
+        x = np.random.default_rng(0).standard_normal(({n}, 64), dtype=np.float32)
+        tokenset.merge(x[:50], 5, method="dpc_knn")  # warm-up
+        before = peak()
+        r = tokenset.merge(x, {n // 10}, method="dpc_knn")
+        added = peak() - before
+        assert r.lengths.tolist() == [{n // 10}] and r.sizes.sum() == {n}
+        print(added)
+        """)
+    env = subprocess_env(TOKENSET_NUM_THREADS="2", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    added = int(proc.stdout.split()[-1])
+    assert added < dpc_knn_scratch_bound(n) + (16 << 20), f"n={n}: +{added / 2**20:.0f} MiB"
+
+
 def test_gpu_many_small_sets_match_cpu(cuda):
     """64+ CUDA sets take the native nearest-neighbour path: host candidate lists beside CUDA tokens made MaxSim's
     device check refuse the call ("inputs are on different devices"). Also a gapped CUDA Ragged and a mask."""

@@ -33,7 +33,8 @@ from .prune import PruneResult, _unknown, finish, keep_counts, per_token_values,
 from .ragged import Ragged, ragged
 
 MERGE_METHODS = ("tome", "dpc_knn", "kmeans", "kmedoids")
-_DISTANCE_CHUNK_BYTES = 64 << 20  # DPC-KNN: distance rows computed at once per set
+_DISTANCE_CHUNK_BYTES = 64 << 20  # DPC-KNN: every temporary of one chunk of distance rows together
+_DISTANCE_ENTRY_BYTES = 13  # ... per distance: float64 distances + a 1-byte mask (reused) + the float32 GEMM block
 _TIE = 1e-5  # relative: float32 costs this close count as equal (k-means representatives, k-medoids medoids)
 
 
@@ -182,9 +183,18 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: 
     return origin, merged, totals, lens_out
 
 
-def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, d: int) -> np.ndarray:
-    """||x_r - c|| / sqrt(d) for rows r0..r1 of xs against `cols` (host float64)."""
-    d2 = _array.host_copy(xs[r0:r1] @ cols.T).astype(np.float64)  # one float64 block, then in place
+def _chunk_rows(columns: int) -> int:
+    """Distance rows of `columns` entries per chunk: every temporary of a chunk together stays within
+    _DISTANCE_CHUNK_BYTES (one row when a single row is larger)."""
+    return max(1, _DISTANCE_CHUNK_BYTES // (_DISTANCE_ENTRY_BYTES * max(1, columns)))
+
+
+def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, d: int,
+                   buffer: np.ndarray) -> np.ndarray:
+    """||x_r - c|| / sqrt(d) for rows r0..r1 of xs against `cols`, written into the first r1 - r0 rows of `buffer`
+    (host float64, reused by every chunk: only the float32 GEMM block is allocated per chunk)."""
+    d2 = buffer[:r1 - r0]
+    np.copyto(d2, _array.host_copy(xs[r0:r1] @ cols.T))  # float32 -> float64, then in place
     d2 *= -2.0
     d2 += _array.host_copy(sq[r0:r1]).astype(np.float64)[:, None]
     d2 += _array.host_copy(cols_sq).astype(np.float64)[None, :]
@@ -195,26 +205,40 @@ def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, 
 
 def _dpc_centres(xs: Any, sq: Any, k: int, knn: int, d: int) -> np.ndarray:
     """The k DPC-KNN centres of one set (sq: |x_i|^2). Distance rows are computed twice, in chunks, once for the
-    densities and once for delta (which needs every density): 2x the GEMM work instead of an n x n matrix."""
+    densities and once for delta (which needs every density): 2x the GEMM work instead of an n x n matrix. One
+    float64 block of distance rows and one boolean mask of the same shape are reused by every chunk, beside the chunk's
+    float32 GEMM block: _DISTANCE_ENTRY_BYTES per distance, within _DISTANCE_CHUNK_BYTES; the rest is arrays of n."""
     n = xs.shape[0]
-    step = max(1, _DISTANCE_CHUNK_BYTES // (8 * n))
+    step = _chunk_rows(n)
+    buffer = np.empty((min(step, n), n))
     density = np.empty(n)
     largest = 0.0
     for r0 in range(0, n, step):
-        dist = _distance_rows(xs, sq, r0, min(n, r0 + step), xs, sq, d)
-        np.fill_diagonal(dist[:, r0:r0 + dist.shape[0]], 0.0)  # a token's distance to itself is exactly 0
-        nearest = np.partition(dist, knn - 1, axis=1)[:, :knn]
-        density[r0:r0 + dist.shape[0]] = np.exp(-(nearest ** 2).mean(axis=1))
+        r1 = min(n, r0 + step)
+        dist = _distance_rows(xs, sq, r0, r1, xs, sq, d, buffer)
+        np.fill_diagonal(dist[:, r0:r1], 0.0)  # a token's distance to itself is exactly 0
         largest = max(largest, float(dist.max()))
+        dist.partition(knn - 1, axis=1)  # in place: what np.partition does to its copy
+        nearest = dist[:, :knn]
+        np.square(nearest, out=nearest)
+        density[r0:r1] = np.exp(-nearest.mean(axis=1))
+    # j is denser than i iff density_j > density_i, or they are equal and j < i: ranks in that order make it one
+    # comparison. A NaN density compares false both ways: such a token is never denser than another (column rank n)
+    # and has no denser token (row rank -1).
     index = np.arange(n)
+    rank = np.empty(n, np.int64)
+    rank[np.lexsort((index, -density))] = index
+    valid = ~np.isnan(density)
+    row_rank, column_rank = np.where(valid, rank, -1), np.where(valid, rank, n)
+    not_denser = np.empty(buffer.shape, bool)
     delta = np.empty(n)
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        dist = _distance_rows(xs, sq, r0, r1, xs, sq, d)
-        mine = density[r0:r1, None]
-        denser = (density[None, :] > mine) | ((density[None, :] == mine) & (index[None, :] < index[r0:r1, None]))
-        masked = np.where(denser, dist, np.inf).min(axis=1)
-        delta[r0:r1] = np.where(np.isinf(masked), largest, masked)
+        dist = _distance_rows(xs, sq, r0, r1, xs, sq, d, buffer)
+        mask = np.greater_equal(column_rank[None, :], row_rank[r0:r1, None], out=not_denser[:r1 - r0])
+        np.copyto(dist, np.inf, where=mask)
+        masked = dist.min(axis=1)
+        delta[r0:r1] = np.where(np.isinf(masked), largest, masked)  # the densest: the largest distance in the set
     score = delta * density
     return np.sort(np.lexsort((index, -score))[:k]).astype(np.int64)
 
@@ -225,11 +249,12 @@ def _nearest_centre(xs: Any, sq: Any, centres: np.ndarray, d: int) -> np.ndarray
     n = xs.shape[0]
     c = _segments.take(xs, centres)
     csq = _segments.row_dots(c, c)
-    step = max(1, _DISTANCE_CHUNK_BYTES // (8 * max(1, len(centres))))
+    step = _chunk_rows(len(centres))
+    buffer = np.empty((min(step, n), len(centres)))
     assign = np.empty(n, np.int64)
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        assign[r0:r1] = np.argmin(_distance_rows(xs, sq, r0, r1, c, csq, d), axis=1)
+        assign[r0:r1] = np.argmin(_distance_rows(xs, sq, r0, r1, c, csq, d, buffer), axis=1)
     assign[centres] = np.arange(len(centres))
     return assign
 
