@@ -97,3 +97,66 @@ def test_gpu_matches_cpu(cuda):
     cpu = tokenset.segment_sum(x, seg, 40, w)
     gpu = tokenset.segment_sum(torch.from_numpy(x).cuda(), seg, 40, torch.from_numpy(w).cuda())
     np.testing.assert_array_equal(to_numpy(gpu), cpu)  # the same FMAs in the same order
+
+
+def test_host_weights_follow_gpu_values(cuda):
+    """CUDA values with host weights (numpy, a list, a CPU tensor) failed with "inputs are on different devices". Host
+    weights are per-row data copied to the values' device (like MaxSim's host candidate lists), on the current stream;
+    the result is the CPU's (the same FMAs in the same order). Weights on a GPU must still be on the values' device,
+    and the dtype rule is the CPU's."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 96)).astype(np.float32)
+    seg = rng.integers(0, 40, 3000)
+    w = rng.random(3000).astype(np.float32)
+    want = tokenset.segment_sum(x, seg, 40, w)
+    xg = torch.from_numpy(x).cuda()
+    for weights in (w, w.tolist(), torch.from_numpy(w), torch.from_numpy(w).cuda()):
+        for segments in (seg, seg.tolist(), torch.from_numpy(seg).cuda()):
+            got = tokenset.segment_sum(xg, segments, 40, weights)
+            assert isinstance(got, torch.Tensor) and got.device == xg.device
+            np.testing.assert_array_equal(to_numpy(got), want)
+    half = w.astype(np.float16)  # converted to float32, as on the CPU
+    np.testing.assert_array_equal(to_numpy(tokenset.segment_sum(xg, seg, 40, half)),
+                                  tokenset.segment_sum(x, seg, 40, half))
+    with pytest.raises(TypeError, match="float64"):
+        tokenset.segment_sum(xg, seg, 40, w.astype(np.float64))
+    with pytest.raises(ValueError, match="inputs are on different devices"):
+        tokenset.segment_sum(x, seg, 40, torch.from_numpy(w).cuda())
+    side = torch.cuda.Stream()
+    xg2 = xg * 1.0  # made on the default stream, then read on the side stream after a wait
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = tokenset.segment_sum(xg2, seg, 40, w)  # the upload and the kernel on the side stream
+    side.synchronize()
+    np.testing.assert_array_equal(to_numpy(got), want)
+    try:
+        import cupy
+    except ImportError:
+        return
+    got = tokenset.segment_sum(cupy.asarray(x), seg, 40, w)
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_array_equal(to_numpy(got), want)
+
+
+@requires_torch
+def test_mixed_host_inputs_keep_their_result_library():
+    """On the CPU nothing moves: the result is a tensor when the values or the weights are one, numpy otherwise, and
+    the weights' dtype rule (float32 / float16 / bfloat16; lists converted) is unchanged."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 7)).astype(np.float32)
+    seg = rng.integers(0, 5, 50)
+    w = rng.random(50).astype(np.float32)
+    want = tokenset.segment_sum(x, seg, 5, w)
+    for values, weights in [(x, torch.from_numpy(w)), (torch.from_numpy(x), w), (torch.from_numpy(x), w.tolist())]:
+        got = tokenset.segment_sum(values, seg, 5, weights)
+        assert isinstance(got, torch.Tensor) and got.device.type == "cpu"
+        np.testing.assert_array_equal(got.numpy(), want)
+    got = tokenset.segment_sum(x, seg, 5, w.tolist())
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="float64"):
+        tokenset.segment_sum(x, seg, 5, w.astype(np.float64))

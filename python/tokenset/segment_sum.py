@@ -22,7 +22,8 @@ def segment_sum(values: Any, segments: Any, count: Optional[int] = None, weights
         values: ``[T, d]`` float32, float16 or bfloat16 (numpy, torch or cupy), rows contiguous.
         segments: ``[T]`` integers in ``[0, count)``: the output row of each input row.
         count: number of output rows (default ``max(segments) + 1``); rows no input goes to are 0.
-        weights: optional ``[T]`` weights (converted to float32).
+        weights: optional ``[T]`` weights (converted to float32): on the values' device, or on the host (numpy, a
+            CPU tensor, a list), copied to the values' device.
 
     Returns:
         ``[count, d]`` float32 in the values' library and device.

@@ -12,8 +12,12 @@ from . import _dispatch
 def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Optional[Any] = None) -> Any:
     """``out [S, d]`` float32 with ``out[s] = sum_{m in starts[s]..starts[s+1]} weights[order[m]] values[order[m]]``;
     order / starts: host int64 (checked natively)."""
-    arrays = [values] + ([weights] if weights is not None else [])
-    lib, dev = _dispatch.placement(*arrays)
+    # Host weights (numpy, a CPU tensor; a list arrives as numpy) are per-row data copied to the values' device below,
+    # like MaxSim's host candidate lists: they choose the result's library with the values but take no part in the
+    # device check. Weights already on a GPU must be on the values' device.
+    lib = _array.result_library(values, *([weights] if weights is not None else []))
+    on_gpu = [weights] if weights is not None and _array.device(weights)[0] != "cpu" else []
+    _, dev = _dispatch.placement(values, *on_gpu)
     stream = _dispatch.stream(lib, dev)
     if _array.is_torch(values):
         values = values.detach()
@@ -22,8 +26,10 @@ def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Opt
     if weights is not None:
         if _array.is_torch(weights):
             weights = weights.detach()
-        if _array.dtype_name(weights, "weights") != "float32":
+        if _array.dtype_name(weights, "weights") != "float32":  # the same dtype rule on every device
             weights = _array.astype(weights, "float32")
+        if dev[0] != "cpu" and not on_gpu:  # float32 on the host: one upload on the current stream (the kernel's)
+            weights = _array.to_device(_array.host_copy(weights, "weights"), lib, dev)
     order, order_dev = _dispatch.host_and_device(order, lib, dev)
     starts, starts_dev = _dispatch.host_and_device(starts, lib, dev)
     out = _dispatch.empty((max(int(starts.shape[0]) - 1, 0), int(values.shape[1])), "float32", lib, dev)
