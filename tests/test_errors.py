@@ -258,6 +258,36 @@ def test_token_dimension_limit():
         tokenset.maxsim(np.ones((1, 2**16 + 1), np.float16), [np.ones((1, 2**16 + 1), np.float16)])
 
 
+TOKEN_DIM_CALLS = {  # every public entry that checks the token dimension in Python, by the path it takes
+    "maxsim": lambda x: tokenset.maxsim(x, x),  # kernel wrappers (_dispatch.kernel_batch)
+    "maxsim_topk": lambda x: tokenset.maxsim_topk(x, x, 1),
+    "inner_product_topk": lambda x: tokenset.inner_product_topk(x[0], x[0], 1),  # ops/inner_product
+    "kcenter": lambda x: tokenset.kcenter(x, 1),
+    "segment_sum": lambda x: tokenset.segment_sum(x[0], [0, 0]),  # ops/segment_sum
+    "coverage": lambda x: tokenset.coverage(x, 1),  # selection (_array.check_tokens)
+    "prune": lambda x: tokenset.prune(x, 1, method="kcenter"),
+    "merge": lambda x: tokenset.merge(x, 1),
+}
+
+
+@pytest.mark.parametrize("dim", [0, 2**16 + 1])
+def test_token_dimension_limit_is_one_constant_and_one_message(dim, monkeypatch):
+    """The limit was written twice (_dispatch.MAX_TOKEN_DIM and _array.MAX_DIM) with two messages: the kernels'
+    wrappers said "got 65537", the selection ops "got 65537 (project the tokens to at most 65536 first)". One
+    constant now, one message on every path; changing the constant changes both."""
+    from tokenset import _array
+
+    fix = "a token needs at least one coordinate" if dim < 1 else "project the tokens to at most 65536 first"
+    for name, call in TOKEN_DIM_CALLS.items():
+        with pytest.raises(ValueError) as error:
+            call(np.zeros((1, 2, dim), np.float16))
+        assert str(error.value).split(": ", 1)[1] == f"token dimension must be in 1..65536, got {dim} ({fix})", name
+    monkeypatch.setattr(_array, "MAX_TOKEN_DIM", 8)
+    for name, call in TOKEN_DIM_CALLS.items():
+        with pytest.raises(ValueError, match=r"token dimension must be in 1\.\.8, got 9 \(project the tokens to at most 8 "):
+            call(np.zeros((1, 2, 9), np.float16))
+
+
 def test_float32_overflow_is_inf_on_every_level():
     """A dot product beyond float32's range: +-inf (the FMA chain in k order), the same on every SIMD level; it gave
     NaN on the scalar level and inf on AVX2/AVX-512 before the levels were made bit-identical."""

@@ -99,17 +99,26 @@ def dtype_name(x: Any, name: str) -> str:
     raise TypeError(f"{name}: dtype {dt} is not supported; tokenset takes {SUPPORTED} (try x.astype(np.float32))")
 
 
-MAX_DIM = 1 << 16  # the token dimension limit of every kernel
+MAX_TOKEN_DIM = 1 << 16  # the token dimension limit of every kernel: kMaxTokenDim of csrc/include/tokenset/common.h
+
+
+def check_token_dim(dim: int, name: str) -> None:
+    """The hard limit on the token dimension, 1..MAX_TOKEN_DIM: a ValueError with the native check's message
+    (check_token_values) and the fix. Every Python entry checks it before anything is converted or made contiguous (a
+    broadcast [2, 2**31] view must be refused, not copied into 16 GiB first)."""
+    dim = int(dim)
+    if not 1 <= dim <= MAX_TOKEN_DIM:
+        fix = "a token needs at least one coordinate" if dim < 1 else \
+            f"project the tokens to at most {MAX_TOKEN_DIM} first"
+        raise ValueError(f"{name}: token dimension must be in 1..{MAX_TOKEN_DIM}, got {dim} ({fix})")
 
 
 def check_tokens(x: Any, dim: int, name: str) -> None:
     """Token values every op computes on: float32, float16 or bfloat16 (else a TypeError that says how to convert;
-    complex, float64 and integer tokens are refused, never cast) and a token dimension in 1..65536 (a ValueError),
-    checked before any work."""
+    complex, float64 and integer tokens are refused, never cast) and a token dimension within the limit
+    (check_token_dim), checked before any work."""
     dtype_name(x, name)
-    if not 1 <= dim <= MAX_DIM:
-        fix = "a token needs at least one coordinate" if dim < 1 else "project the tokens to at most 65536 first"
-        raise ValueError(f"{name}: token dimension must be in 1..65536, got {dim} ({fix})")
+    check_token_dim(dim, name)
 
 
 def frozen(a: np.ndarray) -> np.ndarray:

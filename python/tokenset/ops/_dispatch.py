@@ -50,14 +50,7 @@ def token_dtype(batch: Ragged, name: str) -> str:
     return _array.dtype_name(batch._any_values, name)
 
 
-MAX_TOKEN_DIM = 1 << 16  # kMaxTokenDim of csrc/include/tokenset/common.h
-
-
-def check_token_dim(dim: int, name: str) -> None:
-    """The native hard limit on the token dimension (check_token_values, same message), checked here before anything
-    is converted or made contiguous: a broadcast [2, 2**31] view must be refused, not copied into 16 GiB first."""
-    if not 1 <= int(dim) <= MAX_TOKEN_DIM:
-        raise ValueError(f"{name}: token dimension must be in 1..{MAX_TOKEN_DIM}, got {int(dim)}")
+check_token_dim = _array.check_token_dim  # the one limit and message (_array.MAX_TOKEN_DIM), for the op wrappers
 
 
 def _kernel_values(x: Any, dtype: Optional[str], lib: str, dev: Device) -> Any:
