@@ -228,3 +228,17 @@ def subprocess_env(**extra: str) -> dict:
     plus `extra` variables: for tests that run code where a crash or a hang is possible, or that kill a process."""
     path = os.pathsep.join([os.path.dirname(os.path.dirname(tokenset.__file__))] + sys.path)
     return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+# Peak memory of a child interpreter, for the bounded-memory tests: its own high-water RSS (VmHWM). Not ru_maxrss: on
+# Linux a child's ru_maxrss starts at its parent's RSS at fork and is kept across exec, so under a ~230 MiB pytest it
+# hid up to ~190 MiB of growth.
+PEAK_OF_THIS_PROCESS = """
+import resource
+def peak():  # bytes
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS; an upper bound here)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+"""

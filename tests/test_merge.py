@@ -19,7 +19,7 @@ from tokenset.reference import coverage as coverage_ref
 from tokenset.reference import kcenter as kcenter_ref
 from tokenset.reference import merge as ref
 
-from conftest import GAP_FILL, gapped, random_sets, requires_torch, subprocess_env, to_numpy
+from conftest import GAP_FILL, PEAK_OF_THIS_PROCESS, gapped, random_sets, requires_torch, subprocess_env, to_numpy
 
 LENGTHS = [0, 1, 2, 5, 40, 101]
 CASES = [
@@ -326,9 +326,8 @@ def test_many_small_sets_memory_is_bounded_by_the_tokens():
     """20,000 sets of 2 tokens and one of 5,000 (2.7 MiB of tokens) on the native nearest-neighbour path: the MaxSim
     argmax output was [sets, 1, longest set] int32, +251 MiB (ToMe) / +492 MiB (k-means) at its peak. Sets now go to
     MaxSim by length class; what remains is MaxSim's own query-panel budget (64 MiB)."""
-    code = textwrap.dedent("""
-        import resource, sys, numpy as np, tokenset
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    code = PEAK_OF_THIS_PROCESS + textwrap.dedent("""
+        import sys, numpy as np, tokenset
         rng = np.random.default_rng(0)
         sets = [rng.standard_normal((2, 16)).astype(np.float32) for _ in range(20_000)]
         sets.append(rng.standard_normal((5_000, 16)).astype(np.float32))
@@ -348,12 +347,6 @@ def test_many_small_sets_memory_is_bounded_by_the_tokens():
             assert int(added) < (64 + 48) << 20, f"{method}: +{int(added) >> 20} MiB"
 
 
-PEAK_OF_THIS_PROCESS = textwrap.dedent("""
-    def peak():  # bytes: the high-water RSS of this process's own memory (VmHWM). Not ru_maxrss: a child's starts at
-        # its parent's RSS at fork (Linux keeps it across exec), so under a 230 MiB pytest it hid 190 MiB of growth.
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    """)
 
 
 def dpc_knn_scratch_bound(n: int) -> int:
