@@ -142,7 +142,11 @@ def _alternate_nearest(keys: Any, off: np.ndarray, lens: np.ndarray, protected: 
             continue
         step = max(1, (16 << 20) // nb)
         for r0 in range(0, m, step):
-            j, value = _segments.row_argmax((a[r0:r0 + step] @ b.T) * ib[None, :] * ia[r0:r0 + step, None])
+            block = a[r0:r0 + step] @ b.T  # the one 64 MiB score block: scaled in place, never copied
+            block *= ib[None, :]
+            block *= ia[r0:r0 + step, None]
+            j, value = _segments.row_argmax(block)
+            del block
             match.append(j)
             score.append(value)
     if not match:
