@@ -28,7 +28,7 @@ _FORMAT_VERSION = 2  # 2: the whole config is covered by a checksum (version 1 f
 _MAX_FDE_DIM = 2**31 - 1
 # Hard limits (far above any published setting: MUVERA uses up to ~40 repetitions and 128-1024-d tokens). They bound
 # construction time and the state a config on disk can make us allocate.
-MAX_DIM = 1 << 16
+MAX_DIM = _array.MAX_TOKEN_DIM  # an FDE encodes tokens: the one token-dimension limit
 MAX_REPS = 1 << 12
 MAX_STATE_FLOATS = 1 << 28  # hyperplanes: reps * dim * simhash_bits (1 GiB)
 
