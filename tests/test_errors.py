@@ -516,3 +516,14 @@ def test_sparse_torch_tensors_are_refused_with_the_fix():
         csr = torch.randn(4, 8).to_sparse_csr()
     with pytest.raises(TypeError, match=r"x: a torch tensor with layout torch\.sparse_csr .*\.to_dense\(\)"):
         tokenset.kcenter(csr, 2)
+
+
+@pytest.mark.parametrize("k", [2**40, 2**62, 2**63 - 1, 2**63])
+def test_topk_with_an_unallocatable_k_names_k(k):
+    """k far beyond the candidates used to fail inside numpy ("array is too big", "Maximum allowed dimension") or
+    with OverflowError, never naming k."""
+    q, d = [np.ones((2, 4), np.float32)], [np.ones((3, 4), np.float32)]
+    with pytest.raises(ValueError, match=r"k=\d+: the output .* cannot be allocated"):
+        tokenset.maxsim_topk(q, d, k)
+    with pytest.raises(ValueError, match=r"k=\d+: the output .* cannot be allocated"):
+        tokenset.inner_product_topk(q[0], d[0], k)

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <type_traits>
 
 #include "tokenset/fde.h"
 #include "views.h"
@@ -26,8 +27,8 @@ py::handle state_item(const py::dict& state, const char* key) {
   return state.contains(key) ? py::handle(state[key]) : py::handle(Py_None);
 }
 
-// One state array: the kernel's copy (`state`, on the sets' device) and the host copy it is checked from (copied into
-// the call: the CPU kernel reads that copy).
+// One state array: the kernel's copy (`state`, on the sets' device) and the host copy it is checked from (index
+// arrays copied into the call: the CPU kernel reads that copy).
 template <typename T>
 void state_array(Call& call, const py::dict& state, const py::dict& host_state, const char* key, DType dtype,
                  std::initializer_list<int64_t> shape, Device device, const T** kernel, const T** host) {
@@ -36,7 +37,9 @@ void state_array(Call& call, const py::dict& state, const py::dict& host_state, 
   const std::string name = std::string("FDE ") + key;
   const ArrayView hv = call.view(h, name.c_str(), false, true);
   check_array(hv, name.c_str(), dtype, shape, Device{DeviceType::CPU, -1});
-  *host = call.own(hv.ptr<const T>(), hv.numel());  // what validate() checks is what a CPU kernel reads
+  // Indices are followed: validate() checks a copy the call owns, which the CPU kernel reads (a caller rewriting its
+  // array meanwhile is never followed). Floats are only read as values: no copy (the hyperplanes can be large).
+  *host = std::is_integral<T>::value ? call.own(hv.ptr<const T>(), hv.numel()) : hv.ptr<const T>();
   if (kModuleDevice == DeviceType::CPU) {
     *kernel = *host;
     return;

@@ -74,6 +74,7 @@ def kernel_batch(batch: Ragged, lib: str, dev: Device, stream_handle: int, name:
     if batch.sets is not None and dev[0] == "cpu":
         sets = [_kernel_values(s, dtype, lib, dev) for s in batch.sets]
         return KernelBatch(None, sets, batch.offsets, None)
+    batch = batch.compact()  # a conversion or contiguous copy covers the sets' rows only, never a whole window
     values = _kernel_values(batch.values, dtype, lib, dev)
     device_offsets = None if dev[0] == "cpu" else batch.device_offsets(lib, dev, stream_handle)
     return KernelBatch(values, None, batch.offsets, device_offsets)
@@ -88,6 +89,19 @@ def host_and_device(arr: Any, lib: str, dev: Device) -> Tuple[Any, Any]:
 
 def empty(shape, dtype: str, lib: str, dev: Device) -> Any:
     return _array.empty(shape, dtype, lib, dev)
+
+
+def topk_outputs(rows: int, k: int, columns: int, lib: str, dev: Device) -> Tuple[Any, Any]:
+    """``(scores float32 [rows, k], indices int64 [rows, k])`` of a top-k op over `columns` candidates, or a
+    ValueError naming k when that output cannot be allocated (k beyond the candidates only adds padding)."""
+    try:
+        if rows * k > (1 << 62) // 12:
+            raise MemoryError
+        return empty((rows, k), "float32", lib, dev), empty((rows, k), "int64", lib, dev)
+    except (MemoryError, ValueError, RuntimeError) as exc:  # numpy: MemoryError / "array is too big"; torch: RuntimeError
+        raise ValueError(f"k={k}: the output [{rows}, {k}] (12 bytes per entry) cannot be allocated; there are "
+                         f"{columns} candidates, and a k beyond them only adds (-inf, -1) padding: pass "
+                         f"k <= {max(columns, 1)}") from (None if isinstance(exc, MemoryError) else exc)
 
 
 def allocator(lib: str, dev: Device) -> Optional[Callable[[int], Any]]:

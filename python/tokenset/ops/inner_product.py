@@ -40,8 +40,7 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
         if dev[0] != "cpu":
             host_mask = _array.to_device(host_mask, lib, dev)
     nq = int(q.shape[0])
-    scores = _dispatch.empty((nq, int(k)), "float32", lib, dev)
-    indices = _dispatch.empty((nq, int(k)), "int64", lib, dev)
+    scores, indices = _dispatch.topk_outputs(nq, int(k), int(v.shape[0]), lib, dev)
     stream = _dispatch.stream(lib, dev)
     _dispatch.module(dev).inner_product_topk(q, v, int(k), scores, indices, host_mask, stream,
                                              _dispatch.allocator(lib, dev))

@@ -62,7 +62,6 @@ def maxsim_topk(queries: Ragged, documents: Ragged, k: int) -> Tuple[Any, Any]:
         raise ValueError(f"k must be >= 1, got {k}")
     lib, dev, stream, q, d = _prepare(queries, documents)
     nq = len(queries)
-    scores = _dispatch.empty((nq, int(k)), "float32", lib, dev)
-    indices = _dispatch.empty((nq, int(k)), "int64", lib, dev)
+    scores, indices = _dispatch.topk_outputs(nq, int(k), len(documents), lib, dev)
     _dispatch.module(dev).maxsim_topk(q, d, int(k), scores, indices, stream, _dispatch.allocator(lib, dev))
     return scores, indices
