@@ -7,13 +7,19 @@ are compared on random data where no two gains are that close.
 """
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
 import tokenset
 from tokenset.reference import coverage as ref
 
-from conftest import DTYPES, as_dtype, gapped, on_device, random_sets, requires_torch, to_numpy
+from conftest import (DTYPES, PEAK_OF_THIS_PROCESS, as_dtype, gapped, on_device, random_sets, requires_torch,
+                      subprocess_env, to_numpy)
 
 
 def random_matrices(rng, shapes):
@@ -132,8 +138,6 @@ def test_padded_vision_keys_follow_the_mask():
 
 
 def test_chunked_build_equals_one_chunk(monkeypatch):
-    import importlib
-
     module = importlib.import_module("tokenset.coverage")  # the module, not the function of the same name
 
     rng = np.random.default_rng(1)
@@ -141,6 +145,95 @@ def test_chunked_build_equals_one_chunk(monkeypatch):
     whole = tokenset.coverage(vision, 6)
     monkeypatch.setattr(module, "_CHUNK_BYTES", 1)  # one set per chunk
     np.testing.assert_array_equal(tokenset.coverage(vision, 6), whole)
+
+
+def whole_matrix_formula(v, t, keys, tt, tv, w, library):
+    """The coverage matrix as tokenset built it before it was built in place: each step a new n x n array."""
+    if library == "torch":
+        import torch
+
+        unit = lambda a: a.float() / torch.linalg.vector_norm(a.float(), dim=1, keepdim=True).clamp_min(1e-8)
+        softmax, cat = (lambda s: torch.softmax(s, dim=1)), (lambda parts: torch.cat(parts, dim=0))
+    else:
+        def unit(a):
+            a = a.astype(np.float32)
+            return a / np.maximum(np.sqrt((a * a).sum(axis=1, keepdims=True)), np.float32(1e-8))
+
+        def softmax(s):
+            e = np.exp(s - s.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+
+        cat = lambda parts: np.concatenate(parts, axis=0)
+    vu = unit(v)
+    ku = unit(keys) if keys is not None else vu
+    parts = []
+    if t is not None:
+        tu = unit(t)
+        parts.append(softmax((tu @ vu.T) * (1.0 / tt)) / tu.shape[0])
+    parts.append(softmax((ku @ ku.T) * (1.0 / tv)) * (w / vu.shape[0]))
+    return cat(parts)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("block_bytes", [1, 4096, None])
+def test_matrix_built_in_place_is_bit_identical(monkeypatch, library, block_bytes):
+    """The MMTok matrix is now written straight into the padded chunk (GEMM into its rows, softmax in place in blocks
+    of rows): the same element-wise operations and row reductions as the whole-matrix expressions, so the same bits,
+    whatever the block size; the padding around the set's rows and columns is not written."""
+    if library == "torch":
+        pytest.importorskip("torch")
+    module = importlib.import_module("tokenset.coverage")
+    if block_bytes is not None:
+        monkeypatch.setattr(module, "_SOFTMAX_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(3)
+    for n, m, d, with_keys in [(1, 0, 3, False), (9, 4, 5, True), (300, 20, 64, False), (700, 0, 48, True)]:
+        v, t = rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal((m, d)).astype(np.float32)
+        keys = rng.standard_normal((n, 11)).astype(np.float32) if with_keys else None
+        out = np.full((2, n + m + 3, n + 2), 7.0, np.float32)
+        args = [v, t if m else None, keys]
+        if library == "torch":
+            import torch
+
+            args = [None if a is None else torch.from_numpy(a) for a in args]
+            out_lib = torch.from_numpy(out)
+        else:
+            out_lib = out
+        want = to_numpy(whole_matrix_formula(*args, 0.02, 0.3, 0.7, library))
+        module.mmtok_matrix(*args, 0.02, 0.3, 0.7, out=out_lib[1, :n + m, :n])
+        np.testing.assert_array_equal(out[1, :n + m, :n].view(np.uint32), want.view(np.uint32))
+        assert (out[0] == 7).all() and (out[1, n + m:] == 7).all() and (out[1, :, n:] == 7).all()
+        got = to_numpy(module.mmtok_matrix(*args, 0.02, 0.3, 0.7))  # allocated when no out is given
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_one_large_set_peak_memory_is_its_matrix(library):
+    """One set of n = 3,000 vision tokens and m = 20 text tokens: the README bounds the coverage scratch by the set's
+    matrix, (m + n) * n * 4 bytes = 35 MiB, but the scale, max-subtract, exp, divide, multiply and concatenate steps
+    each made a new n x n array and the result was then copied into the padded chunk: +105 MiB. The matrix is now
+    built in its slice of the chunk (measured +39 MiB numpy, +40 MiB torch): the bound + the unit rows and a block
+    of softmax temporaries, within 12 MiB."""
+    if library == "torch":
+        pytest.importorskip("torch")
+    n, m = 3000, 20
+    code = PEAK_OF_THIS_PROCESS + textwrap.dedent(f"""
+        import numpy as np, tokenset
+        rng = np.random.default_rng(0)
+        v = rng.standard_normal(({n}, 64)).astype(np.float32)
+        t = rng.standard_normal(({m}, 64)).astype(np.float32)
+        if {library!r} == "torch":
+            import torch
+            v, t = torch.from_numpy(v), torch.from_numpy(t)
+        tokenset.coverage(v[:50], 3, text=t)  # warm-up
+        before = peak()
+        tokenset.coverage(v, 64, text=t)
+        print(peak() - before)
+        """)
+    env = subprocess_env(TOKENSET_NUM_THREADS="2", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    added = int(proc.stdout.split()[-1])
+    assert added < (m + n) * n * 4 + (12 << 20), f"{library}: +{added / 2**20:.0f} MiB"
 
 
 @requires_torch

@@ -527,3 +527,139 @@ def test_topk_with_an_unallocatable_k_names_k(k):
         tokenset.maxsim_topk(q, d, k)
     with pytest.raises(ValueError, match=r"k=\d+: the output .* cannot be allocated"):
         tokenset.inner_product_topk(q[0], d[0], k)
+
+
+def test_tome_metric_is_checked_before_any_work(monkeypatch):
+    """ToMe's metric= skipped the token checks: a broadcast [1, 512, 2**17] view (no memory of its own) went through
+    the GEMMs (+258 MiB) before segment_sum refused it as "values: ..."; float64 keys were refused as "tokens: ...".
+    Now checked (dtype, dimension) right after it becomes a Ragged, naming metric."""
+    import importlib
+
+    segments = importlib.import_module("tokenset._segments")
+    x = np.ones((1, 512, 8), np.float32)
+
+    def no_work(values):
+        raise AssertionError("tokens or keys were converted before the keys were checked")
+
+    monkeypatch.setattr(segments, "float32", no_work)
+    with pytest.raises(ValueError, match=r"^metric: token dimension must be in 1..65536, got 131072"):
+        tokenset.merge(x, 64, method="tome", metric=np.broadcast_to(np.float32(1), (1, 512, 1 << 17)))
+    for metric, error, match in [(np.zeros((1, 512, 3)), TypeError, r"^metric: dtype float64 is not supported"),
+                                 (np.zeros((1, 512, 3), np.complex64), TypeError, r"^metric: dtype complex64"),
+                                 (np.zeros((1, 512, 0), np.float32), ValueError, r"^metric: token dimension .* got 0"),
+                                 ([np.broadcast_to(np.float16(0), (512, 70000))], ValueError, r"^metric: token dimension")]:
+        with pytest.raises(error, match=match):
+            tokenset.merge(x, 64, method="tome", metric=metric)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex64, np.int64, np.int32, np.bool_])
+def test_max_coverage_refuses_one_set_of_dtypes_in_every_form(dtype):
+    """[B, R, N] float64 / complex / int matrices were refused while the same matrices as a list were cast silently
+    (complex: the imaginary part dropped with only numpy's ComplexWarning)."""
+    real = np.random.default_rng(0).random((2, 3, 4))
+    m = real.astype(dtype)
+    with pytest.raises(TypeError, match=rf"^matrix: dtype {np.dtype(dtype)} is not supported.*float32"):
+        tokenset.max_coverage(m, 2)
+    with pytest.raises(TypeError, match=rf"^matrix\[0\]: dtype {np.dtype(dtype)} is not supported.*float32"):
+        tokenset.max_coverage(list(m), 2)
+    with pytest.raises(TypeError, match=rf"^matrix\[1\]: dtype {np.dtype(dtype)}"):
+        tokenset.max_coverage([real[0].astype(np.float32), m[1]], 2)
+    with pytest.raises(TypeError, match=rf"^matrix: dtype {np.dtype(dtype)}"):
+        tokenset.max_coverage(m[0], 2)
+
+
+def test_max_coverage_converts_half_precision_in_every_form():
+    m = np.random.default_rng(1).random((2, 5, 7)).astype(np.float16)
+    want = tokenset.max_coverage(m.astype(np.float32), 3)
+    np.testing.assert_array_equal(tokenset.max_coverage(m, 3), want)
+    np.testing.assert_array_equal(tokenset.max_coverage(list(m), 3), want)
+
+
+@requires_torch
+def test_max_coverage_list_is_one_library():
+    import torch
+
+    m = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match=r"matrix: all matrices must come from one array library.*matrix\[1\]"):
+        tokenset.max_coverage([m, torch.ones(2, 3)], 1)
+
+
+def test_complex_scores_and_sizes_are_refused():
+    """scores= / sizes= took complex values and used their real part."""
+    x = np.ones((1, 4, 3), np.float32)
+    for value in (np.ones((1, 4), np.complex64), [np.ones(4, np.complex128)], np.ones(4, np.complex64),
+                  [[1 + 1j, 2, 3, 4]]):
+        with pytest.raises(TypeError, match=r"^scores(\[0\])?: dtype complex\d+ is not supported; pass real numbers"):
+            tokenset.prune(x, 2, method="scores", scores=value)
+        with pytest.raises(TypeError, match=r"^sizes(\[0\])?: dtype complex\d+ is not supported; pass real numbers"):
+            tokenset.merge(x, 2, sizes=value)
+
+
+@requires_torch
+def test_sparse_text_names_text():
+    """A sparse text= was refused as "input: ..." (is_array's default name)."""
+    import torch
+
+    with pytest.raises(TypeError, match=r"^text: a torch tensor with layout torch\.sparse_coo"):
+        tokenset.coverage(torch.ones(4, 3), 2, text=torch.ones(2, 3).to_sparse())
+    with pytest.raises(TypeError, match=r"^text: a torch tensor with layout torch\.sparse_coo"):
+        tokenset.prune(torch.ones(4, 3), 2, method="mmtok", text=torch.ones(2, 3).to_sparse())
+
+
+@pytest.mark.parametrize("protected", [2**63, 2**70, np.uint64(2**63), np.uint64(2**64 - 1)])
+def test_protected_beyond_int64_names_protected(protected):
+    """protected=2**63 raised numpy's OverflowError ("Python int too large to convert to C long")."""
+    with pytest.raises(ValueError, match=r"^protected=\d+ does not fit in int64"):
+        tokenset.merge(X, 2, protected=protected)
+    r = tokenset.merge(X, 2, protected=2**63 - 1)  # the largest int64: every token protected, nothing merged
+    assert r.lengths.tolist() == [5, 5]
+
+
+def test_bools_in_per_set_counts_are_refused_like_a_bare_bool():
+    """keep=[True, 2] was read by numpy as [1, 2]; a bare True was already a TypeError."""
+    for keep in ([True, 2], (2, False), [np.True_, 2]):
+        with pytest.raises(TypeError, match=r"^keep\[\d\] must be an integer, got bool"):
+            tokenset.prune(X, keep)
+        with pytest.raises(TypeError, match=r"^keep\[\d\] must be an integer, got bool"):
+            tokenset.merge(X, keep)
+        with pytest.raises(TypeError, match=r"^k\[\d\] must be an integer, got bool"):
+            tokenset.kcenter(X, keep)
+        with pytest.raises(TypeError, match=r"^k\[\d\] must be an integer, got bool"):
+            tokenset.coverage(X, keep)
+    for keep in (True, np.True_, np.array(True)):
+        with pytest.raises(TypeError, match="got bool"):
+            tokenset.prune(X, keep)
+    with pytest.raises(TypeError, match=r"^first\[0\] must be an integer, got bool"):
+        tokenset.kcenter(X, 2, first=[True, 0])
+
+
+def test_zero_dimensional_counts_are_scalars():
+    """keep=np.array(3) was refused with "must have one entry per set, shape (2,), got ()"."""
+    want = tokenset.prune(X, 3).indices
+    np.testing.assert_array_equal(tokenset.prune(X, np.array(3)).indices, want)
+    np.testing.assert_array_equal(tokenset.prune(X, np.array(3, np.uint8)).indices, want)
+    np.testing.assert_array_equal(tokenset.prune(X, np.array(0.6)).indices, tokenset.prune(X, 0.6).indices)
+    np.testing.assert_array_equal(tokenset.merge(X, np.array(2)).indices, tokenset.merge(X, 2).indices)
+    np.testing.assert_array_equal(tokenset.kcenter(X, np.array(2)), tokenset.kcenter(X, 2))
+    np.testing.assert_array_equal(tokenset.coverage(X, np.array(2)), tokenset.coverage(X, 2))
+    with pytest.raises(ValueError, match=r"^keep=9223372036854775808 does not fit in int64"):
+        tokenset.prune(X, np.array(2**63, np.uint64))
+    with pytest.raises(ValueError, match=r"^keep must be >= 1, got 0"):
+        tokenset.prune(X, np.array(0))
+
+
+@pytest.mark.parametrize("k", [2**40, 2**62, 2**63 - 1])
+def test_selection_with_an_unallocatable_k_names_k(k):
+    """kcenter / coverage / max_coverage with k = 2**62 failed inside numpy ("array is too big"), never naming k.
+    The output stays [B, max k] (a k beyond a set only adds -1 padding); one that cannot be allocated is refused."""
+    match = r"^k=\d+: the output \[2, \d+\] \(\d+ bytes per entry\) cannot be allocated; the longest set has 5 " \
+            r"tokens.*pass k <= 5"
+    with pytest.raises(ValueError, match=match):
+        tokenset.kcenter(X, k)
+    with pytest.raises(ValueError, match=match.replace(r"\(\d+ bytes", r"\(12 bytes")):
+        tokenset.kcenter(X, k, return_distances=True)
+    with pytest.raises(ValueError, match=match):
+        tokenset.coverage(X, k)
+    with pytest.raises(ValueError, match=match.replace("has 5", "has 7").replace("<= 5", "<= 7")):
+        tokenset.max_coverage(np.ones((2, 3, 7), np.float32), [1, k])
+    assert tokenset.prune(X, k).lengths.tolist() == [5, 5]  # keep is clamped to the sets, as before

@@ -572,3 +572,24 @@ def test_merge_any_input(data):
     tokens, layout, laid = draw_layout(data, sets, sizes)
     got = tokenset.merge(tokens, keep, method=method, **layout, **({"sizes": laid} if sizes else {}))
     assert_same_reduction(got, result, sets)
+
+
+@FUZZ
+@given(data=st.data())
+def test_merge_does_not_depend_on_the_batch(data):
+    """A set merged alone (a GEMM per set for nearest neighbours) and inside a batch of >= 64 small sets (native
+    MaxSim argmax) gets the same groups, NaN and inf included: both paths rank a NaN similarity as -inf, ties to the
+    lower index (numpy's and torch's argmax picked the NaN). Dimension >= 2: in dimension 1 every cosine is +-1 up to
+    rounding, and the two paths round differently."""
+    dim = data.draw(st.integers(2, 12), label="dim")
+    sets = draw_sets(data, dim, "float32", nonempty=False, special=data.draw(st.booleans(), label="special"))
+    method = data.draw(st.sampled_from(["tome", "dpc_knn", "kmeans", "kmedoids"]), label="method")
+    keep = data.draw(st.one_of(st.integers(1, 45), st.floats(0.01, 1.0)), label="keep")
+    many = (sets * (64 // len(sets) + 1))[:max(64, len(sets))]
+    batch = tokenset.merge(many, keep, method=method)
+    for i, s in enumerate(sets):
+        alone = tokenset.merge([s], keep, method=method)
+        n = batch.lengths[i]
+        assert alone.lengths[0] == n
+        np.testing.assert_array_equal(batch.indices[i, :n], alone.indices[0, :n])
+        np.testing.assert_array_equal(batch.sizes[i, :n], alone.sizes[0, :n])

@@ -217,6 +217,93 @@ def test_many_small_sets_take_the_native_nearest_path(method, fn):
     check_against(tokenset.merge(sets, 0.5, method=method), sets, fn_with_ratio(fn, 0.5, sets), None)
 
 
+def nonfinite_sets(seed=5, count=80, dim=4):
+    """Small sets (the native nearest path's batches), every fifth holding one NaN, +inf or -inf coordinate."""
+    rng = np.random.default_rng(seed)
+    sets = random_sets(rng, rng.integers(1, 10, count), dim)
+    for i in range(0, count, 5):
+        sets[i][rng.integers(0, len(sets[i])), rng.integers(0, dim)] = [np.nan, np.inf, -np.inf][(i // 5) % 3]
+    return sets
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the references compute on NaN and inf
+@pytest.mark.parametrize("method,fn", [("tome", ref.tome), ("kmeans", ref.kmeans), ("kmedoids", ref.kmedoids),
+                                       ("dpc_knn", ref.dpc_knn)])
+def test_nan_and_inf_sets_merge_the_same_alone_and_in_a_batch(simd, method, fn, monkeypatch):
+    """A set holding NaN or +-inf was merged differently alone (a numpy GEMM per set, whose argmax picked a NaN
+    score) and inside a batch of >= 64 small sets (MaxSim's native argmax, which ranks NaN as -inf): 8 to 10 of 80
+    sets differed, on every SIMD level. One rule now (NaN ranks as -inf, ties to the lower index), and the reference
+    follows it too."""
+    from tokenset import _segments
+
+    native_calls = []
+    native = _segments._nearest_native
+    monkeypatch.setattr(_segments, "_nearest_native", lambda *a: native_calls.append(1) or native(*a))
+    sets = nonfinite_sets()
+    batch = tokenset.merge(sets, 3, method=method)
+    assert native_calls or method == "dpc_knn"  # the batch took the native path
+    native_calls.clear()
+    for i, s in enumerate(sets):
+        alone = tokenset.merge(s, 3, method=method)
+        n = batch.lengths[i]
+        assert alone.lengths[0] == n, f"set {i}"
+        np.testing.assert_array_equal(batch.indices[i, :n], alone.indices[0], err_msg=f"set {i}")
+        np.testing.assert_array_equal(batch.sizes[i, :n], alone.sizes[0], err_msg=f"set {i}")
+    assert not native_calls  # every set alone took the GEMM path
+    check_against(batch, sets, fn, 3)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the references compute on NaN and inf
+@pytest.mark.parametrize("method,fn", [("tome", ref.tome), ("kmeans", ref.kmeans), ("kmedoids", ref.kmedoids)])
+def test_nan_scores_rank_as_minus_inf_with_torch_too(method, fn):
+    """torch's max(dim) propagates NaN like numpy's argmax did: the torch GEMM path follows the same rule."""
+    torch = pytest.importorskip("torch")
+    sets = nonfinite_sets(seed=6, count=20)
+    result = tokenset.merge([torch.from_numpy(s) for s in sets], 3, method=method)
+    check_against(result, sets, fn, 3)
+
+
+def infinite_coordinate_set():
+    x = np.random.default_rng(0).standard_normal((12, 4)).astype(np.float32)
+    x[5, 1] = np.inf
+    return x
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the references compute on NaN and inf
+@pytest.mark.parametrize("method,fn", [("kmeans", ref.kmeans), ("kmedoids", ref.kmedoids), ("dpc_knn", ref.dpc_knn),
+                                       ("tome", ref.tome)])
+def test_one_infinite_coordinate_is_far_from_everything(simd, method, fn):
+    """One +inf coordinate: expanded-form distances against an infinite centre are NaN (inf - inf) and the
+    expanded score of an infinite token against a finite centre is +inf, where the direct sum_k (x_k - c_k)^2 is +inf
+    (or NaN, counted as +inf) for every pair that involves it. k-means collapsed to one cluster of 12 (reference: 4
+    clusters, sizes 9, 1, 1, 1), k-medoids and DPC-KNN assigned tokens to the wrong centres."""
+    x = infinite_coordinate_set()
+    for keep in (2, 4, 7):
+        check_against(tokenset.merge(x, keep, method=method), [x], fn, keep)
+        check_against(tokenset.merge([x] * 64, keep, method=method), [x] * 64, fn, keep)
+    if method in ("kmeans", "kmedoids"):
+        np.testing.assert_array_equal(tokenset.merge(x, 4, method=method).sizes, [[9, 1, 1, 1]])
+    for value in (np.nan, -np.inf):  # NaN and -inf, and a centre of the infinite token's own infinity
+        y = np.concatenate([x, x[5:6]])
+        y[3, 2] = value
+        check_against(tokenset.merge(y, 4, method=method), [y], fn, 4)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the references compute on NaN and inf
+def test_kmedoids_nan_token_follows_the_nan_rule():
+    """The reference's KKZ start took np.argmax of the norms, which picks a NaN norm first; the implementation (and the
+    rule everywhere else) ranks NaN as -inf: the largest finite norm starts. Both now agree."""
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    x[3, 0] = np.nan
+    norms = (x.astype(np.float64) ** 2).sum(axis=1)
+    assert ref._kkz(x.astype(np.float64), 3, x.astype(np.float64))[0] == int(np.nanargmax(norms)) == 1
+    for method, fn in (("kmedoids", ref.kmedoids), ("kmeans", ref.kmeans)):
+        check_against(tokenset.merge(x, 3, method=method), [x], fn, 3)
+        check_against(tokenset.merge([x] * 64, 3, method=method), [x] * 64, fn, 3)
+    everything_nan = np.full((3, 2), np.nan)
+    assert ref._kkz(everything_nan, 2, everything_nan)[0] == 0  # ties (all NaN) to the lower index
+
+
 def fn_with_ratio(fn, ratio, sets):
     keeps = {id(s): max(1, int(np.rint(ratio * len(s)))) for s in sets}
     return lambda s, _keep, **kw: fn(s, keeps[id(s)], **kw)

@@ -80,7 +80,9 @@ def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = No
 
 def nearest(queries: Ragged, targets: Ragged, with_scores: bool = False):
     """For every token of query set i, the index within target set i of its largest inner product (lowest index on
-    ties) as host int64 [T], and optionally that score (host float32 [T]); -1 where target set i is empty.
+    ties; a NaN product ranks as -inf, so a query whose products are all NaN gets index 0) as host int64 [T], and
+    optionally that score (host float32 [T], -inf where it is NaN); -1 (score -inf) where target set i is empty.
+    Both paths follow this one rule, so a set's answer does not depend on the batch it is in.
 
     Many small sets (the usual case of documents): native MaxSim argmax calls, one per class of set lengths. Few large
     sets (images of hundreds of tokens): one GEMM per set in the arrays' library, in row chunks of at most 16M
@@ -129,6 +131,7 @@ def _nearest_native(queries: Ragged, targets: Ragged, with_scores: bool):
     if found.size:
         rows = targets.offsets[:-1][set_ids(lengths)[found]] + index[found]
         score[found] = _array.host_copy(row_dots(take(queries.values, found), take(targets.values, rows)))
+        np.fmax(score, -np.inf, out=score)  # NaN ranks as -inf, as on the GEMM path
     return index, score
 
 
@@ -152,14 +155,32 @@ def _nearest_gemm(queries: Ragged, targets: Ragged, with_scores: bool):
 
 def row_argmax(scores: Any) -> Tuple[np.ndarray, np.ndarray]:
     """Per row of a 2-D score block (any library), the first column of the largest score and that score, as host
-    (int64, float32) arrays."""
+    (int64, float32) arrays. NaN ranks as -inf (the library's rule, and what MaxSim's native argmax does): the block
+    is overwritten in place, its NaN entries becoming -inf, so a row of NaN gives column 0 with score -inf. Callers
+    pass a temporary block."""
     if _array.is_torch(scores):
-        best = scores.max(dim=1)
+        scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        best = scores.max(dim=1)  # the first maximal column on ties (torch.max's documented rule)
         return best.indices.cpu().numpy().astype(np.int64), best.values.cpu().numpy().astype(np.float32)
     xp = _array._cupy() if _array.is_cupy(scores) else np
+    xp.fmax(scores, -np.inf, out=scores)  # NaN -> -inf without a temporary (fmax returns the non-NaN operand)
     column = scores.argmax(axis=1)
     value = scores[xp.arange(scores.shape[0]), column]
     return _array.host_copy(column).astype(np.int64), _array.host_copy(value).astype(np.float32)
+
+
+def finite_rows(x: Any, sq: np.ndarray) -> np.ndarray:
+    """Host bool [T]: whether every coordinate of row i of x (any library) is finite. `sq` (host |x_i|^2, computed
+    from x) is finite for every finite row except one whose squared norm overflows, so only the rows where it is not
+    are read again (none, for ordinary tokens)."""
+    finite = np.isfinite(sq)
+    suspect = np.flatnonzero(~finite)
+    if suspect.size:
+        rows = take(x, suspect)
+        check = _array._torch().isfinite(rows).all(dim=1) if _array.is_torch(rows) else \
+            (_array._cupy() if _array.is_cupy(rows) else np).isfinite(rows).all(axis=1)
+        finite[suspect] = _array.host_copy(check)
+    return finite
 
 
 def set_ids(lengths: np.ndarray) -> np.ndarray:

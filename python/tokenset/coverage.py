@@ -23,15 +23,18 @@ from .ops import coverage as _ops
 from .ragged import Ragged, ragged
 
 _CHUNK_BYTES = 256 << 20  # padded coverage matrices built at once
+_SOFTMAX_BLOCK_BYTES = 1 << 20  # rows of one matrix scaled and softmaxed at once (a few temporaries of this size)
 
 
 def _library_ops(x: Any):
-    """(unit rows, row softmax, concatenate rows) in x's library."""
+    """(unit rows, row softmax, matmul into a given output) in x's library."""
     if _array.is_torch(x):
         torch = _array._torch()
-        return (lambda a: a.float() / torch.linalg.vector_norm(a.float(), dim=1, keepdim=True).clamp_min(1e-8),
+        # detached: selection is not differentiable, and matmul(out=) refuses inputs that require grad
+        return (lambda a: a.detach().float() / torch.linalg.vector_norm(a.detach().float(), dim=1,
+                                                                         keepdim=True).clamp_min(1e-8),
                 lambda s: torch.softmax(s, dim=1),
-                lambda parts: torch.cat(parts, dim=0))
+                lambda a, b, out: torch.matmul(a, b, out=out))
     xp = _array._cupy() if _array.is_cupy(x) else np
 
     def unit(a):
@@ -42,26 +45,51 @@ def _library_ops(x: Any):
         e = xp.exp(s - s.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
-    return unit, softmax, lambda parts: xp.concatenate(parts, axis=0)
+    # numpy writes a row-strided out in place (BLAS with ldc); cupy's 2-D matmul goes through one contiguous temporary
+    return unit, softmax, lambda a, b, out: xp.matmul(a, b, out=out)
 
 
 def _set(batch: Optional[Ragged], i: int) -> Any:
     return None if batch is None else batch[i]
 
 
+def _scaled_softmax(s: Any, inverse_temperature: float, softmax, finish) -> None:
+    """s <- finish(softmax(s * inverse_temperature)) row by row, in place, in blocks of rows of at most
+    _SOFTMAX_BLOCK_BYTES: the same element-wise operations and row reductions as on the whole matrix (so the same
+    bits), with temporaries of one block instead of several copies of the matrix."""
+    rows, cols = int(s.shape[0]), int(s.shape[1])
+    step = max(1, _SOFTMAX_BLOCK_BYTES // (4 * max(1, cols)))
+    for r0 in range(0, rows, step):
+        block = s[r0:r0 + step]
+        block *= inverse_temperature
+        block[...] = softmax(block)
+        finish(block)
+
+
 def mmtok_matrix(vision: Any, text: Any = None, vision_keys: Any = None, text_temperature: float = 0.01,
-                 vision_temperature: float = 0.2, vision_weight: float = 0.5) -> Any:
-    """One set's coverage matrix ``[m + n, n]`` float32 in its library: ``[P; w Q]`` (``w Q`` without text)."""
-    unit, softmax, cat = _library_ops(vision)
+                 vision_temperature: float = 0.2, vision_weight: float = 0.5, out: Any = None) -> Any:
+    """One set's coverage matrix ``[m + n, n]`` float32 in its library: ``[P; w Q]`` (``w Q`` without text), written
+    into `out` (a ``[m + n, n]`` float32 view whose rows may be strided, e.g. a slice of a padded batch; allocated
+    when None) and returned. Each GEMM writes straight into its rows of `out` and the softmax runs there in place,
+    so the matrix exists once (beside the unit rows and one block of softmax temporaries)."""
+    unit, softmax, matmul = _library_ops(vision)
     v = unit(vision)
     n = v.shape[0]
     keys = unit(vision_keys) if vision_keys is not None else v
-    parts = []
-    if text is not None and text.shape[0] > 0:
-        t = unit(text)
-        parts.append(softmax((t @ v.T) * (1.0 / text_temperature)) / t.shape[0])
-    parts.append(softmax((keys @ keys.T) * (1.0 / vision_temperature)) * (vision_weight / n))
-    return cat(parts)
+    m = int(text.shape[0]) if text is not None else 0
+    if out is None:
+        out = _array.empty((m + n, n), "float32", _array.library(vision), _array.device(vision))
+    if m > 0:
+        def per_text_token(block):
+            block /= m
+
+        _scaled_softmax(matmul(unit(text), v.T, out[:m]), 1.0 / text_temperature, softmax, per_text_token)
+
+    def weighted(block):
+        block *= vision_weight / n
+
+    _scaled_softmax(matmul(keys, keys.T, out[m:]), 1.0 / vision_temperature, softmax, weighted)
+    return out
 
 
 def _check_positive(value: Any, name: str) -> float:
@@ -73,7 +101,7 @@ def _check_positive(value: Any, name: str) -> float:
 def _text_batch(text: Any, vision: Ragged) -> Optional[Ragged]:
     if text is None:
         return None
-    if _array.is_array(text) and text.ndim == 2:  # one question for every image
+    if _array.is_array(text, "text") and text.ndim == 2:  # one question for every image
         text = [text] * len(vision)
     t = ragged(text, name="text")
     _array.check_tokens(t._any_values, t.dim, "text")
@@ -92,8 +120,11 @@ def max_coverage(matrix: Any, k: Any, *, rows: Optional[Any] = None, cols: Optio
 
     Args:
         matrix: ``[rows, cols]`` (one set), a list of 2-D matrices, or ``[B, R, N]`` with optional ``rows`` / ``cols``
-            [B] (valid rows / columns of each padded matrix); numpy, torch or cupy, converted to float32.
-        k: picks per set (int or one per set).
+            [B] (valid rows / columns of each padded matrix); numpy, torch or cupy; float32, float16 or bfloat16
+            (converted to float32). Other dtypes (float64, integers, complex) are a TypeError in every form, a
+            list's entries included, never cast.
+        k: picks per set (int or one per set); a k whose ``[B, max k]`` output cannot be allocated is a
+            ValueError naming k.
         return_gains: also return each pick's gain (float32).
 
     Returns:
@@ -114,6 +145,14 @@ def max_coverage(matrix: Any, k: Any, *, rows: Optional[Any] = None, cols: Optio
                                 f"{type(m).__name__}; pass a [0, 0] matrix for a set with nothing to cover")
             if m.ndim != 2:
                 raise ValueError(f"matrix[{i}] must be 2-D [rows, cols], got shape {tuple(m.shape)}")
+            _array.dtype_name(m, f"matrix[{i}]")  # refused as the [B, R, N] form refuses it, before any copy
+            if _array.library(m) != _array.library(matrix[0]):  # as a list of token sets (ragged)
+                raise TypeError(f"matrix: all matrices must come from one array library, got "
+                                f"{sorted({_array.library(matrix[0]), _array.library(m)})} (matrix[{i}])")
+            if _array.device(m) != _array.device(matrix[0]):
+                raise ValueError(f"matrix: all matrices must be on one device, got "
+                                 f"{_array.device_name(_array.device(matrix[0]))} and "
+                                 f"{_array.device_name(_array.device(m))} (matrix[{i}])")
         r = np.array([int(m.shape[0]) for m in matrix], np.int64)
         c = np.array([int(m.shape[1]) for m in matrix], np.int64)
         padded = _array.empty((len(matrix), int(r.max()), int(c.max())), "float32", _array.library(matrix[0]),
@@ -124,6 +163,7 @@ def max_coverage(matrix: Any, k: Any, *, rows: Optional[Any] = None, cols: Optio
     if not _array.is_array(matrix):
         raise TypeError(f"matrix must be a numpy array, torch tensor, cupy array or a list of them, got "
                         f"{type(matrix).__name__}")
+    _array.dtype_name(matrix, "matrix")  # float32, float16 or bfloat16, or a TypeError that says how to convert
     if single:
         matrix = matrix[None]
     if matrix.ndim != 3:
@@ -149,7 +189,8 @@ def coverage(vision: Any, k: Any, text: Any = None, *, vision_keys: Any = None, 
 
     Args:
         vision: a set batch of vision tokens (after the projector), float32 / float16 / bfloat16.
-        k: tokens to keep per set (int or one per set).
+        k: tokens to keep per set (int or one per set); a k whose ``[B, max k]`` output cannot be allocated is a
+            ValueError naming k.
         text: the text tokens to cover: one set per vision set, or one ``[m, d]`` array for all; None covers the image
             only (Q).
         vision_keys: optional second feature space for vision-vision coverage (MMTok uses CLIP features), with the
@@ -201,9 +242,9 @@ def coverage(vision: Any, k: Any, text: Any = None, *, vision_keys: Any = None, 
         for i in range(start, stop):
             if lens[i] == 0:
                 continue
-            c = mmtok_matrix(batch[i], _set(texts, i), _set(keys, i), tt, tv, float(vision_weight))
-            padded[i - start, :c.shape[0], :c.shape[1]] = c
-            rows[i - start] = c.shape[0]
+            rows[i - start] = int(lens[i] + text_lens[i])
+            mmtok_matrix(batch[i], _set(texts, i), _set(keys, i), tt, tv, float(vision_weight),
+                         out=padded[i - start, :rows[i - start], :lens[i]])  # built in place: no copy of C
         idx, gains = _ops.coverage(padded, rows, lens[start:stop], ks[start:stop], max_k, return_gains)
         pieces.append((start, idx, gains))
         start = stop

@@ -29,11 +29,28 @@ def _too_large(name: str, value: Any) -> ValueError:
                       f"pass the number of tokens you want (a set never gives more than it has)")
 
 
+def scalar_of(value: Any, name: str) -> Any:
+    """A 0-d array (numpy, torch, cupy) as the Python scalar it holds (``np.array(3)`` is the count 3, as ``3`` is);
+    anything else as given."""
+    if _array.is_array(value, name) and value.ndim == 0:
+        return _array.host_copy(value, name).item()
+    return value
+
+
+def _refuse_bools(values: Any, name: str) -> None:
+    """Per-set lists: a bool entry is refused as a bare bool is (numpy would read [True, 2] as [1, 2])."""
+    if isinstance(values, (list, tuple)):
+        for i, v in enumerate(values):
+            if isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name}[{i}] must be an integer, got bool")
+
+
 def per_set_counts(k: Any, batch_size: int, name: str = "k") -> np.ndarray:
-    """An int or a per-set array of counts >= 1 as host int64 [B] (the error names the argument). Counts int64
-    cannot hold (2**63 and above, as a Python int, a numpy integer or a uint64 entry) are a ValueError, never
-    wrapped."""
-    if isinstance(k, bool):
+    """An int (or a 0-d integer array) or a per-set array of counts >= 1 as host int64 [B] (the error names the
+    argument). Counts int64 cannot hold (2**63 and above, as a Python int, a numpy integer or a uint64 entry) are a
+    ValueError, never wrapped; bools, bare or in a list, are a TypeError."""
+    k = scalar_of(k, name)
+    if isinstance(k, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer or an array of integers, got bool")
     if isinstance(k, (int, np.integer)):
         if k < 1:
@@ -43,6 +60,7 @@ def per_set_counts(k: Any, batch_size: int, name: str = "k") -> np.ndarray:
         return np.full(batch_size, int(k), np.int64)
     if not (_array.is_array(k, name) or isinstance(k, (list, tuple))):
         raise TypeError(f"{name} must be an integer or an array of integers, got {type(k).__name__}")
+    _refuse_bools(k, name)
     if isinstance(k, (list, tuple)):  # Python ints first: numpy would make floats or objects of out-of-range ones
         for i, v in enumerate(k):
             if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
@@ -75,8 +93,9 @@ def first_picks(first: Union[str, int, Any], lengths: np.ndarray, seed: int) -> 
             rng = np.random.default_rng(seed)
             return np.where(lengths > 0, np.floor(rng.random(b) * lengths).astype(np.int64), -1)
         raise ValueError(f"first must be 'isolated', 'random', a token index or one index per set, got {first!r}")
-    if isinstance(first, bool):
+    if isinstance(first, (bool, np.bool_)):
         raise TypeError("first must be 'isolated', 'random' or an integer index, got bool")
+    _refuse_bools(first, "first")
     arr = np.asarray(_array.host_copy(first, "first") if _array.is_array(first, "first") else first)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"first must be 'isolated', 'random' or integer indices, got {arr.dtype}")
@@ -105,7 +124,9 @@ def kcenter(x: Any, k: Any, metric: str = "cosine", first: Union[str, int, Any] 
     Args:
         x: a set batch (``Ragged``, list of ``[n_i, d]`` arrays, ``[B, N, d]`` array, padded with ``lengths`` or
             ``mask``, or one ``[n, d]`` set); float32, float16 or bfloat16 (distances accumulate in float32).
-        k: picks per set, an int or one per set.
+        k: picks per set, an int (a 0-d array counts as one) or one per set; the output is ``[B, max k]``, so a k
+            whose output cannot be allocated (far beyond the longest set: it only adds -1 padding) is a ValueError
+            naming k.
         metric: ``"cosine"`` (1 - cosine similarity; a zero vector has similarity 0 with everything), ``"l2"``
             (Euclidean) or ``"ip"`` (negative inner product).
         first: ``"isolated"`` (DivPrune: the token whose nearest other token is farthest), ``"random"`` (seeded by

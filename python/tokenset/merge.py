@@ -3,7 +3,10 @@ k-means and k-medoids with farthest-first initialisation (CenterCLIP; CRISP-styl
 
 Every method computes its nearest neighbours with native kernels or GEMMs in the tokens' library and device and
 merges with size-weighted sums there; only the plan (which token joins which group: small integer arrays) is made
-on the host. Ties go to the lower index everywhere.
+on the host. Ties go to the lower index everywhere; a NaN similarity ranks as -inf and a NaN distance counts as
++inf on every path (a GEMM per set or MaxSim's native argmax for many small sets), so a set's groups do not depend on
+the batch it is in; a token or centre holding NaN or +-inf is at +inf from every other token (the direct
+sum_k (x_k - c_k)^2 is inf or NaN), as in the references.
 
 * ``"tome"``: split each set alternately (A = even positions, B = odd); every A token's most similar B token
   (cosine of ``metric``, default the tokens themselves; ToMe uses the attention keys averaged over heads); the r
@@ -56,17 +59,23 @@ def _weighted_average(x: Any, weights: Any, segments: np.ndarray, count: int) ->
 def _tome(batch: Ragged, ks: np.ndarray, padding: dict, metric: Any = None, sizes: Any = None, protected: int = 0):
     if isinstance(protected, bool) or not isinstance(protected, (int, np.integer)) or protected < 0:
         raise ValueError(f"protected must be an integer >= 0 (leading tokens never merged), got {protected!r}")
+    protected = int(protected)
+    if protected > np.iinfo(np.int64).max:  # numpy's comparisons with int64 positions raised OverflowError
+        raise ValueError(f"protected={protected} does not fit in int64 (at most 2**63 - 1); pass at most the longest "
+                         f"set's length to protect every token")
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
-    x = _segments.float32(batch.values)
-    keys = x
+    m = None
     if metric is not None:
         # Keys padded like the tokens ([B, N, dk] beside [B, N, d] with lengths / mask) are gathered like them.
         padded_like = _array.is_array(metric, "metric") and metric.ndim == 3
         m = ragged(metric, lengths=padding["lengths"] if padded_like else None,
                    mask=padding["mask"] if padded_like else None, name="metric").compact()
+        # dtype and the token-dimension limit before any work (a broadcast [B, N, 2**17] view was copied into GEMMs)
+        _array.check_tokens(m._any_values, m.dim, "metric")
         if not np.array_equal(m.lengths, batch.lengths):
             raise ValueError("metric must have one key per token (the tokens' lengths per set)")
-        keys = _segments.float32(m.values)
+    x = _segments.float32(batch.values)
+    keys = x if m is None else _segments.float32(m.values)
     size_host = _per_token(sizes, batch, "sizes", padding["host_mask"]) if sizes is not None \
         else np.ones(x.shape[0], np.float32)
     size = _segments.from_host(size_host, lib, dev)
@@ -196,7 +205,9 @@ def _chunk_rows(columns: int) -> int:
 def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, d: int,
                    buffer: np.ndarray) -> np.ndarray:
     """||x_r - c|| / sqrt(d) for rows r0..r1 of xs against `cols`, written into the first r1 - r0 rows of `buffer`
-    (host float64, reused by every chunk: only the float32 GEMM block is allocated per chunk)."""
+    (host float64, reused by every chunk: only the float32 GEMM block is allocated per chunk). A NaN distance counts
+    as +inf: a token or column holding NaN or +-inf is at +inf from everything (the expanded form gives it inf or NaN,
+    never a number or -inf: its |x|^2 is inf or NaN), as the direct form's inf or NaN is in the reference."""
     d2 = buffer[:r1 - r0]
     np.copyto(d2, _array.host_copy(xs[r0:r1] @ cols.T))  # float32 -> float64, then in place
     d2 *= -2.0
@@ -204,7 +215,8 @@ def _distance_rows(xs: Any, sq: Any, r0: int, r1: int, cols: Any, cols_sq: Any, 
     d2 += _array.host_copy(cols_sq).astype(np.float64)[None, :]
     np.maximum(d2, 0.0, out=d2)
     d2 /= d
-    return np.sqrt(d2, out=d2)
+    np.sqrt(d2, out=d2)
+    return np.fmin(d2, np.inf, out=d2)  # NaN -> +inf in place (fmin returns the non-NaN operand)
 
 
 def _dpc_centres(xs: Any, sq: Any, k: int, knn: int, d: int) -> np.ndarray:
@@ -248,8 +260,8 @@ def _dpc_centres(xs: Any, sq: Any, k: int, knn: int, d: int) -> np.ndarray:
 
 
 def _nearest_centre(xs: Any, sq: Any, centres: np.ndarray, d: int) -> np.ndarray:
-    """For every token the position (in `centres`, sorted) of its nearest centre, lowest on ties; centres join
-    themselves."""
+    """For every token the position (in `centres`, sorted) of its nearest centre, lowest on ties (a NaN distance
+    counts as +inf: _distance_rows); centres join themselves."""
     n = xs.shape[0]
     c = _segments.take(xs, centres)
     csq = _segments.row_dots(c, c)
@@ -282,11 +294,18 @@ def _init_centres(batch: Ragged, x: Any, ks: np.ndarray, raw: Any) -> Tuple[np.n
     return rows.astype(np.int64), valid.sum(axis=1).astype(np.int64)
 
 
-def _assign(qx: Any, lens: np.ndarray, centres: Any, c_len: np.ndarray) -> np.ndarray:
+def _assign(qx: Any, lens: np.ndarray, centres: Any, c_len: np.ndarray, finite: np.ndarray) -> np.ndarray:
     """Nearest centre (squared l2, lowest index on ties) of every token, as a position within its set's centres:
-    argmax of <[x, 1], [2c, -|c|^2]> (qx = [x, 1]), one GEMM per set."""
+    argmax of <[x, 1], [2c, -|c|^2]> (qx = [x, 1]), one GEMM per set (or native MaxSim argmax calls).
+
+    Non-finite values follow the direct form sum_k (x_k - c_k)^2 with a NaN distance counted as +inf: a token or a
+    centre holding NaN or +-inf is at +inf from everything. The expanded form already gives such a centre -inf or
+    NaN (ranked as -inf) against a finite token, but a non-finite token can score +inf: such tokens (`finite`
+    False, host [T]) take their set's first centre, where every distance ties at +inf."""
     cx = _segments.concat_columns(centres * 2.0, -_segments.row_dots(centres, centres))
-    return _segments.nearest(Ragged(qx, _segments.offsets_of(lens)), Ragged(cx, _segments.offsets_of(c_len)))
+    assign = _segments.nearest(Ragged(qx, _segments.offsets_of(lens)), Ragged(cx, _segments.offsets_of(c_len)))
+    assign[~finite] = 0
+    return assign
 
 
 def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: bool):
@@ -304,13 +323,14 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     centres = _segments.take(x, rows)
     total = int(c_len.sum())
     sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)  # |x_i|^2: fixed across iterations
+    finite = _segments.finite_rows(x, sq)
     qx = _segments.concat_columns(x, _segments.from_host(np.ones(x.shape[0], np.float32), lib, dev))
     for it in range(iters + 1):
-        segments = c_off[sets] + _assign(qx, lens, centres, c_len)
+        segments = c_off[sets] + _assign(qx, lens, centres, c_len, finite)
         if it == iters:
             break
         if medoids:
-            new_rows = _medoids(x, sq, segments, total, rows)
+            new_rows = _medoids(x, sq, segments, total, rows, finite)
             if np.array_equal(new_rows, rows):
                 break
             rows = new_rows
@@ -320,8 +340,11 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
             sums = _segments.segment_sum(x, segments, total)
             scale = _segments.from_host(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0).astype(np.float32),
                                         lib, dev)
-            keep_old = _segments.from_host((counts == 0).astype(np.float32), lib, dev)
-            centres = sums * scale[:, None] + centres * keep_old[:, None]
+            new_centres = sums * scale[:, None]
+            empty = np.flatnonzero(counts == 0)
+            if empty.size:  # an empty cluster keeps its centre (copied, never multiplied: inf * 0 would be NaN)
+                new_centres[_segments.from_host(empty, lib, dev)] = _segments.take(centres, empty)
+            centres = new_centres
             if metric == "cosine":
                 centres = _segments.unit_rows(centres)
     counts = np.bincount(segments, minlength=total)
@@ -332,8 +355,12 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
             values = values.detach()
     else:
         # Each cluster's member nearest its centroid represents it (float32 distances: within the tie tolerance,
-        # the lowest index; a two-member cluster's centroid is equidistant from both).
+        # the lowest index; a two-member cluster's centroid is equidistant from both). A non-finite member or
+        # centroid is at +inf (the direct form's inf or NaN), never -inf as the expanded form can give.
         d2 = sq - 2.0 * _array.host_copy(_segments.row_dots(x, _segments.take(centres, segments))).astype(np.float64)
+        centre_finite = _segments.finite_rows(centres, _array.host_copy(
+            _segments.row_dots(centres, centres)).astype(np.float64))
+        d2[~(finite & centre_finite[segments])] = np.inf
         representative = _first_minimum(d2, segments, total, _TIE * (sq + np.abs(d2)))
         values = centres
     nonempty = counts > 0
@@ -345,13 +372,18 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     return local[keep_rows], _segments.take(values, keep_rows), sizes, lens_out
 
 
-def _medoids(x: Any, sq: np.ndarray, segments: np.ndarray, total: int, rows: np.ndarray) -> np.ndarray:
+def _medoids(x: Any, sq: np.ndarray, segments: np.ndarray, total: int, rows: np.ndarray,
+             finite: np.ndarray) -> np.ndarray:
     """Each cluster's member j minimising sum_i ||x_i - x_j||^2 = n |x_j|^2 - 2 <x_j, S> + const (S: the cluster's
-    sum; sq: host |x_i|^2), lowest index on ties; an empty cluster keeps its medoid."""
+    sum; sq: host |x_i|^2), lowest index on ties; an empty cluster keeps its medoid. In a cluster with a non-finite
+    member (`finite`: host bool [T]) every cost is +inf (a term of each direct sum is inf or NaN), so its lowest
+    member is the medoid."""
     sums = _segments.segment_sum(x, segments, total)
     counts = np.bincount(segments, minlength=total).astype(np.float64)
     cost = counts[segments] * sq - 2.0 * _array.host_copy(
         _segments.row_dots(x, _segments.take(sums, segments))).astype(np.float64)
+    spoiled = np.bincount(segments, weights=~finite, minlength=total) > 0
+    cost[spoiled[segments]] = np.inf
     scale = np.bincount(segments, weights=sq, minlength=total)  # sum of |x_i|^2: the size of every cost term
     new_rows = _first_minimum(cost, segments, total, _TIE * (counts[segments] * sq + scale[segments]))
     return np.where(counts > 0, new_rows, rows)

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _array, _segments
 from .coverage import coverage
-from .kcenter import kcenter, per_set_counts
+from .kcenter import kcenter, per_set_counts, scalar_of
 from .ragged import Ragged, ragged
 
 PRUNE_METHODS = ("divprune", "kcenter", "mmtok", "scores")
@@ -46,7 +46,8 @@ class PruneResult(NamedTuple):
 def keep_counts(keep: Any, lengths: np.ndarray) -> np.ndarray:
     """`keep` as tokens per set: a count (int or one per set, >= 1) or a ratio in (0, 1] of each set's length
     (rounded, at least 1 token of a non-empty set), clamped to each set's length (at least 1) before anything is
-    allocated by it: a huge count on small sets costs nothing."""
+    allocated by it: a huge count on small sets costs nothing. A 0-d array is the scalar it holds."""
+    keep = scalar_of(keep, "keep")
     if isinstance(keep, (float, np.floating)):
         if not 0.0 < keep <= 1.0:
             raise ValueError(f"keep as a ratio must be in (0, 1], got {keep}; pass an int to keep a number of tokens")
@@ -68,6 +69,15 @@ def _unknown(method: Any, known) -> ValueError:
     return ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, known))}")
 
 
+def _real_host(values: Any, name: str) -> np.ndarray:
+    """`values` as a host float64 array; complex values are a TypeError (their imaginary part was dropped)."""
+    arr = _array.host_copy(values, name)
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name}: dtype {arr.dtype} is not supported; pass real numbers (e.g. x.real or abs(x)): "
+                        f"the imaginary part would be dropped")
+    return np.asarray(arr, np.float64)
+
+
 def per_token_values(values: Any, batch: Ragged, name: str, mask: Optional[np.ndarray] = None) -> np.ndarray:
     """One number per token of `batch` as host float64 [T], or a ValueError naming `name` (and the set):
 
@@ -76,6 +86,8 @@ def per_token_values(values: Any, batch: Ragged, name: str, mask: Optional[np.nd
       padded tokens with a boolean ``mask`` (host ``[B, N]``), the values at the mask's positions (the same
       positions the tokens were taken from);
     * a flat ``[T]`` array of every token in order.
+
+    Real numbers only: complex values are a TypeError.
     """
     lengths = batch.lengths
     longest = int(lengths.max()) if lengths.size else 0
@@ -84,13 +96,13 @@ def per_token_values(values: Any, batch: Ragged, name: str, mask: Optional[np.nd
             raise ValueError(f"{name}: a list needs one array per set ({len(batch)} sets), got {len(values)}")
         parts = []
         for i, v in enumerate(values):
-            part = np.asarray(_array.host_copy(v, f"{name}[{i}]"), np.float64).reshape(-1)
+            part = _real_host(v, f"{name}[{i}]").reshape(-1)
             if part.shape[0] != lengths[i]:
                 raise ValueError(f"{name}[{i}] has {part.shape[0]} entries but set {i} has {lengths[i]} tokens: pass "
                                  f"one value per token of each set")
             parts.append(part)
         return np.concatenate(parts) if parts else np.zeros(0)
-    arr = np.asarray(_array.host_copy(values, name), np.float64)
+    arr = _real_host(values, name)
     if arr.ndim == 2 and arr.shape[0] == len(batch):
         if mask is not None:
             if arr.shape != mask.shape:
@@ -161,7 +173,9 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
         tokens: a set batch (``Ragged``, list of ``[n_i, d]``, ``[B, N, d]`` with optional ``lengths`` / ``mask``,
             or one ``[n, d]`` set).
         keep: tokens to keep per set: an int, one int per set, or a ratio in (0, 1] of each set's length
-            (DivPrune's default is 0.098); counts above a set's length keep the whole set.
+            (DivPrune's default is 0.098; a 0-d array is the scalar it holds); counts above a set's length keep the
+            whole set. With a ``mask``, indices count the set's valid tokens (its mask's True positions in order),
+            while ``[B, N]`` per-token ``scores`` are read at the mask's positions.
         method: ``"divprune"`` | ``"kcenter"`` | ``"mmtok"`` | ``"scores"`` (see the module docstring).
         padded: return ``tokens`` as ``[B, K, d]`` zero-padded (``lengths`` tells the valid prefix).
         options: the method's options (``metric``, ``first``, ``seed``; ``text``, ``vision_keys``, temperatures;

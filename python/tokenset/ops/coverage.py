@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import _array
 from . import _dispatch
+from .kcenter import pick_outputs
 
 
 def coverage(matrix: Any, rows: np.ndarray, cols: np.ndarray, k: np.ndarray, max_k: int,
@@ -27,8 +28,7 @@ def coverage(matrix: Any, rows: np.ndarray, cols: np.ndarray, k: np.ndarray, max
             matrix = (_array._cupy() if _array.is_cupy(matrix) else np).ascontiguousarray(matrix)
     host, device = zip(*(_dispatch.host_and_device(a, lib, dev) for a in (rows, cols, k)))
     b = int(matrix.shape[0])
-    indices = _dispatch.empty((b, int(max_k)), "int64", lib, dev)
-    gains = _dispatch.empty((b, int(max_k)), "float32", lib, dev) if with_gains else None
+    indices, gains = pick_outputs(b, int(max_k), int(cols.max()) if b else 0, with_gains, lib, dev)
     _dispatch.module(dev).coverage(matrix, host[0], device[0], host[1], device[1], host[2], device[2], int(max_k),
                                    indices, gains, stream, _dispatch.allocator(lib, dev))
     return indices, gains

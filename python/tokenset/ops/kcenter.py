@@ -11,6 +11,23 @@ from . import _dispatch
 METRIC_CODES = {"cosine": 0, "l2": 1, "ip": 2}
 
 
+def pick_outputs(rows: int, k: int, longest: int, with_values: bool, lib: str, dev) -> Tuple[Any, Optional[Any]]:
+    """``(indices int64 [rows, k], values float32 [rows, k] or None)`` of a greedy selection (k-center, coverage) whose
+    sets have at most `longest` tokens, or a ValueError naming k when that output cannot be allocated (a k beyond the
+    longest set only adds -1 padding): numpy's "array is too big" and MemoryError, torch's RuntimeError never named
+    k."""
+    entry = 12 if with_values else 8
+    try:
+        if rows * k > (1 << 62) // entry:
+            raise MemoryError
+        indices = _dispatch.empty((rows, k), "int64", lib, dev)
+        return indices, (_dispatch.empty((rows, k), "float32", lib, dev) if with_values else None)
+    except (MemoryError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"k={k}: the output [{rows}, {k}] ({entry} bytes per entry) cannot be allocated; the longest "
+                         f"set has {longest} tokens, and a k beyond it only adds -1 padding: pass k <= "
+                         f"{max(longest, 1)}") from (None if isinstance(exc, MemoryError) else exc)
+
+
 def kcenter(batch: Ragged, metric: str, k: np.ndarray, first: np.ndarray, max_k: int,
             with_distances: bool = False) -> Tuple[Any, Optional[Any]]:
     """``(indices int64 [B, max_k], distances float32 [B, max_k] or None)``; k and first: host int64 [B]."""
@@ -20,8 +37,8 @@ def kcenter(batch: Ragged, metric: str, k: np.ndarray, first: np.ndarray, max_k:
     k, k_dev = _dispatch.host_and_device(k, lib, dev)
     first, first_dev = _dispatch.host_and_device(first, lib, dev)
     b = len(batch)
-    indices = _dispatch.empty((b, int(max_k)), "int64", lib, dev)
-    distances = _dispatch.empty((b, int(max_k)), "float32", lib, dev) if with_distances else None
+    longest = int(batch.lengths.max()) if b else 0
+    indices, distances = pick_outputs(b, int(max_k), longest, with_distances, lib, dev)
     _dispatch.module(dev).kcenter(tokens, METRIC_CODES[metric], k, k_dev, first, first_dev, int(max_k), indices,
                                   distances, stream, _dispatch.allocator(lib, dev))
     return indices, distances

@@ -2,6 +2,12 @@
 ToMe's bipartite soft matching (Bolya et al., ICLR 2023), Chat-UniVi's DPC-KNN (Jin et al., CVPR 2024), k-means and
 k-medoids with farthest-first (KKZ) initialisation (CenterCLIP, Zhao et al., SIGIR 2022). Ties go to the lower
 index. Each returns ``(representatives, tokens, sizes)`` with groups in the order of their representative token.
+
+NaN (the library's rule): a NaN similarity ranks as -inf and a NaN distance or norm as +inf / -inf, whichever loses
+(ToMe's most similar B token, KKZ's largest-norm first token, the nearest centre or medoid): an argmax / argmin
+never picks a NaN while a number is there, and ties (all -inf, all +inf) go to the lower index. Distances are the
+direct sum_k (x_k - c_k)^2, so a token or centre holding NaN or +-inf is at +inf from everything (DPC-KNN: from
+every other token; each token is at 0 from itself).
 """
 from __future__ import annotations
 
@@ -13,6 +19,16 @@ from .kcenter import kcenter_set
 
 Result = Tuple[np.ndarray, np.ndarray, np.ndarray]
 TIE = 1e-5  # relative tolerance under which two costs count as equal (the kernels evaluate them in float32)
+
+
+def _argmax(values: np.ndarray, axis: Optional[int] = None) -> np.ndarray:
+    """np.argmax with NaN ranked as -inf: the first largest number (index 0 when everything is NaN or -inf)."""
+    return np.argmax(np.where(np.isnan(values), -np.inf, values), axis=axis)
+
+
+def _argmin(values: np.ndarray, axis: Optional[int] = None) -> np.ndarray:
+    """np.argmin with NaN ranked as +inf: the first smallest number (index 0 when everything is NaN or +inf)."""
+    return np.argmin(np.where(np.isnan(values), np.inf, values), axis=axis)
 
 
 def _first_min(cost: np.ndarray, tolerance: np.ndarray) -> int:
@@ -34,6 +50,7 @@ def tome_round(x: np.ndarray, keys: np.ndarray, size: np.ndarray, origin: np.nda
     scores = unit[a_pos] @ unit[b_pos].T
     scores[a_pos < protected, :] = -np.inf  # protected tokens ([CLS] in A, a distillation token in B) never merge
     scores[:, b_pos < protected] = -np.inf
+    scores = np.where(np.isnan(scores), -np.inf, scores)  # a NaN similarity ranks as -inf
     node_idx = np.argmax(scores, axis=1)
     node_max = scores[np.arange(len(a_pos)), node_idx]
     edge_order = np.lexsort((a_pos, -node_max))  # most similar first, lower position on ties
@@ -81,6 +98,8 @@ def dpc_knn(x: np.ndarray, keep: int, knn: int = 5, weights: Optional[np.ndarray
     if keep >= n:
         return np.arange(n), x.copy(), w.copy()
     dist = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0) / d)
+    dist = np.where(np.isnan(dist), np.inf, dist)  # a NaN distance counts as +inf (a token with NaN or +-inf)
+    np.fill_diagonal(dist, 0.0)  # ... but every token is at 0 from itself ((inf - inf)^2 would be NaN)
     k = min(knn, n)
     nearest = np.sort(dist, axis=1)[:, :k]  # itself (distance 0) included, as torch.topk over the full matrix
     density = np.exp(-(nearest ** 2).mean(axis=1))
@@ -102,14 +121,16 @@ def dpc_knn(x: np.ndarray, keep: int, knn: int = 5, weights: Optional[np.ndarray
 
 
 def _kkz(x: np.ndarray, k: int, raw: np.ndarray) -> np.ndarray:
-    """KKZ initialisation: the token of largest norm (of `raw`, before any normalisation), then farthest-first."""
+    """KKZ initialisation: the token of largest norm (of `raw`, before any normalisation; a NaN norm ranks as -inf,
+    ties to the lower index), then farthest-first."""
     norms = (raw ** 2).sum(axis=1)
-    return kcenter_set(x, k, "l2", first=int(np.argmax(norms)))[0]
+    return kcenter_set(x, k, "l2", first=int(_argmax(norms)))[0]
 
 
 def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The nearest centre of every token by the direct squared distance, a NaN distance counting as +inf."""
     d2 = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
-    return np.argmin(d2, axis=1)
+    return _argmin(d2, axis=1)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
