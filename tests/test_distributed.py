@@ -114,3 +114,16 @@ def test_a_shard_that_does_not_answer_in_time_is_an_error(local_ray, tmp_path, m
         sharded.timeout = 1e-4  # no shard answers a search this fast
         with pytest.raises(distributed.ShardUnavailableError, match="did not answer within"):
             sharded.search([docs[0][:3]], k=5)
+
+
+def test_more_shards_than_documents(local_ray, tmp_path):
+    """Building used to fail ("an empty list has no sets") after writing the first shards."""
+    docs = corpus(np.random.default_rng(4), 3)
+    sharded = distributed.ShardedIndex.build(docs, tmp_path, shards=5, dim=DIM, num_cpus=0.25, start_timeout=120,
+                                             fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0))
+    try:
+        assert len(sharded) == 3
+        ids, _ = sharded.search(docs[1][:3], k=5)
+        assert ids[0, 0] == 1 and (ids[0, 3:] == -1).all()
+    finally:
+        sharded.close()

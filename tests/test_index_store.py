@@ -104,7 +104,7 @@ def test_exact_search_matches_search_with_every_document_a_candidate(monkeypatch
     index.add(docs[:100])
     index.add(docs[100:], ids=np.arange(1000, 1200))
     index.remove(np.arange(0, 100, 5))
-    monkeypatch.setattr(index_core, "_EXACT_SCORE_BYTES", 4 * 3 * 7)  # blocks of 7 documents
+    monkeypatch.setattr(index_core, "_EXACT_SCORE_BYTES", index_core._EXACT_BYTES_PER_SCORE * 3 * 7)  # 7 documents
     queries = docs[:3]
     for k in (1, 10, 400):
         a = index.search(queries, k=k, candidates=max(k, 300))
@@ -241,3 +241,100 @@ def test_usearch_graph_keeps_changes_made_while_it_builds(monkeypatch):
     assert 105 in got and 100 not in got and 3 not in got
     ids, _ = index.search(docs[45], k=1, candidates=20)
     assert ids[0, 0] == 105
+
+
+def test_a_folder_with_negative_ids_says_why_it_cannot_load(tmp_path):
+    """Version-1 folders of an older tokenset could hold negative ids; they are refused with the reason, not called
+    damaged."""
+    import hashlib
+    import json
+
+    from tokenset import _storage
+
+    index = tokenset.Index(DIM, fde=fde())
+    index.add(random_docs(np.random.default_rng(10), 2), ids=[4, 7])
+    index.save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    meta = manifest["arrays"]["ids"]
+    ids = np.array([-5, 7], np.int64)
+    np.save(tmp_path / meta["file"], ids)
+    meta["sha256"] = hashlib.sha256(ids.tobytes()).hexdigest()
+    del manifest[_storage.CONFIG_DIGEST_KEY]
+    manifest[_storage.CONFIG_DIGEST_KEY] = hashlib.sha256(_storage.canonical_json(manifest)).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="negative ids .* an older tokenset accepted"):
+        tokenset.Index.load(tmp_path)
+
+
+def test_usearch_candidates_are_bounded_by_the_graph():
+    """candidates=10**7 on a 10-document usearch index allocated nq x 10**7 positions (2.5 GB)."""
+    pytest.importorskip("usearch")
+    index = tokenset.Index(DIM, fde=fde(), backend="usearch")
+    docs = random_docs(np.random.default_rng(11), 10)
+    index.add(docs)
+    index.search(docs[0], k=1)  # builds the graph
+    tracemalloc.start()
+    try:
+        ids, _ = index.search(docs[:4], k=3, candidates=10**7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20 and ids.shape == (4, 3)
+
+
+def test_exact_search_memory_is_its_block_budget(monkeypatch):
+    """exact_search's scratch per block was ~10x the score block (ids, sort keys, order); blocks are now sized by
+    what ranking a score costs."""
+    rng = np.random.default_rng(12)
+    monkeypatch.setattr(index_core, "_EXACT_SCORE_BYTES", 8 << 20)
+    index = tokenset.Index(4, fde=fde(4), dtype="float32")
+    index.add(tokenset.Ragged(rng.standard_normal((6000, 4)).astype(np.float32), np.arange(6001)))
+    q = tokenset.Ragged(rng.standard_normal((1000, 4)).astype(np.float32), np.arange(1001))
+    tracemalloc.start()
+    try:
+        index.exact_search(q, k=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (8 << 20) + (1 << 20), peak / 2**20
+
+
+def test_segments_stay_logarithmic_whatever_the_add_sizes():
+    """Adds of shrinking sizes (400, 399, ..., 1 documents) never met the merge rule and left 400 segments (a
+    search costs O(segments))."""
+    index = tokenset.Index(4, fde=fde(4))
+    x = np.ones((400, 1, 4), np.float32)
+    for n in range(400, 0, -1):
+        index.add(x[:n])
+    total = 400 * 401 // 2
+    assert len(index) == total and len(index._store.segments) <= 2 * total.bit_length() + 2
+    assert np.array_equal(np.sort(index.ids), np.arange(total))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork")
+def test_an_index_works_in_a_child_forked_while_another_thread_holds_its_lock():
+    import os
+    import signal
+
+    index = tokenset.Index(DIM, fde=fde())
+    docs = random_docs(np.random.default_rng(13), 20)
+    index.add(docs)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with index._store.lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # a hang is a failure, not a stuck suite
+        ok = index.search(docs[3], k=1)[0][0, 0] == 3 and len(index.add(docs[:2])) == 2
+        os._exit(0 if ok else 3)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -54,7 +55,8 @@ def temporary_name(path: PathLike) -> str:
     return os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
 
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}\.tmp$")
+# This version's temporaries, and those of versions that used tempfile.mkstemp (8 characters of [a-z0-9_]).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:[0-9a-f]{16}|[a-z0-9_]{8})\.tmp$")
 
 
 def is_temporary_of(entry: str, names: Callable[[str], bool]) -> bool:
@@ -151,7 +153,7 @@ def write_npy(path: PathLike, dtype: Any, shape: Tuple[int, ...], blocks: Iterab
     leaves the previous file."""
     dtype = np.dtype(dtype)
     shape = tuple(int(n) for n in shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     digest = hashlib.sha256()
 
     def write(f) -> None:
@@ -219,29 +221,29 @@ def _nesting(data: bytes) -> int:
     return peak
 
 
-def parse_config(data: bytes, corrupt: Callable[[str], Exception]) -> Dict[str, Any]:
+def parse_config(data: bytes, corrupt: Callable[[str], Exception], name: str = "config.json") -> Dict[str, Any]:
     """A JSON object of at most MAX_CONFIG_BYTES, MAX_JSON_DEPTH levels, no duplicate keys, no NaN/Infinity, whose
-    ``config_sha256`` matches the canonical form of everything else."""
+    ``config_sha256`` matches the canonical form of everything else. `name` names the file in messages."""
     if len(data) > MAX_CONFIG_BYTES:
-        raise corrupt("config.json is too large")
+        raise corrupt(f"{name} is too large")
     if _nesting(data) > MAX_JSON_DEPTH + 1:
-        raise corrupt(f"config.json nests more than {MAX_JSON_DEPTH} levels")
+        raise corrupt(f"{name} nests more than {MAX_JSON_DEPTH} levels")
     try:
         config = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
                             parse_constant=_reject_constant)
         _depth_checked(config)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise corrupt(f"config.json unreadable: {exc}") from None
+        raise corrupt(f"{name} unreadable: {exc}") from None
     if not isinstance(config, dict):
-        raise corrupt("config.json is not an object")
+        raise corrupt(f"{name} is not an object")
     digest = config.get(CONFIG_DIGEST_KEY)
     rest = {k: v for k, v in config.items() if k != CONFIG_DIGEST_KEY}
     try:
         actual = hashlib.sha256(canonical_json(rest)).hexdigest()
     except (ValueError, TypeError, RecursionError) as exc:
-        raise corrupt(f"config.json unreadable: {exc}") from None
+        raise corrupt(f"{name} unreadable: {exc}") from None
     if not isinstance(digest, str) or digest != actual:
-        raise corrupt("config.json does not match its checksum (edited or damaged)")
+        raise corrupt(f"{name} does not match its checksum (edited or damaged)")
     return config
 
 
@@ -282,10 +284,11 @@ def parse_npy(data: bytes, name: str, dtype: np.dtype, shape: Tuple[int, ...], c
         raise corrupt(f"{name}.npy holds {got_dtype} {tuple(got_shape)}{' (Fortran order)' if fortran else ''}, "
                       f"expected {dtype} {tuple(shape)}")
     start = f.tell()
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    count = math.prod(int(n) for n in shape)  # Python ints: a crafted shape cannot wrap around
+    nbytes = count * dtype.itemsize
     if len(data) - start != nbytes:
         raise corrupt(f"{name}.npy has {len(data) - start} bytes of data, its shape {tuple(shape)} needs {nbytes}")
-    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=start).reshape(shape)
+    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
 
 
 def header_bytes_bound() -> int:
@@ -406,7 +409,7 @@ def read_npy_file(f, name: str, dtype: Any, shape: Any, mmap: bool, corrupt) -> 
             (shape is not None and tuple(got_shape) != tuple(shape)) or (shape is None and len(got_shape) != 1):
         raise corrupt(f"{name} holds {got_dtype} {tuple(got_shape)}, expected {dtype} "
                       f"{tuple(shape) if shape is not None else '(n,)'}")
-    count = int(np.prod(got_shape, dtype=np.int64))
+    count = math.prod(int(n) for n in got_shape)  # Python ints: a crafted shape cannot wrap around
     size = os.fstat(f.fileno()).st_size
     if size != start + count * dtype.itemsize:
         raise corrupt(f"{name} is {size} bytes, its header says {start + count * dtype.itemsize} (truncated or "
@@ -477,6 +480,35 @@ class DirectoryLock:
         cls._held_fds = set()
         cls._process_locks = {}
         cls._guard = __import__("threading").Lock()
+
+
+class SharedDirectoryLock:
+    """The lock of :class:`DirectoryLock` taken shared (``LOCK_SH``): readers exclude writers, not each other. Opens
+    the lock file read-only and never creates it (a reader may not be allowed to write, and a folder without the
+    file has no writer of this version to wait for)."""
+
+    def __init__(self, directory: str, name: str):
+        self.path = os.path.join(directory, name)
+        self._fd = None
+
+    def __enter__(self) -> "SharedDirectoryLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return self
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        DirectoryLock._held_fds.add(self._fd)  # closed in a forked child, like a save's
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            DirectoryLock._held_fds.discard(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
 
 if hasattr(os, "register_at_fork"):

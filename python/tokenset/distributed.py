@@ -48,6 +48,7 @@ class _Shard:
     def __init__(self, directory: str):
         self.directory = directory
         self.index = Index.load(directory)
+        self.index._build_graph_now()  # usearch: before the first search, which a timeout bounds
 
     def search(self, values: np.ndarray, offsets: np.ndarray, k: int, candidates: Optional[int]):
         from .ragged import Ragged
@@ -71,25 +72,31 @@ class ShardedIndex:
         directories: one saved index per shard (ids must be distinct across shards).
         max_restarts: how many times Ray restarts a dead shard worker (it reloads the shard from disk).
         num_cpus: CPUs reserved per shard worker.
-        timeout: seconds to wait for a shard's answer (None: no limit) before :class:`ShardUnavailableError`.
+        timeout: seconds to wait for a shard's answer to a search (None: no limit) before
+            :class:`ShardUnavailableError`. Starting (each worker loads its shard and, with ``backend="usearch"``,
+            builds its graph) is bounded by ``start_timeout`` instead (None: no limit; a usearch graph over 100k
+            documents took minutes). A shard that cannot start within it (e.g. Ray has fewer free CPUs than
+            ``shards x num_cpus``) is a :class:`ShardUnavailableError`.
     """
 
     def __init__(self, directories: Sequence[Any], *, max_restarts: int = 1, num_cpus: float = 1,
-                 timeout: Optional[float] = 300.0):
+                 timeout: Optional[float] = 300.0, start_timeout: Optional[float] = None):
         ray = _ray()
         if not ray.is_initialized():
             raise RuntimeError("call ray.init(...) first (e.g. ray.init(num_cpus=2) on one machine)")
         self.directories = [os.fspath(d) for d in directories]
         if not self.directories:
             raise ValueError("a sharded index needs at least one shard directory")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or
-                                    not timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        for name, value in (("timeout", timeout), ("start_timeout", start_timeout)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
+                                      not value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
         self.timeout = timeout
         actor = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts,
                            max_task_retries=max_restarts)(_Shard)
         self._actors = [actor.remote(d) for d in self.directories]
-        self._sizes = self._gather([a.size.remote() for a in self._actors])
+        # Loading a shard (and building its usearch graph: minutes at 100k documents) is bounded by start_timeout.
+        self._sizes = self._gather([a.size.remote() for a in self._actors], timeout=start_timeout)
         shard_ids = self._gather([a.ids.remote() for a in self._actors])
         every = np.sort(np.concatenate(shard_ids)) if shard_ids else np.zeros(0, np.int64)
         repeated = every[1:][every[1:] == every[:-1]]
@@ -115,7 +122,8 @@ class ShardedIndex:
         for s in range(shards):
             rows = np.arange(s, n, shards)
             index = Index(dim, fde=fde, dtype=dtype)
-            index.add([batch[int(r)] for r in rows], ids=all_ids[rows])
+            if rows.size:  # more shards than documents: the rest stay empty (valid, searchable indexes)
+                index.add([batch[int(r)] for r in rows], ids=all_ids[rows])
             path = os.path.join(directory, f"shard-{s}")
             index.save(path)
             paths.append(path)
@@ -124,14 +132,15 @@ class ShardedIndex:
     def __len__(self) -> int:
         return int(sum(self._sizes))
 
-    def _gather(self, refs: List[Any]) -> List[Any]:
+    def _gather(self, refs: List[Any], timeout: Any = "default") -> List[Any]:
         ray = _ray()
+        timeout = self.timeout if timeout == "default" else timeout
         out = []
         for directory, ref in zip(self.directories, refs):
             try:
-                out.append(ray.get(ref, timeout=self.timeout))
+                out.append(ray.get(ref, timeout=timeout))
             except ray.exceptions.GetTimeoutError as exc:
-                raise ShardUnavailableError(f"shard {directory} did not answer within {self.timeout} s; no partial "
+                raise ShardUnavailableError(f"shard {directory} did not answer within {timeout} s; no partial "
                                             f"result is returned") from exc
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                 raise ShardUnavailableError(f"shard {directory} did not answer (its worker died and could not be "

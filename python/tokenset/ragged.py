@@ -211,7 +211,8 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
         device = _array.device(first)
         torch_device = first.device if _array.is_torch(first) else None
         for i, a in enumerate(x):  # one pass of cheap checks: lists of thousands of sets are common
-            if type(a) is not kind:
+            if type(a) is not kind and not (isinstance(a, np.ndarray) and isinstance(first, np.ndarray)):
+                # (numpy subclasses mix freely: a memory map's empty slice is a plain ndarray)
                 if not _array.is_array(a):
                     raise TypeError(f"{name}[{i}]: expected an array, got {type(a).__name__}")
                 raise TypeError(f"{name}: all sets must come from one array library, got "

@@ -48,6 +48,13 @@ class AnnGraph:
         self._building = False
         self._log: List[Tuple[str, np.ndarray, Optional[np.ndarray]]] = []
 
+    def fresh_after_fork(self) -> None:
+        """A forked child's copy: a new lock, and no build in progress (the thread building it is not in the child;
+        the next search builds the graph again)."""
+        self._lock = threading.Lock()
+        if self._building:
+            self._building, self._log = False, []
+
     def on_add(self, ids: np.ndarray, fdes: np.ndarray) -> None:
         with self._lock:
             if self._graph is not None:
@@ -107,19 +114,20 @@ class AnnGraph:
         return self._graph is not None
 
     def candidates(self, queries: np.ndarray, snapshot: Snapshot, candidates: int) -> Optional[np.ndarray]:
-        """Positions in `snapshot` ``[nq, candidates]`` (-1 padded) of each query's approximate FDE neighbours, or
-        None while the graph is not built."""
+        """Positions in `snapshot` ``[nq, min(candidates, graph size)]`` (-1 padded) of each query's approximate FDE
+        neighbours, or None while the graph is not built."""
         nq = queries.shape[0]
         with self._lock:
             graph = self._graph
             if graph is None:
                 return None
+            candidates = min(candidates, len(graph))  # never more than the graph holds (memory: nq x this)
             positions = np.full((nq, candidates), -1, dtype=np.int64)
-            if len(graph) == 0 or nq == 0:
+            if candidates == 0 or nq == 0:
                 return positions
             configured = self.options.get("expansion_search", 0)
             graph.expansion_search = max(configured, candidates)
-            matches = graph.search(queries.astype(np.float16), min(candidates, len(graph)))
+            matches = graph.search(queries.astype(np.float16), candidates)
             keys = np.asarray(matches.keys).reshape(nq, -1).view(np.int64)
             # One query gives usearch's Matches (no counts: its keys are the valid ones), several BatchMatches.
             counts = np.asarray(getattr(matches, "counts", [keys.shape[1]])).reshape(nq)

@@ -12,7 +12,9 @@ processes.
 """
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,7 +33,8 @@ from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_ids
 _TOKEN_DTYPES = ("float16", "float32")
 _BACKENDS = ("exact", "usearch")
 _ENCODE_BYTES = 64 << 20  # float32 FDEs encoded at once by add()
-_EXACT_SCORE_BYTES = 64 << 20  # the score block of exact_search (queries x documents of one chunk)
+_EXACT_SCORE_BYTES = 64 << 20  # exact_search's scratch per block of documents: scores and the ranking's temporaries
+_EXACT_BYTES_PER_SCORE = 48  # a score (4), its id (8), and what ranking a row of them costs (sort keys, order)
 _FLOAT16_MAX = 65504.0
 
 
@@ -101,6 +104,16 @@ class Index:
         self._device: Optional[Tuple[str, int]] = None  # None: search on the CPU (Index.to)
         self._saved: Optional[tuple] = None  # (directory, manifest) last loaded or saved: what verify() reads
         self._meta_lock = threading.Lock()
+        _INDEXES.add(self)
+
+    def _fresh_locks(self) -> None:
+        """In a forked child: the locks other threads of the parent held at the fork stay held forever in the child
+        (it has only the forking thread), so every lock of the index starts anew. A change another thread was making
+        at the fork is as far as it got."""
+        self._store.lock = threading.RLock()
+        self._meta_lock = threading.Lock()
+        if self._ann is not None:
+            self._ann.fresh_after_fork()
 
     # ---- contents ---------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -277,6 +290,17 @@ class Index:
             positions = fde_candidates(query_fdes, snap, candidates, dev)
         return self._rerank(q_run, snap, positions, k, dev)
 
+    def _build_graph_now(self) -> None:
+        """With ``backend="usearch"``, builds the graph now instead of on the first search (shard workers do this
+        when they start)."""
+        if self._ann is None:
+            return
+        with self._store.lock:
+            snap = self._store.snapshot()
+            build = self._ann.begin_build()
+        if build:
+            self._ann.build(snap)
+
     def _rerank(self, q_run: Ragged, snap: Snapshot, positions: np.ndarray, k: int, dev) -> Tuple[np.ndarray, np.ndarray]:
         """Exact MaxSim of each query's candidates (one fused ``maxsim_pairs`` per segment holding some), then the
         top k by the ranking rule."""
@@ -296,8 +320,8 @@ class Index:
 
     def exact_search(self, queries: Any, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
         """Brute-force MaxSim top-k over every live document, by the same ranking rule as :meth:`search` (the
-        reference :meth:`search` approximates). Scores are computed in blocks of documents (at most 64 MiB of scores
-        at a time) and merged into a running top-k."""
+        reference :meth:`search` approximates). Scores are computed in blocks of documents and merged into a running
+        top-k: at most 64 MiB of scratch per block (48 bytes per score: the score, its id, the ranking's keys)."""
         k = _count(k, "k", 1)
         q = ragged(queries, name="queries")
         if q.dim != self.dim:
@@ -308,7 +332,7 @@ class Index:
             return best_ids, best_scores
         snap, dev = self._store.snapshot(), self._device
         q_run = _device.queries_on(q, dev) if dev is not None else _device.queries_on_host(q)
-        step = max(1, _EXACT_SCORE_BYTES // (4 * nq))
+        step = max(1, _EXACT_SCORE_BYTES // (_EXACT_BYTES_PER_SCORE * nq))
         for seg, alive in snap:
             documents = _device.segment_copy(seg, dev)[1] if dev is not None else seg.batch
             offsets = documents.offsets
@@ -378,6 +402,19 @@ class Index:
         with self._meta_lock:
             saved = self._saved
         files.verify(saved)
+
+
+_INDEXES: "weakref.WeakSet[Index]" = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    _device.fresh_after_fork()
+    for index in list(_INDEXES):
+        index._fresh_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 def _storage_path(directory: Any) -> str:

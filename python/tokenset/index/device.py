@@ -18,6 +18,12 @@ from .store import Segment
 _upload_lock = threading.Lock()  # one upload of a segment at a time: concurrent first searches share it
 
 
+def fresh_after_fork() -> None:
+    """A forked child starts with a free upload lock (another thread of the parent may have held it)."""
+    global _upload_lock
+    _upload_lock = threading.Lock()
+
+
 def parse_device(device: str) -> Tuple[str, int]:
     """``("cuda", N)`` for ``"cuda"`` / ``"cuda:N"``; ValueError otherwise."""
     name, _, ordinal = device.partition(":")

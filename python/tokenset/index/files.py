@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import _storage
 from ..fde import FDE
-from .store import MAX_ID, Segment, Snapshot, live_runs
+from .store import MAX_ID, Segment, Snapshot
 
 FORMAT = "tokenset.Index"
 FORMAT_VERSION = 1
@@ -62,26 +62,27 @@ def save(index: Any, directory: Any) -> Dict[str, Any]:
     os.makedirs(directory, exist_ok=True)
     if not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory}: not a directory")
-    _previous_generation(directory)  # a folder that is not ours is refused before the lock file is made in it
+    _check_folder(directory)  # a folder that is not ours is refused before the lock file is made in it
     with _storage.DirectoryLock(directory, LOCK):
-        previous = _previous_generation(directory)  # read again under the lock: what the last save wrote
+        _check_folder(directory)  # and again under the lock
         snapshot, next_id = index._snapshot_for_save()
         generation = secrets.token_hex(6)
-        files = _write_arrays(index, snapshot, directory, generation)
-        encoder_bytes = index.fde.to_bytes()
-        encoder_name = f"fde-{generation}.encoder"
-        _storage.atomic_write(os.path.join(directory, encoder_name), lambda f: f.write(encoder_bytes))
-        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "dim": index.dim, "dtype": index.dtype,
-                    "documents": files["ids"]["shape"][0], "next_id": next_id, "arrays": files,
-                    "backend": {"name": index.backend, "options": index.backend_options},
-                    "encoder": {"file": encoder_name, "sha256": hashlib.sha256(encoder_bytes).hexdigest(),
-                                "bytes": len(encoder_bytes)}}
-        manifest[_storage.CONFIG_DIGEST_KEY] = hashlib.sha256(_storage.canonical_json(manifest)).hexdigest()
-        _storage.atomic_write(os.path.join(directory, MANIFEST),
-                              lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
-        keep = {encoder_name} | {meta["file"] for meta in files.values()}
+        written = [f"{name}-{generation}.npy" for name in ARRAYS] + [f"fde-{generation}.encoder"]
+        try:
+            manifest = _write_generation(index, snapshot, next_id, directory, generation)
+        except BaseException:
+            if not _manifest_names(directory, generation):  # (an interrupt just after the manifest's rename: kept)
+                for name in written:  # a failed save (a full disk, say) leaves no partial generation behind
+                    try:
+                        os.remove(os.path.join(directory, name))
+                    except OSError:
+                        pass
+            raise
+        keep = set(written)
         for name in os.listdir(directory):
-            if (name in previous and name not in keep) or _storage.is_temporary_of(name, _ours):
+            # The previous generation, a generation whose save was killed before its manifest (tokenset's own file
+            # names, written only by saves, which hold this lock), and tokenset's temporaries.
+            if (_GENERATION_FILE.match(name) and name not in keep) or _storage.is_temporary_of(name, _ours):
                 try:
                     os.remove(os.path.join(directory, name))
                 except OSError:
@@ -89,9 +90,25 @@ def save(index: Any, directory: Any) -> Dict[str, Any]:
     return manifest
 
 
-def _previous_generation(directory: str) -> Set[str]:
-    """The generation files the folder's current manifest names (to delete once the new one is in place); refuses a
-    folder that holds other things and no tokenset manifest."""
+def _write_generation(index: Any, snapshot: Snapshot, next_id: int, directory: str, generation: str) -> Dict[str, Any]:
+    """The generation's files, then the manifest that makes it the index."""
+    files = _write_arrays(index, snapshot, directory, generation)
+    encoder_bytes = index.fde.to_bytes()
+    encoder_name = f"fde-{generation}.encoder"
+    _storage.atomic_write(os.path.join(directory, encoder_name), lambda f: f.write(encoder_bytes))
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "dim": index.dim, "dtype": index.dtype,
+                "documents": files["ids"]["shape"][0], "next_id": next_id, "arrays": files,
+                "backend": {"name": index.backend, "options": index.backend_options},
+                "encoder": {"file": encoder_name, "sha256": hashlib.sha256(encoder_bytes).hexdigest(),
+                            "bytes": len(encoder_bytes)}}
+    manifest[_storage.CONFIG_DIGEST_KEY] = hashlib.sha256(_storage.canonical_json(manifest)).hexdigest()
+    _storage.atomic_write(os.path.join(directory, MANIFEST),
+                          lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    return manifest
+
+
+def _check_folder(directory: str) -> None:
+    """Refuses a folder that holds other things and no tokenset manifest, or someone else's manifest.json."""
     entries = os.listdir(directory)
     if MANIFEST not in entries:
         foreign = [e for e in entries if e != LOCK and not _ours(e) and not _storage.is_temporary_of(e, _ours)]
@@ -99,23 +116,33 @@ def _previous_generation(directory: str) -> Set[str]:
             raise ValueError(f"{directory} is not empty and holds no tokenset index (found {sorted(foreign)[:3]}); "
                              f"Index.save writes into a new or empty folder, or over an index it saved before: "
                              f"choose another folder (it never deletes files it did not write)")
-        return set()
-
-    def corrupt(why: str) -> ValueError:
-        return ValueError(f"{directory} holds a manifest.json that is not a tokenset index manifest ({why}); "
-                          f"Index.save never overwrites files it did not write: choose another folder")
-
+        return
     try:
-        with _storage.open_regular(os.path.join(directory, MANIFEST), MANIFEST, corrupt,
+        with _storage.open_regular(os.path.join(directory, MANIFEST), MANIFEST, ValueError,
                                    _storage.MAX_CONFIG_BYTES) as f:
-            manifest = _storage.parse_config(f.read(_storage.MAX_CONFIG_BYTES + 1), corrupt)
+            data = f.read(_storage.MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        return set()
-    if manifest.get("format") != FORMAT:
-        raise corrupt("another format")
-    named = [meta.get("file") for meta in (manifest.get("arrays") or {}).values() if isinstance(meta, dict)]
-    named.append((manifest.get("encoder") or {}).get("file"))
-    return {name for name in named if isinstance(name, str) and _GENERATION_FILE.match(name)}
+        return
+    except ValueError as exc:
+        raise ValueError(f"{directory}: its manifest.json cannot be read as a tokenset index manifest ({exc}); "
+                         f"Index.save never overwrites files it did not write: choose another folder") from None
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{directory} holds a manifest.json that is not a tokenset index manifest; Index.save never "
+                         f"overwrites files it did not write: choose another folder")
+    # A damaged tokenset manifest (its checksum fails) is still ours: saving over it repairs the folder.
+
+
+def _manifest_names(directory: str, generation: str) -> bool:
+    """Whether the folder's manifest names files of `generation` (read back after an interrupted save)."""
+    try:
+        with open(os.path.join(directory, MANIFEST), "rb") as f:
+            return generation.encode() in f.read(_storage.MAX_CONFIG_BYTES)
+    except OSError:
+        return False
 
 
 def _write_arrays(index: Any, snapshot: Snapshot, directory: str, generation: str) -> Dict[str, Dict[str, Any]]:
@@ -123,10 +150,11 @@ def _write_arrays(index: Any, snapshot: Snapshot, directory: str, generation: st
     docs = snapshot.live
     tokens = 0
     for seg, alive in snapshot:
-        offsets = np.asarray(seg.offsets)
-        starts, ends = live_runs(seg, alive)
-        tokens += int((offsets[ends] - offsets[starts]).sum())
-    specs = {"tokens": (np.dtype(index.dtype), (tokens, index.dim), _token_blocks(snapshot, index)),
+        for rows in _live_chunks(seg, alive):
+            offsets = np.asarray(seg.offsets)
+            tokens += int((offsets[_after(rows)] - offsets[rows]).sum()) if not isinstance(rows, slice) else \
+                int(offsets[rows.stop] - offsets[rows.start])
+    specs = {"tokens": (np.dtype(index.dtype), (tokens, index.dim), _token_blocks(snapshot)),
              "offsets": (np.dtype(np.int64), (docs + 1,), _offset_blocks(snapshot)),
              "fde": (np.dtype(np.float16), (docs, index.fde.output_dim), _row_blocks(snapshot, "fde")),
              "ids": (np.dtype(np.int64), (docs,), _row_blocks(snapshot, "ids"))}
@@ -138,14 +166,64 @@ def _write_arrays(index: Any, snapshot: Snapshot, directory: str, generation: st
     return files
 
 
-def _token_blocks(snapshot: Snapshot, index: Any) -> Iterator[np.ndarray]:
-    step = max(1, BLOCK_BYTES // (index.dim * np.dtype(index.dtype).itemsize))
+_DOCS_PER_CHUNK = 1 << 16  # live documents looked at together: 8 bytes each for their rows
+
+
+def _live_chunks(seg: Segment, alive: np.ndarray) -> Iterator[Any]:
+    """A segment's live documents in chunks of at most _DOCS_PER_CHUNK rows: a slice where they are consecutive
+    rows, else their rows (int64). Scratch: one chunk's rows, whatever the segment's size or its tombstones."""
+    for r0 in range(0, len(seg), _DOCS_PER_CHUNK):
+        r1 = min(len(seg), r0 + _DOCS_PER_CHUNK)
+        part = alive[r0:r1]
+        if part.all():
+            yield slice(r0, r1)
+            continue
+        rows = np.flatnonzero(part) + r0
+        if rows.size == 0:
+            continue
+        yield slice(int(rows[0]), int(rows[-1]) + 1) if rows[-1] - rows[0] + 1 == rows.size else rows
+
+
+def _after(rows: Any) -> Any:
+    return slice(rows.start + 1, rows.stop + 1) if isinstance(rows, slice) else rows + 1
+
+
+def _pieces(rows: Any, step: int) -> Iterator[Any]:
+    """`rows` (a slice or an index array) cut into pieces of at most `step` rows."""
+    if isinstance(rows, slice):
+        for r0 in range(rows.start, rows.stop, step):
+            yield slice(r0, min(rows.stop, r0 + step))
+    else:
+        for r0 in range(0, rows.size, step):
+            yield rows[r0:r0 + step]
+
+
+def _token_blocks(snapshot: Snapshot) -> Iterator[np.ndarray]:
     for seg, alive in snapshot:
-        offsets = np.asarray(seg.offsets)
-        starts, ends = live_runs(seg, alive)
-        for a, b in zip(offsets[starts].tolist(), offsets[ends].tolist()):
-            for t0 in range(a, b, step):
-                yield seg.tokens[t0:min(b, t0 + step)]
+        tokens, offsets = seg.tokens, np.asarray(seg.offsets)
+        row_bytes = max(1, tokens.shape[1] * tokens.dtype.itemsize)
+        step = max(1, BLOCK_BYTES // max(row_bytes, 8))  # the block, and its gather index (8 bytes a row)
+        for rows in _live_chunks(seg, alive):
+            if isinstance(rows, slice):  # consecutive documents: their tokens are one range, read as views
+                for piece in _pieces(slice(int(offsets[rows.start]), int(offsets[rows.stop])), step):
+                    yield tokens[piece]
+                continue
+            starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+            ends = np.cumsum(lengths)
+            first = 0
+            while first < rows.size:  # groups of documents holding at most `step` tokens (or one longer one)
+                base = int(ends[first - 1]) if first else 0
+                last = max(first + 1, int(np.searchsorted(ends, base + step, side="right")))
+                if last == first + 1 and lengths[first] > step:  # one long document: its own range, in pieces
+                    a = int(starts[first])
+                    for piece in _pieces(slice(a, a + int(lengths[first])), step):
+                        yield tokens[piece]
+                else:
+                    lens = lengths[first:last]
+                    local = np.arange(int(lens.sum()), dtype=np.int64)
+                    local += np.repeat(starts[first:last] - (np.cumsum(lens) - lens), lens)
+                    yield tokens[local]
+                first = last
 
 
 def _row_blocks(snapshot: Snapshot, field: str) -> Iterator[np.ndarray]:
@@ -153,39 +231,44 @@ def _row_blocks(snapshot: Snapshot, field: str) -> Iterator[np.ndarray]:
         array = getattr(seg, field)
         row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize)
         step = max(1, BLOCK_BYTES // row_bytes)
-        starts, ends = live_runs(seg, alive)
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            for r0 in range(a, b, step):
-                yield array[r0:min(b, r0 + step)]
+        for rows in _live_chunks(seg, alive):
+            for piece in _pieces(rows, step):
+                yield array[piece]
 
 
 def _offset_blocks(snapshot: Snapshot) -> Iterator[np.ndarray]:
     yield np.zeros(1, np.int64)
     base = 0
-    step = BLOCK_BYTES // 8
     for seg, alive in snapshot:
         offsets = np.asarray(seg.offsets)
-        starts, ends = live_runs(seg, alive)
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            for r0 in range(a, b, step):
-                r1 = min(b, r0 + step)
-                lengths = offsets[r0 + 1:r1 + 1] - offsets[r0:r1]
-                ends_out = base + np.cumsum(lengths)
-                base = int(ends_out[-1])
-                yield ends_out
+        for rows in _live_chunks(seg, alive):
+            ends = base + np.cumsum(offsets[_after(rows)] - offsets[rows])
+            base = int(ends[-1])
+            yield ends
 
 
 # ---- load -----------------------------------------------------------------------------------------------------------
 
 def load(cls: Any, directory: Any, mmap: bool) -> Any:
     directory = _storage.fspath(directory, "directory")
-    for attempt in range(2):
+    seen = None
+    for _ in range(2):
         try:
             return _load_generation(cls, directory, mmap)
         except _Gone as gone:
-            if attempt:  # the manifest read again names a missing file too: the folder is damaged
-                raise _storage.Corrupt(f"{directory}: not a valid tokenset index ({gone} is missing)") from None
-    raise AssertionError("unreachable")
+            # A save replaced the generation while it was being opened: read the new manifest. When the same
+            # manifest names a missing file twice, the folder is damaged.
+            manifest, missing = gone.args
+            if manifest == seen:
+                raise _storage.Corrupt(f"{directory}: not a valid tokenset index ({missing} is missing)") from None
+            seen = manifest
+    # Saves keep replacing the generation faster than it opens: open it holding the folder's lock shared, so that
+    # saves wait for this load (a folder no save of this version wrote has no lock file and needs none).
+    with _storage.SharedDirectoryLock(directory, LOCK):
+        try:
+            return _load_generation(cls, directory, mmap)
+        except _Gone as gone:
+            raise _storage.Corrupt(f"{directory}: not a valid tokenset index ({gone.args[1]} is missing)") from None
 
 
 def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
@@ -199,7 +282,8 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     except FileNotFoundError:
         raise FileNotFoundError(f"{directory}: no {MANIFEST}, so no tokenset index is saved there "
                                 f"(Index.save writes one)") from None
-    manifest = _storage.parse_config(data, corrupt)
+    manifest = _storage.parse_config(data, corrupt, MANIFEST)
+    digest = manifest[_storage.CONFIG_DIGEST_KEY]
     if manifest.get("format") != FORMAT:
         raise corrupt("manifest.json does not describe a tokenset.Index")
     version = manifest.get("version")
@@ -217,7 +301,7 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     size = encoder.get("bytes", MAX_ENCODER_BYTES)  # older manifests do not record it
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_ENCODER_BYTES:
         raise corrupt("encoder size")
-    with _open(directory, encoder["file"], corrupt, size) as f:
+    with _open(directory, encoder["file"], corrupt, digest, size) as f:
         enc_bytes = f.read(size + 1)
     if "bytes" in encoder and len(enc_bytes) != size:
         raise corrupt(f"{encoder['file']} is {len(enc_bytes)} bytes, the manifest says {size}")
@@ -229,15 +313,19 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     arrays = manifest.get("arrays")
     if not isinstance(arrays, dict) or set(arrays) != set(ARRAYS):
         raise corrupt("arrays entry")
-    offsets = _array(directory, arrays["offsets"], np.int64, (n + 1,), False, corrupt)
+    offsets = _array(directory, arrays["offsets"], np.int64, (n + 1,), False, corrupt, digest)
     if offsets[0] != 0 or (n and np.diff(offsets).min() < 0):
         raise corrupt("offsets are not non-decreasing from 0")
     total = int(offsets[-1])
-    tokens = _array(directory, arrays["tokens"], np.dtype(dtype), (total, dim), mmap, corrupt)
-    fdes = _array(directory, arrays["fde"], np.float16, (n, fde.output_dim), mmap, corrupt)
-    ids = _array(directory, arrays["ids"], np.int64, (n,), False, corrupt)
-    if n and (int(ids.min()) < 0 or int(ids.max()) > MAX_ID):
+    tokens = _array(directory, arrays["tokens"], np.dtype(dtype), (total, dim), mmap, corrupt, digest)
+    fdes = _array(directory, arrays["fde"], np.float16, (n, fde.output_dim), mmap, corrupt, digest)
+    ids = _array(directory, arrays["ids"], np.int64, (n,), False, corrupt, digest)
+    if n and int(ids.max()) > MAX_ID:
         raise corrupt(f"ids outside 0..{MAX_ID}")
+    if n and int(ids.min()) < 0:  # valid in version 1 before the id domain was defined: not damage, but not loadable
+        raise ValueError(f"{directory}: this index holds negative ids (e.g. {int(ids.min())}), which an older "
+                         f"tokenset accepted; ids are now 0..{MAX_ID} (-1 pads search results). Load it with that "
+                         f"older version, or re-add its documents with non-negative ids")
     backend = manifest.get("backend")
     if not isinstance(backend, dict) or not isinstance(backend.get("options"), dict):
         raise corrupt("backend entry")
@@ -254,19 +342,19 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     return index
 
 
-def _open(directory: str, name: str, corrupt: Callable[[str], Exception], max_bytes: int = -1):
+def _open(directory: str, name: str, corrupt: Callable[[str], Exception], digest: str, max_bytes: int = -1):
     try:
         return _storage.open_regular(os.path.join(directory, name), name, corrupt, max_bytes)
     except FileNotFoundError:
-        raise _Gone(name) from None
+        raise _Gone(digest, name) from None
 
 
-def _array(directory: str, meta: Any, dtype: Any, shape: Any, mmap: bool, corrupt) -> np.ndarray:
+def _array(directory: str, meta: Any, dtype: Any, shape: Any, mmap: bool, corrupt, digest: str) -> np.ndarray:
     if not isinstance(meta, dict) or not _storage.safe_name(meta.get("file")):
         raise corrupt("array entry")
     if list(shape) != meta.get("shape"):
         raise corrupt(f"{meta['file']}: the manifest says shape {meta.get('shape')}, expected {list(shape)}")
-    with _open(directory, meta["file"], corrupt) as f:
+    with _open(directory, meta["file"], corrupt, digest) as f:
         return _storage.read_npy_file(f, meta["file"], dtype, shape, mmap, corrupt)
 
 

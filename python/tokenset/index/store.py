@@ -158,15 +158,30 @@ class SegmentStore:
         """Adds a segment (caller holds the lock), then merges the last two while their sizes are comparable (older
         <= newer <= 8 x older, as an LSM tree): repeated small adds are copied O(log N) times each and leave O(log N)
         segments, and a small segment never makes a large one be copied (a merge's transient copy is at most 9x the
-        smaller side). Memory-mapped (loaded) segments are never merged."""
+        smaller side), and never more than 2 log2(N) + 2 segments stay in memory. Memory-mapped (loaded) segments are
+        never merged."""
         self.segments.append(segment)
         self.count += segment.live
         while len(self.segments) >= 2:
             older, newer = self.segments[-2], self.segments[-1]
             if isinstance(older.tokens, np.memmap) or older.live > newer.live or newer.live > 8 * max(older.live, 1):
                 break
-            merged = Segment(*concat_parts([older.live_parts(), newer.live_parts()]))
-            self.segments[-2:] = [merged]
+            self._merge(len(self.segments) - 2)
+        # Adds of shrinking sizes never meet the rule above: past 2 log2(N) + 2 segments in memory, merge the
+        # adjacent pair with the fewest live documents (a search costs O(segments)).
+        limit = 2 * max(1, int(self.count).bit_length()) + 2
+        while True:
+            pairs = [(a.live + b.live, i) for i, (a, b) in enumerate(zip(self.segments, self.segments[1:]))
+                     if not isinstance(a.tokens, np.memmap) and not isinstance(b.tokens, np.memmap)]
+            in_memory = sum(not isinstance(s.tokens, np.memmap) for s in self.segments)
+            if in_memory <= limit or not pairs:
+                break
+            self._merge(min(pairs)[1])
+
+    def _merge(self, i: int) -> None:
+        """Segments i and i + 1 become one holding their live documents, in order."""
+        merged = Segment(*concat_parts([self.segments[i].live_parts(), self.segments[i + 1].live_parts()]))
+        self.segments[i:i + 2] = [merged]
 
     def remove(self, ids: np.ndarray) -> None:
         """Tombstones for `ids` (caller holds the lock and has checked that every id is live and none repeats):
