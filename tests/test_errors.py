@@ -204,8 +204,12 @@ def test_cuda_missing_is_a_clear_error():
     if _backend._cuda is None:
         with pytest.raises(RuntimeError, match="TOKENSET_CUDA=ON"):
             _backend.cuda()
-    else:
+    else:  # a CUDA build without a GPU or with too old a driver: every CUDA call says why and what to install
         assert info["cuda_devices"] == 0 and info["cuda_error"]
+        with pytest.raises(RuntimeError, match=r"cannot run here: .*driver >= .*CPU-only build"):
+            _backend.cuda()
+        with pytest.raises(RuntimeError, match="cannot run here"):
+            tokenset.Index(4).to("cuda")
 
 
 # ---- regressions: inputs that used to be accepted wrongly or fail with the wrong error --------------------------------
