@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
-
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_BUDGET = 2 << 20      # a CPU-only wheel, compressed (measured: 0.47 MiB)
 CORE_BUDGET = 4 << 20       # its _core module (measured: 0.86 MiB)
@@ -35,8 +33,10 @@ def run(cmd, cwd, env=None, timeout=1200):
 
 
 def build_env():
-    """The build's environment: a CPU-only build (TOKENSET_CUDA=OFF), whatever CI exported."""
-    return subprocess_env(TOKENSET_CUDA="OFF")
+    """The build's environment: a CPU-only build (TOKENSET_CUDA=OFF), whatever CI exported; no PYTHONPATH."""
+    env = dict(os.environ, TOKENSET_CUDA="OFF")
+    env.pop("PYTHONPATH", None)
+    return env
 
 
 def isolation_flags(tool):
@@ -94,8 +94,7 @@ def test_wheel_installs_and_runs_without_a_compiler(cpu_wheel, tmp_path):
     run([sys.executable, "-m", "venv", venv], tmp_path)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
     python = bin_dir / "python"
-    env = subprocess_env()
-    env.pop("PYTHONPATH", None)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = str(bin_dir)  # nothing else: no compiler, no cmake
     for compiler in ("cc", "gcc", "c++", "g++", "clang", "cmake", "nvcc"):
         assert shutil.which(compiler, path=env["PATH"]) is None, compiler
