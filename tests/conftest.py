@@ -1,8 +1,10 @@
 """Shared helpers: seeded random set batches, the error bound used against the float64 reference, SIMD levels."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -242,3 +244,24 @@ def peak():  # bytes
     except (OSError, StopIteration):  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS; an upper bound here)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 """
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock):
+    """Holds `lock` (any context manager: a lock, a DirectoryLock) on another thread until the block ends: for the
+    fork tests, where a child is forked while a thread it will not have holds a lock."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30), "the other thread never got the lock"
+        yield
+    finally:
+        release.set()
+        holder.join()

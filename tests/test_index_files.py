@@ -16,7 +16,7 @@ import pytest
 import tokenset
 from tokenset.index import files as index_files
 
-from conftest import subprocess_env
+from conftest import held_by_another_thread, subprocess_env
 
 DIM = 8
 
@@ -323,25 +323,14 @@ def test_fork_while_another_thread_saves(tmp_path):
 
     index, _ = tiny_index(10)
     index.save(tmp_path)
-    entered, release = threading.Event(), threading.Event()
-
-    def hold():
-        with _storage.DirectoryLock(str(tmp_path), index_files.LOCK):
-            entered.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert entered.wait(10)
-    pid = os.fork()
-    if pid == 0:  # the child waits for the parent's lock, then saves
-        try:
-            index.save(tmp_path)
-            os._exit(0)
-        except BaseException:  # noqa: BLE001
-            os._exit(3)
-    release.set()
-    holder.join()
+    with held_by_another_thread(_storage.DirectoryLock(str(tmp_path), index_files.LOCK)):
+        pid = os.fork()
+        if pid == 0:  # the child waits for the parent's lock, then saves
+            try:
+                index.save(tmp_path)
+                os._exit(0)
+            except BaseException:  # noqa: BLE001
+                os._exit(3)
     index.save(tmp_path)  # would wait forever if the child's copy of the descriptor kept the lock
     for _ in range(600):
         done, status = os.waitpid(pid, os.WNOHANG)

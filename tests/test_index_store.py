@@ -13,7 +13,7 @@ import tokenset
 from tokenset.index import MAX_ID, core as index_core
 from tokenset.index.ann import AnnGraph
 
-from conftest import requires_torch
+from conftest import held_by_another_thread, requires_torch
 
 DIM = 8
 
@@ -319,22 +319,11 @@ def test_an_index_works_in_a_child_forked_while_another_thread_holds_its_lock():
     index = tokenset.Index(DIM, fde=fde())
     docs = random_docs(np.random.default_rng(13), 20)
     index.add(docs)
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with index._store.lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(10)
-    pid = os.fork()
-    if pid == 0:
-        signal.alarm(20)  # a hang is a failure, not a stuck suite
-        ok = index.search(docs[3], k=1)[0][0, 0] == 3 and len(index.add(docs[:2])) == 2
-        os._exit(0 if ok else 3)
-    release.set()
-    holder.join()
+    with held_by_another_thread(index._store.lock):
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # a hang is a failure, not a stuck suite
+            ok = index.search(docs[3], k=1)[0][0, 0] == 3 and len(index.add(docs[:2])) == 2
+            os._exit(0 if ok else 3)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
