@@ -667,3 +667,9 @@ def test_selection_with_an_unallocatable_k_names_k(k):
     with pytest.raises(ValueError, match=match.replace("has 5", "has 7").replace("<= 5", "<= 7")):
         tokenset.max_coverage(np.ones((2, 3, 7), np.float32), [1, k])
     assert tokenset.prune(X, k).lengths.tolist() == [5, 5]  # keep is clamped to the sets, as before
+
+
+@pytest.mark.parametrize("count", [2**60, 2**63])
+def test_segment_sum_with_an_unallocatable_count_names_count(count):
+    with pytest.raises(ValueError, match=rf"count={count}: the output .* cannot be allocated"):
+        tokenset.segment_sum(np.ones((2, 3), np.float32), [0, 1], count=count)

@@ -49,6 +49,12 @@ def segment_sum(values: Any, segments: Any, count: Optional[int] = None, weights
     if weights is not None and tuple(weights.shape) != (int(values.shape[0]),):
         raise ValueError(f"weights must have shape ({int(values.shape[0])},), got {tuple(weights.shape)}")
     order = np.argsort(seg, kind="stable")
-    starts = np.zeros(int(count) + 1, np.int64)
+    try:
+        if count >= 1 << 60:
+            raise MemoryError
+        starts = np.zeros(int(count) + 1, np.int64)
+    except (MemoryError, ValueError):  # numpy's "array is too big" / "Maximum allowed dimension exceeded"
+        raise ValueError(f"count={count}: the output [count, {int(values.shape[1])}] cannot be allocated; count is "
+                         f"the number of output rows (default: the largest segment + 1)") from None
     np.cumsum(np.bincount(seg, minlength=int(count)), out=starts[1:])
     return _ops.segment_sum(values, order, starts, weights)
