@@ -95,3 +95,18 @@ def test_return_argmax_with_grad():
     assert a.shape == (1, 1, 3) and not a.requires_grad
     s.sum().backward()
     np.testing.assert_allclose(q.grad.numpy(), d[a[0, 0].long()].numpy(), rtol=1e-6)
+
+
+def test_gapped_batches_take_gradients_of_their_own_rows_only():
+    """A Ragged starting past row 0: gradients reach exactly its sets' rows of the caller's tensor."""
+    import torch
+
+    v = torch.randn(10, 4, dtype=torch.float32, requires_grad=True)
+    d = [torch.randn(3, 4)]
+    scores = tokenset.maxsim(tokenset.Ragged(v, [2, 5]), d)
+    scores.sum().backward()
+    want = torch.randn(3, 4, requires_grad=True)
+    with torch.no_grad():
+        want.copy_(v[2:5])
+    tokenset.maxsim([want], d).sum().backward()
+    assert torch.equal(v.grad[2:5], want.grad) and not v.grad[:2].any() and not v.grad[5:].any()

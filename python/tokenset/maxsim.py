@@ -51,6 +51,9 @@ def maxsim(queries: Any, documents: Any, *, return_argmax: bool = False):
     d = ragged(documents, name="documents")
     if _needs_grad(q, d):
         _dispatch.placement(q._any_values, d._any_values)  # one device, or the error that says how to get there
+        for batch, name in ((q, "queries"), (d, "documents")):
+            _dispatch.check_token_dim(batch.dim, name)  # before a list is concatenated below
+        q, d = q.compact(), d.compact()  # only the sets' rows (a view: gradients reach the caller's tensor)
         scores, argmax = _MaxSimFunction.apply(_array.as_torch(q.values), _array.as_torch(d.values), q.offsets,
                                                d.offsets)
         return (scores, argmax) if return_argmax else scores
