@@ -127,3 +127,11 @@ def test_more_shards_than_documents(local_ray, tmp_path):
         assert ids[0, 0] == 1 and (ids[0, 3:] == -1).all()
     finally:
         sharded.close()
+
+
+def test_more_workers_than_the_cluster_can_start_is_refused_at_once(local_ray, tmp_path):
+    """2 shards x 2 CPUs on a 2-CPU Ray used to wait forever for workers that could never start."""
+    docs = corpus(np.random.default_rng(5), 6)
+    with pytest.raises(ValueError, match="need more CPUs than this Ray cluster has"):
+        distributed.ShardedIndex.build(docs, tmp_path, shards=2, dim=DIM, num_cpus=2,
+                                       fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0))

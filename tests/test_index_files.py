@@ -454,3 +454,61 @@ def test_an_index_with_an_empty_document_loads_and_searches(tmp_path):
     for mmap in (True, False):
         ids, scores = tokenset.Index.load(tmp_path, mmap=mmap).search(q, k=3)
         assert ids[0, 0] == 1 and np.array_equal(ids, index.search(q, k=3)[0])
+
+
+def test_save_with_empty_documents_among_tombstones(tmp_path):
+    """Live documents without tokens gathered from a segment with tombstones made a zero-row block that the writer
+    could not cast (save failed on a valid index)."""
+    index = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=2, simhash_bits=2, seed=0))
+    z, q = np.zeros((0, DIM), np.float32), np.ones((3, DIM), np.float32)
+    index.add([z, q, z, z])
+    index.remove([1, 2])
+    index.save(tmp_path)
+    assert sorted(tokenset.Index.load(tmp_path).ids.tolist()) == [0, 3]
+
+
+def test_user_files_that_look_like_ours_survive(tmp_path):
+    """A new folder holding only a user's file named like a generation file, and users' dot-files named like an
+    older tokenset's temporaries of the manifest: none is deleted (only files of folders tokenset saved before, and
+    temporaries of its generation files, are)."""
+    index, _ = tiny_index(10)
+    (tmp_path / "tokens-000000000001.npy").write_bytes(b"mine")
+    index.save(tmp_path)
+    for name in (".manifest.json.original.tmp", ".manifest.json.backup_1.tmp"):
+        (tmp_path / name).write_text("mine")
+    index.save(tmp_path)
+    names = set(os.listdir(tmp_path))
+    assert {"tokens-000000000001.npy", ".manifest.json.original.tmp", ".manifest.json.backup_1.tmp"} <= names
+
+
+def test_a_planted_lock_file_that_is_not_a_file_is_refused(tmp_path):
+    from tokenset import _storage
+
+    os.mkfifo(tmp_path / index_files.LOCK)
+    for lock in (_storage.DirectoryLock, _storage.SharedDirectoryLock):
+        with pytest.raises(ValueError, match="not a regular file"):
+            with lock(str(tmp_path), index_files.LOCK):
+                pass
+
+
+def test_concurrent_saves_without_a_working_lock_never_delete_each_others_files(tmp_path):
+    """Where flock does not exist (Windows) or does not exclude (some network file systems), two processes saving
+    at once must still leave a loadable folder: a save deletes only what the manifest it replaced named."""
+    index, _ = tiny_index(30)
+    index.save(tmp_path)
+    worker = textwrap.dedent(f"""
+        import sys
+        sys.modules["fcntl"] = None  # no flock: saves exclude only threads of their own process
+        import tokenset
+        index = tokenset.Index.load({str(tmp_path)!r}, mmap=False)
+        for _ in range(25):
+            index.save({str(tmp_path)!r})
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", worker], env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    loaded = tokenset.Index.load(tmp_path)
+    loaded.verify()
+    assert len(loaded) == 30

@@ -1,6 +1,7 @@
 """A smoke suite for an installed tokenset wheel, run from outside the source tree by tests/test_wheel.py and by
-cibuildwheel's test command: every public op once against its numpy reference, files written and read back, and
-where the package was imported from. Needs only numpy. Prints one line per check and exits non-zero on a failure."""
+cibuildwheel's test command: a silent import from the installed package, MaxSim against its numpy reference at every
+SIMD level the CPU runs, FDE and k-center against theirs, top-k, an index saved / loaded / verified, prune and merge.
+Needs only numpy. Prints one line per check and exits non-zero on a failure."""
 from __future__ import annotations
 
 import os

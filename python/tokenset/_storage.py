@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import zipfile
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
@@ -55,15 +56,22 @@ def temporary_name(path: PathLike) -> str:
     return os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
 
 
-# This version's temporaries, and those of versions that used tempfile.mkstemp (8 characters of [a-z0-9_]).
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:[0-9a-f]{16}|[a-z0-9_]{8})\.tmp$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}\.tmp$")
+# What versions that used tempfile.mkstemp left behind (8 characters of [a-z0-9_]): a user's ".notes.original.tmp"
+# matches too, so callers accept these only for names no user would choose (`legacy`).
+_LEGACY_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
-def is_temporary_of(entry: str, names: Callable[[str], bool]) -> bool:
+def is_temporary_of(entry: str, names: Callable[[str], bool],
+                    legacy: Optional[Callable[[str], bool]] = None) -> bool:
     """Whether a directory entry is a temporary file that :func:`atomic_write` made for a name accepted by `names`
-    (what an interrupted write leaves behind; nothing else is ever deleted as a temporary)."""
+    (what an interrupted write leaves behind), or one an older tokenset made for a name accepted by `legacy`;
+    nothing else is ever deleted as a temporary."""
     match = _TEMPORARY.match(entry)
-    return bool(match) and names(match.group("name"))
+    if match and names(match.group("name")):
+        return True
+    match = _LEGACY_TEMPORARY.match(entry) if legacy is not None else None
+    return bool(match) and legacy(match.group("name"))
 
 
 def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -161,6 +169,8 @@ def write_npy(path: PathLike, dtype: Any, shape: Tuple[int, ...], blocks: Iterab
             f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
         written = 0
         for block in blocks:
+            if block.size == 0:  # (a memoryview of a zero-size array cannot be cast)
+                continue
             data = memoryview(np.ascontiguousarray(block, dtype=dtype)).cast("B")
             f.write(data)
             digest.update(data)
@@ -424,22 +434,40 @@ def read_npy_file(f, name: str, dtype: Any, shape: Any, mmap: bool, corrupt) -> 
     return data
 
 
+def _open_lock_file(path: str, flags: int) -> int:
+    """The lock file's descriptor, opened without blocking (a FIFO planted there cannot hang the caller) and checked
+    to be a regular file."""
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file: tokenset keeps its lock there; remove it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class DirectoryLock:
     """An exclusive advisory lock on a directory, held while tokenset changes it: ``fcntl.flock`` on the lock file
     `name` inside it (created once, with the umask's mode, and never deleted: deleting a lock file lets two holders
     lock two different files). Excludes other threads and other processes alike (each holder opens its own
-    descriptor). Where ``fcntl`` does not exist (Windows), only threads of this process are excluded."""
+    descriptor). Where ``fcntl`` does not exist (Windows), only threads of this process are excluded, and
+    ``exclusive`` is False.
+
+    Fork: a child gets none of the parent's lock descriptors (they are closed in the child, so a parent's lock is
+    never kept by a child's copy) and fresh in-process locks."""
 
     _process_locks: Dict[str, Any] = {}
-    _guard = __import__("threading").Lock()
-    _held_fds: set = set()  # descriptors holding a flock now (closed in a forked child, see _forget_in_child)
+    _guard = threading.Lock()  # around opening + registering a descriptor, and around fork
+    _held_fds: set = set()  # descriptors of locks held or being waited for
 
     def __init__(self, directory: str, name: str):
         self.path = os.path.join(directory, name)
         self._fd = None
+        self.exclusive = False
         with DirectoryLock._guard:
             key = os.path.realpath(self.path)
-            self._thread_lock = DirectoryLock._process_locks.setdefault(key, __import__("threading").Lock())
+            self._thread_lock = DirectoryLock._process_locks.setdefault(key, threading.Lock())
 
     def __enter__(self) -> "DirectoryLock":
         self._thread_lock.acquire()
@@ -448,25 +476,33 @@ class DirectoryLock:
                 import fcntl
             except ImportError:
                 return self
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            self._fd = _register(lambda: _open_lock_file(self.path, os.O_RDWR | os.O_CREAT))
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            DirectoryLock._held_fds.add(self._fd)
+            self.exclusive = True
         except BaseException:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._close()
             self._thread_lock.release()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         try:
-            if self._fd is not None:
-                DirectoryLock._held_fds.discard(self._fd)
-                os.close(self._fd)  # releases the flock
-                self._fd = None
+            self._close()
         finally:
             self._thread_lock.release()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            _unregister(self._fd)
+            self._fd = None
+
+    @classmethod
+    def _before_fork(cls) -> None:
+        cls._guard.acquire()  # no fork between opening a lock file and registering its descriptor
+
+    @classmethod
+    def _after_fork_in_parent(cls) -> None:
+        cls._guard.release()
 
     @classmethod
     def _forget_in_child(cls) -> None:
@@ -479,13 +515,26 @@ class DirectoryLock:
                 pass
         cls._held_fds = set()
         cls._process_locks = {}
-        cls._guard = __import__("threading").Lock()
+        cls._guard = threading.Lock()
+
+
+def _register(open_fd: Callable[[], int]) -> int:
+    with DirectoryLock._guard:
+        fd = open_fd()
+        DirectoryLock._held_fds.add(fd)
+        return fd
+
+
+def _unregister(fd: int) -> None:
+    with DirectoryLock._guard:
+        DirectoryLock._held_fds.discard(fd)
+        os.close(fd)  # releases the flock
 
 
 class SharedDirectoryLock:
     """The lock of :class:`DirectoryLock` taken shared (``LOCK_SH``): readers exclude writers, not each other. Opens
     the lock file read-only and never creates it (a reader may not be allowed to write, and a folder without the
-    file has no writer of this version to wait for)."""
+    file has no writer of this version to wait for). A lock file that cannot be opened is an error that says so."""
 
     def __init__(self, directory: str, name: str):
         self.path = os.path.join(directory, name)
@@ -497,19 +546,25 @@ class SharedDirectoryLock:
         except ImportError:
             return self
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
+            self._fd = _register(lambda: _open_lock_file(self.path, os.O_RDONLY))
+        except FileNotFoundError:
             return self
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
-        DirectoryLock._held_fds.add(self._fd)  # closed in a forked child, like a save's
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot open the folder's lock file to wait for saves ({exc})") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+        except BaseException:
+            _unregister(self._fd)
+            self._fd = None
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            DirectoryLock._held_fds.discard(self._fd)
-            os.close(self._fd)
+            _unregister(self._fd)
             self._fd = None
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=DirectoryLock._forget_in_child)
+    os.register_at_fork(before=DirectoryLock._before_fork, after_in_parent=DirectoryLock._after_fork_in_parent,
+                        after_in_child=DirectoryLock._forget_in_child)

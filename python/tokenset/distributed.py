@@ -74,13 +74,13 @@ class ShardedIndex:
         num_cpus: CPUs reserved per shard worker.
         timeout: seconds to wait for a shard's answer to a search (None: no limit) before
             :class:`ShardUnavailableError`. Starting (each worker loads its shard and, with ``backend="usearch"``,
-            builds its graph) is bounded by ``start_timeout`` instead (None: no limit; a usearch graph over 100k
-            documents took minutes). A shard that cannot start within it (e.g. Ray has fewer free CPUs than
-            ``shards x num_cpus``) is a :class:`ShardUnavailableError`.
+            builds its graph) is bounded by ``start_timeout`` instead (default an hour; None: no limit; a usearch
+            graph over 100k documents took minutes). A cluster with fewer CPUs than ``shards x num_cpus`` is refused
+            at once; a shard that cannot start in time is a :class:`ShardUnavailableError`.
     """
 
     def __init__(self, directories: Sequence[Any], *, max_restarts: int = 1, num_cpus: float = 1,
-                 timeout: Optional[float] = 300.0, start_timeout: Optional[float] = None):
+                 timeout: Optional[float] = 300.0, start_timeout: Optional[float] = 3600.0):
         ray = _ray()
         if not ray.is_initialized():
             raise RuntimeError("call ray.init(...) first (e.g. ray.init(num_cpus=2) on one machine)")
@@ -92,6 +92,11 @@ class ShardedIndex:
                                       not value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
         self.timeout = timeout
+        total = float(ray.cluster_resources().get("CPU", 0))
+        if len(self.directories) * num_cpus > total:
+            raise ValueError(f"{len(self.directories)} shards x num_cpus={num_cpus} need more CPUs than this Ray "
+                             f"cluster has ({total:g}): the workers could never all start. Pass a smaller num_cpus "
+                             f"(e.g. {total / len(self.directories):g}) or fewer shards")
         actor = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts,
                            max_task_retries=max_restarts)(_Shard)
         self._actors = [actor.remote(d) for d in self.directories]

@@ -321,7 +321,8 @@ class Index:
     def exact_search(self, queries: Any, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
         """Brute-force MaxSim top-k over every live document, by the same ranking rule as :meth:`search` (the
         reference :meth:`search` approximates). Scores are computed in blocks of documents and merged into a running
-        top-k: at most 64 MiB of scratch per block (48 bytes per score: the score, its id, the ranking's keys)."""
+        top-k: at most 64 MiB of scratch per block (48 bytes per score: the score, its id, the ranking's keys; the
+        running top-k counts against it), or one document's column when k alone fills that."""
         k = _count(k, "k", 1)
         q = ragged(queries, name="queries")
         if q.dim != self.dim:
@@ -332,7 +333,7 @@ class Index:
             return best_ids, best_scores
         snap, dev = self._store.snapshot(), self._device
         q_run = _device.queries_on(q, dev) if dev is not None else _device.queries_on_host(q)
-        step = max(1, _EXACT_SCORE_BYTES // (_EXACT_BYTES_PER_SCORE * nq))
+        step = max(1, _EXACT_SCORE_BYTES // (_EXACT_BYTES_PER_SCORE * nq) - k)  # the running top-k is ranked too
         for seg, alive in snap:
             documents = _device.segment_copy(seg, dev)[1] if dev is not None else seg.batch
             offsets = documents.offsets

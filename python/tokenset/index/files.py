@@ -63,8 +63,9 @@ def save(index: Any, directory: Any) -> Dict[str, Any]:
     if not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory}: not a directory")
     _check_folder(directory)  # a folder that is not ours is refused before the lock file is made in it
-    with _storage.DirectoryLock(directory, LOCK):
+    with _storage.DirectoryLock(directory, LOCK) as lock:
         _check_folder(directory)  # and again under the lock
+        previous = _previous_generation(directory)
         snapshot, next_id = index._snapshot_for_save()
         generation = secrets.token_hex(6)
         written = [f"{name}-{generation}.npy" for name in ARRAYS] + [f"fde-{generation}.encoder"]
@@ -79,15 +80,34 @@ def save(index: Any, directory: Any) -> Dict[str, Any]:
                         pass
             raise
         keep = set(written)
+        # Leftovers of interrupted saves (temporaries, and a generation killed before its manifest: tokenset's own
+        # names, made after the lock file, by saves, which hold the lock) are swept only where the lock excludes
+        # other saves: without one, a concurrent save's files look the same. Files older than the lock file were
+        # there before tokenset first saved here: never touched.
+        since = os.stat(os.path.join(directory, LOCK)).st_mtime_ns if lock.exclusive else None
         for name in os.listdir(directory):
-            # The previous generation, a generation whose save was killed before its manifest (tokenset's own file
-            # names, written only by saves, which hold this lock), and tokenset's temporaries.
-            if (_GENERATION_FILE.match(name) and name not in keep) or _storage.is_temporary_of(name, _ours):
+            if name in keep:
+                continue
+            leftover = since is not None and (_storage.is_temporary_of(name, _ours, _is_generation_file) or
+                                              (_GENERATION_FILE.match(name) and _made_since(directory, name, since)))
+            if name in previous or leftover:
                 try:
                     os.remove(os.path.join(directory, name))
                 except OSError:
                     pass
     return manifest
+
+
+def _made_since(directory: str, name: str, since: int) -> bool:
+    """Strictly after the lock file (same clock tick: kept; not deleting is the safe side)."""
+    try:
+        return os.stat(os.path.join(directory, name)).st_mtime_ns > since
+    except OSError:
+        return False
+
+
+def _is_generation_file(name: str) -> bool:
+    return bool(_GENERATION_FILE.match(name))
 
 
 def _write_generation(index: Any, snapshot: Snapshot, next_id: int, directory: str, generation: str) -> Dict[str, Any]:
@@ -111,7 +131,8 @@ def _check_folder(directory: str) -> None:
     """Refuses a folder that holds other things and no tokenset manifest, or someone else's manifest.json."""
     entries = os.listdir(directory)
     if MANIFEST not in entries:
-        foreign = [e for e in entries if e != LOCK and not _ours(e) and not _storage.is_temporary_of(e, _ours)]
+        foreign = [e for e in entries
+                   if e != LOCK and not _ours(e) and not _storage.is_temporary_of(e, _ours, _is_generation_file)]
         if foreign:
             raise ValueError(f"{directory} is not empty and holds no tokenset index (found {sorted(foreign)[:3]}); "
                              f"Index.save writes into a new or empty folder, or over an index it saved before: "
@@ -134,6 +155,21 @@ def _check_folder(directory: str) -> None:
         raise ValueError(f"{directory} holds a manifest.json that is not a tokenset index manifest; Index.save never "
                          f"overwrites files it did not write: choose another folder")
     # A damaged tokenset manifest (its checksum fails) is still ours: saving over it repairs the folder.
+
+
+def _previous_generation(directory: str) -> Set[str]:
+    """The generation files the folder's current manifest names (deleted once the new manifest is in place): a loser
+    of a race between saves never deletes the winner's files, with or without a working lock."""
+    try:
+        with open(os.path.join(directory, MANIFEST), "rb") as f:
+            manifest = json.loads(f.read(_storage.MAX_CONFIG_BYTES).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return set()
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return set()
+    named = [meta.get("file") for meta in (manifest.get("arrays") or {}).values() if isinstance(meta, dict)]
+    named.append((manifest.get("encoder") or {}).get("file") if isinstance(manifest.get("encoder"), dict) else None)
+    return {name for name in named if isinstance(name, str) and _GENERATION_FILE.match(name)}
 
 
 def _manifest_names(directory: str, generation: str) -> bool:
@@ -218,7 +254,7 @@ def _token_blocks(snapshot: Snapshot) -> Iterator[np.ndarray]:
                     a = int(starts[first])
                     for piece in _pieces(slice(a, a + int(lengths[first])), step):
                         yield tokens[piece]
-                else:
+                elif lengths[first:last].any():  # (documents without tokens add no rows)
                     lens = lengths[first:last]
                     local = np.arange(int(lens.sum()), dtype=np.int64)
                     local += np.repeat(starts[first:last] - (np.cumsum(lens) - lens), lens)
