@@ -436,12 +436,13 @@ def test_many_small_sets_memory_is_bounded_by_the_tokens():
 
 
 
-def dpc_knn_scratch_bound(n: int) -> int:
-    """The README's bound on DPC-KNN's scratch for one set of n tokens (float32 input, one array: no copy of the
-    tokens): row chunks of r = max(1, 2^26 // (13 n)) distance rows, 13 bytes per distance (float64 distances and a
-    1-byte mask reused by every chunk, the chunk's float32 GEMM block), plus 128 bytes per token."""
+def dpc_knn_scratch_bound(n: int, d: int = 64) -> int:
+    """The README's bound on DPC-KNN's scratch for one set of n tokens of dim d (float32 input, one array: no copy of
+    the tokens): row chunks of r = max(1, 2^26 // (13 n)) distance rows, 13 bytes per distance (float64 distances and
+    a 1-byte mask reused by every chunk, the chunk's float32 GEMM block), plus 128 bytes per token and the set's
+    centred float32 copy (4 d bytes per token)."""
     rows = max(1, (64 << 20) // (13 * n))
-    return 13 * rows * n + 128 * n
+    return 13 * rows * n + 128 * n + 4 * d * n
 
 
 @pytest.mark.parametrize("n", [5_000, 20_000])
