@@ -183,20 +183,6 @@ def finite_rows(x: Any, sq: np.ndarray) -> np.ndarray:
     return finite
 
 
-def centered(x: Any, lengths: np.ndarray, finite: np.ndarray) -> Tuple[Any, Any]:
-    """``(x minus its set's mean, the means [B, d])`` (any library; the mean of each set's finite rows, 0 for a set
-    without one). Squared distances are the same, but the expanded form |x|^2 + |y|^2 - 2<x, y> keeps its float32
-    precision: with a shared offset (hidden states often sit 100-300 away from the origin) |x|^2 dwarfs |x - y|^2
-    and the difference drowns in rounding. Non-finite rows stay non-finite."""
-    sets = set_ids(lengths)
-    rows = np.flatnonzero(finite)
-    counts = np.bincount(sets[rows], minlength=lengths.shape[0]).astype(np.float32)
-    sums = segment_sum(take(x, rows), sets[rows], lengths.shape[0])
-    lib, dev = _array.library(x), _array.device(x)
-    means = sums * from_host(1.0 / np.maximum(counts, 1.0), lib, dev)[:, None]
-    return x - take(means, sets), means
-
-
 def set_ids(lengths: np.ndarray) -> np.ndarray:
     """The set of every token of a batch with these lengths (host int64 [T])."""
     return np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)

@@ -184,10 +184,6 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: 
         k = int(min(ks[i], n))
         xs = x[start:start + n]
         sq = _segments.row_dots(xs, xs)
-        if n > 1:  # distances in the set's own frame: the expanded form keeps its precision (see centered)
-            lens_one = np.array([n], np.int64)
-            xs = _segments.centered(xs, lens_one, _segments.finite_rows(xs, _array.host_copy(sq).astype(np.float64)))[0]
-            sq = _segments.row_dots(xs, xs)
         centres = _dpc_centres(xs, sq, k, min(knn, n), d) if k < n else np.arange(n, dtype=np.int64)
         assign = _nearest_centre(xs, sq, centres, d)
         segments[start:start + n] = next_segment + assign
@@ -322,10 +318,6 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     x = _segments.unit_rows(raw) if metric == "cosine" else raw
     lens = batch.lengths
     sets = _segments.set_ids(lens)
-    means = None
-    if metric == "l2":  # distances in each set's own frame: the expanded form keeps its precision (see centered)
-        x, means = _segments.centered(x, lens, _segments.finite_rows(x, _array.host_copy(
-            _segments.row_dots(x, x)).astype(np.float64)))
     rows, c_len = _init_centres(batch, x, ks, raw)
     c_off = _segments.offsets_of(c_len)
     centres = _segments.take(x, rows)
@@ -370,7 +362,7 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
             _segments.row_dots(centres, centres)).astype(np.float64))
         d2[~(finite & centre_finite[segments])] = np.inf
         representative = _first_minimum(d2, segments, total, _TIE * (sq + np.abs(d2)))
-        values = centres if means is None else centres + _segments.take(means, _segments.set_ids(c_len))
+        values = centres
     nonempty = counts > 0
     centre_sets = _segments.set_ids(c_len)
     local = representative - batch.offsets[:-1][centre_sets]

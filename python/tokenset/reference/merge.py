@@ -144,7 +144,6 @@ def kmeans(x: np.ndarray, k: int, iters: int = 10, metric: str = "l2") -> Result
     x = _unit(raw) if metric == "cosine" else raw
     if x.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros((0, x.shape[1])), np.zeros(0)
-    x, mean = _own_frame(x) if metric == "l2" else (x, 0.0)
     centres = x[_kkz(x, k, raw)]
     for _ in range(iters):
         assign = _nearest(x, centres)
@@ -163,17 +162,9 @@ def kmeans(x: np.ndarray, k: int, iters: int = 10, metric: str = "l2") -> Result
         d2 = ((x[members] - centres[c]) ** 2).sum(axis=1)
         sq = (x[members] ** 2).sum(axis=1)
         reps.append(members[_first_min(d2, TIE * (sq + np.abs(d2 - (centres[c] ** 2).sum())))])
-        tokens.append(centres[c] + mean)
+        tokens.append(centres[c])
         sizes.append(members.size)
     return _sorted(np.array(reps), np.array(tokens), np.array(sizes, np.float64))
-
-
-def _own_frame(x: np.ndarray):
-    """(x minus the mean of its finite rows, that mean): squared distances are unchanged; the tie tolerances (relative
-    to |x|^2) are taken in the set's own frame, as the kernels compute, so a shared offset does not widen them."""
-    finite = np.isfinite(x).all(axis=1)
-    mean = x[finite].mean(axis=0) if finite.any() else np.zeros(x.shape[1])
-    return x - mean, mean
 
 
 def kmedoids(x: np.ndarray, k: int, iters: int = 10, metric: str = "l2") -> Result:
@@ -183,8 +174,6 @@ def kmedoids(x: np.ndarray, k: int, iters: int = 10, metric: str = "l2") -> Resu
     xs = _unit(x64) if metric == "cosine" else x64
     if xs.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros((0, xs.shape[1])), np.zeros(0)
-    if metric == "l2":
-        xs = _own_frame(xs)[0]
     medoids = _kkz(xs, k, x64)
     for _ in range(iters):
         assign = _nearest(xs, xs[medoids])
