@@ -28,7 +28,7 @@ from . import evaluation, files
 from .ann import AnnGraph, check_options, usearch_index_class
 from .candidates import fde_candidates
 from .ranking import top_k
-from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_ids
+from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_distinct, check_ids
 
 _TOKEN_DTYPES = ("float16", "float32")
 _BACKENDS = ("exact", "usearch")
@@ -207,11 +207,7 @@ class Index:
         """Removes documents by id (tombstones; :meth:`save` compacts). Every id must be in the index and appear
         once, else a ValueError and nothing is removed. Returns the number removed."""
         ids = _array.int64_host(ids, "ids").reshape(-1).copy()
-        if ids.size > 1:
-            ordered = np.sort(ids)
-            repeats = ordered[1:][ordered[1:] == ordered[:-1]]
-            if repeats.size:
-                raise ValueError(f"ids to remove must be distinct, but {int(repeats[0])} appears more than once")
+        check_distinct(ids, "ids to remove")
         with self._store.lock:
             missing = ids[~self._store.contains(ids)]
             if missing.size:
@@ -372,9 +368,9 @@ class Index:
         manifest is replaced atomically, then the files of the previous generation are deleted: a crash at any
         point leaves the previous index loadable. Searches, adds and removes go on during a save (it writes a
         snapshot)."""
-        manifest = files.save(self, directory)
+        saved = files.save(self, directory)
         with self._meta_lock:
-            self._saved = (_storage_path(directory), manifest)
+            self._saved = saved
 
     def _snapshot_for_save(self) -> Tuple[Snapshot, int]:
         with self._store.lock:
@@ -416,9 +412,3 @@ def _fresh_locks_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fresh_locks_in_child)
-
-
-def _storage_path(directory: Any) -> str:
-    from .. import _storage
-
-    return _storage.fspath(directory, "directory")

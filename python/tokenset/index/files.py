@@ -27,7 +27,7 @@ import json
 import os
 import re
 import secrets
-from typing import Any, Callable, Dict, Iterator, Optional, Set
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 import numpy as np
 
@@ -56,16 +56,16 @@ class _Gone(Exception):
 
 # ---- save -----------------------------------------------------------------------------------------------------------
 
-def save(index: Any, directory: Any) -> Dict[str, Any]:
-    """Writes `index` to `directory` (see the module docstring) and returns the manifest written."""
+def save(index: Any, directory: Any) -> Tuple[str, Dict[str, Any]]:
+    """Writes `index` to `directory` (see the module docstring); returns ``(directory, the manifest written)``:
+    what :func:`verify` checks."""
     directory = _storage.fspath(directory, "directory")
     os.makedirs(directory, exist_ok=True)
     if not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory}: not a directory")
     _check_folder(directory)  # a folder that is not ours is refused before the lock file is made in it
     with _storage.DirectoryLock(directory, LOCK) as lock:
-        _check_folder(directory)  # and again under the lock
-        previous = _previous_generation(directory)
+        previous = _check_folder(directory)  # again under the lock: what the last save wrote
         snapshot, next_id = index._snapshot_for_save()
         generation = secrets.token_hex(6)
         written = [f"{name}-{generation}.npy" for name in ARRAYS] + [f"fde-{generation}.encoder"]
@@ -95,7 +95,7 @@ def save(index: Any, directory: Any) -> Dict[str, Any]:
                     os.remove(os.path.join(directory, name))
                 except OSError:
                     pass
-    return manifest
+    return directory, manifest
 
 
 def _made_since(directory: str, name: str, since: int) -> bool:
@@ -127,8 +127,10 @@ def _write_generation(index: Any, snapshot: Snapshot, next_id: int, directory: s
     return manifest
 
 
-def _check_folder(directory: str) -> None:
-    """Refuses a folder that holds other things and no tokenset manifest, or someone else's manifest.json."""
+def _check_folder(directory: str) -> Set[str]:
+    """The generation files the folder's manifest names (deleted once a new manifest is in place: a loser of a race
+    between saves never deletes the winner's files, with or without a working lock). Refuses a folder that holds
+    other things and no tokenset manifest, or someone else's manifest.json."""
     entries = os.listdir(directory)
     if MANIFEST not in entries:
         foreign = [e for e in entries
@@ -137,13 +139,13 @@ def _check_folder(directory: str) -> None:
             raise ValueError(f"{directory} is not empty and holds no tokenset index (found {sorted(foreign)[:3]}); "
                              f"Index.save writes into a new or empty folder, or over an index it saved before: "
                              f"choose another folder (it never deletes files it did not write)")
-        return
+        return set()
     try:
         with _storage.open_regular(os.path.join(directory, MANIFEST), MANIFEST, ValueError,
                                    _storage.MAX_CONFIG_BYTES) as f:
             data = f.read(_storage.MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        return
+        return set()
     except ValueError as exc:
         raise ValueError(f"{directory}: its manifest.json cannot be read as a tokenset index manifest ({exc}); "
                          f"Index.save never overwrites files it did not write: choose another folder") from None
@@ -155,20 +157,10 @@ def _check_folder(directory: str) -> None:
         raise ValueError(f"{directory} holds a manifest.json that is not a tokenset index manifest; Index.save never "
                          f"overwrites files it did not write: choose another folder")
     # A damaged tokenset manifest (its checksum fails) is still ours: saving over it repairs the folder.
-
-
-def _previous_generation(directory: str) -> Set[str]:
-    """The generation files the folder's current manifest names (deleted once the new manifest is in place): a loser
-    of a race between saves never deletes the winner's files, with or without a working lock."""
-    try:
-        with open(os.path.join(directory, MANIFEST), "rb") as f:
-            manifest = json.loads(f.read(_storage.MAX_CONFIG_BYTES).decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return set()
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        return set()
-    named = [meta.get("file") for meta in (manifest.get("arrays") or {}).values() if isinstance(meta, dict)]
-    named.append((manifest.get("encoder") or {}).get("file") if isinstance(manifest.get("encoder"), dict) else None)
+    arrays, encoder = manifest.get("arrays"), manifest.get("encoder")
+    named = [meta.get("file") for meta in arrays.values() if isinstance(meta, dict)] if isinstance(arrays, dict) \
+        else []
+    named.append(encoder.get("file") if isinstance(encoder, dict) else None)
     return {name for name in named if isinstance(name, str) and _GENERATION_FILE.match(name)}
 
 
@@ -186,10 +178,9 @@ def _write_arrays(index: Any, snapshot: Snapshot, directory: str, generation: st
     docs = snapshot.live
     tokens = 0
     for seg, alive in snapshot:
+        offsets = np.asarray(seg.offsets)
         for rows in _live_chunks(seg, alive):
-            offsets = np.asarray(seg.offsets)
-            tokens += int((offsets[_after(rows)] - offsets[rows]).sum()) if not isinstance(rows, slice) else \
-                int(offsets[rows.stop] - offsets[rows.start])
+            tokens += int((offsets[_after(rows)] - offsets[rows]).sum())
     specs = {"tokens": (np.dtype(index.dtype), (tokens, index.dim), _token_blocks(snapshot)),
              "offsets": (np.dtype(np.int64), (docs + 1,), _offset_blocks(snapshot)),
              "fde": (np.dtype(np.float16), (docs, index.fde.output_dim), _row_blocks(snapshot, "fde")),

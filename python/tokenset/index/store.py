@@ -31,6 +31,11 @@ def check_ids(ids: np.ndarray, what: str = "ids") -> None:
         bad = low if low < 0 else high
         raise ValueError(f"{what}: {bad} is outside the id domain 0..{MAX_ID} (-1 is the 'no result' padding of "
                          f"search results); use non-negative ids below 2**63 - 1")
+    check_distinct(ids, what)
+
+
+def check_distinct(ids: np.ndarray, what: str = "ids") -> None:
+    """A ValueError naming the first id that repeats."""
     if ids.size > 1:
         ordered = np.sort(ids)
         repeats = ordered[1:][ordered[1:] == ordered[:-1]]
@@ -219,11 +224,3 @@ def concat_parts(parts):
         base += int(p[1][-1]) - int(p[1][0])
     return tokens, np.concatenate(offsets), np.ascontiguousarray(np.concatenate([np.asarray(p[2]) for p in parts])), \
         np.concatenate([p[3] for p in parts])
-
-
-def live_runs(seg: Segment, alive: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The live documents of a segment as runs of consecutive rows: (starts, ends), for streaming them out."""
-    if alive.all():
-        return np.array([0], np.int64), np.array([len(seg)], np.int64)
-    edges = np.diff(np.concatenate([[False], alive, [False]]).astype(np.int8))
-    return np.flatnonzero(edges == 1).astype(np.int64), np.flatnonzero(edges == -1).astype(np.int64)
