@@ -91,17 +91,24 @@ def empty(shape, dtype: str, lib: str, dev: Device) -> Any:
     return _array.empty(shape, dtype, lib, dev)
 
 
-def topk_outputs(rows: int, k: int, columns: int, lib: str, dev: Device) -> Tuple[Any, Any]:
-    """``(scores float32 [rows, k], indices int64 [rows, k])`` of a top-k op over `columns` candidates, or a
-    ValueError naming k when that output cannot be allocated (k beyond the candidates only adds padding)."""
+def outputs_for_k(rows: int, k: int, dtypes: Tuple[str, ...], lib: str, dev: Device, beyond: str,
+                  limit: int) -> Tuple[Any, ...]:
+    """One ``[rows, k]`` array per dtype, or a ValueError naming k when they cannot be allocated (numpy's "array is
+    too big" and MemoryError, torch's RuntimeError never named it). `beyond` says why a k past `limit` only pads."""
+    entry = sum(np.dtype(d).itemsize for d in dtypes)
     try:
-        if rows * k > (1 << 62) // 12:
+        if rows * k > (1 << 62) // entry:
             raise MemoryError
-        return empty((rows, k), "float32", lib, dev), empty((rows, k), "int64", lib, dev)
-    except (MemoryError, ValueError, RuntimeError) as exc:  # numpy: MemoryError / "array is too big"; torch: RuntimeError
-        raise ValueError(f"k={k}: the output [{rows}, {k}] (12 bytes per entry) cannot be allocated; there are "
-                         f"{columns} candidates, and a k beyond them only adds (-inf, -1) padding: pass "
-                         f"k <= {max(columns, 1)}") from (None if isinstance(exc, MemoryError) else exc)
+        return tuple(empty((rows, k), d, lib, dev) for d in dtypes)
+    except (MemoryError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"k={k}: the output [{rows}, {k}] ({entry} bytes per entry) cannot be allocated; {beyond}: "
+                         f"pass k <= {max(limit, 1)}") from (None if isinstance(exc, MemoryError) else exc)
+
+
+def topk_outputs(rows: int, k: int, columns: int, lib: str, dev: Device) -> Tuple[Any, Any]:
+    """``(scores float32 [rows, k], indices int64 [rows, k])`` of a top-k op over `columns` candidates."""
+    return outputs_for_k(rows, k, ("float32", "int64"), lib, dev, f"there are {columns} candidates, and a k beyond "
+                         f"them only adds (-inf, -1) padding", columns)
 
 
 def allocator(lib: str, dev: Device) -> Optional[Callable[[int], Any]]:

@@ -13,19 +13,11 @@ METRIC_CODES = {"cosine": 0, "l2": 1, "ip": 2}
 
 def pick_outputs(rows: int, k: int, longest: int, with_values: bool, lib: str, dev) -> Tuple[Any, Optional[Any]]:
     """``(indices int64 [rows, k], values float32 [rows, k] or None)`` of a greedy selection (k-center, coverage) whose
-    sets have at most `longest` tokens, or a ValueError naming k when that output cannot be allocated (a k beyond the
-    longest set only adds -1 padding): numpy's "array is too big" and MemoryError, torch's RuntimeError never named
-    k."""
-    entry = 12 if with_values else 8
-    try:
-        if rows * k > (1 << 62) // entry:
-            raise MemoryError
-        indices = _dispatch.empty((rows, k), "int64", lib, dev)
-        return indices, (_dispatch.empty((rows, k), "float32", lib, dev) if with_values else None)
-    except (MemoryError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"k={k}: the output [{rows}, {k}] ({entry} bytes per entry) cannot be allocated; the longest "
-                         f"set has {longest} tokens, and a k beyond it only adds -1 padding: pass k <= "
-                         f"{max(longest, 1)}") from (None if isinstance(exc, MemoryError) else exc)
+    sets have at most `longest` tokens (a ValueError naming k when they cannot be allocated)."""
+    out = _dispatch.outputs_for_k(rows, k, ("int64", "float32") if with_values else ("int64",), lib, dev,
+                                  f"the longest set has {longest} tokens, and a k beyond it only adds -1 padding",
+                                  longest)
+    return out[0], (out[1] if with_values else None)
 
 
 def kcenter(batch: Ragged, metric: str, k: np.ndarray, first: np.ndarray, max_k: int,
