@@ -283,18 +283,23 @@ def read_npy_header(f, name: str, corrupt) -> Tuple[Tuple[int, ...], bool, np.dt
         raise corrupt(f"{name} header unreadable: {type(exc).__name__}: {exc}") from None
 
 
+def _checked_header(f, name: str, dtype: np.dtype, shape: Any, corrupt) -> Tuple[Tuple[int, ...], int, int]:
+    """(shape, element count, data offset) of the ``.npy`` header at f's position, whose dtype must be `dtype` and
+    shape `shape` (``None``: any 1-D length), C order; the count in Python ints (a crafted shape cannot wrap)."""
+    got_shape, fortran, got_dtype = read_npy_header(f, name, corrupt)
+    if got_dtype != dtype or (fortran and len(got_shape) > 1) or \
+            (shape is not None and tuple(got_shape) != tuple(shape)) or (shape is None and len(got_shape) != 1):
+        raise corrupt(f"{name} holds {got_dtype} {tuple(got_shape)}{' (Fortran order)' if fortran else ''}, "
+                      f"expected {dtype} {tuple(shape) if shape is not None else '(n,)'}")
+    return tuple(got_shape), math.prod(int(n) for n in got_shape), f.tell()
+
+
 def parse_npy(data: bytes, name: str, dtype: np.dtype, shape: Tuple[int, ...], corrupt) -> np.ndarray:
     """The array of a stored ``.npy`` whose dtype and shape must be exactly ``dtype`` / ``shape`` (checked from the
     header before the data is looked at; the data must be exactly that many bytes). A read-only view of ``data``."""
     dtype = np.dtype(dtype)
     f = io.BytesIO(data[:MAX_NPY_HEADER + 16])
-    header = read_npy_header(f, f"{name}.npy", corrupt)
-    got_shape, fortran, got_dtype = header
-    if got_dtype != dtype or tuple(got_shape) != tuple(shape) or (fortran and len(shape) > 1):
-        raise corrupt(f"{name}.npy holds {got_dtype} {tuple(got_shape)}{' (Fortran order)' if fortran else ''}, "
-                      f"expected {dtype} {tuple(shape)}")
-    start = f.tell()
-    count = math.prod(int(n) for n in shape)  # Python ints: a crafted shape cannot wrap around
+    _, count, start = _checked_header(f, f"{name}.npy", dtype, shape, corrupt)
     nbytes = count * dtype.itemsize
     if len(data) - start != nbytes:
         raise corrupt(f"{name}.npy has {len(data) - start} bytes of data, its shape {tuple(shape)} needs {nbytes}")
@@ -413,13 +418,7 @@ def read_npy_file(f, name: str, dtype: Any, shape: Any, mmap: bool, corrupt) -> 
     when the path is replaced meanwhile."""
     dtype = np.dtype(dtype)
     f.seek(0)
-    got_shape, fortran, got_dtype = read_npy_header(f, name, corrupt)
-    start = f.tell()
-    if got_dtype != dtype or (fortran and len(got_shape) > 1) or \
-            (shape is not None and tuple(got_shape) != tuple(shape)) or (shape is None and len(got_shape) != 1):
-        raise corrupt(f"{name} holds {got_dtype} {tuple(got_shape)}, expected {dtype} "
-                      f"{tuple(shape) if shape is not None else '(n,)'}")
-    count = math.prod(int(n) for n in got_shape)  # Python ints: a crafted shape cannot wrap around
+    got_shape, count, start = _checked_header(f, name, dtype, shape, corrupt)
     size = os.fstat(f.fileno()).st_size
     if size != start + count * dtype.itemsize:
         raise corrupt(f"{name} is {size} bytes, its header says {start + count * dtype.itemsize} (truncated or "
