@@ -63,14 +63,39 @@ inline void validate(const KcenterParams& p) {
   }
 }
 
-// GPU: running minimum distances, picked flags and per-token norms for every token of the batch (one float, one
-// float, one byte per token: 1/(2 dim) of the float32 input).
+// GPU tiling, shared by workspace_bytes() and cuda/kcenter.cu: a greedy pass gives every set that makes at least two
+// picks ceil(n / kKcenterGpuRows) row blocks, each with one (best value, index) slot in the workspace.
+constexpr int64_t kKcenterGpuRows = 128;
+
+TOKENSET_HOST_DEVICE inline int64_t kcenter_greedy_blocks_of_set(int64_t n, int64_t k) {
+  return (k < n ? k : n) >= 2 ? (n + kKcenterGpuRows - 1) / kKcenterGpuRows : 0;
+}
+
+inline int64_t kcenter_greedy_blocks(const KcenterParams& p) {
+  int64_t blocks = 0;
+  if (p.tokens.count <= 0 || !p.tokens.host_offsets || !p.host_k) return 0;
+  for (int64_t i = 0; i < p.tokens.count; ++i)
+    blocks += kcenter_greedy_blocks_of_set(p.tokens.host_offsets[i + 1] - p.tokens.host_offsets[i], p.host_k[i]);
+  return blocks;
+}
+
+// GPU: per token of the batch its row stat, running minimum, nearest-other distance (ordered bits) and picked flag
+// (13 bytes: 13/(4 dim) of the float32 input); per set two block starts and its current pivot (24 bytes); per greedy
+// row block a (value, index) slot (12 bytes per 128 tokens). O(tokens + sets), never n x n.
 inline int64_t workspace_bytes(const KcenterParams& p) {
-  const int64_t tokens = p.tokens.count > 0 ? p.tokens.host_offsets[p.tokens.count] : 0;
+  const int64_t count = p.tokens.count > 0 ? p.tokens.count : 0;
+  const int64_t tokens = count > 0 ? p.tokens.host_offsets[count] : 0;
+  const int64_t blocks = kcenter_greedy_blocks(p);
   WorkspaceCarver carve;
-  carve.take<float>(tokens);
-  carve.take<float>(tokens);
-  carve.take<uint8_t>(tokens);
+  carve.take<float>(tokens);         // row stats (cosine: 1 / ||x||)
+  carve.take<float>(tokens);         // running minimum distance to the picks
+  carve.take<uint32_t>(tokens);      // nearest other token (most-isolated pass), order-preserving float bits
+  carve.take<uint8_t>(tokens);       // picked flags
+  carve.take<int64_t>(count + 1);    // first greedy row block of every set
+  carve.take<int64_t>(count + 1);    // first most-isolated tile pair of every set
+  carve.take<int64_t>(count);        // every set's latest pick
+  carve.take<float>(blocks);         // per greedy row block: best running minimum
+  carve.take<int64_t>(blocks);       // and its token
   return carve.used();
 }
 
@@ -79,7 +104,8 @@ void kcenter(const KcenterParams& params, const Launch& launch = Launch());
 }  // namespace cpu
 
 namespace cuda {
-// One block per set: warps stride the set's tokens (lanes stride the dimension), a block argmax per pick.
+// Tiled over several blocks per set: the most-isolated pass over (set, tile, tile) pairs of the upper triangle, each
+// pick as a (set, row block) pass and a per-set reduction; distances summed per pair in k order, as the CPU.
 void kcenter(const KcenterParams& params, const Launch& launch);
 }  // namespace cuda
 
