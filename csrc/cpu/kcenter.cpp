@@ -1,7 +1,14 @@
 // k-center on the CPU, the driver (compiled once): threads over sets when there are at least as many sets as
-// threads, else one set at a time with its passes split across threads (a few large sets). Per pick, one pass over
-// the set's rows updates every running minimum and finds the next pick (O(k n) distances); the most-isolated first
-// pick is computed over pivot chunks against row blocks (O(n^2) distances, never an n x n matrix).
+// threads, else one set at a time with its work split across threads (a few large sets).
+//
+// A set whose first pick is its most isolated token needs every pair's distance once. When the set's n x n distance
+// matrix fits the budget of the workers on it (kMatrixBytesPerWorker each), the pairs are computed once into it, as
+// GEMM tiles over the lower triangle then mirrored, and every greedy pick reads one row of it.
+// Otherwise the most-isolated pass folds the same tiles into nearest-other minima, and each pick computes the
+// pivot's distances to the set's rows again, from rows packed as panels (once per set when they fit the budget,
+// else per block and pick). Both ways every distance has the same bits (distance.h), so the picks never depend on
+// the path, the thread count or the SIMD level. Memory: per set in flight at most the budget, plus O(n) arrays and
+// O(chunk x dim) scratch per worker, never n x n beyond the budget.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -14,8 +21,10 @@ namespace tokenset {
 namespace cpu {
 namespace {
 
-constexpr int64_t kPivotChunkFloats = int64_t(1) << 20;  // packed pivots: 4 MiB per worker
-constexpr int64_t kRowBlockFloats = int64_t(1) << 18;    // converted rows: 1 MiB per worker
+constexpr int64_t kMatrixBytesPerWorker = int64_t(32) << 20;  // 2,896 tokens' distance matrix on one worker
+constexpr int64_t kPivotChunkFloats = int64_t(1) << 20;       // packed pivots: 4 MiB per worker (1,024 of dim 1,024)
+constexpr int64_t kRowBlockFloats = int64_t(1) << 18;         // a pair block's packed rows: 1 MiB per worker
+constexpr int64_t kGreedyBlockFloats = int64_t(1) << 20;      // rows packed per pick when a set is over the budget
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // The better of two (value, index) candidates: larger value, then lower index; index -1 is no candidate.
@@ -38,27 +47,51 @@ void kcenter(const KcenterParams& p, const Launch&) {
     for (int64_t i = 0; i < count * max_k; ++i) p.distances[i] = std::numeric_limits<float>::quiet_NaN();
   if (count == 0 || sets.max_length == 0) return;
   const KcenterKernel& kernel = TOKENSET_SIMD_KERNEL(kcenter_kernel);
+  const int64_t panel = kernel.panel_width;
   const int threads = num_threads();
-  const bool inside = count < threads;  // few sets: split each set's passes across threads
+  const bool inside = count < threads;  // few sets: split each set's work across threads
   const int outer = inside ? 1 : static_cast<int>(std::min<int64_t>(threads, count));
   const int inner = inside ? threads : 1;
+  const int64_t budget_floats = inner * kMatrixBytesPerWorker / static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::clamp<int64_t>(kPivotChunkFloats / dim / kKcenterPivotAlign * kKcenterPivotAlign,
-                                            kKcenterPivotAlign, 256);
-  const int64_t block_rows = std::clamp<int64_t>(kRowBlockFloats / dim, 1, 64);
+                                            kKcenterPivotAlign, 1024);
+  const int64_t block_rows = std::clamp<int64_t>(kRowBlockFloats / dim, 1, 96);
+  const int64_t greedy_rows =
+      std::max<int64_t>(panel, kGreedyBlockFloats / dim / kKcenterPivotAlign * kKcenterPivotAlign);
+  auto panels_floats = [&](int64_t n) { return (n + panel - 1) / panel * panel * dim; };
+
+  // What each set takes: its distance matrix (most isolated first, n^2 within the budget), else its packed panels
+  // (within the budget), else blocks packed per pick. The per-set-in-flight buffer holds the largest of these.
+  int64_t resident_floats = 0;
+  bool isolate = false, blocked = false;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t n = sets.length(i);
+    if (n == 0) continue;
+    const bool most_isolated = p.host_first[i] < 0;
+    isolate = isolate || most_isolated;
+    if (most_isolated && n <= budget_floats / n) {
+      resident_floats = std::max(resident_floats, n * n);
+    } else if (panels_floats(n) <= budget_floats) {
+      resident_floats = std::max(resident_floats, panels_floats(n));
+    } else {
+      blocked = true;
+    }
+  }
   const size_t max_length = static_cast<size_t>(sets.max_length);
-  // Per set in flight (outer): running minima, row stats, picked flags, the pivot row and the per-worker bests.
+  // Per set in flight (outer): running minima, row stats, picked flags, the pivot row, the per-worker bests, and the
+  // resident matrix or panels.
   AlignedBuffer<float> min_distance(outer * max_length), stats(outer * max_length), pivots(outer * dim);
   AlignedBuffer<uint8_t> picked(outer * max_length);
   AlignedBuffer<float> best_value(outer * inner);
   AlignedBuffer<int64_t> best_index(outer * inner);
-  // Per set in flight: every token's nearest-other distance as a pivot; per worker: packed pivot panels, a converted
-  // row block, and every token's nearest-other distance as a row (merged after the pass).
-  // Allocated only when some set asks for its most isolated token.
-  bool isolate = false;
-  for (int64_t i = 0; i < count; ++i) isolate = isolate || (p.host_first[i] < 0 && sets.length(i) > 0);
-  const int workers = isolate ? outer * inner : 0;
-  AlignedBuffer<float> packed(workers * chunk * dim), block(workers * block_rows * dim);
-  AlignedBuffer<float> as_pivot(isolate ? outer * max_length : 0), as_row(workers * max_length);
+  AlignedBuffer<float> resident(outer * resident_floats);
+  // Per worker: packed pivots and a pair block's scratch (pairs), or greedy blocks packed per pick; per set in flight
+  // and per worker, every token's nearest-other distance as a pivot and as a row (merged after the pass).
+  const int workers = outer * inner;
+  const int64_t pair_scratch = isolate ? pair_block_scratch_floats(dim, chunk, block_rows) : 0;
+  AlignedBuffer<float> packed(isolate ? workers * chunk * dim : 0), scratch(workers * pair_scratch);
+  AlignedBuffer<float> greedy_block(blocked ? workers * panels_floats(greedy_rows) : 0);
+  AlignedBuffer<float> as_pivot(isolate ? outer * max_length : 0), as_row(isolate ? workers * max_length : 0);
 
   auto run_set = [&](int64_t set, int slot) {
     const int64_t n = sets.length(set);
@@ -71,6 +104,10 @@ void kcenter(const KcenterParams& p, const Launch&) {
     float* pivot = pivots.data() + slot * dim;
     float* bv = best_value.data() + slot * inner;
     int64_t* bi = best_index.data() + slot * inner;
+    float* own = resident.data() + slot * resident_floats;
+    const bool most_isolated = p.host_first[set] < 0;
+    float* matrix = most_isolated && n <= budget_floats / n ? own : nullptr;
+    float* panels = !matrix && panels_floats(n) <= budget_floats ? own : nullptr;
     // Runs fn(begin, end, worker) over [0, items): across threads (inside) or on this worker alone.
     auto each = [&](int64_t items, int64_t grain, auto&& fn) {
       if (inside) {
@@ -79,48 +116,94 @@ void kcenter(const KcenterParams& p, const Launch&) {
         fn(0, items, 0);
       }
     };
-    auto reset_bests = [&] {
-      for (int w = 0; w < inner; ++w) bv[w] = -kInf, bi[w] = -1;
-    };
-    auto winner = [&](float* value) {
-      float v = -kInf;
-      int64_t i = -1;
-      for (int w = 0; w < inner; ++w) keep_best(bv[w], bi[w], &v, &i);
-      *value = v;
-      return i;
-    };
     each(n, std::max<int64_t>(64, n / (4 * inner)), [&](int64_t b, int64_t e, int) {
       kernel.row_stats(rows, p.metric, b, e, st + b);
     });
+
     int64_t pick = p.host_first[set];
     float value = kInf;
-    if (pick < 0) {
-      // Chunk c pairs its pivots with the rows from its own start on: each pair once (upper triangle), folded into
-      // both tokens' nearest-other distances. Later chunks have fewer rows, so chunks are handed out one at a time.
+    if (most_isolated) {
+      // Chunk c pairs its pivots with the rows from its own start on: each pair once (upper triangle). Later chunks
+      // have fewer rows, so chunks are handed out one at a time.
       float* pivot_min = as_pivot.data() + slot * max_length;
-      for (int w = 0; w < inner; ++w) {
-        float* row_min = as_row.data() + (slot * inner + w) * max_length;
-        for (int64_t j = 0; j < n; ++j) row_min[j] = kInf;
+      if (!matrix) {
+        for (int w = 0; w < inner; ++w) std::fill_n(as_row.data() + (slot * inner + w) * max_length, n, kInf);
       }
       const int64_t chunks = (n + chunk - 1) / chunk;
       each(chunks, 1, [&](int64_t c0, int64_t c1, int worker) {
         const int w = slot * inner + worker;
+        float* own_packed = packed.data() + w * chunk * dim;
+        float* own_scratch = scratch.data() + w * pair_scratch;
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t i0 = c * chunk, i1 = std::min(n, i0 + chunk);
-          kernel.nearest_other(rows, p.metric, st, i0, i1, block_rows, packed.data() + w * chunk * dim,
-                               block.data() + w * block_rows * dim, pivot_min + i0,
-                               as_row.data() + static_cast<int64_t>(w) * max_length);
+          kernel.pack_panels(rows, i0, i1, own_packed);
+          PairSink sink;
+          sink.matrix = matrix;
+          if (!matrix) {
+            std::fill_n(pivot_min + i0, i1 - i0, kInf);
+            sink.pivot_min = pivot_min + i0;
+            sink.row_min = as_row.data() + static_cast<int64_t>(w) * max_length;
+          }
+          for (int64_t q0 = i0; q0 < n; q0 += block_rows)
+            kernel.pair_block(rows, p.metric, st, own_packed, i0, i1, q0, std::min(n, q0 + block_rows), own_scratch,
+                              sink);
+        }
+      });
+      if (matrix) {
+        // The tiles wrote the lower triangle (row j >= the pivot's chunk): mirror it, 32 x 32 blocks at a time, so
+        // that every pick reads one contiguous row.
+        const int64_t blocks = (n + 31) / 32;
+        each(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+          float* const d = matrix;
+          const int64_t size = n;
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t i_end = std::min(size, b * 32 + 32);
+            for (int64_t j0 = b * 32; j0 < size; j0 += 32) {
+              const int64_t j_end = std::min(size, j0 + 32);
+              for (int64_t i = b * 32; i < i_end; ++i) {
+                float* out = d + i * size;
+                for (int64_t j = std::max(j0, i + 1); j < j_end; ++j) out[j] = d[j * size + i];
+              }
+            }
+          }
+        });
+      }
+      // Every token's nearest other: a row minimum of the matrix (eight partial minima: the order of a minimum does
+      // not change it), or the pivot and per-worker row minima.
+      float* nearest = pivot_min;
+      each(n, std::max<int64_t>(64, n / (4 * inner)), [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) {
+          float m;
+          if (matrix) {
+            float part[8];
+            for (float& v : part) v = kInf;
+            const float* row = matrix + i * n;
+            int64_t j = 0;
+            for (; j + 8 <= n; j += 8)
+              for (int u = 0; u < 8; ++u) part[u] = row[j + u] < part[u] ? row[j + u] : part[u];
+            for (; j < n; ++j) part[0] = row[j] < part[0] ? row[j] : part[0];
+            m = part[0];
+            for (int u = 1; u < 8; ++u) m = part[u] < m ? part[u] : m;
+          } else {
+            m = pivot_min[i];
+            for (int w = 0; w < inner; ++w) m = std::min(m, as_row[(slot * inner + w) * max_length + i]);
+          }
+          nearest[i] = m;
         }
       });
       float best = -kInf;
       pick = -1;
-      for (int64_t i = 0; i < n; ++i) {
-        float nearest = pivot_min[i];
-        for (int w = 0; w < inner; ++w) nearest = std::min(nearest, as_row[(slot * inner + w) * max_length + i]);
-        if (pick < 0 || nearest > best) best = nearest, pick = i;
-      }
+      for (int64_t i = 0; i < n; ++i)
+        if (pick < 0 || nearest[i] > best) best = nearest[i], pick = i;
       value = best;
     }
+    if (panels) {
+      const int64_t count_panels = (n + panel - 1) / panel;
+      each(count_panels, std::max<int64_t>(1, count_panels / (4 * inner)), [&](int64_t b, int64_t e, int) {
+        kernel.pack_panels(rows, b * panel, std::min(n, e * panel), panels + b * panel * dim);
+      });
+    }
+
     for (int64_t j = 0; j < n; ++j) mins[j] = kInf, done[j] = 0;
     for (int64_t t = 0; t < picks; ++t) {
       p.indices[set * max_k + t] = pick;
@@ -130,16 +213,43 @@ void kcenter(const KcenterParams& p, const Launch&) {
       }
       done[pick] = 1;
       if (t + 1 == picks) break;
+      if (matrix) {  // the pick's distances are a row of the matrix: O(n) per pick
+        const float* row = matrix + pick * n;
+        float best = -kInf;
+        int64_t next = -1;
+        for (int64_t j = 0; j < n; ++j) {
+          if (done[j]) continue;
+          float m = mins[j];
+          if (row[j] < m) mins[j] = m = row[j];
+          if (next < 0 || m > best) best = m, next = j;
+        }
+        pick = next, value = best;
+        continue;
+      }
       kernel.load_row(rows, pick, pivot);
       const float pivot_stat = st[pick];
-      reset_bests();
-      each(n, std::max<int64_t>(256, n / inner), [&](int64_t b, int64_t e, int worker) {
+      for (int w = 0; w < inner; ++w) bv[w] = -kInf, bi[w] = -1;
+      const int64_t count_panels = (n + panel - 1) / panel;
+      each(count_panels, std::max<int64_t>(1, count_panels / (4 * inner)), [&](int64_t b, int64_t e, int worker) {
         float v;
         int64_t i;
-        kernel.update(rows, p.metric, pivot, pivot_stat, st, b, e, mins, done, &v, &i);
-        keep_best(v, i, bv + worker, bi + worker);
+        const int64_t j0 = b * panel, j1 = std::min(n, e * panel);
+        if (panels) {
+          kernel.update(panels + j0 * dim, dim, p.metric, pivot, pivot_stat, st, j0, j1, mins, done, &v, &i);
+          keep_best(v, i, bv + worker, bi + worker);
+          return;
+        }
+        float* own_block = greedy_block.data() + (slot * inner + worker) * panels_floats(greedy_rows);
+        for (int64_t g0 = j0; g0 < j1; g0 += greedy_rows) {
+          const int64_t g1 = std::min(j1, g0 + greedy_rows);
+          kernel.pack_panels(rows, g0, g1, own_block);
+          kernel.update(own_block, dim, p.metric, pivot, pivot_stat, st, g0, g1, mins, done, &v, &i);
+          keep_best(v, i, bv + worker, bi + worker);
+        }
       });
-      pick = winner(&value);
+      value = -kInf;
+      pick = -1;
+      for (int w = 0; w < inner; ++w) keep_best(bv[w], bi[w], &value, &pick);
     }
   };
 

@@ -32,6 +32,9 @@ struct V {
   static void store(float* p, type v) { _mm512_storeu_ps(p, v); }
   static type fmadd(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
+  static type sub(type a, type b) { return _mm512_sub_ps(a, b); }
+  static type mul(type a, type b) { return _mm512_mul_ps(a, b); }
+  static type min(type a, type b) { return _mm512_min_ps(a, b); }  // b when either is NaN
   // max(a, b) returns b when either is NaN: NaN is tracked separately by unordered().
   static type max(type a, type b) { return _mm512_max_ps(a, b); }
   static mask no_mask() { return 0; }
@@ -62,6 +65,9 @@ struct V {
   static void store(float* p, type v) { _mm256_storeu_ps(p, v); }
   static type fmadd(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm256_add_ps(a, b); }
+  static type sub(type a, type b) { return _mm256_sub_ps(a, b); }
+  static type mul(type a, type b) { return _mm256_mul_ps(a, b); }
+  static type min(type a, type b) { return _mm256_min_ps(a, b); }
   static type max(type a, type b) { return _mm256_max_ps(a, b); }
   static mask no_mask() { return _mm256_setzero_ps(); }
   static mask unordered(type a, mask m) { return _mm256_or_ps(m, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
@@ -95,6 +101,9 @@ struct V {
   // Fused, as the vector levels and the GPU: float32 dot products are bit-identical on every path.
   static type fmadd(type a, type b, type c) { return std::fma(a, b, c); }
   static type add(type a, type b) { return a + b; }
+  static type sub(type a, type b) { return a - b; }
+  static type mul(type a, type b) { return a * b; }
+  static type min(type a, type b) { return a < b ? a : b; }  // b when either is NaN, as the SIMD paths
   static type max(type a, type b) { return a > b ? a : b; }  // b when either is NaN, as the SIMD paths
   static mask no_mask() { return false; }
   static mask unordered(type a, mask m) { return m || a != a; }
