@@ -49,6 +49,19 @@ def row_dots(a: Any, b: Any) -> Any:
     return xp.einsum("ij,ij->i", a, b)
 
 
+def squared_norms_float64(x: Any) -> np.ndarray:
+    """|x_i|^2 of every row in float64 (host [n]), in blocks of at most 4M elements: exact enough to rank tokens that
+    share a large offset, whose float32 norms differ by less than their rounding."""
+    out = np.empty(x.shape[0], np.float64)
+    step = max(1, (4 << 20) // max(1, x.shape[1]))
+    for r0 in range(0, x.shape[0], step):
+        block = x[r0:r0 + step]
+        block = block.double() if _array.is_torch(block) else block.astype(np.float64 if not _array.is_cupy(block)
+                                                                           else _array._cupy().float64)
+        out[r0:r0 + step] = _array.host_copy(row_dots(block, block))
+    return out
+
+
 def concat_columns(x: Any, column: Any) -> Any:
     """[x, column] for a 2-D x and a 1-D column."""
     if _array.is_torch(x):
@@ -69,6 +82,61 @@ def inverse_norms(x: Any) -> Any:
 def unit_rows(x: Any) -> Any:
     """Rows scaled to unit length (a zero row stays zero)."""
     return x * inverse_norms(x)[:, None]
+
+
+def _set_extremes(x: Any, lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per non-empty set and coordinate, the smallest and largest value of its rows (host float64 [sets, d]; NaN
+    where a coordinate holds NaN). x: float32 rows of the sets in order, without gaps."""
+    starts = offsets_of(lengths)[:-1][lengths > 0]
+    if _array.is_torch(x):
+        torch = _array._torch()
+        counts = torch.as_tensor(lengths[lengths > 0], device=x.device)
+        lo = torch.segment_reduce(x, "min", lengths=counts, axis=0)
+        hi = torch.segment_reduce(x, "max", lengths=counts, axis=0)
+        return _array.host_copy(lo).astype(np.float64), _array.host_copy(hi).astype(np.float64)
+    if _array.is_cupy(x):
+        ends = starts + lengths[lengths > 0]
+        lo = [_array.host_copy(x[int(a):int(b)].min(axis=0)) for a, b in zip(starts, ends)]
+        hi = [_array.host_copy(x[int(a):int(b)].max(axis=0)) for a, b in zip(starts, ends)]
+        shape = (0, x.shape[1])
+        return (np.array(lo, np.float64).reshape(-1, x.shape[1]) if lo else np.zeros(shape),
+                np.array(hi, np.float64).reshape(-1, x.shape[1]) if hi else np.zeros(shape))
+    if not len(starts):
+        return np.zeros((0, x.shape[1])), np.zeros((0, x.shape[1]))
+    with np.errstate(invalid="ignore"):
+        return (np.minimum.reduceat(x, starts, axis=0).astype(np.float64),
+                np.maximum.reduceat(x, starts, axis=0).astype(np.float64))
+
+
+def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
+    """x - c, with c per set and coordinate chosen so that the subtraction is exact in float32 and the shifted values
+    are small: c lies within a factor 2 of every value of the coordinate in the set (Sterbenz: then x - c is exact),
+    as near the middle of the values as that allows, and c = 0 where no such value exists (values of both signs or
+    spanning more than a factor 4, NaN or +-inf, or values near the float32 underflow). Afterwards |x_k - c_k| is at
+    most 4/3 of the coordinate's spread in the set, so |a|^2 + |b|^2 - 2<a, b> loses only eps x spread^2, never eps x
+    offset^2 (tokens of LLM and vision models share offsets of 100-300); and as the shifted tokens are the exact
+    differences, distances between them equal those between the originals and integer ties stay ties.
+
+    x: float32 rows of the sets in order without gaps (``Ragged.compact()``). Returns (x - c, c per set [sets, d]
+    float32), both in x's library (x itself and None when every c is 0)."""
+    lo, hi = _set_extremes(x, lengths)
+    tiny = 2.0 ** -100
+    with np.errstate(invalid="ignore", over="ignore"):
+        positive = (lo >= tiny) & (hi <= 4.0 * lo) & np.isfinite(hi)
+        negative = (hi <= -tiny) & (lo >= 4.0 * hi) & np.isfinite(lo)
+        mid = ((lo + hi) / 2.0).astype(np.float32).astype(np.float64)
+        # [max / 2, 2 min] for positive values (both exact in float32 away from under/overflow); mirrored for
+        # negative ones. The float32 middle rounded into that interval is a valid c.
+        c = np.where(positive, np.clip(mid, hi / 2.0, 2.0 * lo), 0.0)
+        c = np.where(negative, np.clip(mid, 2.0 * hi, lo / 2.0), c)
+    c = np.where(np.isfinite(c), c, 0.0).astype(np.float32)
+    if not np.any(c):
+        return x, None
+    per_set = np.zeros((len(lengths), x.shape[1]), np.float32)
+    per_set[lengths > 0] = c
+    lib, dev = _array.library(x), _array.device(x)
+    per_set = from_host(per_set, lib, dev)
+    return x - take(per_set, set_ids(lengths)), per_set
 
 
 def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = None) -> Any:

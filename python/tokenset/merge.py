@@ -172,6 +172,7 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: 
                                   else np.ones(x.shape[0], np.float32), lib, dev)
     lens = batch.lengths
     base = batch.offsets[:-1]
+    shifted, _ = _segments.exact_shift(x, lens)  # the same distances, without the rounding of a shared offset
     d = x.shape[1]
     segments = np.zeros(x.shape[0], np.int64)
     centres_all, counts = [], []
@@ -182,7 +183,7 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: 
             counts.append(0)
             continue
         k = int(min(ks[i], n))
-        xs = x[start:start + n]
+        xs = shifted[start:start + n]
         sq = _segments.row_dots(xs, xs)
         centres = _dpc_centres(xs, sq, k, min(knn, n), d) if k < n else np.arange(n, dtype=np.int64)
         assign = _nearest_centre(xs, sq, centres, d)
@@ -279,7 +280,7 @@ def _init_centres(batch: Ragged, x: Any, ks: np.ndarray, raw: Any) -> Tuple[np.n
     """KKZ: the largest-norm token of each set (norms of `raw`, the tokens before any normalisation), then
     farthest-first (l2) over `x`. (global rows [K], per-set counts [B])."""
     lens = batch.lengths
-    sq = _array.host_copy(_segments.row_dots(raw, raw)).astype(np.float64)
+    sq = _segments.squared_norms_float64(raw)
     sets = _segments.set_ids(lens)
     base = _segments.offsets_of(lens)
     first = np.full(len(lens), -1, np.int64)
@@ -315,12 +316,16 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
         raise ValueError(f"metric must be 'l2' or 'cosine' for k-means / k-medoids, got {metric!r}")
     lib, dev = _array.library(batch._any_values), _array.device(batch._any_values)
     raw = _segments.float32(batch.values)
-    x = _segments.unit_rows(raw) if metric == "cosine" else raw
     lens = batch.lengths
+    # Distances are computed on the tokens shifted exactly (_segments.exact_shift): the same distances without the
+    # rounding of an offset the tokens share. Centroids are means of shifted tokens, shifted back at the end.
+    x, shift = _segments.exact_shift(_segments.unit_rows(raw) if metric == "cosine" else raw, lens)
     sets = _segments.set_ids(lens)
     rows, c_len = _init_centres(batch, x, ks, raw)
     c_off = _segments.offsets_of(c_len)
     centres = _segments.take(x, rows)
+    # Each centre's shift (its set's): centroids are shifted back (exactly, for a one-token cluster) at the end.
+    centre_shift = _segments.take(shift, _segments.set_ids(c_len)) if shift is not None else None
     total = int(c_len.sum())
     sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)  # |x_i|^2: fixed across iterations
     finite = _segments.finite_rows(x, sq)
@@ -345,8 +350,9 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
             if empty.size:  # an empty cluster keeps its centre (copied, never multiplied: inf * 0 would be NaN)
                 new_centres[_segments.from_host(empty, lib, dev)] = _segments.take(centres, empty)
             centres = new_centres
-            if metric == "cosine":
-                centres = _segments.unit_rows(centres)
+            if metric == "cosine":  # unit vectors before the shift, shifted again
+                centres = _segments.unit_rows(centres) if centre_shift is None else \
+                    _segments.unit_rows(centres + centre_shift) - centre_shift
     counts = np.bincount(segments, minlength=total)
     if medoids:
         representative = rows
@@ -362,7 +368,7 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
             _segments.row_dots(centres, centres)).astype(np.float64))
         d2[~(finite & centre_finite[segments])] = np.inf
         representative = _first_minimum(d2, segments, total, _TIE * (sq + np.abs(d2)))
-        values = centres
+        values = centres if centre_shift is None else centres + centre_shift
     nonempty = counts > 0
     centre_sets = _segments.set_ids(c_len)
     local = representative - batch.offsets[:-1][centre_sets]
