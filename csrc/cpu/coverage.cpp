@@ -1,5 +1,5 @@
-// Greedy maximum coverage on the CPU, the driver (compiled once): threads over sets; per pick, the gains of every
-// column are summed over the rows that can still gain (a row leaves the active list once its best reaches its
+// Greedy maximum coverage on the CPU, the driver (compiled once): threads over sets, or, with fewer sets than threads,
+// over each set's columns; per pick, the gains of every column are summed over the rows that can still gain (a row leaves the active list once its best reaches its
 // maximum), then best is raised by the picked column for active rows only.
 #include <algorithm>
 #include <limits>
@@ -19,56 +19,91 @@ void coverage(const CoverageParams& p, const Launch&) {
     for (int64_t i = 0; i < b * max_k; ++i) p.gains[i] = std::numeric_limits<float>::quiet_NaN();
   if (b == 0 || max_cols == 0) return;
   const CoverageKernel& kernel = TOKENSET_SIMD_KERNEL(coverage_kernel);
-  const int workers = static_cast<int>(std::min<int64_t>(num_threads(), b));
-  AlignedBuffer<float> best(workers * max_rows), row_max(workers * max_rows), gains(workers * max_cols);
-  AlignedBuffer<int64_t> active(workers * max_rows);
-  AlignedBuffer<uint8_t> picked(workers * max_cols);
+  const int threads = num_threads();
+  // Fewer sets than threads: one set at a time, each pick's column gains split over the threads by column ranges.
+  // Every column still sums its rows in row order, so the gains (and picks) do not depend on the thread count.
+  const bool inside = b < threads;
+  const int outer = inside ? 1 : static_cast<int>(std::min<int64_t>(threads, b));
+  const int inner = inside ? threads : 1;
+  AlignedBuffer<float> best(outer * max_rows), row_max(outer * max_rows), gains(outer * max_cols);
+  AlignedBuffer<int64_t> active(outer * max_rows);
+  AlignedBuffer<uint8_t> picked(outer * max_cols);
+  AlignedBuffer<float> worker_value(outer * inner);
+  AlignedBuffer<int64_t> worker_pick(outer * inner);
   const float* matrix = p.matrix.ptr<const float>();
   const int64_t set_stride = p.matrix.strides[0], row_stride = p.matrix.strides[1];
-  parallel_for(b, 1, workers, [&](int64_t begin, int64_t end, int worker) {
-    float* bst = best.data() + worker * max_rows;
-    float* top = row_max.data() + worker * max_rows;
-    float* gain = gains.data() + worker * max_cols;
-    int64_t* act = active.data() + worker * max_rows;
-    uint8_t* done = picked.data() + worker * max_cols;
-    for (int64_t set = begin; set < end; ++set) {
-      const int64_t rows = p.host_rows[set], cols = p.host_cols[set];
-      const int64_t picks = std::min(p.host_k[set], cols);
-      const float* base = matrix + set * set_stride;
-      int64_t live = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* row = base + r * row_stride;
-        float m = 0.0f;  // best starts at 0: a row whose entries are all <= 0 (or NaN) never gains
-        for (int64_t j = 0; j < cols; ++j)
-          if (row[j] > m) m = row[j];
-        bst[r] = 0.0f;
-        top[r] = m;
-        if (m > 0.0f) act[live++] = r;
-      }
-      for (int64_t j = 0; j < cols; ++j) done[j] = 0;
-      for (int64_t t = 0; t < picks; ++t) {
-        for (int64_t j = 0; j < cols; ++j) gain[j] = 0.0f;
-        for (int64_t a = 0; a < live; ++a) kernel.add_row_gains(base + act[a] * row_stride, bst[act[a]], cols, gain);
-        int64_t pick = -1;
-        float value = 0.0f;
-        for (int64_t j = 0; j < cols; ++j) {
-          if (done[j]) continue;
-          if (pick < 0 || gain[j] > value) value = gain[j], pick = j;
-        }
-        p.indices[set * max_k + t] = pick;
-        if (p.gains) p.gains[set * max_k + t] = value;
-        done[pick] = 1;
-        int64_t kept = 0;
-        for (int64_t a = 0; a < live; ++a) {
-          const int64_t r = act[a];
-          const float c = base[r * row_stride + pick];
-          if (c > bst[r]) bst[r] = c;
-          if (bst[r] < top[r]) act[kept++] = r;
-        }
-        live = kept;
-      }
+  auto run_set = [&](int64_t set, int slot) {
+    float* bst = best.data() + slot * max_rows;
+    float* top = row_max.data() + slot * max_rows;
+    float* gain = gains.data() + slot * max_cols;
+    int64_t* act = active.data() + slot * max_rows;
+    uint8_t* done = picked.data() + slot * max_cols;
+    float* wv = worker_value.data() + slot * inner;
+    int64_t* wp = worker_pick.data() + slot * inner;
+    const int64_t rows = p.host_rows[set], cols = p.host_cols[set];
+    const int64_t picks = std::min(p.host_k[set], cols);
+    const float* base = matrix + set * set_stride;
+    int64_t live = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = base + r * row_stride;
+      float m = 0.0f;  // best starts at 0: a row whose entries are all <= 0 (or NaN) never gains
+      for (int64_t j = 0; j < cols; ++j)
+        if (row[j] > m) m = row[j];
+      bst[r] = 0.0f;
+      top[r] = m;
+      if (m > 0.0f) act[live++] = r;
     }
-  });
+    for (int64_t j = 0; j < cols; ++j) done[j] = 0;
+    // Gains of columns [c0, c1) and their best unpicked column (lowest index on ties; -1 if all are picked).
+    auto column_gains = [&](int64_t c0, int64_t c1, float* value, int64_t* pick) {
+      for (int64_t j = c0; j < c1; ++j) gain[j] = 0.0f;
+      for (int64_t a = 0; a < live; ++a) kernel.add_row_gains(base + act[a] * row_stride + c0, bst[act[a]], c1 - c0,
+                                                              gain + c0);
+      *pick = -1;
+      for (int64_t j = c0; j < c1; ++j) {
+        if (done[j]) continue;
+        if (*pick < 0 || gain[j] > *value) *value = gain[j], *pick = j;
+      }
+    };
+    for (int64_t t = 0; t < picks; ++t) {
+      int64_t pick = -1;
+      float value = 0.0f;
+      if (inside) {
+        for (int w = 0; w < inner; ++w) wp[w] = -1;
+        const int64_t grain = std::max<int64_t>(64, cols / (2 * inner));
+        parallel_for(cols, grain, inner, [&](int64_t c0, int64_t c1, int worker) {
+          float v = 0.0f;
+          int64_t j = -1;
+          column_gains(c0, c1, &v, &j);
+          // Ranges reach a worker in increasing order: a strictly larger gain replaces its earlier best.
+          if (j >= 0 && (wp[worker] < 0 || v > wv[worker] || (v == wv[worker] && j < wp[worker])))
+            wv[worker] = v, wp[worker] = j;
+        });
+        for (int w = 0; w < inner; ++w)
+          if (wp[w] >= 0 && (pick < 0 || wv[w] > value || (wv[w] == value && wp[w] < pick))) value = wv[w], pick = wp[w];
+      } else {
+        column_gains(0, cols, &value, &pick);
+      }
+      p.indices[set * max_k + t] = pick;
+      if (p.gains) p.gains[set * max_k + t] = value;
+      done[pick] = 1;
+      int64_t kept = 0;
+      for (int64_t a = 0; a < live; ++a) {
+        const int64_t r = act[a];
+        const float c = base[r * row_stride + pick];
+        if (c > bst[r]) bst[r] = c;
+        if (bst[r] < top[r]) act[kept++] = r;
+      }
+      live = kept;
+    }
+  };
+  if (inside) {
+    for (int64_t set = 0; set < b; ++set) run_set(set, 0);
+  } else {
+    parallel_for(b, 1, outer, [&](int64_t begin, int64_t end, int worker) {
+      for (int64_t set = begin; set < end; ++set) run_set(set, worker);
+    });
+  }
 }
 
 }  // namespace cpu
