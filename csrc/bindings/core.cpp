@@ -42,6 +42,9 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("compiled_simd_levels", [] { return std::string(cpu::compiled_simd_levels()); });
   m.def("num_threads", &cpu::num_threads);
+  m.def("measure_fma_peak", &cpu::measure_fma_peak, py::arg("threads"), py::arg("seconds") = 0.25,
+        py::call_guard<py::gil_scoped_release>(),
+        "float32 FMA GFLOP/s of `threads` workers at the active SIMD level (independent FMA chains), for benchmarks");
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def("build_info", [] {
     py::dict info;

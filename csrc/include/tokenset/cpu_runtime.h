@@ -21,6 +21,9 @@ void set_simd_level(SimdLevel level);
 
 int num_threads();
 void set_num_threads(int threads);
+// Measured float32 FMA peak in GFLOP/s at the active SIMD level (2 flops per lane per FMA) with `threads` workers
+// (at most the thread count), each running independent FMA chains for about `seconds` (csrc/cpu/peak.cpp).
+double measure_fma_peak(int threads, double seconds);
 
 // Runs fn(ctx, begin, end, worker) over [0, n) in chunks of `grain` items, on up to `max_workers` workers: worker ids
 // are < max(max_workers, 1) and < the thread count, even while set_num_threads runs on another thread. The calling
