@@ -133,6 +133,21 @@ def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return _argmin(d2, axis=1)
 
 
+def _shift(x: np.ndarray) -> np.ndarray:
+    """The per-coordinate value merge subtracts before its l2 passes (tokenset._segments.exact_shift: within a factor
+    2 of every value of the coordinate, else 0). Distances do not change; the tie tolerances below are sized by the
+    shifted tokens, so that a common offset neither widens nor narrows them."""
+    if x.shape[0] == 0:
+        return np.zeros(x.shape[1])
+    with np.errstate(invalid="ignore", over="ignore"):
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        mid = ((lo + hi) / 2.0).astype(np.float32).astype(np.float64)
+        tiny = 2.0 ** -100
+        c = np.where((lo >= tiny) & (hi <= 4.0 * lo) & np.isfinite(hi), np.clip(mid, hi / 2.0, 2.0 * lo), 0.0)
+        c = np.where((hi <= -tiny) & (lo >= 4.0 * hi) & np.isfinite(lo), np.clip(mid, 2.0 * hi, lo / 2.0), c)
+    return np.where(np.isfinite(c), c, 0.0)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
 
@@ -154,14 +169,15 @@ def kmeans(x: np.ndarray, k: int, iters: int = 10, metric: str = "l2") -> Result
         if metric == "cosine":
             centres = _unit(centres)
     assign = _nearest(x, centres)
+    shift = _shift(x)
     reps, tokens, sizes = [], [], []
     for c in range(len(centres)):
         members = np.flatnonzero(assign == c)
         if members.size == 0:
             continue
         d2 = ((x[members] - centres[c]) ** 2).sum(axis=1)
-        sq = (x[members] ** 2).sum(axis=1)
-        reps.append(members[_first_min(d2, TIE * (sq + np.abs(d2 - (centres[c] ** 2).sum())))])
+        sq = ((x[members] - shift) ** 2).sum(axis=1)
+        reps.append(members[_first_min(d2, TIE * (sq + np.abs(d2 - ((centres[c] - shift) ** 2).sum())))])
         tokens.append(centres[c])
         sizes.append(members.size)
     return _sorted(np.array(reps), np.array(tokens), np.array(sizes, np.float64))
@@ -175,6 +191,7 @@ def kmedoids(x: np.ndarray, k: int, iters: int = 10, metric: str = "l2") -> Resu
     if xs.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros((0, xs.shape[1])), np.zeros(0)
     medoids = _kkz(xs, k, x64)
+    shift = _shift(xs)
     for _ in range(iters):
         assign = _nearest(xs, xs[medoids])
         new = medoids.copy()
@@ -182,7 +199,7 @@ def kmedoids(x: np.ndarray, k: int, iters: int = 10, metric: str = "l2") -> Resu
             members = np.flatnonzero(assign == c)
             if members.size:
                 cost = ((xs[members][:, None, :] - xs[members][None, :, :]) ** 2).sum(-1).sum(axis=1)
-                sq = (xs[members] ** 2).sum(axis=1)
+                sq = ((xs[members] - shift) ** 2).sum(axis=1)
                 new[c] = members[_first_min(cost, TIE * (members.size * sq + sq.sum()))]
         if np.array_equal(new, medoids):
             break
