@@ -12,6 +12,8 @@ float32, keep about 10% (58 / 288). Same run, after an agreement check on the sa
 * An MMTok-style torch greedy (coverage matrix per image, batch 1, 32 text tokens) vs tokenset.coverage.
 * A batched torch k-means (cdist, argmin, scatter_add; 10 iterations from the same farthest-first centres) vs
   tokenset.merge(method="kmeans").
+* The Gram part of k-center (kcenter with k = 1: the most-isolated pass, each pair once) in GFLOP/s against the
+  float32 FMA peak measured at the start of the run (tokenset._core.measure_fma_peak) and torch's batched GEMM.
 
     python benchmarks/bench_select.py            # all four shapes; writes benchmarks/results/select-<machine>-<date>.*
     python benchmarks/bench_select.py --quick    # 576 x 1024 only, batch 8
@@ -31,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import tokenset  # noqa: E402
 from _common import time_interleaved, write_results  # noqa: E402
+
+PEAK_GFLOPS = float("nan")  # the float32 FMA peak, measured at the start of main()
 
 try:
     import torch_cluster
@@ -159,6 +163,22 @@ def run_shape(batch: int, n: int, dim: int, keep: int, repeats: int, budget: flo
     report("kcenter", {"tokenset.kcenter first=0": lambda: tokenset.kcenter(x, keep, first=0),
                        "DivPrune torch loop": lambda: divprune_loop(xt, keep)}, "same objective, first pick given")
 
+    # The Gram part: kcenter with k = 1 is the most-isolated pass alone (every pair's distance once: B n^2 d useful
+    # FMAs' flops, the half Gram), against the FMA peak measured in this run and torch's batched GEMM (the whole
+    # Gram, 2 B n^2 d flops) on the same tokens.
+    gram = time_interleaved({"kcenter k=1": lambda: tokenset.kcenter(x, 1),
+                             "torch bmm": lambda: torch.bmm(xt, xt.transpose(1, 2))}, repeats, budget_s=budget)
+    ours_gflops = batch * n * n * dim / gram["kcenter k=1"] / 1e9
+    torch_gflops = 2 * batch * n * n * dim / gram["torch bmm"] / 1e9
+    rows.append({"workload": "gram", "shape": f"{batch}x{n}x{dim}", "keep": 1, "tokenset": "kcenter k=1 (half Gram)",
+                 "alternative": "torch bmm (whole Gram)", "tokenset_s": gram["kcenter k=1"],
+                 "alternative_s": gram["torch bmm"], "speedup": gram["torch bmm"] / gram["kcenter k=1"],
+                 "agreement": f"{ours_gflops:.0f} vs {torch_gflops:.0f} GFLOP/s; FMA peak {PEAK_GFLOPS:.0f}: "
+                              f"{ours_gflops / PEAK_GFLOPS:.0%} vs {torch_gflops / PEAK_GFLOPS:.0%}"})
+    print(f"  gram       kcenter k=1 {gram['kcenter k=1'] * 1e3:.1f} ms = {ours_gflops:.0f} GFLOP/s "
+          f"({ours_gflops / PEAK_GFLOPS:.0%} of the {PEAK_GFLOPS:.0f} GFLOP/s FMA peak); torch bmm "
+          f"{torch_gflops:.0f} GFLOP/s ({torch_gflops / PEAK_GFLOPS:.0%})", flush=True)
+
     # farthest point sampling on unit vectors, squared L2 from index 0. Over hundreds of picks among distances that
     # concentrate (high dimension), float32 rounding in a different order settles some near-ties differently, and
     # one different pick changes the rest of the sequence: agreement is the fraction of identical sequences and the
@@ -245,6 +265,10 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=None, help="results file stem (default select / select-quick)")
     args = parser.parse_args(argv)
     torch.set_num_threads(tokenset.get_num_threads())
+    global PEAK_GFLOPS
+    PEAK_GFLOPS = tokenset._core.measure_fma_peak(tokenset.get_num_threads(), 0.5)
+    print(f"float32 FMA peak ({tokenset._core.simd_level()}, {tokenset.get_num_threads()} threads): "
+          f"{PEAK_GFLOPS:.0f} GFLOP/s", flush=True)
     batch = args.batch or (8 if args.quick else 32)
     shapes = args.shapes or ("576x1024" if args.quick else "576x1024,576x4096,2880x1024,2880x4096")
     rows = []
@@ -263,7 +287,8 @@ def main(argv=None) -> int:
                      f"{r['tokenset_s'] * 1e3:.1f} | {r['alternative_s'] * 1e3:.1f} | x{r['speedup']:.2f} | "
                      f"{r['agreement']} |")
     stem = args.name or ("select-quick" if args.quick else "select")
-    path = write_results(stem, "cpu", {"batch": batch, "rows": rows, "build": tokenset.build_info()},
+    path = write_results(stem, "cpu", {"batch": batch, "rows": rows, "fma_peak_gflops": PEAK_GFLOPS,
+                                       "build": tokenset.build_info()},
                          "\n".join(table))
     print(f"wrote {path}.json / .md")
     return 0
