@@ -673,3 +673,13 @@ def test_selection_with_an_unallocatable_k_names_k(k):
 def test_segment_sum_with_an_unallocatable_count_names_count(count):
     with pytest.raises(ValueError, match=rf"count={count}: the output .* cannot be allocated"):
         tokenset.segment_sum(np.ones((2, 3), np.float32), [0, 1], count=count)
+
+
+def test_measure_fma_peak_takes_any_arguments():
+    """Thread counts are clamped to the pool and durations to [calibration, 10 s]: NaN, zero and negative durations
+    run the short calibration only (a huge duration once overflowed the round count and returned a negative peak)."""
+    from tokenset import _core
+
+    for threads, seconds in [(0, 0.01), (-5, 0.01), (10 ** 6, 0.01), (1, float("nan")), (1, -1.0), (1, 0.0)]:
+        peak = _core.measure_fma_peak(threads, seconds)
+        assert np.isfinite(peak) and peak > 0

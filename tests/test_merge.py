@@ -523,3 +523,15 @@ def test_gpu_many_small_sets_match_cpu(cuda):
                          mask=torch.from_numpy(mask).cuda())
     np.testing.assert_array_equal(to_numpy(gpu.indices), cpu.indices)
     np.testing.assert_allclose(to_numpy(gpu.sizes), cpu.sizes, rtol=1e-6)
+
+
+@requires_torch
+@pytest.mark.parametrize("method", ["kmeans", "kmedoids", "dpc_knn"])
+def test_torch_batches_of_empty_sets(method):
+    """Every set empty, as torch tensors: no groups (the exact shift's per-set extremes once crashed on no sets)."""
+    import torch
+
+    empty = torch.zeros(0, 4)
+    assert tokenset.merge([empty, empty], keep=1, method=method).lengths.tolist() == [0, 0]
+    padded = tokenset.merge(torch.ones(2, 3, 4), keep=1, method=method, lengths=np.array([0, 0]))
+    assert padded.lengths.tolist() == [0, 0]

@@ -12,6 +12,8 @@ namespace cpu {
 double measure_fma_peak(int threads, double seconds) {
   const PeakKernel& kernel = TOKENSET_SIMD_KERNEL(peak_kernel);
   threads = std::max(1, std::min(threads, num_threads()));
+  // A sane duration whatever is asked (NaN, infinities, negatives): between the calibration run and 10 s.
+  seconds = seconds > 0.0 ? std::min(seconds, 10.0) : 0.0;
   using clock = std::chrono::steady_clock;
   // Rounds per worker for about `seconds`, from a short calibration run on this thread.
   int64_t rounds = 1 << 16;

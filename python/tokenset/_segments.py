@@ -88,6 +88,8 @@ def _set_extremes(x: Any, lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per non-empty set and coordinate, the smallest and largest value of its rows (host float64 [sets, d]; NaN
     where a coordinate holds NaN). x: float32 rows of the sets in order, without gaps."""
     starts = offsets_of(lengths)[:-1][lengths > 0]
+    if not len(starts):
+        return np.zeros((0, x.shape[1])), np.zeros((0, x.shape[1]))
     if _array.is_torch(x):
         torch = _array._torch()
         counts = torch.as_tensor(lengths[lengths > 0], device=x.device)
@@ -101,11 +103,14 @@ def _set_extremes(x: Any, lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         shape = (0, x.shape[1])
         return (np.array(lo, np.float64).reshape(-1, x.shape[1]) if lo else np.zeros(shape),
                 np.array(hi, np.float64).reshape(-1, x.shape[1]) if hi else np.zeros(shape))
-    if not len(starts):
-        return np.zeros((0, x.shape[1])), np.zeros((0, x.shape[1]))
     with np.errstate(invalid="ignore"):
         return (np.minimum.reduceat(x, starts, axis=0).astype(np.float64),
                 np.maximum.reduceat(x, starts, axis=0).astype(np.float64))
+
+
+def shift_values(x: Any, lengths: np.ndarray) -> Any:
+    """The c of exact_shift per set and coordinate: host float32 [sets, d] (0 for empty sets), or None when all are 0."""
+    return _shift_values(x, lengths)
 
 
 def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
@@ -119,6 +124,14 @@ def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
 
     x: float32 rows of the sets in order without gaps (``Ragged.compact()``). Returns (x - c, c per set [sets, d]
     float32), both in x's library (x itself and None when every c is 0)."""
+    per_set = _shift_values(x, lengths)
+    if per_set is None:
+        return x, None
+    per_set = from_host(per_set, _array.library(x), _array.device(x))
+    return x - take(per_set, set_ids(lengths)), per_set
+
+
+def _shift_values(x: Any, lengths: np.ndarray) -> Any:
     lo, hi = _set_extremes(x, lengths)
     tiny = 2.0 ** -100
     with np.errstate(invalid="ignore", over="ignore"):
@@ -131,12 +144,10 @@ def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
         c = np.where(negative, np.clip(mid, 2.0 * hi, lo / 2.0), c)
     c = np.where(np.isfinite(c), c, 0.0).astype(np.float32)
     if not np.any(c):
-        return x, None
+        return None
     per_set = np.zeros((len(lengths), x.shape[1]), np.float32)
     per_set[lengths > 0] = c
-    lib, dev = _array.library(x), _array.device(x)
-    per_set = from_host(per_set, lib, dev)
-    return x - take(per_set, set_ids(lengths)), per_set
+    return per_set
 
 
 def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = None) -> Any:

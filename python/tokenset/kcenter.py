@@ -4,9 +4,11 @@
           s_{t+1} = \\arg\\max_{i \\notin S_t} \\min_{s \\in S_t} d(x_i, x_s)
 
 with :math:`d` = 1 - cosine (default), Euclidean, or negative inner product. One pass over the set per pick keeps a
-running minimum per token (O(k n) distances, not DivPrune's O(k^2 n)); the most isolated first token is found tile
-by tile (O(n^2) distances, never an n x n matrix); a token is never picked twice; ties go to the lowest index, and
-the CPU and the GPU pick the same tokens.
+running minimum per token (O(k n) distances, not DivPrune's O(k^2 n)); the most isolated first token is found by
+GEMM tiles (O(n^2) distances, each pair once; on the CPU into the n x n matrix only when it fits 32 MiB per worker,
+and then every pick reads a row of it); a token is never picked twice; ties go to the lowest index. Every distance
+is summed in one fixed order (k order, one FMA per element, l2 over the differences), so every SIMD level, thread
+count and device gives the same bits and picks.
 """
 from __future__ import annotations
 

@@ -172,7 +172,9 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: 
                                   else np.ones(x.shape[0], np.float32), lib, dev)
     lens = batch.lengths
     base = batch.offsets[:-1]
-    shifted, _ = _segments.exact_shift(x, lens)  # the same distances, without the rounding of a shared offset
+    # Each set's distances on its tokens shifted exactly (_segments.exact_shift): the same distances without the
+    # rounding of an offset they share; one set's shifted copy at a time.
+    shift = _segments.shift_values(x, lens)
     d = x.shape[1]
     segments = np.zeros(x.shape[0], np.int64)
     centres_all, counts = [], []
@@ -183,7 +185,9 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: 
             counts.append(0)
             continue
         k = int(min(ks[i], n))
-        xs = shifted[start:start + n]
+        xs = x[start:start + n]
+        if shift is not None and np.any(shift[i]):
+            xs = xs - _segments.from_host(shift[i], lib, dev)
         sq = _segments.row_dots(xs, xs)
         centres = _dpc_centres(xs, sq, k, min(knn, n), d) if k < n else np.arange(n, dtype=np.int64)
         assign = _nearest_centre(xs, sq, centres, d)

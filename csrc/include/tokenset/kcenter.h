@@ -4,13 +4,14 @@
 // Semantics (the same on both devices; the numpy reference is tokenset/reference/kcenter.py):
 //   distance  cosine: 1 - <x, y> r_x r_y with r = 1 / ||x|| (r = 0 for a zero vector: its similarity is 0)
 //             l2:     ||x - y|| (compared squared)        ip: -<x, y>
-//             accumulated in float32 whatever the dtype; a NaN distance counts as -inf (a token with NaN is picked
-//             after every finite one). l2 is ||x - y||^2 summed over differences, so a token holding +-inf is at
-//             +inf from every finite token (the most isolated token, and the next pick after a finite one) and at
-//             NaN, i.e. -inf, from a token with the same infinity in the same coordinate. (The CPU's most-isolated
-//             pass computes |x|^2 + |y|^2 - 2<x, y> and sums the differences where that is not finite.)
+//             in float32 whatever the dtype, every pair summed in k order with one FMA per element (l2 over the
+//             differences), the same bits on every SIMD level and on CUDA (csrc/cpu/distance.h); a NaN distance
+//             counts as -inf (a token with NaN is picked after every finite one). A token holding +-inf is at +inf
+//             from every finite token under l2 (the most isolated token, and the next pick after a finite one) and
+//             at NaN, i.e. -inf, from a token with the same infinity in the same coordinate.
 //   first     first[i] >= 0: that token; first[i] == -1: the most isolated token (largest distance to its nearest
-//             other token; DivPrune's first pick), computed tile by tile, never as an n x n matrix.
+//             other token; DivPrune's first pick), computed tile by tile; the CPU keeps the n x n matrix only when
+//             it fits 32 MiB per worker on the set.
 //   picks     min(k[i], n_i) distinct tokens in pick order, ties to the lowest index; the rest of the row is -1.
 //   distances (optional) the picked token's distance to its nearest earlier pick at the time it was picked (+inf for
 //             the first): the covering radius so far, non-increasing.
