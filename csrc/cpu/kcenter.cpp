@@ -59,6 +59,13 @@ void kcenter(const KcenterParams& p, const Launch&) {
   const int64_t greedy_rows =
       std::max<int64_t>(panel, kGreedyBlockFloats / dim / kKcenterPivotAlign * kKcenterPivotAlign);
   auto panels_floats = [&](int64_t n) { return (n + panel - 1) / panel * panel * dim; };
+  // The distance matrix when it fits the budget and is worth it: always for the most isolated first pick (every pair
+  // is needed anyway); with a given first pick when the greedy would repack the set per pick (its panels over the
+  // budget) or would compute a quarter of the pairs or more anyway.
+  auto uses_matrix = [&](int64_t n, bool most_isolated, int64_t picks) {
+    if (n > budget_floats / n) return false;
+    return most_isolated || panels_floats(n) > budget_floats || 4 * picks >= n;
+  };
 
   // What each set takes: its distance matrix (most isolated first, n^2 within the budget), else its packed panels
   // (within the budget), else blocks packed per pick. The per-set-in-flight buffer holds the largest of these.
@@ -68,8 +75,8 @@ void kcenter(const KcenterParams& p, const Launch&) {
     const int64_t n = sets.length(i);
     if (n == 0) continue;
     const bool most_isolated = p.host_first[i] < 0;
-    isolate = isolate || most_isolated;
-    if (most_isolated && n <= budget_floats / n) {
+    isolate = isolate || most_isolated || uses_matrix(n, most_isolated, std::min(p.host_k[i], n));
+    if (uses_matrix(n, most_isolated, std::min(p.host_k[i], n))) {
       resident_floats = std::max(resident_floats, n * n);
     } else if (panels_floats(n) <= budget_floats) {
       resident_floats = std::max(resident_floats, panels_floats(n));
@@ -106,7 +113,7 @@ void kcenter(const KcenterParams& p, const Launch&) {
     int64_t* bi = best_index.data() + slot * inner;
     float* own = resident.data() + slot * resident_floats;
     const bool most_isolated = p.host_first[set] < 0;
-    float* matrix = most_isolated && n <= budget_floats / n ? own : nullptr;
+    float* matrix = uses_matrix(n, most_isolated, picks) ? own : nullptr;
     float* panels = !matrix && panels_floats(n) <= budget_floats ? own : nullptr;
     // Runs fn(begin, end, worker) over [0, items): across threads (inside) or on this worker alone.
     auto each = [&](int64_t items, int64_t grain, auto&& fn) {
@@ -122,7 +129,7 @@ void kcenter(const KcenterParams& p, const Launch&) {
 
     int64_t pick = p.host_first[set];
     float value = kInf;
-    if (most_isolated) {
+    if (most_isolated || matrix) {
       // Chunk c pairs its pivots with the rows from its own start on: each pair once (upper triangle). Later chunks
       // have fewer rows, so chunks are handed out one at a time.
       float* pivot_min = as_pivot.data() + slot * max_length;
@@ -168,8 +175,11 @@ void kcenter(const KcenterParams& p, const Launch&) {
           }
         });
       }
+    }
+    if (most_isolated) {
       // Every token's nearest other: a row minimum of the matrix (eight partial minima: the order of a minimum does
       // not change it), or the pivot and per-worker row minima.
+      float* pivot_min = as_pivot.data() + slot * max_length;
       float* nearest = pivot_min;
       each(n, std::max<int64_t>(64, n / (4 * inner)), [&](int64_t b, int64_t e, int) {
         for (int64_t i = b; i < e; ++i) {
