@@ -100,17 +100,10 @@ def _set_extremes(x: Any, lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         ends = starts + lengths[lengths > 0]
         lo = [_array.host_copy(x[int(a):int(b)].min(axis=0)) for a, b in zip(starts, ends)]
         hi = [_array.host_copy(x[int(a):int(b)].max(axis=0)) for a, b in zip(starts, ends)]
-        shape = (0, x.shape[1])
-        return (np.array(lo, np.float64).reshape(-1, x.shape[1]) if lo else np.zeros(shape),
-                np.array(hi, np.float64).reshape(-1, x.shape[1]) if hi else np.zeros(shape))
+        return np.array(lo, np.float64), np.array(hi, np.float64)
     with np.errstate(invalid="ignore"):
         return (np.minimum.reduceat(x, starts, axis=0).astype(np.float64),
                 np.maximum.reduceat(x, starts, axis=0).astype(np.float64))
-
-
-def shift_values(x: Any, lengths: np.ndarray) -> Any:
-    """The c of exact_shift per set and coordinate: host float32 [sets, d] (0 for empty sets), or None when all are 0."""
-    return _shift_values(x, lengths)
 
 
 def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
@@ -124,14 +117,15 @@ def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
 
     x: float32 rows of the sets in order without gaps (``Ragged.compact()``). Returns (x - c, c per set [sets, d]
     float32), both in x's library (x itself and None when every c is 0)."""
-    per_set = _shift_values(x, lengths)
+    per_set = shift_values(x, lengths)
     if per_set is None:
         return x, None
     per_set = from_host(per_set, _array.library(x), _array.device(x))
     return x - take(per_set, set_ids(lengths)), per_set
 
 
-def _shift_values(x: Any, lengths: np.ndarray) -> Any:
+def shift_values(x: Any, lengths: np.ndarray) -> Any:
+    """The c of exact_shift per set and coordinate: host float32 [sets, d] (0 for empty sets), or None when all are 0."""
     lo, hi = _set_extremes(x, lengths)
     tiny = 2.0 ** -100
     with np.errstate(invalid="ignore", over="ignore"):
