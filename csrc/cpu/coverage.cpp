@@ -6,6 +6,7 @@
 
 #include "coverage_kernels.h"
 #include "parallel.h"
+#include "topk.h"
 #include "tokenset/coverage.h"
 
 namespace tokenset {
@@ -22,9 +23,8 @@ void coverage(const CoverageParams& p, const Launch&) {
   const int threads = num_threads();
   // Fewer sets than threads: one set at a time, each pick's column gains split over the threads by column ranges.
   // Every column still sums its rows in row order, so the gains (and picks) do not depend on the thread count.
-  const bool inside = b < threads;
-  const int outer = inside ? 1 : static_cast<int>(std::min<int64_t>(threads, b));
-  const int inner = inside ? threads : 1;
+  const SetSplit split(b, threads);
+  const int outer = split.slots, inner = split.per_set;
   AlignedBuffer<float> best(outer * max_rows), row_max(outer * max_rows), gains(outer * max_cols);
   AlignedBuffer<int64_t> active(outer * max_rows);
   AlignedBuffer<uint8_t> picked(outer * max_cols);
@@ -68,22 +68,14 @@ void coverage(const CoverageParams& p, const Launch&) {
     for (int64_t t = 0; t < picks; ++t) {
       int64_t pick = -1;
       float value = 0.0f;
-      if (inside) {
-        for (int w = 0; w < inner; ++w) wp[w] = -1;
-        const int64_t grain = std::max<int64_t>(64, cols / (2 * inner));
-        parallel_for(cols, grain, inner, [&](int64_t c0, int64_t c1, int worker) {
-          float v = 0.0f;
-          int64_t j = -1;
-          column_gains(c0, c1, &v, &j);
-          // Ranges reach a worker in increasing order: a strictly larger gain replaces its earlier best.
-          if (j >= 0 && (wp[worker] < 0 || v > wv[worker] || (v == wv[worker] && j < wp[worker])))
-            wv[worker] = v, wp[worker] = j;
-        });
-        for (int w = 0; w < inner; ++w)
-          if (wp[w] >= 0 && (pick < 0 || wv[w] > value || (wv[w] == value && wp[w] < pick))) value = wv[w], pick = wp[w];
-      } else {
-        column_gains(0, cols, &value, &pick);
-      }
+      for (int w = 0; w < inner; ++w) wp[w] = -1;
+      split.within(cols, std::max<int64_t>(64, cols / (2 * inner)), [&](int64_t c0, int64_t c1, int worker) {
+        float v = 0.0f;
+        int64_t j = -1;
+        column_gains(c0, c1, &v, &j);
+        keep_best(v, j, wv + worker, wp + worker);
+      });
+      for (int w = 0; w < inner; ++w) keep_best(wv[w], wp[w], &value, &pick);
       p.indices[set * max_k + t] = pick;
       if (p.gains) p.gains[set * max_k + t] = value;
       done[pick] = 1;
@@ -97,13 +89,7 @@ void coverage(const CoverageParams& p, const Launch&) {
       live = kept;
     }
   };
-  if (inside) {
-    for (int64_t set = 0; set < b; ++set) run_set(set, 0);
-  } else {
-    parallel_for(b, 1, outer, [&](int64_t begin, int64_t end, int worker) {
-      for (int64_t set = begin; set < end; ++set) run_set(set, worker);
-    });
-  }
+  split.each_set(b, run_set);
 }
 
 }  // namespace cpu

@@ -15,6 +15,7 @@
 
 #include "kcenter_kernels.h"
 #include "parallel.h"
+#include "topk.h"
 #include "tokenset/kcenter.h"
 
 namespace tokenset {
@@ -26,15 +27,6 @@ constexpr int64_t kPivotChunkFloats = int64_t(1) << 20;       // packed pivots: 
 constexpr int64_t kRowBlockFloats = int64_t(1) << 18;         // a pair block's packed rows: 1 MiB per worker
 constexpr int64_t kGreedyBlockFloats = int64_t(1) << 20;      // rows packed per pick when a set is over the budget
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// The better of two (value, index) candidates: larger value, then lower index; index -1 is no candidate.
-inline void keep_best(float value, int64_t index, float* best_value, int64_t* best_index) {
-  if (index < 0) return;
-  if (*best_index < 0 || value > *best_value || (value == *best_value && index < *best_index)) {
-    *best_value = value;
-    *best_index = index;
-  }
-}
 
 }  // namespace
 
@@ -49,9 +41,8 @@ void kcenter(const KcenterParams& p, const Launch&) {
   const KcenterKernel& kernel = TOKENSET_SIMD_KERNEL(kcenter_kernel);
   const int64_t panel = kernel.panel_width;
   const int threads = num_threads();
-  const bool inside = count < threads;  // few sets: split each set's work across threads
-  const int outer = inside ? 1 : static_cast<int>(std::min<int64_t>(threads, count));
-  const int inner = inside ? threads : 1;
+  const SetSplit split(count, threads);  // few sets: each set's work split across threads
+  const int outer = split.slots, inner = split.per_set;
   const int64_t budget_floats = inner * kMatrixBytesPerWorker / static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::clamp<int64_t>(kPivotChunkFloats / dim / kKcenterPivotAlign * kKcenterPivotAlign,
                                             kKcenterPivotAlign, 1024);
@@ -115,14 +106,7 @@ void kcenter(const KcenterParams& p, const Launch&) {
     const bool most_isolated = p.host_first[set] < 0;
     float* matrix = uses_matrix(n, most_isolated, picks) ? own : nullptr;
     float* panels = !matrix && panels_floats(n) <= budget_floats ? own : nullptr;
-    // Runs fn(begin, end, worker) over [0, items): across threads (inside) or on this worker alone.
-    auto each = [&](int64_t items, int64_t grain, auto&& fn) {
-      if (inside) {
-        parallel_for(items, grain, inner, fn);
-      } else {
-        fn(0, items, 0);
-      }
-    };
+    auto each = [&](int64_t items, int64_t grain, auto&& fn) { split.within(items, grain, fn); };
     each(n, std::max<int64_t>(64, n / (4 * inner)), [&](int64_t b, int64_t e, int) {
       kernel.row_stats(rows, p.metric, b, e, st + b);
     });
@@ -263,13 +247,7 @@ void kcenter(const KcenterParams& p, const Launch&) {
     }
   };
 
-  if (inside) {
-    for (int64_t set = 0; set < count; ++set) run_set(set, 0);
-  } else {
-    parallel_for(count, 1, outer, [&](int64_t b, int64_t e, int worker) {
-      for (int64_t set = b; set < e; ++set) run_set(set, worker);
-    });
-  }
+  split.each_set(count, run_set);
 }
 
 }  // namespace cpu

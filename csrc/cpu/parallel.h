@@ -39,6 +39,43 @@ void parallel_for_ranges(int64_t n, int64_t grain, Fn&& fn) {
                    const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
+// How a driver spreads a batch of sets over `threads` workers: each worker takes whole sets (`slots` = min(threads,
+// sets) sets in flight, one worker each), or, with fewer sets than threads, one set at a time split over every thread
+// (one slot of `per_set` = threads workers). Per-set state is sized by slots, per-worker state by slots * per_set.
+struct SetSplit {
+  bool inside;
+  int slots;
+  int per_set;
+
+  SetSplit(int64_t sets, int threads)
+      : inside(sets < threads),
+        slots(inside ? 1 : static_cast<int>(sets < threads ? sets : threads)),
+        per_set(inside ? threads : 1) {}
+
+  // run_set(set, slot) for every set in [0, sets).
+  template <typename Fn>
+  void each_set(int64_t sets, Fn&& run_set) const {
+    if (inside) {
+      for (int64_t set = 0; set < sets; ++set) run_set(set, 0);
+    } else {
+      parallel_for(sets, 1, slots, [&](int64_t b, int64_t e, int slot) {
+        for (int64_t set = b; set < e; ++set) run_set(set, slot);
+      });
+    }
+  }
+
+  // fn(begin, end, worker) over [0, items) for one set: across its per_set workers (inside), else on the set's one
+  // worker (worker 0).
+  template <typename Fn>
+  void within(int64_t items, int64_t grain, Fn&& fn) const {
+    if (inside) {
+      parallel_for(items, grain, per_set, fn);
+    } else {
+      fn(0, items, 0);
+    }
+  }
+};
+
 // Chunks of about n / (threads * per_thread) items: enough chunks to balance uneven items.
 inline int64_t grain_for(int64_t n, int threads, int64_t per_thread = 32) {
   const int64_t g = n / (static_cast<int64_t>(threads) * per_thread);

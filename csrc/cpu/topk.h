@@ -23,6 +23,16 @@ inline bool ranks_before(const TopkEntry& a, const TopkEntry& b) {
   return ka > kb || (ka == kb && a.index < b.index);
 }
 
+// Folds the candidate (value, index) into the running best (*best_value, *best_index) by ranks_before: larger value,
+// then lower index; index -1 is no candidate on either side.
+inline void keep_best(float value, int64_t index, float* best_value, int64_t* best_index) {
+  if (index < 0) return;
+  if (*best_index < 0 || ranks_before({value, index}, {*best_value, *best_index})) {
+    *best_value = value;
+    *best_index = index;
+  }
+}
+
 // Fills every row of [rows, k] outputs with (-inf, -1), the padding of rows that get fewer than k entries, and
 // returns how many entries a row can get (min(k, candidates)).
 inline int64_t start_topk(float* scores, int64_t* indices, int64_t rows, int64_t k, int64_t candidates) {
