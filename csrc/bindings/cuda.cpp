@@ -19,6 +19,7 @@ PYBIND11_MODULE(_cuda, m) {
   bindings::bind_kcenter(m);
   bindings::bind_coverage(m);
   bindings::bind_segment_sum(m);
+  bindings::bind_nearest(m);
   m.def("build_info", [] {
     py::dict info;
     std::string error;

@@ -19,6 +19,7 @@
 #include "tokenset/inner_product.h"
 #include "tokenset/kcenter.h"
 #include "tokenset/maxsim.h"
+#include "tokenset/nearest.h"
 #include "tokenset/segment_sum.h"
 
 namespace tokenset {
@@ -127,6 +128,7 @@ void bind_inner_product(py::module_& m);
 void bind_kcenter(py::module_& m);
 void bind_coverage(py::module_& m);
 void bind_segment_sum(py::module_& m);
+void bind_nearest(py::module_& m);
 
 }  // namespace bindings
 }  // namespace tokenset

@@ -50,10 +50,12 @@ static inline float finish_distance(Metric metric, float sum, float stat_a, floa
   return d != d ? -std::numeric_limits<float>::infinity() : d;
 }
 
-// The distances of kPanelWidth pairs at once, the same operations as finish_distance lane by lane (IEEE, so the
-// same bits): sums[v] against the lanes' stats (stat_lanes, kPanelWidth floats) and one row's stat.
+// The distances of a vector of pairs at once, the same operations as finish_distance lane by lane (IEEE, so the
+// same bits): sums against the lanes' stats and one row's stat. A NaN distance becomes `nan_as` (-inf for k-center,
+// which picks far tokens last when unsure; +inf for nearest, which never joins a token to a NaN distance).
 template <Metric M>
-static inline V::type finish_vector(V::type sum, V::type stat_lanes, float stat_row) {
+static inline V::type finish_vector(V::type sum, V::type stat_lanes, float stat_row,
+                                    float nan_as = -std::numeric_limits<float>::infinity()) {
   V::type d;
   if constexpr (M == Metric::Cosine) {
     const V::type scale = V::mul(stat_lanes, V::set1(stat_row));
@@ -63,7 +65,7 @@ static inline V::type finish_vector(V::type sum, V::type stat_lanes, float stat_
   } else {
     d = V::mul(sum, V::set1(-1.0f));  // exactly -sum, -0 for +0 included
   }
-  return V::select(V::unordered(d, V::no_mask()), d, V::set1(-std::numeric_limits<float>::infinity()));
+  return V::select(V::unordered(d, V::no_mask()), d, V::set1(nan_as));
 }
 
 template <DType D>
@@ -161,6 +163,31 @@ static inline void pair_tile_any(int rows_left, const float* panel, const float*
 template <Metric M>
 constexpr int tile_rows() {
   return M == Metric::L2 ? kTileRowsL2 : kTileRowsDot;
+}
+
+// Blocks of k that keep a panel slice (kBlockK x kPanelWidth floats: 16 KiB at AVX-512) in L1.
+constexpr int64_t kBlockK = 128;
+
+// The sums of `panels` packed panels (pack_panels) against `here` rows packed tile-major (pack_tiles<tile_rows<M>()>)
+// as a register-blocked GEMM: k in blocks of kBlockK, for each block every panel against every tile from
+// first_tile(c) on (tiles before it are neither computed nor written). sums: panel c, tile t at
+// (c * tiles + t) * RT * kPanelWidth, RT x kPanelWidth running sums each (tiles = ceil(here / RT)).
+template <Metric M, typename FirstTile>
+static void panel_block_sums(const float* packed, int64_t panels, int64_t dim, const float* block, int64_t here,
+                             FirstTile&& first_tile, float* sums) {
+  constexpr int RT = tile_rows<M>(), QB = kPanelWidth;
+  const int64_t tiles = (here + RT - 1) / RT;
+  for (int64_t k0 = 0; k0 < dim; k0 += kBlockK) {
+    const int64_t kc = dim - k0 < kBlockK ? dim - k0 : kBlockK;
+    for (int64_t c = 0; c < panels; ++c) {
+      const float* panel = packed + c * dim * QB + k0 * QB;
+      for (int64_t t = first_tile(c); t < tiles; ++t) {
+        const int take = here - t * RT < RT ? static_cast<int>(here - t * RT) : RT;
+        pair_tile_any<RT, RT, M>(take, panel, block + t * RT * dim + k0 * RT, kc, k0 == 0,
+                                 sums + (c * tiles + t) * RT * QB);
+      }
+    }
+  }
 }
 
 // Packs rows [begin, end) of a set (element k of row j at base + j * stride) as float32 panels of kPanelWidth tokens:

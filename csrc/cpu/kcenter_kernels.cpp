@@ -25,7 +25,6 @@ constexpr int QV = kPanelVectors;
 constexpr int QB = kPanelWidth;
 static_assert(kKcenterPivotAlign % QB == 0, "pivot chunks must hold whole panels");
 static_assert(kTileRowsDot <= 12 && kTileRowsL2 <= 12, "pair_block_scratch_floats leaves 12 rows of headroom");
-constexpr int64_t kBlockK = 128;  // a panel slice of kBlockK x QB floats: 16 KiB at AVX-512, resident in L1
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 static inline const void* row_at(const KcenterRows& rows, int64_t j) {
@@ -65,17 +64,7 @@ static void pair_block_impl(const KcenterRows& rows, const float* stats, const f
     const int64_t i0 = p0 + c * QB;
     return i0 > q0 ? (i0 - q0) / RT : 0;
   };
-  for (int64_t k0 = 0; k0 < dim; k0 += kBlockK) {
-    const int64_t kc = dim - k0 < kBlockK ? dim - k0 : kBlockK;
-    for (int64_t c = 0; c < panels; ++c) {
-      const float* panel = packed + c * dim * QB + k0 * QB;
-      for (int64_t t = first_tile(c); t < tiles; ++t) {
-        const int take = here - t * RT < RT ? static_cast<int>(here - t * RT) : RT;
-        pair_tile_any<RT, RT, M>(take, panel, block + t * RT * dim + k0 * RT, kc, k0 == 0,
-                                 sums + (c * tiles + t) * RT * QB);
-      }
-    }
-  }
+  panel_block_sums<M>(packed, panels, dim, block, here, first_tile, sums);
   // Distances a vector of lanes at a time (finish_vector: finish_distance's operations, so the same bits).
   const int64_t n = rows.count;
   float lane_stats[QB], d[QB];

@@ -34,6 +34,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "distance.cuh"
 #include "tokenset/dispatch.h"
 #include "tokenset/kcenter.h"
 
@@ -56,42 +57,6 @@ constexpr uint32_t kOrderedInf = 0xff800000u;                 // ordered_bits(+i
 static_assert(kRows % 32 == 0 && kRows >= kChunk, "a greedy block is whole warps and stages the pivot chunk");
 static_assert(kTileThreads >= 2 * kTile, "the tile's row and column minima are flushed one thread each");
 
-// The rows of a batch as the kernels read them (device pointers; rows `stride` elements apart, possibly negative).
-template <typename T>
-struct Rows {
-  const T* values;
-  int64_t stride;
-  int64_t dim;
-  const int64_t* offsets;  // [count + 1], absolute rows
-  int64_t count;
-};
-
-// ---- the distance ----------------------------------------------------------------------------------------------
-// One element of a pair's sum, in k order: dot fmaf(a, b, acc), l2 fmaf(a - b, a - b, acc).
-template <bool kL2>
-__device__ __forceinline__ float pair_step(float a, float b, float acc) {
-  if (kL2) {
-    const float diff = __fsub_rn(a, b);
-    return fmaf(diff, diff, acc);
-  }
-  return fmaf(a, b, acc);
-}
-
-// The distance from a pair's sum (squared for l2); stats: 1 / ||x|| for cosine (0 for a zero row), unused otherwise.
-// A NaN distance counts as -inf.
-template <Metric M>
-__device__ __forceinline__ float distance_of(float sum, float stat_a, float stat_b) {
-  float d;
-  if (M == Metric::Cosine) {
-    d = __fsub_rn(1.0f, __fmul_rn(sum, __fmul_rn(stat_a, stat_b)));
-  } else if (M == Metric::L2) {
-    d = sum;
-  } else {
-    d = -sum;
-  }
-  return isnan(d) ? -INFINITY : d;
-}
-
 // Float bits whose unsigned order is the float order (-inf lowest, +inf highest; NaN never occurs here).
 __device__ __forceinline__ uint32_t ordered_bits(float v) {
   const uint32_t b = __float_as_uint(v);
@@ -108,20 +73,6 @@ __host__ __device__ __forceinline__ int64_t tile_pairs_of_set(int64_t n) {
 }
 
 // ---- shared helpers ----------------------------------------------------------------------------------------------
-// The set whose range [base[s], base[s + 1]) holds g (base non-decreasing, base[0] <= g < base[count]): the largest s
-// with base[s] <= g, which skips the empty ranges before it.
-__device__ __forceinline__ int64_t find_set(const int64_t* base, int64_t count, int64_t g) {
-  int64_t lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo + 1) / 2;
-    if (base[mid] <= g)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
-
 // Stages rows row0 .. row0 + kCount - 1 (absolute), columns k0 .. k0 + kChunk - 1, as float32 into dst[column][row]
 // (transposed: a thread then reads its own row's elements in k order, conflict-free); zero outside `valid` rows and
 // `dim` (never summed: the readers stop at dim). Consecutive threads read consecutive elements of a row.
@@ -220,7 +171,7 @@ __global__ void __launch_bounds__(kRows)
           sq = fmaf(x, x, sq);
         }
       }
-      stat = sq > 0.0f ? __fdiv_rn(1.0f, __fsqrt_rn(sq)) : 0.0f;
+      stat = cosine_stat(sq);
     }
     if (threadIdx.x < valid) {
       stats[r] = stat;

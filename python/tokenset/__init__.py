@@ -16,6 +16,7 @@ from .maxsim import maxsim, maxsim_pairs, maxsim_topk
 from .merge import merge
 from .prune import PruneResult, prune
 from .ragged import Ragged, ragged
+from .nearest import nearest
 from .segment_sum import segment_sum
 
 __version__ = _core.build_info()["version"]
@@ -35,6 +36,7 @@ __all__ = [
     "prune",
     "merge",
     "PruneResult",
+    "nearest",
     "segment_sum",
     "build_info",
     "simd_level",

@@ -11,7 +11,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from . import _array
-from .ops import maxsim as _maxsim_ops
+from .ops import nearest as _nearest_ops
 from .ragged import Ragged
 from .segment_sum import segment_sum as _public_segment_sum
 
@@ -62,14 +62,6 @@ def squared_norms_float64(x: Any) -> np.ndarray:
     return out
 
 
-def concat_columns(x: Any, column: Any) -> Any:
-    """[x, column] for a 2-D x and a 1-D column."""
-    if _array.is_torch(x):
-        return _array._torch().cat([x, column[:, None]], dim=1)
-    xp = _array._cupy() if _array.is_cupy(x) else np
-    return xp.concatenate([x, column[:, None]], axis=1)
-
-
 def inverse_norms(x: Any) -> Any:
     """1 / max(|x_i|, 1e-30) per row: a zero row scaled by it stays zero (similarity 0 with everything)."""
     norms = row_dots(x, x) ** 0.5
@@ -86,24 +78,23 @@ def unit_rows(x: Any) -> Any:
 
 def _set_extremes(x: Any, lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per non-empty set and coordinate, the smallest and largest value of its rows (host float64 [sets, d]; NaN
-    where a coordinate holds NaN). x: float32 rows of the sets in order, without gaps."""
+    where a coordinate holds NaN). x: float32 rows of the sets in order, without gaps. One reduction per set in x's
+    library, stacked and copied to the host once (numpy's reduceat and torch's segment_reduce along rows were 15-20x
+    slower)."""
     starts = offsets_of(lengths)[:-1][lengths > 0]
     if not len(starts):
         return np.zeros((0, x.shape[1])), np.zeros((0, x.shape[1]))
+    ends = starts + lengths[lengths > 0]
     if _array.is_torch(x):
         torch = _array._torch()
-        counts = torch.as_tensor(lengths[lengths > 0], device=x.device)
-        lo = torch.segment_reduce(x, "min", lengths=counts, axis=0)
-        hi = torch.segment_reduce(x, "max", lengths=counts, axis=0)
-        return _array.host_copy(lo).astype(np.float64), _array.host_copy(hi).astype(np.float64)
-    if _array.is_cupy(x):
-        ends = starts + lengths[lengths > 0]
-        lo = [_array.host_copy(x[int(a):int(b)].min(axis=0)) for a, b in zip(starts, ends)]
-        hi = [_array.host_copy(x[int(a):int(b)].max(axis=0)) for a, b in zip(starts, ends)]
-        return np.array(lo, np.float64), np.array(hi, np.float64)
-    with np.errstate(invalid="ignore"):
-        return (np.minimum.reduceat(x, starts, axis=0).astype(np.float64),
-                np.maximum.reduceat(x, starts, axis=0).astype(np.float64))
+        lo = torch.stack([x[int(a):int(b)].amin(dim=0) for a, b in zip(starts, ends)])
+        hi = torch.stack([x[int(a):int(b)].amax(dim=0) for a, b in zip(starts, ends)])
+    else:
+        xp = _array._cupy() if _array.is_cupy(x) else np
+        with np.errstate(invalid="ignore"):
+            lo = xp.stack([x[int(a):int(b)].min(axis=0) for a, b in zip(starts, ends)])
+            hi = xp.stack([x[int(a):int(b)].max(axis=0) for a, b in zip(starts, ends)])
+    return _array.host_copy(lo).astype(np.float64), _array.host_copy(hi).astype(np.float64)
 
 
 def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
@@ -151,95 +142,13 @@ def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = No
     return _public_segment_sum(values, segments, count, weights)
 
 
-def nearest(queries: Ragged, targets: Ragged, with_scores: bool = False):
-    """For every token of query set i, the index within target set i of its largest inner product (lowest index on
-    ties; a NaN product ranks as -inf, so a query whose products are all NaN gets index 0) as host int64 [T], and
-    optionally that score (host float32 [T], -inf where it is NaN); -1 (score -inf) where target set i is empty.
-    Both paths follow this one rule, so a set's answer does not depend on the batch it is in.
-
-    Many small sets (the usual case of documents): native MaxSim argmax calls, one per class of set lengths. Few large
-    sets (images of hundreds of tokens): one GEMM per set in the arrays' library, in row chunks of at most 16M
-    scores. Either way memory is bounded by the tokens (and the chunks), never by sets x the longest set."""
-    queries, targets = queries.compact(), targets.compact()  # per-token positions index values directly
-    if len(queries) >= 64 and queries.values.shape[0] <= 256 * len(queries):
-        return _nearest_native(queries, targets, with_scores)
-    return _nearest_gemm(queries, targets, with_scores)
-
-
-def length_classes(lengths: np.ndarray) -> np.ndarray:
-    """The class of every set by its length: c = bit_length(n - 1) (lengths in (2^(c-1), 2^c]), -1 for empty sets.
-    Within a class the longest set is at most twice the shortest, so a padded [sets, longest] array of one class holds
-    at most twice its tokens."""
-    classes = np.frexp(np.maximum(lengths, 1) - 1)[1].astype(np.int64)
-    return np.where(lengths > 0, classes, -1)
-
-
-def _nearest_native(queries: Ragged, targets: Ragged, with_scores: bool):
-    lengths, offsets = queries.lengths, queries.offsets
-    index = np.full(int(offsets[-1]), -1, np.int64)
-    classes = length_classes(lengths)
-    # One MaxSim call per length class: its argmax output is [sets, 1, longest query] int32, so sets of 2 tokens
-    # beside one of 5,000 never make a [sets, 5000] array. MaxSim refuses empty queries; they have no tokens to place.
-    for c in np.unique(classes[classes >= 0]):
-        members = np.flatnonzero(classes == c)
-        member_lengths = lengths[members]
-        local = offsets_of(member_lengths)
-        if int(local[-1]) == index.shape[0]:  # the only class: its sets are every token, in order
-            rows, values = None, queries.values
-        else:
-            rows = np.arange(int(local[-1]), dtype=np.int64) + np.repeat(offsets[members] - local[:-1], member_lengths)
-            values = take(queries.values, rows)
-        _, argmax = _maxsim_ops.maxsim(Ragged(values, local, name="queries"), targets,
-                                       candidates=members.astype(np.int64)[:, None], with_argmax=True)
-        argmax = _array.host_copy(argmax)[:, 0, :]
-        found = argmax[np.arange(argmax.shape[1])[None, :] < member_lengths[:, None]].astype(np.int64)
-        if rows is None:
-            index[:] = found
-        else:
-            index[rows] = found
-    if not with_scores:
-        return index
-    score = np.full(index.shape[0], -np.inf, np.float32)
-    found = np.flatnonzero(index >= 0)
-    if found.size:
-        rows = targets.offsets[:-1][set_ids(lengths)[found]] + index[found]
-        score[found] = _array.host_copy(row_dots(take(queries.values, found), take(targets.values, rows)))
-        np.fmax(score, -np.inf, out=score)  # NaN ranks as -inf, as on the GEMM path
-    return index, score
-
-
-def _nearest_gemm(queries: Ragged, targets: Ragged, with_scores: bool):
-    q_all, t_all = queries.values, targets.values
-    q_off, t_off = queries.offsets, targets.offsets
-    index = np.full(int(q_off[-1]), -1, np.int64)
-    score = np.full(int(q_off[-1]), -np.inf, np.float32)
-    for i in range(len(queries)):
-        m, n = int(q_off[i + 1] - q_off[i]), int(t_off[i + 1] - t_off[i])
-        if m == 0 or n == 0:
-            continue
-        t = t_all[t_off[i]:t_off[i + 1]]
-        step = max(1, (16 << 20) // n)
-        for r0 in range(0, m, step):
-            r1 = min(m, r0 + step)
-            rows = slice(q_off[i] + r0, q_off[i] + r1)
-            index[rows], score[rows] = row_argmax(q_all[rows] @ t.T)
-    return (index, score) if with_scores else index
-
-
-def row_argmax(scores: Any) -> Tuple[np.ndarray, np.ndarray]:
-    """Per row of a 2-D score block (any library), the first column of the largest score and that score, as host
-    (int64, float32) arrays. NaN ranks as -inf (the library's rule, and what MaxSim's native argmax does): the block
-    is overwritten in place, its NaN entries becoming -inf, so a row of NaN gives column 0 with score -inf. Callers
-    pass a temporary block."""
-    if _array.is_torch(scores):
-        scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-        best = scores.max(dim=1)  # the first maximal column on ties (torch.max's documented rule)
-        return best.indices.cpu().numpy().astype(np.int64), best.values.cpu().numpy().astype(np.float32)
-    xp = _array._cupy() if _array.is_cupy(scores) else np
-    xp.fmax(scores, -np.inf, out=scores)  # NaN -> -inf without a temporary (fmax returns the non-NaN operand)
-    column = scores.argmax(axis=1)
-    value = scores[xp.arange(scores.shape[0]), column]
-    return _array.host_copy(column).astype(np.int64), _array.host_copy(value).astype(np.float32)
+def nearest(queries: Ragged, targets: Ragged, metric: str) -> Tuple[np.ndarray, np.ndarray]:
+    """For every token of query set i, the position of its nearest token of target set i and that distance, as host
+    (int64 [T], float32 [T]) arrays: the native nearest-target op (tokenset.nearest: ties to the lowest index, a NaN
+    distance counts as +inf, -1 and +inf for an empty target set). One kernel for every batch shape, so a set's
+    answer never depends on the batch it is in."""
+    index, distance = _nearest_ops.nearest(queries, targets, metric)
+    return _array.host_copy(index).astype(np.int64), _array.host_copy(distance).astype(np.float32)
 
 
 def finite_rows(x: Any, sq: np.ndarray) -> np.ndarray:

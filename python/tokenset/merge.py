@@ -94,20 +94,20 @@ def _tome(batch: Ragged, ks: np.ndarray, padding: dict, metric: Any = None, size
         r = np.where(b_len > 0, np.minimum(r, a_len), 0)
         if r.max(initial=0) <= 0:
             break
-        if len(lens) >= 64 and lens.sum() <= 256 * len(lens):  # many small sets: one native call on gathered rows
-            unit = _segments.unit_rows(keys)
-            match, score = _segments.nearest(
-                Ragged(_segments.take(unit, a_rows), _segments.offsets_of(a_len)),
-                Ragged(_segments.take(unit, b_rows), _segments.offsets_of(b_len)), with_scores=True)
-        else:  # few large sets: one GEMM per set on strided views of A and B, no copies of the tokens
-            match, score = _alternate_nearest(keys, off, lens, protected)
+        # Every free A token's most similar free B token of its set (cosine of the keys): one native call for the
+        # whole batch on strided views of the keys (every other row of each set, read in place on the CPU), the
+        # argmax fused, no score matrix.
+        a0, b0 = protected + (protected % 2), protected + 1 - (protected % 2)
+        a_views = [keys[int(o) + a0:int(o + n):2] for o, n in zip(off[:-1], lens)]
+        b_views = [keys[int(o) + b0:int(o + n):2] for o, n in zip(off[:-1], lens)]
+        match, distance = _segments.nearest(ragged(a_views, name="keys"), ragged(b_views, name="keys"), "cosine")
         a_sets = sets[a_rows]
         has_b = (b_len[a_sets] > 0) & (match >= 0)
         # A tokens of a set without B tokens point anywhere valid; they are never merged (has_b is False).
         dst = b_rows[np.minimum(_segments.offsets_of(b_len)[a_sets] + np.where(has_b, match, 0), len(b_rows) - 1)] \
             if len(b_rows) else np.zeros_like(a_rows)
-        score = np.where(np.isnan(score) | ~has_b, -np.inf, score.astype(np.float64))
-        order = np.lexsort((a_rows, -score, a_sets))  # per set: most similar first, lower position on ties
+        cost = np.where(has_b, distance.astype(np.float64), np.inf)  # a NaN similarity is already +inf
+        order = np.lexsort((a_rows, cost, a_sets))  # per set: most similar first, lower position on ties
         rank = np.empty_like(order)
         rank[order] = np.arange(order.shape[0]) - _segments.offsets_of(a_len)[a_sets[order]]
         merged = rank < r[a_sets]
@@ -127,40 +127,6 @@ def _tome(batch: Ragged, ks: np.ndarray, padding: dict, metric: Any = None, size
         origin = origin[keep_row]
         lens = lens - r
     return origin, x, size, lens
-
-
-def _alternate_nearest(keys: Any, off: np.ndarray, lens: np.ndarray, protected: int):
-    """For every free A token (even position >= protected) of every set, its most similar free B token (odd position
-    >= protected) by cosine, as an index among the set's free B tokens, and that cosine: (A @ B^T) / (|a| |b|) per set
-    on strided views of the keys (the norms scale the small score block, not the tokens), in row chunks of at most
-    16M scores. Host (int64, float32) arrays in the order of the A tokens."""
-    inverse = _segments.inverse_norms(keys)  # a zero key has similarity 0 with everything
-    match, score = [], []
-    for i in range(len(lens)):
-        n = int(lens[i])
-        a0, b0 = protected + (protected % 2), protected + 1 - (protected % 2)
-        if a0 >= n:
-            continue
-        start = int(off[i])
-        a, b = keys[start + a0:start + n:2], keys[start + b0:start + n:2]
-        ia, ib = inverse[start + a0:start + n:2], inverse[start + b0:start + n:2]
-        m, nb = a.shape[0], b.shape[0]
-        if nb == 0:
-            match.append(np.full(m, -1, np.int64))
-            score.append(np.full(m, -np.inf, np.float32))
-            continue
-        step = max(1, (16 << 20) // nb)
-        for r0 in range(0, m, step):
-            block = a[r0:r0 + step] @ b.T  # the one 64 MiB score block: scaled in place, never copied
-            block *= ib[None, :]
-            block *= ia[r0:r0 + step, None]
-            j, value = _segments.row_argmax(block)
-            del block
-            match.append(j)
-            score.append(value)
-    if not match:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(match).astype(np.int64), np.concatenate(score).astype(np.float32)
 
 
 def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: Any = None):
@@ -190,7 +156,7 @@ def _dpc_knn(batch: Ragged, ks: np.ndarray, padding: dict, knn: int = 5, sizes: 
             xs = xs - _segments.from_host(shift[i], lib, dev)
         sq = _segments.row_dots(xs, xs)
         centres = _dpc_centres(xs, sq, k, min(knn, n), d) if k < n else np.arange(n, dtype=np.int64)
-        assign = _nearest_centre(xs, sq, centres, d)
+        assign = _nearest_centre(xs, centres)
         segments[start:start + n] = next_segment + assign
         next_segment += k
         centres_all.append(centres)
@@ -264,19 +230,13 @@ def _dpc_centres(xs: Any, sq: Any, k: int, knn: int, d: int) -> np.ndarray:
     return np.sort(np.lexsort((index, -score))[:k]).astype(np.int64)
 
 
-def _nearest_centre(xs: Any, sq: Any, centres: np.ndarray, d: int) -> np.ndarray:
-    """For every token the position (in `centres`, sorted) of its nearest centre, lowest on ties (a NaN distance
-    counts as +inf: _distance_rows); centres join themselves."""
-    n = xs.shape[0]
-    c = _segments.take(xs, centres)
-    csq = _segments.row_dots(c, c)
-    step = _chunk_rows(len(centres))
-    buffer = np.empty((min(step, n), len(centres)))
-    assign = np.empty(n, np.int64)
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        assign[r0:r1] = np.argmin(_distance_rows(xs, sq, r0, r1, c, csq, d, buffer), axis=1)
-    assign[centres] = np.arange(len(centres))
+def _nearest_centre(xs: Any, centres: np.ndarray) -> np.ndarray:
+    """For every token the position (in `centres`, sorted) of its nearest centre (squared l2, the native nearest-target
+    op: lowest index on ties, a NaN distance counting as +inf); centres join themselves."""
+    n, k = xs.shape[0], len(centres)
+    assign, _ = _segments.nearest(Ragged(xs, np.array([0, n], np.int64)),
+                                  Ragged(_segments.take(xs, centres), np.array([0, k], np.int64)), "l2")
+    assign[centres] = np.arange(k)
     return assign
 
 
@@ -299,17 +259,13 @@ def _init_centres(batch: Ragged, x: Any, ks: np.ndarray, raw: Any) -> Tuple[np.n
     return rows.astype(np.int64), valid.sum(axis=1).astype(np.int64)
 
 
-def _assign(qx: Any, lens: np.ndarray, centres: Any, c_len: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """Nearest centre (squared l2, lowest index on ties) of every token, as a position within its set's centres:
-    argmax of <[x, 1], [2c, -|c|^2]> (qx = [x, 1]), one GEMM per set (or native MaxSim argmax calls).
-
-    Non-finite values follow the direct form sum_k (x_k - c_k)^2 with a NaN distance counted as +inf: a token or a
-    centre holding NaN or +-inf is at +inf from everything. The expanded form already gives such a centre -inf or
-    NaN (ranked as -inf) against a finite token, but a non-finite token can score +inf: such tokens (`finite`
-    False, host [T]) take their set's first centre, where every distance ties at +inf."""
-    cx = _segments.concat_columns(centres * 2.0, -_segments.row_dots(centres, centres))
-    assign = _segments.nearest(Ragged(qx, _segments.offsets_of(lens)), Ragged(cx, _segments.offsets_of(c_len)))
-    assign[~finite] = 0
+def _assign(x: Any, lens: np.ndarray, centres: Any, c_len: np.ndarray) -> np.ndarray:
+    """Nearest centre of every token (squared l2 summed over the differences, lowest index on ties), as a position
+    within its set's centres: the native nearest-target op over the whole batch. A NaN distance counts as +inf, so a
+    token or centre holding NaN or +-inf is at +inf from everything: finite tokens never join a non-finite centre,
+    and a non-finite token takes its set's first centre, where every distance ties at +inf."""
+    assign, _ = _segments.nearest(Ragged(x, _segments.offsets_of(lens)), Ragged(centres, _segments.offsets_of(c_len)),
+                                  "l2")
     return assign
 
 
@@ -333,9 +289,8 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     total = int(c_len.sum())
     sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)  # |x_i|^2: fixed across iterations
     finite = _segments.finite_rows(x, sq)
-    qx = _segments.concat_columns(x, _segments.from_host(np.ones(x.shape[0], np.float32), lib, dev))
     for it in range(iters + 1):
-        segments = c_off[sets] + _assign(qx, lens, centres, c_len, finite)
+        segments = c_off[sets] + _assign(x, lens, centres, c_len)
         if it == iters:
             break
         if medoids:

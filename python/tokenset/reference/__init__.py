@@ -1,4 +1,4 @@
 """Plain numpy references of every kernel: readable, slow, and the oracle every fast backend is tested against."""
-from . import coverage, fde, inner_product, kcenter, maxsim, merge, segment_sum
+from . import coverage, fde, inner_product, kcenter, maxsim, merge, nearest, segment_sum
 
-__all__ = ["coverage", "fde", "inner_product", "kcenter", "maxsim", "merge", "segment_sum"]
+__all__ = ["coverage", "fde", "inner_product", "kcenter", "maxsim", "merge", "nearest", "segment_sum"]
