@@ -190,6 +190,46 @@ static void panel_block_sums(const float* packed, int64_t panels, int64_t dim, c
   }
 }
 
+#if defined(TOKENSET_SIMD_AVX512)
+// c[k] = element k of the 16 rows r[0..15] (a 16 x 16 float32 transpose in registers: unpacks and 4 x 4 shuffles
+// within 128-bit lanes, then two rounds of lane shuffles).
+static inline void transpose16(const __m512* r, __m512* c) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g + j]: element 4m + j of rows 4g .. 4g + 3 in 128-bit lane m
+    u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), v1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD), w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    c[j] = _mm512_shuffle_f32x4(v0, v1, 0x88);
+    c[8 + j] = _mm512_shuffle_f32x4(v0, v1, 0xDD);
+    c[4 + j] = _mm512_shuffle_f32x4(w0, w1, 0x88);
+    c[12 + j] = _mm512_shuffle_f32x4(w0, w1, 0xDD);
+  }
+}
+
+// Elements [0, dim - dim % 16) of `count` <= 16 rows (row i at rows[i], dtype D; missing rows read as 0), transposed:
+// element k of row i goes to out[k * out_stride + i] for i < `lanes` (a masked store; lanes >= count are 0).
+template <DType D>
+static inline void transpose_rows16(const void* const* rows, int count, int64_t dim, float* out, int64_t out_stride,
+                                    int lanes) {
+  const __mmask16 keep = static_cast<__mmask16>((1u << lanes) - 1u);
+  __m512 r[16], c[16];
+  for (int64_t k0 = 0; k0 + 16 <= dim; k0 += 16) {
+    for (int i = 0; i < 16; ++i) r[i] = i < count ? load_as_float<D>(rows[i], k0) : _mm512_setzero_ps();
+    transpose16(r, c);
+    for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(out + (k0 + k) * out_stride, keep, c[k]);
+  }
+}
+#endif
+
 // Packs rows [begin, end) of a set (element k of row j at base + j * stride) as float32 panels of kPanelWidth tokens:
 // panel c, element k, lane l = row begin + c * kPanelWidth + l, zero-padded to whole panels.
 static void pack_panels(const void* base, int64_t stride, DType dtype, int64_t dim, int64_t begin, int64_t end,
@@ -204,6 +244,24 @@ static void pack_panels(const void* base, int64_t stride, DType dtype, int64_t d
       for (int64_t k = 0; k < dim; ++k)
         for (int64_t l = lanes; l < QB; ++l) panel[k * QB + l] = 0.0f;
     int64_t l = 0;
+#if defined(TOKENSET_SIMD_AVX512)
+    // Sixteen rows at a time, transposed in registers; the last dim % 16 elements by the loops below.
+    const int64_t head = dim - dim % 16;
+    if (head > 0) {
+      for (int64_t g = 0; g < lanes; g += 16) {
+        const void* rows[16];
+        const int take = lanes - g < 16 ? static_cast<int>(lanes - g) : 16;
+        for (int i = 0; i < take; ++i)
+          rows[i] = static_cast<const char*>(base) + (begin + c * QB + g + i) * stride * esize;
+        TOKENSET_FLOAT_SWITCH(dtype, kDType, [&] { transpose_rows16<kDType>(rows, take, dim, panel + g, QB, 16); });
+      }
+      for (int64_t r = 0; r < lanes; ++r) {
+        const void* row = static_cast<const char*>(base) + (begin + c * QB + r) * stride * esize;
+        for (int64_t k = head; k < dim; ++k) panel[k * QB + r] = element_to_float(row, k, dtype);
+      }
+      continue;
+    }
+#endif
     if (dtype == DType::Float32) {  // eight rows side by side: eight adjacent lanes stored per element
       for (; l + 8 <= lanes; l += 8) {
         const float* r[8];
@@ -229,15 +287,29 @@ template <int RT>
 static void pack_tiles(const void* base, int64_t stride, DType dtype, int64_t dim, int64_t begin, int64_t end,
                        float* packed) {
   const int64_t esize = static_cast<int64_t>(dtype_size(dtype));
+  int64_t head = 0;
+#if defined(TOKENSET_SIMD_AVX512)
+  static_assert(RT <= 16, "a tile is at most one transposed block of rows");
+  head = dim - dim % 16;  // transposed in registers, a tile at a time; the last dim % 16 elements below
+  if (head > 0) {
+    for (int64_t j0 = begin; j0 < end; j0 += RT) {
+      const void* rows[16];
+      const int take = end - j0 < RT ? static_cast<int>(end - j0) : RT;
+      for (int i = 0; i < take; ++i) rows[i] = static_cast<const char*>(base) + (j0 + i) * stride * esize;
+      float* out = packed + ((j0 - begin) / RT) * dim * RT;
+      TOKENSET_FLOAT_SWITCH(dtype, kDType, [&] { transpose_rows16<kDType>(rows, take, dim, out, RT, take); });
+    }
+  }
+#endif
   for (int64_t j = begin; j < end; ++j) {
     const int64_t r = j - begin;
     float* out = packed + (r / RT) * dim * RT + (r % RT);
     const void* row = static_cast<const char*>(base) + j * stride * esize;
-    if (dtype == DType::Float32) {
+    if (dtype == DType::Float32 && head == 0) {
       const float* x = static_cast<const float*>(row);
       for (int64_t k = 0; k < dim; ++k) out[k * RT] = x[k];
     } else {
-      for (int64_t k = 0; k < dim; ++k) out[k * RT] = element_to_float(row, k, dtype);
+      for (int64_t k = head; k < dim; ++k) out[k * RT] = element_to_float(row, k, dtype);
     }
   }
 }
