@@ -577,10 +577,9 @@ def test_merge_any_input(data):
 @FUZZ
 @given(data=st.data())
 def test_merge_does_not_depend_on_the_batch(data):
-    """A set merged alone (a GEMM per set for nearest neighbours) and inside a batch of >= 64 small sets (native
-    MaxSim argmax) gets the same groups, NaN and inf included: both paths rank a NaN similarity as -inf, ties to the
-    lower index (numpy's and torch's argmax picked the NaN). Dimension >= 2: in dimension 1 every cosine is +-1 up to
-    rounding, and the two paths round differently."""
+    """A set merged alone and inside a batch of >= 64 small sets gets the same groups, NaN and inf included (once a
+    GEMM per set and MaxSim's argmax ranked NaN differently; now one native nearest op for both, every pair summed
+    alone in k order). Dimension >= 2: in dimension 1 every cosine is +-1 up to rounding."""
     dim = data.draw(st.integers(2, 12), label="dim")
     sets = draw_sets(data, dim, "float32", nonempty=False, special=data.draw(st.booleans(), label="special"))
     method = data.draw(st.sampled_from(["tome", "dpc_knn", "kmeans", "kmedoids"]), label="method")

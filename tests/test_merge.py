@@ -211,7 +211,7 @@ def test_nan_tokens_never_crash():
 
 @pytest.mark.parametrize("method,fn", [("tome", ref.tome), ("kmeans", ref.kmeans), ("kmedoids", ref.kmedoids)])
 def test_many_small_sets_take_the_native_nearest_path(method, fn):
-    """>= 64 small sets: nearest neighbours come from one native MaxSim argmax call instead of a GEMM per set."""
+    """>= 64 small sets in one batch (one native nearest call) against the reference."""
     rng = np.random.default_rng(30)
     sets = random_sets(rng, rng.integers(0, 40, 80), 20)
     check_against(tokenset.merge(sets, 0.5, method=method), sets, fn_with_ratio(fn, 0.5, sets), None)
@@ -527,3 +527,15 @@ def test_torch_batches_of_empty_sets(method):
     assert tokenset.merge([empty, empty], keep=1, method=method).lengths.tolist() == [0, 0]
     padded = tokenset.merge(torch.ones(2, 3, 4), keep=1, method=method, lengths=np.array([0, 0]))
     assert padded.lengths.tolist() == [0, 0]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference computes on NaN
+def test_tome_never_merges_protected_tokens_beside_nan_keys():
+    """A free A token whose similarities are all NaN ranks below every number but above the protected tokens (the
+    reference once merged [CLS] away there)."""
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    x[4, 0] = np.nan
+    got = tokenset.merge(x, 1, method="tome", protected=2)
+    want = ref.tome(x, 1, protected=2)
+    np.testing.assert_array_equal(got.indices[0, :got.lengths[0]], want[0])
+    assert {0, 1} <= set(got.indices[0].tolist())

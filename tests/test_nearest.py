@@ -131,3 +131,10 @@ def test_padded_batches_and_bad_input():
         tokenset.nearest(q, y, "manhattan")
     with pytest.raises(TypeError):
         tokenset.nearest(q.astype(np.float64), y)
+
+
+def test_mixed_dtypes_are_compared_in_float32():
+    """float32 queries against float16 targets: both converted to float32 (a query cast to float16 overflowed)."""
+    targets = np.array([[0, 0], [65000, 0]], np.float16)  # 65000 rounds to 64992 in float16
+    index, distance = tokenset.nearest(np.array([[70000.0, 0]], np.float32), targets)
+    assert index.tolist() == [1] and distance.tolist() == [(70000.0 - float(targets[1, 0])) ** 2]

@@ -2,7 +2,8 @@
 // the threads in order, so one large set and many small ones both use every thread. Results do not depend on the
 // chunking: every query's distances are summed alone, in k order. Each item packs its queries once
 // and streams its target set through the GEMM tiles in blocks (nearest_kernels.cpp). Memory: per worker one item's
-// scratch (nearest_scratch_floats: a chunk of queries' panels and one target block), never queries x targets.
+// scratch (nearest_scratch_floats: 32 to 1,024 queries' panels, at most 4 MiB unless 32 queries alone exceed it, and
+// one block of 108 target rows), never queries x targets.
 #include <algorithm>
 #include <vector>
 

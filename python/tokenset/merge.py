@@ -1,11 +1,11 @@
 """Token merging, batched over ragged sets: ToMe bipartite soft matching, DPC-KNN clustering (Chat-UniVi), per-set
 k-means and k-medoids with farthest-first initialisation (CenterCLIP; CRISP-style reduction of a document's vectors).
 
-Every method computes its nearest neighbours with native kernels or GEMMs in the tokens' library and device and
-merges with size-weighted sums there; only the plan (which token joins which group: small integer arrays) is made
-on the host. Ties go to the lower index everywhere; a NaN similarity ranks as -inf and a NaN distance counts as
-+inf on every path (a GEMM per set or MaxSim's native argmax for many small sets), so a set's groups do not depend on
-the batch it is in; a token or centre holding NaN or +-inf is at +inf from every other token (the direct
+Every method computes its nearest neighbours with the native `nearest` op (DPC-KNN's density rows with GEMMs in the
+tokens' library and device) and merges with size-weighted sums there; only the plan (which token joins which group:
+small integer arrays) is made on the host. Ties go to the lower index everywhere; a NaN similarity ranks as -inf and
+a NaN distance counts as +inf, in one kernel for every batch shape, so a set's groups do not depend on the batch it
+is in; a token or centre holding NaN or +-inf is at +inf from every other token (the direct
 sum_k (x_k - c_k)^2 is inf or NaN), as in the references.
 
 * ``"tome"``: split each set alternately (A = even positions, B = odd); every A token's most similar B token

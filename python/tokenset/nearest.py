@@ -24,7 +24,8 @@ def nearest(queries: Any, targets: Any, metric: str = "l2", *, query_lengths: Op
 
     Args:
         queries: a set batch (``Ragged``, list of ``[n_i, d]`` arrays, ``[B, N, d]`` with optional ``query_lengths``,
-            or one ``[n, d]`` set); float32, float16 or bfloat16 (converted to the targets' dtype).
+            or one ``[n, d]`` set); float32, float16 or bfloat16 (when the two dtypes differ, both are converted to
+            float32, exactly).
         targets: a set batch of the same number of sets and dimension (``target_lengths`` for a padded one).
         metric: ``"l2"`` (default), ``"cosine"`` or ``"ip"``.
 

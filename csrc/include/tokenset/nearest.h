@@ -43,7 +43,8 @@ inline int64_t nearest_rows(const NearestParams& p) {
   return p.queries.count > 0 ? p.queries.host_offsets[p.queries.count] - p.queries.host_offsets[0] : 0;
 }
 
-// GPU: the targets' row stats (cosine), one float per target token.
+// GPU: the targets' row stats (read for cosine only), one float per row up to the targets' last offset (absolute
+// rows: gap rows before the first set included).
 inline int64_t workspace_bytes(const NearestParams& p) {
   const int64_t tokens = p.targets.count > 0 ? p.targets.host_offsets[p.targets.count] : 0;
   WorkspaceCarver carve;

@@ -17,9 +17,13 @@ def nearest(queries: Ragged, targets: Ragged, metric: str) -> Tuple[Any, Any]:
                          f"against target set i")
     lib, dev = _dispatch.placement(queries._any_values, targets._any_values)
     stream = _dispatch.stream(lib, dev)
+    # One dtype for both: the targets' when the queries share it, else float32 (exact for every input dtype; a
+    # float32 query cast to float16 targets could overflow).
     dtype = _dispatch.token_dtype(targets, "targets")
+    if _dispatch.token_dtype(queries, "queries") != dtype:
+        dtype = "float32"
     q = _dispatch.kernel_batch(queries, lib, dev, stream, "queries", dtype=dtype)
-    t = _dispatch.kernel_batch(targets, lib, dev, stream, "targets")
+    t = _dispatch.kernel_batch(targets, lib, dev, stream, "targets", dtype=dtype)
     rows = int(queries.lengths.sum())
     index = _dispatch.empty((rows,), "int64", lib, dev)
     distance = _dispatch.empty((rows,), "float32", lib, dev)

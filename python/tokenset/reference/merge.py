@@ -47,13 +47,15 @@ def tome_round(x: np.ndarray, keys: np.ndarray, size: np.ndarray, origin: np.nda
     n = x.shape[0]
     unit = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-30)
     a_pos, b_pos = np.arange(0, n, 2), np.arange(1, n, 2)
-    scores = unit[a_pos] @ unit[b_pos].T
-    scores[a_pos < protected, :] = -np.inf  # protected tokens ([CLS] in A, a distillation token in B) never merge
-    scores[:, b_pos < protected] = -np.inf
+    # Protected tokens ([CLS] in A, a distillation token in B) never merge: B's are never a destination, A's come
+    # after every free A token (even one whose similarities are all NaN, i.e. -inf).
+    free_b = b_pos[b_pos >= protected]
+    scores = unit[a_pos] @ unit[free_b].T
     scores = np.where(np.isnan(scores), -np.inf, scores)  # a NaN similarity ranks as -inf
-    node_idx = np.argmax(scores, axis=1)
-    node_max = scores[np.arange(len(a_pos)), node_idx]
-    edge_order = np.lexsort((a_pos, -node_max))  # most similar first, lower position on ties
+    best = np.argmax(scores, axis=1)  # the first free B on ties (all -inf: the first)
+    node_idx = (free_b[best] - 1) // 2  # as a position among b_pos
+    node_max = scores[np.arange(len(a_pos)), best]
+    edge_order = np.lexsort((a_pos, -node_max, a_pos < protected))  # free first, most similar, lower position
     src = a_pos[edge_order[:r]]
     dst = b_pos[node_idx[edge_order[:r]]]
     dest = np.arange(n)
