@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _array
 from .ops import nearest as _nearest_ops
+from .ops import segment_sum as _segment_sum_ops
 from .ragged import Ragged
 from .segment_sum import segment_sum as _public_segment_sum
 
@@ -106,13 +107,27 @@ def exact_shift(x: Any, lengths: np.ndarray) -> Tuple[Any, Any]:
     offset^2 (tokens of LLM and vision models share offsets of 100-300); and as the shifted tokens are the exact
     differences, distances between them equal those between the originals and integer ties stay ties.
 
-    x: float32 rows of the sets in order without gaps (``Ragged.compact()``). Returns (x - c, c per set [sets, d]
-    float32), both in x's library (x itself and None when every c is 0)."""
-    per_set = shift_values(x, lengths)
-    if per_set is None:
+    x: float32 rows of the sets in order without gaps (``Ragged.compact()``). Returns (x - c in x's library, c per set
+    as host float32 [sets, d]), or (x itself, None) when every c is 0."""
+    host = shift_values(x, lengths)
+    if host is None:
         return x, None
-    per_set = from_host(per_set, _array.library(x), _array.device(x))
-    return x - take(per_set, set_ids(lengths)), per_set
+    shifted = x.clone() if _array.is_torch(x) else x.copy()
+    shift_sets(shifted, host, lengths, -1)
+    return shifted, host
+
+
+def shift_sets(rows: Any, per_set: np.ndarray, lengths: np.ndarray, sign: int) -> None:
+    """rows[set i] += sign * per_set[i] in place, set by set (rows: [sum lengths, d] in any library; per_set: host
+    [sets, d]). Never a gathered [T, d] array of shifts: on the 1.6 GB demo corpus one cost 3.6 s, mostly page faults."""
+    lib, dev = _array.library(rows), _array.device(rows)
+    offsets = offsets_of(lengths)
+    shifting = np.flatnonzero(per_set.any(axis=1))
+    if not len(shifting):
+        return
+    device_shifts = from_host(np.ascontiguousarray(per_set[shifting] * np.float32(sign)), lib, dev)
+    for j, i in enumerate(shifting):
+        rows[int(offsets[i]):int(offsets[i + 1])] += device_shifts[j]
 
 
 def shift_values(x: Any, lengths: np.ndarray) -> Any:
@@ -135,8 +150,14 @@ def shift_values(x: Any, lengths: np.ndarray) -> Any:
     return per_set
 
 
-def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = None) -> Any:
-    """tokenset.segment_sum for [T, d] or [T] values (host int64 segments, every s < count)."""
+def segment_sum(values: Any, segments: np.ndarray, count: int, weights: Any = None, out: Any = None) -> Any:
+    """tokenset.segment_sum for [T, d] or [T] values (host int64 segments, every s < count); `out` ([count, d]
+    float32 in the values' library and device): written into instead of a new array."""
+    if out is not None:
+        order = np.argsort(segments, kind="stable")
+        starts = np.zeros(count + 1, np.int64)
+        np.cumsum(np.bincount(segments, minlength=count), out=starts[1:])
+        return _segment_sum_ops.segment_sum(values, order, starts, weights, out=out)
     if values.ndim == 1:
         return _public_segment_sum(values[:, None], segments, count, weights)[:, 0]
     return _public_segment_sum(values, segments, count, weights)

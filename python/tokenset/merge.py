@@ -259,14 +259,13 @@ def _init_centres(batch: Ragged, x: Any, ks: np.ndarray, raw: Any) -> Tuple[np.n
     return rows.astype(np.int64), valid.sum(axis=1).astype(np.int64)
 
 
-def _assign(x: Any, lens: np.ndarray, centres: Any, c_len: np.ndarray) -> np.ndarray:
+def _assign(x: Any, lens: np.ndarray, centres: Any, c_len: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Nearest centre of every token (squared l2 summed over the differences, lowest index on ties), as a position
     within its set's centres: the native nearest-target op over the whole batch. A NaN distance counts as +inf, so a
     token or centre holding NaN or +-inf is at +inf from everything: finite tokens never join a non-finite centre,
-    and a non-finite token takes its set's first centre, where every distance ties at +inf."""
-    assign, _ = _segments.nearest(Ragged(x, _segments.offsets_of(lens)), Ragged(centres, _segments.offsets_of(c_len)),
-                                  "l2")
-    return assign
+    and a non-finite token takes its set's first centre, where every distance ties at +inf. Returns the positions and
+    the squared distances (host int64, float32)."""
+    return _segments.nearest(Ragged(x, _segments.offsets_of(lens)), Ragged(centres, _segments.offsets_of(c_len)), "l2")
 
 
 def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: bool):
@@ -284,13 +283,15 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
     rows, c_len = _init_centres(batch, x, ks, raw)
     c_off = _segments.offsets_of(c_len)
     centres = _segments.take(x, rows)
-    # Each centre's shift (its set's): centroids are shifted back (exactly, for a one-token cluster) at the end.
-    centre_shift = _segments.take(shift, _segments.set_ids(c_len)) if shift is not None else None
+    # Centroids are means of shifted tokens: each is shifted back by its set's shift (exactly, for a one-token
+    # cluster) at the end, set by set in place.
     total = int(c_len.sum())
     sq = _array.host_copy(_segments.row_dots(x, x)).astype(np.float64)  # |x_i|^2: fixed across iterations
     finite = _segments.finite_rows(x, sq)
+    spare = None  # k-means: the previous centres' buffer, reused for the next ones
     for it in range(iters + 1):
-        segments = c_off[sets] + _assign(x, lens, centres, c_len)
+        assign, distance = _assign(x, lens, centres, c_len)
+        segments = c_off[sets] + assign
         if it == iters:
             break
         if medoids:
@@ -300,18 +301,23 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
             rows = new_rows
             centres = _segments.take(x, rows)
         else:
+            # Two [K, d] buffers in turn (the centres and the next ones), written in place: K is up to the token count,
+            # and a fresh array per iteration cost more than the iteration's arithmetic (page faults).
             counts = np.bincount(segments, minlength=total)
-            sums = _segments.segment_sum(x, segments, total)
+            new_centres = _segments.segment_sum(x, segments, total, out=spare)
             scale = _segments.from_host(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0).astype(np.float32),
                                         lib, dev)
-            new_centres = sums * scale[:, None]
+            new_centres *= scale[:, None]
             empty = np.flatnonzero(counts == 0)
             if empty.size:  # an empty cluster keeps its centre (copied, never multiplied: inf * 0 would be NaN)
                 new_centres[_segments.from_host(empty, lib, dev)] = _segments.take(centres, empty)
-            centres = new_centres
+            spare, centres = centres, new_centres
             if metric == "cosine":  # unit vectors before the shift, shifted again
-                centres = _segments.unit_rows(centres) if centre_shift is None else \
-                    _segments.unit_rows(centres + centre_shift) - centre_shift
+                if shift is not None:
+                    _segments.shift_sets(centres, shift, c_len, +1)
+                centres = _segments.unit_rows(centres)
+                if shift is not None:
+                    _segments.shift_sets(centres, shift, c_len, -1)
     counts = np.bincount(segments, minlength=total)
     if medoids:
         representative = rows
@@ -319,15 +325,18 @@ def _clusters(batch: Ragged, ks: np.ndarray, iters: int, metric: str, medoids: b
         if _array.is_torch(values):
             values = values.detach()
     else:
-        # Each cluster's member nearest its centroid represents it (float32 distances: within the tie tolerance,
-        # the lowest index; a two-member cluster's centroid is equidistant from both). A non-finite member or
-        # centroid is at +inf (the direct form's inf or NaN), never -inf as the expanded form can give.
-        d2 = sq - 2.0 * _array.host_copy(_segments.row_dots(x, _segments.take(centres, segments))).astype(np.float64)
-        centre_finite = _segments.finite_rows(centres, _array.host_copy(
-            _segments.row_dots(centres, centres)).astype(np.float64))
+        # Each cluster's member nearest its centroid represents it: the last assignment's distances (float32, the
+        # difference form; within the tie tolerance, sized by the shifted tokens and centroid, the lowest index; a
+        # two-member cluster's centroid is equidistant from both). A non-finite member or centroid is at +inf.
+        d2 = distance.astype(np.float64)
+        centre_sq = _array.host_copy(_segments.row_dots(centres, centres)).astype(np.float64)
+        centre_finite = _segments.finite_rows(centres, centre_sq)
         d2[~(finite & centre_finite[segments])] = np.inf
-        representative = _first_minimum(d2, segments, total, _TIE * (sq + np.abs(d2)))
-        values = centres if centre_shift is None else centres + centre_shift
+        with np.errstate(invalid="ignore"):  # inf - inf where a token or centroid is not finite: no tolerance there
+            representative = _first_minimum(d2, segments, total, _TIE * (sq + np.abs(d2 - centre_sq[segments])))
+        values = centres
+        if shift is not None:
+            _segments.shift_sets(values, shift, c_len, +1)
     nonempty = counts > 0
     centre_sets = _segments.set_ids(c_len)
     local = representative - batch.offsets[:-1][centre_sets]

@@ -9,9 +9,11 @@ from .. import _array
 from . import _dispatch
 
 
-def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Optional[Any] = None) -> Any:
+def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Optional[Any] = None,
+                out: Optional[Any] = None) -> Any:
     """``out [S, d]`` float32 with ``out[s] = sum_{m in starts[s]..starts[s+1]} weights[order[m]] values[order[m]]``;
-    order / starts: host int64 (checked natively)."""
+    order / starts: host int64 (checked natively). `out`: an array to write into (checked natively: shape, dtype,
+    device), e.g. a buffer an iteration reuses instead of allocating [S, d] again."""
     # Host weights (numpy, a CPU tensor; a list arrives as numpy) are per-row data copied to the values' device below,
     # like MaxSim's host candidate lists: they choose the result's library with the values but take no part in the
     # device check. Weights already on a GPU must be on the values' device.
@@ -32,7 +34,8 @@ def segment_sum(values: Any, order: np.ndarray, starts: np.ndarray, weights: Opt
             weights = _array.to_device(_array.host_copy(weights, "weights"), lib, dev)
     order, order_dev = _dispatch.host_and_device(order, lib, dev)
     starts, starts_dev = _dispatch.host_and_device(starts, lib, dev)
-    out = _dispatch.empty((max(int(starts.shape[0]) - 1, 0), int(values.shape[1])), "float32", lib, dev)
+    if out is None:
+        out = _dispatch.empty((max(int(starts.shape[0]) - 1, 0), int(values.shape[1])), "float32", lib, dev)
     _dispatch.module(dev).segment_sum(values, order, order_dev, starts, starts_dev, weights, out, stream,
                                       _dispatch.allocator(lib, dev))
     return out
