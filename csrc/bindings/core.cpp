@@ -32,6 +32,7 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_coverage(m);
   bindings::bind_segment_sum(m);
   bindings::bind_nearest(m);
+  bindings::bind_sparse_attention(m);
 
   m.def("simd_level", [] { return std::string(cpu::simd_level_name(cpu::active_simd_level())); });
   m.def("best_simd_level", [] { return std::string(cpu::simd_level_name(cpu::best_simd_level())); });

@@ -20,6 +20,7 @@ PYBIND11_MODULE(_cuda, m) {
   bindings::bind_coverage(m);
   bindings::bind_segment_sum(m);
   bindings::bind_nearest(m);
+  bindings::bind_sparse_attention(m);
   m.def("build_info", [] {
     py::dict info;
     std::string error;

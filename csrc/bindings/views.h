@@ -20,6 +20,7 @@
 #include "tokenset/kcenter.h"
 #include "tokenset/maxsim.h"
 #include "tokenset/nearest.h"
+#include "tokenset/sparse_attention.h"
 #include "tokenset/segment_sum.h"
 
 namespace tokenset {
@@ -129,6 +130,7 @@ void bind_kcenter(py::module_& m);
 void bind_coverage(py::module_& m);
 void bind_segment_sum(py::module_& m);
 void bind_nearest(py::module_& m);
+void bind_sparse_attention(py::module_& m);
 
 }  // namespace bindings
 }  // namespace tokenset

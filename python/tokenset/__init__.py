@@ -18,6 +18,10 @@ from .prune import PruneResult, prune
 from .ragged import Ragged, ragged
 from .nearest import nearest
 from .segment_sum import segment_sum
+from .sparse_attention import sparse_attention
+from .routing_attention import routing_attention
+from .sparse_lists import (SparseLists, anchor_stripe_lists, list_density, lists_from_block_mask,
+                           topk_block_lists)
 
 __version__ = _core.build_info()["version"]
 
@@ -38,6 +42,13 @@ __all__ = [
     "PruneResult",
     "nearest",
     "segment_sum",
+    "sparse_attention",
+    "routing_attention",
+    "SparseLists",
+    "lists_from_block_mask",
+    "topk_block_lists",
+    "anchor_stripe_lists",
+    "list_density",
     "build_info",
     "simd_level",
     "set_simd_level",

@@ -166,6 +166,17 @@ def inner_contiguous(x: Any) -> Any:
     return _cupy().ascontiguousarray(x) if is_cupy(x) else np.ascontiguousarray(x)
 
 
+def last_axis_contiguous(x: Any) -> Any:
+    """`x` (any rank) itself when its elements are contiguous along the last axis, else one contiguous copy."""
+    if x.ndim == 0 or x.shape[-1] <= 1 or int(np.prod(x.shape)) == 0:
+        return x
+    if is_torch(x):
+        return x if x.stride(-1) == 1 else x.contiguous()
+    if x.strides[-1] == x.itemsize:
+        return x
+    return _cupy().ascontiguousarray(x) if is_cupy(x) else np.ascontiguousarray(x)
+
+
 def host_copy(x: Any, name: str = "input") -> np.ndarray:
     """A numpy array of anything array-like (device arrays are copied to the host; sparse tensors are a TypeError
     naming `name`)."""

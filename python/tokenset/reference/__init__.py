@@ -1,4 +1,5 @@
 """Plain numpy references of every kernel: readable, slow, and the oracle every fast backend is tested against."""
-from . import coverage, fde, inner_product, kcenter, maxsim, merge, nearest, segment_sum
+from . import coverage, fde, inner_product, kcenter, maxsim, merge, nearest, routing_attention, segment_sum, sparse_attention, sparse_lists
 
-__all__ = ["coverage", "fde", "inner_product", "kcenter", "maxsim", "merge", "nearest", "segment_sum"]
+__all__ = ["coverage", "fde", "inner_product", "kcenter", "maxsim", "merge", "nearest", "routing_attention", "segment_sum", "sparse_attention",
+           "sparse_lists"]
