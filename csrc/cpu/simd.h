@@ -40,6 +40,7 @@ struct V {
   static mask no_mask() { return 0; }
   static mask unordered(type a, mask m) { return m | _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
   static mask greater(type a, type b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static mask equal(type a, type b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static type select(mask m, type if_false, type if_true) { return _mm512_mask_blend_ps(m, if_false, if_true); }
   static itype iset1(int32_t x) { return _mm512_set1_epi32(x); }
   static itype iselect(mask m, itype if_false, itype if_true) { return _mm512_mask_blend_epi32(m, if_false, if_true); }
@@ -72,6 +73,7 @@ struct V {
   static mask no_mask() { return _mm256_setzero_ps(); }
   static mask unordered(type a, mask m) { return _mm256_or_ps(m, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
   static mask greater(type a, type b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static mask equal(type a, type b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static type select(mask m, type if_false, type if_true) { return _mm256_blendv_ps(if_false, if_true, m); }
   static itype iset1(int32_t x) { return _mm256_set1_epi32(x); }
   static itype iselect(mask m, itype if_false, itype if_true) {
@@ -108,6 +110,7 @@ struct V {
   static mask no_mask() { return false; }
   static mask unordered(type a, mask m) { return m || a != a; }
   static mask greater(type a, type b) { return a > b; }
+  static mask equal(type a, type b) { return a == b; }
   static type select(mask m, type if_false, type if_true) { return m ? if_true : if_false; }
   static itype iset1(int32_t x) { return x; }
   static itype iselect(mask m, itype if_false, itype if_true) { return m ? if_true : if_false; }

@@ -126,10 +126,11 @@ static void store_row(const float* src, float factor, void* base, int64_t row, i
 
 static inline int64_t physical(const int64_t* map, int64_t i) { return map ? map[i] : i; }
 
-// ---- C[M][N] (+)= A[M][K] . B[K][N], row-major, N a multiple of W --------------------------------------------------
+// ---- C[M][N] (+)= A[M][K] . B[K][N]: B and C row-major, N a multiple of W; A element (r, k) at A[r * ar + k * ak] --
+// (ak = 1: row-major A; ar = 1: A stored transposed, as the scores are).
 template <int RM, int NB, bool Accumulate>
-static inline void gemm_block(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-                              int64_t K) {
+static inline void gemm_block(const float* A, int64_t ar, int64_t ak, const float* B, int64_t ldb, float* C,
+                              int64_t ldc, int64_t K) {
   V::type acc[RM][NB];
   for (int r = 0; r < RM; ++r)
     for (int v = 0; v < NB; ++v) acc[r][v] = Accumulate ? V::load(C + r * ldc + v * W) : V::zero();
@@ -137,7 +138,7 @@ static inline void gemm_block(const float* A, int64_t lda, const float* B, int64
     V::type b[NB];
     for (int v = 0; v < NB; ++v) b[v] = V::load(B + k * ldb + v * W);
     for (int r = 0; r < RM; ++r) {
-      const V::type a = V::set1(A[r * lda + k]);
+      const V::type a = V::set1(A[r * ar + k * ak]);
       for (int v = 0; v < NB; ++v) acc[r][v] = V::fmadd(a, b[v], acc[r][v]);
     }
   }
@@ -146,22 +147,50 @@ static inline void gemm_block(const float* A, int64_t lda, const float* B, int64
 }
 
 template <int RM, bool Accumulate>
-static inline void gemm_rows(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t K,
-                             int64_t vectors) {
+static inline void gemm_rows(const float* A, int64_t ar, int64_t ak, const float* B, int64_t ldb, float* C, int64_t ldc,
+                             int64_t K, int64_t vectors) {
   int64_t v = 0;
   for (; v + kVectorsPerBlock <= vectors; v += kVectorsPerBlock)
-    gemm_block<RM, kVectorsPerBlock, Accumulate>(A, lda, B + v * W, ldb, C + v * W, ldc, K);
-  for (; v < vectors; ++v) gemm_block<RM, 1, Accumulate>(A, lda, B + v * W, ldb, C + v * W, ldc, K);
+    gemm_block<RM, kVectorsPerBlock, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K);
+  if constexpr (kVectorsPerBlock > 2) {
+    for (; v + 2 <= vectors; v += 2) gemm_block<RM, 2, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K);
+  }
+  for (; v < vectors; ++v) gemm_block<RM, 1, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K);
 }
 
 template <bool Accumulate>
-static void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t K,
-                 int64_t N) {
+static void gemm(const float* A, int64_t ar, int64_t ak, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M,
+                 int64_t K, int64_t N) {
   const int64_t vectors = N / W;
   int64_t r = 0;
   for (; r + kRowsPerBlock <= M; r += kRowsPerBlock)
-    gemm_rows<kRowsPerBlock, Accumulate>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, vectors);
-  for (; r < M; ++r) gemm_rows<1, Accumulate>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, vectors);
+    gemm_rows<kRowsPerBlock, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, vectors);
+  for (; r < M; ++r) gemm_rows<1, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, vectors);
+}
+
+// ---- tiles ----------------------------------------------------------------------------------------------------------
+// The scores are kept transposed, S^T [keys][query rows] = K . Q^T: the keys are packed row-major as they are read
+// (no per-chunk transpose), the query tile is transposed once, and the softmax runs down the key axis with whole
+// vectors of rows (running max and sum per row without horizontal reductions).
+
+// Rows [t0, t0 + rows) of a query-side array (q, grad_out), times `factor`, into dst [RT][dp] (row-major); zeros for
+// unmapped rows.
+static void load_tile(const AttentionHeadView& h, const void* base, int64_t stride, int64_t t0, int64_t rows,
+                      int64_t dp, float factor, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = physical(h.row_map, t0 + r);
+    if (p >= 0) load_row(base, p, stride, h.dtype, h.dim, dp, factor, dst + r * dp);
+    else for (int64_t c = 0; c < dp; ++c) dst[r * dp + c] = 0.0f;
+  }
+}
+
+// src [rows][dp] -> dst [dp][RT], zero in columns rows .. padded - 1.
+static void transpose_tile(const float* src, int64_t rows, int64_t padded, int64_t dp, float* dst) {
+  for (int64_t c = 0; c < dp; ++c) {
+    float* out = dst + c * RT;
+    for (int64_t r = 0; r < rows; ++r) out[r] = src[r * dp + c];
+    for (int64_t r = rows; r < padded; ++r) out[r] = 0.0f;
+  }
 }
 
 // ---- chunks of listed keys ------------------------------------------------------------------------------------------
@@ -189,64 +218,39 @@ static void for_each_chunk(const AttentionHeadView& h, const int64_t* keys, int6
   if (n > 0) on_chunk(cols, n);
 }
 
-// Packs the chunk's keys: kt [dp][KC] (transposed; null to skip), kr [KC][dp] (row-major; null to skip) from `k`, and
-// the same for `v` into vt / vr; bias[j] = 0 for a key that exists, -inf for padding and unmapped rows.
-static void pack_chunk(const AttentionHeadView& h, const int64_t* cols, int64_t n, int64_t dp, float* kt, float* kr,
-                       float* vt, float* vr, float* bias, float* row) {
-  for (int64_t j = 0; j < KC; ++j) {
-    const int64_t p = j < n ? physical(h.row_map, cols[j]) : -1;
-    bias[j] = p < 0 ? -kInf : 0.0f;
-    if (kt || kr) {
-      if (p >= 0) load_row(h.k, p, h.k_stride, h.dtype, h.dim, dp, 1.0f, row);
-      else for (int64_t c = 0; c < dp; ++c) row[c] = 0.0f;
-      if (kt) for (int64_t c = 0; c < dp; ++c) kt[c * KC + j] = row[c];
-      if (kr) std::memcpy(kr + j * dp, row, static_cast<size_t>(dp) * sizeof(float));
+// The chunk's keys row-major: k_rows, v_rows [n][dp] (either may be null); missing[j] true for an unmapped key (its
+// rows are zeros and its scores are masked).
+static void pack_keys(const AttentionHeadView& h, const int64_t* cols, int64_t n, int64_t dp, float* k_rows,
+                      float* v_rows, bool* missing) {
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t p = physical(h.row_map, cols[j]);
+    missing[j] = p < 0;
+    if (k_rows) {
+      if (p >= 0) load_row(h.k, p, h.k_stride, h.dtype, h.dim, dp, 1.0f, k_rows + j * dp);
+      else for (int64_t c = 0; c < dp; ++c) k_rows[j * dp + c] = 0.0f;
     }
-    if (vt || vr) {
-      if (p >= 0) load_row(h.v, p, h.v_stride, h.dtype, h.dim, dp, 1.0f, row);
-      else for (int64_t c = 0; c < dp; ++c) row[c] = 0.0f;
-      if (vt) for (int64_t c = 0; c < dp; ++c) vt[c * KC + j] = row[c];
-      if (vr) std::memcpy(vr + j * dp, row, static_cast<size_t>(dp) * sizeof(float));
+    if (v_rows) {
+      if (p >= 0) load_row(h.v, p, h.v_stride, h.dtype, h.dim, dp, 1.0f, v_rows + j * dp);
+      else for (int64_t c = 0; c < dp; ++c) v_rows[j * dp + c] = 0.0f;
     }
   }
 }
 
-// s[0..KC) += bias, then -inf where the logical key cols[j] (or key0 + j) is past the row's causal limit.
-static inline void mask_scores(float* s, const float* bias, const int64_t* cols, int64_t key0, int64_t limit,
-                               bool diagonal) {
-  for (int64_t j = 0; j < KC; j += W) V::store(s + j, V::add(V::load(s + j), V::load(bias + j)));
-  if (!diagonal) return;
-  for (int64_t j = 0; j < KC; ++j)
-    if ((cols ? cols[j] : key0 + j) > limit) s[j] = -kInf;
-}
-
-static inline float row_max(const float* s) {
-  V::type m = V::set1(-kInf);
-  for (int64_t j = 0; j < KC; j += W) m = V::max(m, V::load(s + j));
-  float lanes[W];
-  V::store(lanes, m);
-  float out = -kInf;
-  for (int i = 0; i < W; ++i) {
-    if (lanes[i] != lanes[i]) return lanes[i];  // a NaN score makes the row NaN (as the reference and SDPA)
-    out = lanes[i] > out ? lanes[i] : out;
+// Masks S^T [n][RT]: whole rows of keys that are unmapped or not listed (missing[j]); with causal masking, key j is
+// invisible to tile rows r < key_j - t0 - shift (a prefix of its row).
+static void mask_scores(float* st, int64_t n, int64_t padded, const bool* missing, const int64_t* cols, int64_t key0,
+                        bool causal, int64_t t0, int64_t shift) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* row = st + j * RT;
+    int64_t hidden = 0;
+    if (missing[j]) {
+      hidden = padded;
+    } else if (causal) {
+      const int64_t first_visible = (cols ? cols[j] : key0 + j) - t0 - shift;
+      hidden = first_visible < 0 ? 0 : (first_visible > padded ? padded : first_visible);
+    }
+    for (int64_t r = 0; r < hidden; ++r) row[r] = -kInf;
   }
-  return out;
-}
-
-// s <- exp2(s - shift) (masked -inf entries give 0); returns the sum.
-static inline float exp2_row(float* s, float shift) {
-  const V::type sh = V::set1(shift);
-  V::type sum = V::zero();
-  for (int64_t j = 0; j < KC; j += W) {
-    const V::type e = exp2_vector(V::sub(V::load(s + j), sh));
-    V::store(s + j, e);
-    sum = V::add(sum, e);
-  }
-  float lanes[W];
-  V::store(lanes, sum);
-  float out = 0.0f;
-  for (int i = 0; i < W; ++i) out += lanes[i];
-  return out;
 }
 
 // ---- forward --------------------------------------------------------------------------------------------------------
@@ -254,55 +258,62 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
   const int64_t dim = h.dim, dp = attention_packed_dim(dim);
   const float c = h.scale * kLog2e;
   const int64_t shift = h.key_length - h.query_length;  // causal: key j is visible to row i when j <= i + shift
-  float* Q = scratch;
-  float* O = Q + RT * dp;
-  float* S = O + RT * dp;
-  float* m = S + RT * KC;
-  float* l = m + RT;
-  float* kt = l + 2 * RT;
-  float* vr = kt + dp * KC;
-  float* bias = vr + KC * dp;
-  float* row = bias + KC;  // dp floats (within the 64 of headroom plus KC)
+  float* Q = scratch;            // [RT][dp]
+  float* QT = Q + RT * dp;       // [dp][RT]
+  float* O = QT + dp * RT;       // [RT][dp]
+  float* ST = O + RT * dp;       // [KC][RT]
+  float* m = ST + KC * RT;       // [RT] running max (log2 units)
+  float* l = m + RT;             // [RT] running sum
+  float* alpha = l + RT;         // [RT] this chunk's rescale
+  float* K = alpha + RT;         // [KC][dp]
+  float* Vr = K + KC * dp;       // [KC][dp]
+  bool missing[KC];
   const int64_t r_begin = qb * h.block_size;
   const int64_t r_end = r_begin + h.block_size < h.query_length ? r_begin + h.block_size : h.query_length;
   for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
     const int64_t rows = r_end - t0 < RT ? r_end - t0 : RT;
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t p = physical(h.row_map, t0 + r);
-      if (p >= 0) load_row(h.q, p, h.q_stride, h.dtype, dim, dp, c, Q + r * dp);
-      else for (int64_t x = 0; x < dp; ++x) Q[r * dp + x] = 0.0f;
-      for (int64_t x = 0; x < dp; ++x) O[r * dp + x] = 0.0f;
-      m[r] = -kInf;
-      l[r] = 0.0f;
-    }
+    const int64_t padded = (rows + W - 1) / W * W;
+    load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
+    transpose_tile(Q, rows, padded, dp, QT);
+    for (int64_t x = 0; x < rows * dp; ++x) O[x] = 0.0f;
+    for (int64_t r = 0; r < padded; ++r) m[r] = -kInf, l[r] = 0.0f;
     const int64_t horizon = h.causal ? t0 + rows + shift : h.key_length;  // keys >= horizon: invisible to the tile
     for_each_chunk(h, keys, count, horizon, [&](const int64_t* cols, int64_t n) {
-      pack_chunk(h, cols, n, dp, kt, nullptr, nullptr, vr, bias, row);
-      gemm<false>(Q, dp, kt, KC, S, KC, rows, dp, KC);
-      const bool diagonal = h.causal && cols[n - 1] > t0 + shift;
-      int64_t padded[KC];
-      if (diagonal) {
-        for (int64_t j = 0; j < KC; ++j) padded[j] = j < n ? cols[j] : 0;
+      pack_keys(h, cols, n, dp, K, Vr, missing);
+      gemm<false>(K, dp, 1, QT, RT, ST, RT, n, dp, padded);
+      mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift);
+      for (int64_t v = 0; v < padded; v += W) {
+        V::type top = V::set1(-kInf);
+        V::mask nan = V::no_mask();
+        for (int64_t j = 0; j < n; ++j) {
+          const V::type x = V::load(ST + j * RT + v);
+          top = V::max(top, x);
+          nan = V::unordered(x, nan);
+        }
+        const V::type m_old = V::load(m + v);
+        V::type m_new = V::max(top, m_old);
+        nan = V::unordered(m_old, nan);
+        m_new = V::select(nan, m_new, V::set1(std::numeric_limits<float>::quiet_NaN()));  // NaN rows stay NaN
+        // A row that has seen nothing yet keeps max -inf: shift by 0 so that its masked scores give exp2(-inf) = 0.
+        const V::mask dead = V::equal(m_new, V::set1(-kInf));
+        const V::type shift_by = V::select(dead, m_new, V::zero());
+        const V::type a = exp2_vector(V::sub(m_old, shift_by));
+        V::type sum = V::zero();
+        for (int64_t j = 0; j < n; ++j) {
+          const V::type p = exp2_vector(V::sub(V::load(ST + j * RT + v), shift_by));
+          V::store(ST + j * RT + v, p);
+          sum = V::add(sum, p);
+        }
+        V::store(l + v, V::fmadd(V::load(l + v), a, sum));
+        V::store(m + v, m_new);
+        V::store(alpha + v, a);
       }
       for (int64_t r = 0; r < rows; ++r) {
-        float* s = S + r * KC;
-        mask_scores(s, bias, padded, 0, t0 + r + shift, diagonal);
-        const float top = row_max(s);
-        const float m_new = (top != top || top > m[r]) ? top : m[r];
-        if (m_new == -kInf) {  // nothing visible to this row yet
-          for (int64_t j = 0; j < KC; ++j) s[j] = 0.0f;
-          continue;
-        }
-        const float alpha = std::exp2(m[r] - m_new);
-        const float sum = exp2_row(s, m_new);
-        l[r] = l[r] * alpha + sum;
-        m[r] = m_new;
-        if (alpha != 1.0f) {
-          const V::type a = V::set1(alpha);
-          for (int64_t x = 0; x < dp; x += W) V::store(O + r * dp + x, V::mul(V::load(O + r * dp + x), a));
-        }
+        if (alpha[r] == 1.0f) continue;
+        const V::type a = V::set1(alpha[r]);
+        for (int64_t x = 0; x < dp; x += W) V::store(O + r * dp + x, V::mul(V::load(O + r * dp + x), a));
       }
-      gemm<true>(S, KC, vr, dp, O, dp, rows, KC, dp);
+      gemm<true>(ST, 1, RT, Vr, dp, O, dp, rows, n, dp);
     });
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = physical(h.row_map, t0 + r);
@@ -314,70 +325,79 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
   }
 }
 
+// P^T <- exp2(S^T - lse2) and dS^T <- P^T * (dP^T - delta) over n keys and `padded` rows (rows whose lse is -inf see
+// nothing: P = 0).
+static void probabilities_and_ds(float* st, float* dpt, int64_t n, int64_t padded, const float* lse2,
+                                 const float* delta) {
+  for (int64_t v = 0; v < padded; v += W) {
+    const V::type l2 = V::load(lse2 + v);
+    const V::type shift_by = V::select(V::equal(l2, V::set1(-kInf)), l2, V::set1(kInf));
+    const V::type dl = V::load(delta + v);
+    for (int64_t j = 0; j < n; ++j) {
+      const V::type p = exp2_vector(V::sub(V::load(st + j * RT + v), shift_by));
+      V::store(st + j * RT + v, p);
+      V::store(dpt + j * RT + v, V::mul(p, V::sub(V::load(dpt + j * RT + v), dl)));
+    }
+  }
+}
+
+// Per tile row: lse2 = lse * log2(e) (-inf past `rows` and for unmapped rows), and delta from the head's array.
+static void load_row_stats(const AttentionHeadView& h, int64_t t0, int64_t rows, int64_t padded, float* lse2,
+                           float* delta) {
+  for (int64_t r = 0; r < padded; ++r) {
+    const int64_t p = r < rows ? physical(h.row_map, t0 + r) : -1;
+    lse2[r] = p >= 0 ? h.lse[p] * kLog2e : -kInf;
+    delta[r] = p >= 0 ? h.delta[t0 + r] : 0.0f;
+  }
+}
+
 // ---- backward, query pass: delta = rowsum(dO * O) and dQ = scale * dS . K -----------------------------------------
 static void backward_query_block(const AttentionHeadView& h, int64_t qb, const int64_t* keys, int64_t count,
                                  float* scratch) {
   const int64_t dim = h.dim, dp = attention_packed_dim(dim);
   const float c = h.scale * kLog2e;
   const int64_t shift = h.key_length - h.query_length;
-  float* Q = scratch;
-  float* dO = Q + RT * dp;
-  float* dQ = dO + RT * dp;
-  float* S = dQ + RT * dp;
-  float* dP = S + RT * KC;
-  float* lse2 = dP + RT * KC;
-  float* delta = lse2 + RT;
-  float* kt = delta + 2 * RT;
-  float* kr = kt + dp * KC;
-  float* vt = kr + KC * dp;
-  float* bias = vt + dp * KC;
-  float* row = bias + KC;
+  float* Q = scratch;             // [RT][dp]
+  float* QT = Q + RT * dp;        // [dp][RT]
+  float* dO = QT + dp * RT;       // [RT][dp]
+  float* dOT = dO + RT * dp;      // [dp][RT]
+  float* dQ = dOT + dp * RT;      // [RT][dp]
+  float* ST = dQ + RT * dp;       // [KC][RT]
+  float* dPT = ST + KC * RT;      // [KC][RT]
+  float* lse2 = dPT + KC * RT;    // [RT]
+  float* delta = lse2 + RT;       // [RT]
+  float* K = delta + RT;          // [KC][dp]
+  float* Vr = K + KC * dp;        // [KC][dp]
+  float* row = Vr + KC * dp;      // [dp]
+  bool missing[KC];
   const int64_t r_begin = qb * h.block_size;
   const int64_t r_end = r_begin + h.block_size < h.query_length ? r_begin + h.block_size : h.query_length;
   for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
     const int64_t rows = r_end - t0 < RT ? r_end - t0 : RT;
+    const int64_t padded = (rows + W - 1) / W * W;
+    load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
+    load_tile(h, h.grad_out, h.grad_out_stride, t0, rows, dp, 1.0f, dO);
+    transpose_tile(Q, rows, padded, dp, QT);
+    transpose_tile(dO, rows, padded, dp, dOT);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = physical(h.row_map, t0 + r);
-      for (int64_t x = 0; x < dp; ++x) dQ[r * dp + x] = 0.0f;
-      if (p < 0) {
-        for (int64_t x = 0; x < dp; ++x) Q[r * dp + x] = dO[r * dp + x] = 0.0f;
-        lse2[r] = -kInf;
-        delta[r] = 0.0f;
-      } else {
-        load_row(h.q, p, h.q_stride, h.dtype, dim, dp, c, Q + r * dp);
-        load_row(h.grad_out, p, h.grad_out_stride, h.dtype, dim, dp, 1.0f, dO + r * dp);
+      float d = 0.0f;
+      if (p >= 0) {
         load_row(h.out, p, h.out_stride, h.dtype, dim, dp, 1.0f, row);
-        float d = 0.0f;
         for (int64_t x = 0; x < dim; ++x) d += dO[r * dp + x] * row[x];
-        delta[r] = d;
-        lse2[r] = h.lse[p] * kLog2e;
       }
-      h.delta[t0 + r] = delta[r];
+      h.delta[t0 + r] = d;
     }
+    load_row_stats(h, t0, rows, padded, lse2, delta);
+    for (int64_t x = 0; x < rows * dp; ++x) dQ[x] = 0.0f;
     const int64_t horizon = h.causal ? t0 + rows + shift : h.key_length;
     for_each_chunk(h, keys, count, horizon, [&](const int64_t* cols, int64_t n) {
-      pack_chunk(h, cols, n, dp, kt, kr, vt, nullptr, bias, row);
-      gemm<false>(Q, dp, kt, KC, S, KC, rows, dp, KC);
-      gemm<false>(dO, dp, vt, KC, dP, KC, rows, dp, KC);
-      const bool diagonal = h.causal && cols[n - 1] > t0 + shift;
-      int64_t padded[KC];
-      if (diagonal) {
-        for (int64_t j = 0; j < KC; ++j) padded[j] = j < n ? cols[j] : 0;
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        float* s = S + r * KC;
-        float* dp_row = dP + r * KC;
-        if (lse2[r] == -kInf) {  // a row that saw nothing (or no token): no gradient
-          for (int64_t j = 0; j < KC; ++j) s[j] = 0.0f;
-          continue;
-        }
-        mask_scores(s, bias, padded, 0, t0 + r + shift, diagonal);
-        exp2_row(s, lse2[r]);
-        const V::type dl = V::set1(delta[r]);
-        for (int64_t j = 0; j < KC; j += W)
-          V::store(s + j, V::mul(V::load(s + j), V::sub(V::load(dp_row + j), dl)));
-      }
-      gemm<true>(S, KC, kr, dp, dQ, dp, rows, KC, dp);
+      pack_keys(h, cols, n, dp, K, Vr, missing);
+      gemm<false>(K, dp, 1, QT, RT, ST, RT, n, dp, padded);
+      gemm<false>(Vr, dp, 1, dOT, RT, dPT, RT, n, dp, padded);
+      mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift);
+      probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
+      gemm<true>(dPT, 1, RT, K, dp, dQ, dp, rows, n, dp);
     });
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = physical(h.row_map, t0 + r);
@@ -394,70 +414,45 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
   const int64_t dim = kv.dim, dp = attention_packed_dim(dim);
   const float c = kv.scale * kLog2e;
   const int64_t shift = kv.key_length - kv.query_length;
-  float* kt = scratch;
-  float* vt = kt + dp * KC;
-  float* dK = vt + dp * KC;
-  float* dV = dK + KC * dp;
-  float* Q = dV + KC * dp;
-  float* dO = Q + RT * dp;
-  float* S = dO + RT * dp;
-  float* dP = S + RT * KC;
-  float* PT = dP + RT * KC;
-  float* dST = PT + KC * RT;
-  float* lse2 = dST + KC * RT;
-  float* delta = lse2 + RT;
-  float* bias = delta + 2 * RT;
-  float* entry_bias = bias + KC;
-  float* row = entry_bias + KC;
+  float* K = scratch;             // [KC][dp]
+  float* Vr = K + KC * dp;        // [KC][dp]
+  float* dK = Vr + KC * dp;       // [KC][dp]
+  float* dV = dK + KC * dp;       // [KC][dp]
+  float* Q = dV + KC * dp;        // [RT][dp]
+  float* QT = Q + RT * dp;        // [dp][RT]
+  float* dO = QT + dp * RT;       // [RT][dp]
+  float* dOT = dO + RT * dp;      // [dp][RT]
+  float* ST = dOT + dp * RT;      // [KC][RT]
+  float* dPT = ST + KC * RT;      // [KC][RT]
+  float* lse2 = dPT + KC * RT;    // [RT]
+  float* delta = lse2 + RT;       // [RT]
+  bool missing[KC], unlisted[KC];
   const int64_t n = kv.key_length - key0 < KC ? kv.key_length - key0 : KC;
   int64_t cols[KC];
   for (int64_t j = 0; j < KC; ++j) cols[j] = key0 + j;
-  pack_chunk(kv, cols, n, dp, kt, nullptr, vt, nullptr, bias, row);
+  pack_keys(kv, cols, n, dp, K, Vr, missing);
   for (int64_t x = 0; x < KC * dp; ++x) dK[x] = dV[x] = 0.0f;
   for (int64_t e = 0; e < count; ++e) {
     const AttentionHeadView& h = heads[entries[e].head];
     const uint64_t listed = entries[e].keys;
-    for (int64_t j = 0; j < KC; ++j) entry_bias[j] = ((listed >> j) & 1u) ? bias[j] : -kInf;
+    for (int64_t j = 0; j < n; ++j) unlisted[j] = missing[j] || !((listed >> j) & 1u);
     const int64_t r_begin = entries[e].query_block * h.block_size;
     const int64_t r_end = r_begin + h.block_size < h.query_length ? r_begin + h.block_size : h.query_length;
     for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
       const int64_t rows = r_end - t0 < RT ? r_end - t0 : RT;
       if (h.causal && key0 > t0 + rows - 1 + shift) continue;  // every key of the group is past this tile's rows
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t p = physical(h.row_map, t0 + r);
-        if (p < 0) {
-          for (int64_t x = 0; x < dp; ++x) Q[r * dp + x] = dO[r * dp + x] = 0.0f;
-          lse2[r] = -kInf;
-          delta[r] = 0.0f;
-        } else {
-          load_row(h.q, p, h.q_stride, h.dtype, dim, dp, c, Q + r * dp);
-          load_row(h.grad_out, p, h.grad_out_stride, h.dtype, dim, dp, 1.0f, dO + r * dp);
-          lse2[r] = h.lse[p] * kLog2e;
-          delta[r] = h.delta[t0 + r];
-        }
-      }
-      gemm<false>(Q, dp, kt, KC, S, KC, rows, dp, KC);
-      gemm<false>(dO, dp, vt, KC, dP, KC, rows, dp, KC);
-      const bool diagonal = h.causal && key0 + KC - 1 > t0 + shift;
-      for (int64_t r = 0; r < rows; ++r) {
-        float* s = S + r * KC;
-        float* ds = dP + r * KC;
-        if (lse2[r] == -kInf) {
-          for (int64_t j = 0; j < KC; ++j) s[j] = ds[j] = 0.0f;
-        } else {
-          mask_scores(s, entry_bias, nullptr, key0, t0 + r + shift, diagonal);
-          exp2_row(s, lse2[r]);
-          const V::type dl = V::set1(delta[r]);
-          for (int64_t j = 0; j < KC; j += W)
-            V::store(ds + j, V::mul(V::load(s + j), V::sub(V::load(ds + j), dl)));
-        }
-        for (int64_t j = 0; j < KC; ++j) {
-          PT[j * RT + r] = s[j];
-          dST[j * RT + r] = ds[j];
-        }
-      }
-      gemm<true>(PT, RT, dO, dp, dV, dp, KC, rows, dp);
-      gemm<true>(dST, RT, Q, dp, dK, dp, KC, rows, dp);
+      const int64_t padded = (rows + W - 1) / W * W;
+      load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
+      load_tile(h, h.grad_out, h.grad_out_stride, t0, rows, dp, 1.0f, dO);
+      transpose_tile(Q, rows, padded, dp, QT);
+      transpose_tile(dO, rows, padded, dp, dOT);
+      load_row_stats(h, t0, rows, padded, lse2, delta);
+      gemm<false>(K, dp, 1, QT, RT, ST, RT, n, dp, padded);
+      gemm<false>(Vr, dp, 1, dOT, RT, dPT, RT, n, dp, padded);
+      mask_scores(ST, n, padded, unlisted, nullptr, key0, h.causal, t0, shift);
+      probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
+      gemm<true>(ST, RT, 1, dO, dp, dV, dp, n, rows, dp);
+      gemm<true>(dPT, RT, 1, Q, dp, dK, dp, n, rows, dp);
     }
   }
   for (int64_t j = 0; j < n; ++j) {

@@ -21,11 +21,11 @@ inline int64_t attention_packed_dim(int64_t dim) { return (dim + 15) / 16 * 16; 
 // Floats of one worker's scratch, enough for every kernel of the table.
 inline int64_t sparse_attention_scratch_floats(int64_t dim) {
   const int64_t dp = attention_packed_dim(dim), rt = kAttentionRowTile, kc = kAttentionKeyChunk;
-  const int64_t forward = 2 * rt * dp + rt * kc + 3 * rt + 2 * kc * dp + kc;
-  const int64_t query = 3 * rt * dp + 2 * rt * kc + 3 * rt + 3 * kc * dp + kc;
-  const int64_t key = 4 * kc * dp + 2 * rt * dp + 2 * rt * kc + 2 * kc * rt + 3 * rt + 2 * kc;
+  const int64_t forward = 3 * rt * dp + dp * rt + kc * rt + 3 * rt + 2 * kc * dp;
+  const int64_t query = 5 * rt * dp + 2 * kc * rt + 2 * rt + 2 * kc * dp + dp;
+  const int64_t key = 4 * kc * dp + 4 * rt * dp + 2 * kc * rt + 2 * rt;
   const int64_t most = forward > query ? forward : query;
-  return (most > key ? most : key) + dp + 64;  // + one converted row, + headroom for a vector tail
+  return (most > key ? most : key) + 64;  // + headroom for a vector tail
 }
 
 // One (batch, query head) pair as the kernels see it: every pointer at physical row 0, row strides in elements.

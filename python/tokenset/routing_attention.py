@@ -57,6 +57,24 @@ def _float32(x: Any) -> Any:
     return x.astype("float32")
 
 
+def _moveaxis(x: Any, source: int, target: int) -> Any:
+    return x.movedim(source, target) if _array.is_torch(x) else x.swapaxes(source, target)
+
+
+def _region_means(x: Any, pool: Any, grid: Tuple[int, int], regions: int) -> Any:
+    """``[B, H, R, d]`` float32 window means of ``[B, H, h * w, d]``: a reshaped sum over the windows when the grid
+    divides (one read of x), else the averaging matrix ``pool [R, h * w]`` times x."""
+    gh, gw = grid
+    x = _float32(x)
+    if gh % regions or gw % regions:
+        return pool @ x
+    b, h, _, d = x.shape
+    rh, rw = gh // regions, gw // regions
+    windows = x.reshape(b, h, regions, rh, regions, rw, d)
+    sums = windows.sum(dim=(3, 5)) if _array.is_torch(x) else windows.sum(axis=(3, 5))
+    return sums.reshape(b, h, regions * regions, d) / float(rh * rw)
+
+
 def route(q: Any, k: Any, grid: Tuple[int, int], regions: int, topk: int) -> np.ndarray:
     """``[B, regions**2, min(topk, non-empty regions)]`` int64 routed regions (sorted ascending) of every query
     region; rows of empty query regions route to the same regions as any other (they have no queries)."""
@@ -76,8 +94,8 @@ def route(q: Any, k: Any, grid: Tuple[int, int], regions: int, topk: int) -> np.
     heads_k = k.shape[1]
     group = heads // heads_k
     # Region means over every channel: [B, R, H * d] for q; k's heads repeated as the query heads read them.
-    q_r = xp.einsum("rn,bhnd->brhd", pool_x, _float32(q)).reshape(batch, count, heads * dim)
-    k_pooled = xp.einsum("rn,bhnd->brhd", pool_x, _float32(k))
+    q_r = _moveaxis(_region_means(q, pool_x, grid, regions), 1, 2).reshape(batch, count, heads * dim)
+    k_pooled = _moveaxis(_region_means(k, pool_x, grid, regions), 1, 2)  # [B, Hkv, R, d] -> [B, R, Hkv, d]
     if group > 1:
         k_pooled = (k_pooled.repeat_interleave(group, 2) if _array.is_torch(k_pooled)
                     else xp.repeat(k_pooled, group, axis=2))
