@@ -53,6 +53,7 @@ rng = np.random.default_rng(0)
 q = [rng.standard_normal((n, 64)).astype(np.float32) for n in (3, 9)]
 d = [rng.standard_normal((n, 64)).astype(np.float32) for n in rng.integers(1, 60, 400)]
 fde = tokenset.FDE(64, reps=4, simhash_bits=3, proj_dim=16, final_dim=256)
+attn = rng.standard_normal((1, 2, 128, 64)).astype(np.float32)
 def every_op():
     return [tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1],
             tokenset.maxsim_pairs(q, d, np.array([[0, 5, -1], [7, 399, 2]])), *tokenset.maxsim_topk(q, d, 10),
@@ -60,7 +61,9 @@ def every_op():
             *tokenset.inner_product_topk(q[1], np.concatenate(d), 7), tokenset.kcenter(d, 5),
             tokenset.kcenter(d[0], 5, metric="l2"), tokenset.coverage(d[:40], 4, text=q[0]),
             tokenset.merge(d[:40], 3, method="tome").tokens.values,
-            tokenset.merge(d[:20], 3, method="kmeans").tokens.values]
+            tokenset.merge(d[:20], 3, method="kmeans").tokens.values,
+            tokenset.sparse_attention(attn, attn, attn, [0, 2, 3, 5, 6], [0, 1, 1, 0, 1, 0], 64, 32, True),
+            tokenset.routing_attention(attn[:, :, :64], attn[:, :, :64], attn[:, :, :64], (8, 8), 2, 2)]
 """
 
 

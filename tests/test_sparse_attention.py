@@ -396,3 +396,28 @@ out = tokenset.sparse_attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], [0, 1]
     outputs = 4 * 65536 * 64 * 4  # out and the three gradients, 16 MiB each
     # Measured: the kernels add 48.7 MiB in the backward (its gradients); torch's autograd adds ~36 MiB of its own.
     assert added < outputs + 48 * MiB, added / MiB
+
+
+@requires_torch
+def test_cuda_matches_the_cpu(cuda):
+    """GPU forward and backward against the CPU kernels on the same inputs (the GPU sums in another order and adds
+    dK / dV with atomics: float32 within 2e-5, low precision within the dtype's tolerance)."""
+    rng = np.random.default_rng(21)
+    for dtype in ("float32", "bfloat16"):
+        q, k, v = (torch.from_numpy(x).to(getattr(torch, dtype)) for x in qkv(rng, 2, 4, 2, 150, 170, 64))
+        offsets, index = random_lists(rng, 2 * 4 * 3, 170, 0.2, empty_every=4)
+        leaves_cpu = [x.clone().requires_grad_() for x in (q, k, v)]
+        leaves_gpu = [x.cuda().requires_grad_() for x in (q, k, v)]
+        grad = torch.randn(q.shape).to(q.dtype)
+        out_cpu = tokenset.sparse_attention(*leaves_cpu, offsets, index, 64, 1, True)
+        out_gpu = tokenset.sparse_attention(*leaves_gpu, offsets, index, 64, 1, True)
+        assert out_gpu.is_cuda
+        out_cpu.backward(grad)
+        out_gpu.backward(grad.cuda())
+        tol = TOL[dtype] * 2
+        torch.testing.assert_close(out_gpu.cpu().float(), out_cpu.float(), atol=tol, rtol=0)
+        for a, b in zip(leaves_gpu, leaves_cpu):
+            torch.testing.assert_close(a.grad.cpu().float(), b.grad.float(), atol=tol * 4, rtol=0)
+    x = torch.randn(1, 4, 14 * 14, 16)
+    torch.testing.assert_close(tokenset.routing_attention(x.cuda(), x.cuda(), x.cuda(), (14, 14), 7, 4).cpu(),
+                               tokenset.routing_attention(x, x, x, (14, 14), 7, 4), atol=2e-5, rtol=0)

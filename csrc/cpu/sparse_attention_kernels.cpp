@@ -75,7 +75,11 @@ static void load_row(const void* base, int64_t row, int64_t stride, DType dtype,
                      float* dst) {
   const char* src = row_address(base, row, stride, dtype);
   if (dtype == DType::Float32) {
-    std::memcpy(dst, src, static_cast<size_t>(dim) * sizeof(float));
+    // A vector loop, not memcpy: rows are short (a call per 128-byte row cost more than the copy).
+    const float* f = reinterpret_cast<const float*>(src);
+    int64_t c = 0;
+    for (; c + W <= dim; c += W) V::store(dst + c, V::load(f + c));
+    for (; c < dim; ++c) dst[c] = f[c];
   } else {
     convert_row(reinterpret_cast<const uint16_t*>(src), dst, dim, dtype);
   }
@@ -130,10 +134,14 @@ static inline int64_t physical(const int64_t* map, int64_t i) { return map ? map
 // (ak = 1: row-major A; ar = 1: A stored transposed, as the scores are).
 template <int RM, int NB, bool Accumulate>
 static inline void gemm_block(const float* A, int64_t ar, int64_t ak, const float* B, int64_t ldb, float* C,
-                              int64_t ldc, int64_t K) {
+                              int64_t ldc, int64_t K, const float* c_scale) {
   V::type acc[RM][NB];
-  for (int r = 0; r < RM; ++r)
-    for (int v = 0; v < NB; ++v) acc[r][v] = Accumulate ? V::load(C + r * ldc + v * W) : V::zero();
+  for (int r = 0; r < RM; ++r) {
+    const V::type scale = V::set1(c_scale ? c_scale[r] : 1.0f);
+    for (int v = 0; v < NB; ++v)
+      acc[r][v] = Accumulate ? (c_scale ? V::mul(V::load(C + r * ldc + v * W), scale) : V::load(C + r * ldc + v * W))
+                             : V::zero();
+  }
   for (int64_t k = 0; k < K; ++k) {
     V::type b[NB];
     for (int v = 0; v < NB; ++v) b[v] = V::load(B + k * ldb + v * W);
@@ -148,24 +156,34 @@ static inline void gemm_block(const float* A, int64_t ar, int64_t ak, const floa
 
 template <int RM, bool Accumulate>
 static inline void gemm_rows(const float* A, int64_t ar, int64_t ak, const float* B, int64_t ldb, float* C, int64_t ldc,
-                             int64_t K, int64_t vectors) {
+                             int64_t K, int64_t vectors, const float* c_scale) {
   int64_t v = 0;
   for (; v + kVectorsPerBlock <= vectors; v += kVectorsPerBlock)
-    gemm_block<RM, kVectorsPerBlock, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K);
+    gemm_block<RM, kVectorsPerBlock, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K, c_scale);
   if constexpr (kVectorsPerBlock > 2) {
-    for (; v + 2 <= vectors; v += 2) gemm_block<RM, 2, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K);
+    for (; v + 2 <= vectors; v += 2)
+      gemm_block<RM, 2, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K, c_scale);
   }
-  for (; v < vectors; ++v) gemm_block<RM, 1, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K);
+  for (; v < vectors; ++v) gemm_block<RM, 1, Accumulate>(A, ar, ak, B + v * W, ldb, C + v * W, ldc, K, c_scale);
 }
 
+// c_scale (Accumulate only; null for none): C's row r is multiplied by c_scale[r] as it is loaded (the online
+// softmax's rescale of the output, fused).
 template <bool Accumulate>
 static void gemm(const float* A, int64_t ar, int64_t ak, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M,
-                 int64_t K, int64_t N) {
+                 int64_t K, int64_t N, const float* c_scale = nullptr) {
   const int64_t vectors = N / W;
   int64_t r = 0;
+  auto scale_at = [&](int64_t row) { return c_scale ? c_scale + row : nullptr; };
+#if defined(TOKENSET_SIMD_AVX512)
+  if (vectors == 2) {  // narrow outputs (d = 32 on AVX-512): 8 rows x 2 vectors keep 16 accumulators busy
+    for (; r + 8 <= M; r += 8)
+      gemm_block<8, 2, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, scale_at(r));
+  }
+#endif
   for (; r + kRowsPerBlock <= M; r += kRowsPerBlock)
-    gemm_rows<kRowsPerBlock, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, vectors);
-  for (; r < M; ++r) gemm_rows<1, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, vectors);
+    gemm_rows<kRowsPerBlock, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, vectors, scale_at(r));
+  for (; r < M; ++r) gemm_rows<1, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, vectors, scale_at(r));
 }
 
 // ---- tiles ----------------------------------------------------------------------------------------------------------
@@ -308,12 +326,7 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
         V::store(m + v, m_new);
         V::store(alpha + v, a);
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        if (alpha[r] == 1.0f) continue;
-        const V::type a = V::set1(alpha[r]);
-        for (int64_t x = 0; x < dp; x += W) V::store(O + r * dp + x, V::mul(V::load(O + r * dp + x), a));
-      }
-      gemm<true>(ST, 1, RT, Vr, dp, O, dp, rows, n, dp);
+      gemm<true>(ST, 1, RT, Vr, dp, O, dp, rows, n, dp, alpha);  // O <- alpha * O + P . V
     });
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = physical(h.row_map, t0 + r);

@@ -14,7 +14,6 @@ a time.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
@@ -144,6 +143,12 @@ def topk_block_lists(q: Any, k: Any, topk: Optional[int] = None, density: Option
     # visible[qb]: key blocks 0 .. visible[qb]-1 hold a key the block's last row may see.
     horizon = last_row + (m - n) + 1 if causal else np.full(qblocks, m)
     visible = np.clip(-(-np.maximum(horizon, 0) // key_block_size), 0, kblocks)
+    counts = (np.full(qblocks, int(topk)) if topk is not None
+              else np.ceil(float(density) * visible).astype(np.int64))
+    counts = np.minimum(counts, visible)
+    columns = np.arange(kblocks)[None, :]
+    seen = columns < visible[:, None]
+    forced = seen & ((columns < sink_blocks) | (columns >= (visible - local_blocks)[:, None]))
     per_list = []
     for b in range(batch):
         pooled_k = {}
@@ -152,15 +157,13 @@ def topk_block_lists(q: Any, k: Any, topk: Optional[int] = None, density: Option
             if g not in pooled_k:
                 pooled_k[g] = _block_means(_head(k, b, g), key_block_size)
             scores = (_block_means(_head(q, b, h), block_size) @ pooled_k[g].T) * scale
-            scores = np.where(np.isnan(scores), -np.inf, scores)
-            for qb in range(qblocks):
-                seen = int(visible[qb])
-                count = topk if topk is not None else math.ceil(float(density) * seen)
-                count = min(int(count), seen)
-                row = scores[qb, :seen]
-                chosen = np.argsort(-row, kind="stable")[:count]
-                forced = np.r_[np.arange(min(sink_blocks, seen)), np.arange(max(seen - local_blocks, 0), seen)]
-                per_list.append(np.union1d(chosen, forced).astype(np.int64))
+            scores = np.where(np.isnan(scores) | ~seen, -np.inf, scores)
+            order = np.argsort(-scores, axis=1, kind="stable")  # ties: the lower key block first
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.arange(kblocks)[None, :].repeat(qblocks, 0), axis=1)
+            keep = ((rank < counts[:, None]) & seen) | forced
+            if qblocks:
+                per_list.extend(np.split(np.nonzero(keep)[1].astype(np.int64), np.cumsum(keep.sum(1))[:-1]))
     offsets, index = _csr(per_list)
     return SparseLists(offsets, index, block_size, key_block_size)
 

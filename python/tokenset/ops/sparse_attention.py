@@ -58,8 +58,17 @@ def _output(shape, dtype: str, lib: str, dev, zeroed: bool) -> Any:
     return out
 
 
-def _gaps(plan: AttentionPlan, q: Any) -> bool:
-    return plan.row_map is not None or q.ndim == 3
+def _covers(cu: Optional[np.ndarray], rows: int) -> bool:
+    return cu is None or (len(cu) > 0 and cu[0] == 0 and cu[-1] == rows)
+
+
+def _gaps(plan: AttentionPlan, q: Any, k: Any) -> Tuple[bool, bool]:
+    """Whether the kernel may leave rows of the query-side / key-side outputs unwritten: 3-D rows outside every
+    sequence, rows the row map does not name."""
+    mapped = plan.row_map is None or int((plan.row_map >= 0).sum()) == q.shape[2]
+    if q.ndim == 3:
+        return not _covers(plan.cu_seqlens_q, q.shape[0]), not _covers(plan.cu_seqlens_k, k.shape[0])
+    return not mapped, not mapped
 
 
 def lse_shape(q: Any) -> Tuple[int, ...]:
@@ -71,7 +80,7 @@ def forward(q: Any, k: Any, v: Any, plan: AttentionPlan, with_lse: bool = True) 
     """``(out, lse)`` (lse None unless `with_lse`) for native-ready q, k, v (one library, dtype and device; elements
     contiguous along the head dimension)."""
     lib, dev = _dispatch.placement(q, k, v)
-    gaps = _gaps(plan, q)
+    gaps, _ = _gaps(plan, q, k)
     out = _output(tuple(q.shape), _array.dtype_name(q, "q"), lib, dev, gaps)
     lse = _output(lse_shape(q), "float32", lib, dev, gaps) if with_lse else None
     stream = _dispatch.stream(lib, dev)
@@ -84,10 +93,10 @@ def backward(q: Any, k: Any, v: Any, out: Any, lse: Any, grad_out: Any, plan: At
     """``(grad_q, grad_k, grad_v)`` in the inputs' dtype, from the forward's out and lse."""
     lib, dev = _dispatch.placement(q, k, v, out, grad_out)
     dtype = _array.dtype_name(q, "q")
-    gaps = _gaps(plan, q)
-    grad_q = _output(tuple(q.shape), dtype, lib, dev, gaps)
-    grad_k = _output(tuple(k.shape), dtype, lib, dev, gaps)
-    grad_v = _output(tuple(v.shape), dtype, lib, dev, gaps)
+    query_gaps, key_gaps = _gaps(plan, q, k)
+    grad_q = _output(tuple(q.shape), dtype, lib, dev, query_gaps)
+    grad_k = _output(tuple(k.shape), dtype, lib, dev, key_gaps)
+    grad_v = _output(tuple(v.shape), dtype, lib, dev, key_gaps)
     stream = _dispatch.stream(lib, dev)
     _dispatch.module(dev).sparse_attention_backward(q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
                                                     **_common(plan, lib, dev), stream=stream,
