@@ -421,3 +421,70 @@ def test_cuda_matches_the_cpu(cuda):
     x = torch.randn(1, 4, 14 * 14, 16)
     torch.testing.assert_close(tokenset.routing_attention(x.cuda(), x.cuda(), x.cuda(), (14, 14), 7, 4).cpu(),
                                tokenset.routing_attention(x, x, x, (14, 14), 7, 4), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_and_kernel_agree_on_nan_and_inf(causal):
+    """A NaN score makes its row NaN (not a row that saw nothing); inf in v, k or q reaches only the rows (and keys)
+    whose pairs are listed and visible: causally hidden pairs and other heads' lists stay finite."""
+    rng = np.random.default_rng(13)
+    q, k, v = qkv(rng, 1, 2, 1, 32, 48, 8)
+    q[0, 1, 3, 0] = np.nan
+    v[0, 0, 40, 2] = np.inf  # key block 2 (keys 32..47) is listed by head 0's second block only
+    k[0, 0, 30, 1] = np.inf  # key 30: causally visible to rows >= 14 only (shift 16)
+    offsets, index = np.array([0, 2, 3, 4, 5]), np.array([0, 1, 2, 0, 1])
+    out, lse = tokenset.sparse_attention(q, k, v, offsets, index, 16, 16, causal, return_lse=True)
+    want, want_lse = ref.sparse_attention(q, k, v, offsets, index, 16, 16, causal)
+    assert np.array_equal(np.isnan(out), np.isnan(want)) and np.array_equal(np.isinf(out), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(out[finite], want[finite], atol=2e-5, rtol=0)
+    assert np.isnan(out[0, 1, 3]).all() and np.isnan(lse[0, 1, 3]) and np.isnan(want_lse[0, 1, 3])
+    if causal:
+        assert np.isfinite(out[0, 0, :14]).all()  # rows that cannot see key 30 yet
+    if HAVE_TORCH:
+        grad_out = np.ones_like(q)
+        tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+        tokenset.sparse_attention(tq, tk, tv, offsets, index, 16, 16, causal).backward(torch.from_numpy(grad_out))
+        for got, expected in zip((tq.grad, tk.grad, tv.grad),
+                                 ref.sparse_attention_backward(q, k, v, grad_out, offsets, index, 16, 16, causal)):
+            got = got.numpy()
+            assert np.array_equal(np.isnan(got), np.isnan(expected))
+            ok = np.isfinite(expected)
+            np.testing.assert_allclose(got[ok], expected[ok], atol=2e-5, rtol=0)
+
+
+@requires_torch
+def test_double_backward_is_refused_not_wrong():
+    q = torch.randn(1, 1, 16, 4, requires_grad=True)
+    out = tokenset.sparse_attention(q, q.detach(), q.detach(), [0, 1], [0], 16)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+
+
+def test_scale_outside_float32_and_numpy_beside_torch():
+    q = np.ones((1, 1, 8, 4), np.float32)
+    for bad in (1e300, 1e-50):
+        with pytest.raises(ValueError, match="float32"):
+            tokenset.sparse_attention(q, q, q, [0, 1], [0], 8, scale=bad)
+    if HAVE_TORCH:
+        flipped = np.random.default_rng(0).standard_normal((1, 1, 8, 4)).astype(np.float32)[:, :, ::-1]
+        out = tokenset.sparse_attention(torch.from_numpy(q), flipped, flipped, [0, 1], [0], 8)
+        np.testing.assert_allclose(out.numpy(), tokenset.sparse_attention(q, flipped, flipped, [0, 1], [0], 8))
+
+
+def test_native_layer_checks_cu_seqlens_before_reading_them():
+    """4-D q with a 3-D k and a short cu_seqlens_k, straight into the binding: an error, never a read past it."""
+    from tokenset import _core
+
+    q = np.ones((50, 1, 8, 4), np.float32)
+    k = np.ones((8, 1, 4), np.float32)
+    out = np.empty_like(q)
+    cu = np.array([0, 0], np.int64)
+    offsets = np.zeros(51, np.int64)
+    with pytest.raises(ValueError, match="cu_seqlens|3-D|4-D"):
+        _core.sparse_attention(q, k, k, out, None, None, None, cu, None, offsets, None, np.zeros(0, np.int64), None,
+                               None, None, 8, 8, False, 0.5)
+    q3 = np.ones((8, 1, 4), np.float32)
+    with pytest.raises(ValueError, match="entries"):
+        _core.sparse_attention(q3, k, k, np.empty_like(q3), None, cu, None, np.array([0, 4, 8], np.int64), None,
+                               np.zeros(2, np.int64), None, np.zeros(0, np.int64), None, None, None, 8, 8, False, 0.5)

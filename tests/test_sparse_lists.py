@@ -93,3 +93,15 @@ def test_builders_take_torch_tensors():
     assert a.key_offsets[-1] == 2 * 4 * 5 * 2
     b = tokenset.anchor_stripe_lists(torch.from_numpy(q).requires_grad_(), torch.from_numpy(k), 8, 4, 40)
     assert np.array_equal(b.key_index, tokenset.anchor_stripe_lists(q, k, 8, 4, 40).key_index)
+
+
+def test_builder_edge_cases():
+    """density x blocks that is an integer up to rounding (0.07 x 100) keeps that many; a mask without key blocks
+    gives empty lists; block sizes below 1 are errors."""
+    q, k = qk(5, batch=1, heads=1, kv_heads=1, n=64, m=6400, dim=8)
+    lists = tokenset.topk_block_lists(q, k, density=0.07, block_size=64)
+    assert np.all(np.diff(lists.key_offsets) == 7)
+    empty = tokenset.lists_from_block_mask(np.zeros((1, 2, 3, 0), bool))
+    assert np.array_equal(empty.key_offsets, np.zeros(7, np.int64)) and len(empty.key_index) == 0
+    with pytest.raises(ValueError, match=">= 1"):
+        tokenset.lists_from_block_mask(np.ones((1, 1, 1, 1), bool), block_size=0)

@@ -50,8 +50,8 @@ SparseAttentionParams forward_params(Call& call, const Inputs& in, bool out_writ
   p.out.values = call.view(in.out, "out", out_written);
   const Int64Input cu_q = int64_input(call, in.cu_q, in.cu_q_device, "cu_seqlens_q", device);
   const Int64Input cu_k = int64_input(call, in.cu_k, in.cu_k_device, "cu_seqlens_k", device);
-  TOKENSET_CHECK(p.q.values.ndim == 3 || cu_q.host == nullptr, ValueError, "cu_seqlens go with 3-D [total, heads, dim] "
-                 "q, k, v only");
+  TOKENSET_CHECK(p.q.values.ndim == 3 || (cu_q.host == nullptr && cu_k.host == nullptr), ValueError,
+                 "cu_seqlens go with 3-D [total, heads, dim] q, k, v only");
   if (p.q.values.ndim == 3) {
     TOKENSET_CHECK(cu_q.host && cu_k.host, ValueError, "3-D [total, heads, dim] q, k, v need cu_seqlens_q and "
                    "cu_seqlens_k (batch + 1 row offsets each)");
@@ -65,6 +65,8 @@ SparseAttentionParams forward_params(Call& call, const Inputs& in, bool out_writ
   }
   p.q.cu_seqlens = p.out.cu_seqlens = cu_q.host;
   p.k.cu_seqlens = p.v.cu_seqlens = cu_k.host;
+  p.q.cu_seqlens_count = p.out.cu_seqlens_count = cu_q.count;
+  p.k.cu_seqlens_count = p.v.cu_seqlens_count = cu_k.count;
   p.device_cu_seqlens_q = cu_q.device;
   p.device_cu_seqlens_k = cu_k.device;
   const Int64Input offsets = int64_input(call, in.key_offsets, in.key_offsets_device, "key_offsets", device);
@@ -128,6 +130,8 @@ void sparse_attention_backward(py::handle q, py::handle k, py::handle v, py::han
   p.grad_v.values = call.view(grad_v, "grad_v", true);
   p.grad_out.cu_seqlens = p.grad_q.cu_seqlens = p.forward.q.cu_seqlens;
   p.grad_k.cu_seqlens = p.grad_v.cu_seqlens = p.forward.k.cu_seqlens;
+  p.grad_out.cu_seqlens_count = p.grad_q.cu_seqlens_count = p.forward.q.cu_seqlens_count;
+  p.grad_k.cu_seqlens_count = p.grad_v.cu_seqlens_count = p.forward.k.cu_seqlens_count;
   run_op(call, &backend::sparse_attention_backward, p, allocate);
 }
 

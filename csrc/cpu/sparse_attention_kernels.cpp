@@ -271,6 +271,32 @@ static void mask_scores(float* st, int64_t n, int64_t padded, const bool* missin
   }
 }
 
+// ---- non-finite rows ------------------------------------------------------------------------------------------------
+// A GEMM multiplies every row of its B operand, masked pairs too (weight 0), and 0 * inf is NaN: a row holding inf or
+// NaN would spread to outputs that never listed it. Such rows are zeroed before the GEMM and their visible pairs added
+// after it, one by one (rare: only for non-finite inputs).
+static int64_t take_nonfinite_rows(float* data, int64_t count, int64_t dp, int64_t* bad) {
+  int64_t found = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const float* row = data + i * dp;
+    V::mask odd = V::no_mask();
+    for (int64_t c = 0; c < dp; c += W) {
+      const V::type x = V::load(row + c);
+      odd = V::unordered(V::sub(x, x), odd);  // x - x is NaN for inf and NaN
+    }
+    if (V::mask_bits(odd) == 0) continue;
+    bad[found++] = i;
+    for (int64_t c = 0; c < dp; ++c) data[i * dp + c] = 0.0f;
+  }
+  return found;
+}
+
+// dst[0..dp) += weight * src[0..dp)
+static inline void add_scaled(float* dst, float weight, const float* src, int64_t dp) {
+  const V::type w = V::set1(weight);
+  for (int64_t c = 0; c < dp; c += W) V::store(dst + c, V::fmadd(w, V::load(src + c), V::load(dst + c)));
+}
+
 // ---- forward --------------------------------------------------------------------------------------------------------
 static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t* keys, int64_t count, float* scratch) {
   const int64_t dim = h.dim, dp = attention_packed_dim(dim);
@@ -285,7 +311,9 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
   float* alpha = l + RT;         // [RT] this chunk's rescale
   float* K = alpha + RT;         // [KC][dp]
   float* Vr = K + KC * dp;       // [KC][dp]
+  float* row = Vr + KC * dp;     // [dp]
   bool missing[KC];
+  int64_t bad[KC];
   const int64_t r_begin = qb * h.block_size;
   const int64_t r_end = r_begin + h.block_size < h.query_length ? r_begin + h.block_size : h.query_length;
   for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
@@ -326,7 +354,14 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
         V::store(m + v, m_new);
         V::store(alpha + v, a);
       }
+      const int64_t bad_values = take_nonfinite_rows(Vr, n, dp, bad);
       gemm<true>(ST, 1, RT, Vr, dp, O, dp, rows, n, dp, alpha);  // O <- alpha * O + P . V
+      for (int64_t b = 0; b < bad_values; ++b) {
+        const int64_t j = bad[b];
+        load_row(h.v, physical(h.row_map, cols[j]), h.v_stride, h.dtype, dim, dp, 1.0f, row);
+        for (int64_t r = 0; r < rows; ++r)
+          if (!h.causal || cols[j] <= t0 + r + shift) add_scaled(O + r * dp, ST[j * RT + r], row, dp);
+      }
     });
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = physical(h.row_map, t0 + r);
@@ -339,7 +374,7 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
 }
 
 // P^T <- exp2(S^T - lse2) and dS^T <- P^T * (dP^T - delta) over n keys and `padded` rows (rows whose lse is -inf see
-// nothing: P = 0).
+// nothing: P = 0; masked pairs: 0).
 static void probabilities_and_ds(float* st, float* dpt, int64_t n, int64_t padded, const float* lse2,
                                  const float* delta) {
   for (int64_t v = 0; v < padded; v += W) {
@@ -347,9 +382,13 @@ static void probabilities_and_ds(float* st, float* dpt, int64_t n, int64_t padde
     const V::type shift_by = V::select(V::equal(l2, V::set1(-kInf)), l2, V::set1(kInf));
     const V::type dl = V::load(delta + v);
     for (int64_t j = 0; j < n; ++j) {
-      const V::type p = exp2_vector(V::sub(V::load(st + j * RT + v), shift_by));
+      // A masked pair (-inf) gives exactly 0 to both, whatever the row's lse or dP hold (NaN, inf): a key gets
+      // gradient only from the rows that list it.
+      const V::type s = V::load(st + j * RT + v);
+      const V::mask hidden = V::equal(s, V::set1(-kInf));
+      const V::type p = V::select(hidden, exp2_vector(V::sub(s, shift_by)), V::zero());
       V::store(st + j * RT + v, p);
-      V::store(dpt + j * RT + v, V::mul(p, V::sub(V::load(dpt + j * RT + v), dl)));
+      V::store(dpt + j * RT + v, V::select(hidden, V::mul(p, V::sub(V::load(dpt + j * RT + v), dl)), V::zero()));
     }
   }
 }
@@ -383,6 +422,7 @@ static void backward_query_block(const AttentionHeadView& h, int64_t qb, const i
   float* Vr = K + KC * dp;        // [KC][dp]
   float* row = Vr + KC * dp;      // [dp]
   bool missing[KC];
+  int64_t bad[KC];
   const int64_t r_begin = qb * h.block_size;
   const int64_t r_end = r_begin + h.block_size < h.query_length ? r_begin + h.block_size : h.query_length;
   for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
@@ -410,7 +450,14 @@ static void backward_query_block(const AttentionHeadView& h, int64_t qb, const i
       gemm<false>(Vr, dp, 1, dOT, RT, dPT, RT, n, dp, padded);
       mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift);
       probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
+      const int64_t bad_keys = take_nonfinite_rows(K, n, dp, bad);
       gemm<true>(dPT, 1, RT, K, dp, dQ, dp, rows, n, dp);
+      for (int64_t b = 0; b < bad_keys; ++b) {
+        const int64_t j = bad[b];
+        load_row(h.k, physical(h.row_map, cols[j]), h.k_stride, h.dtype, dim, dp, 1.0f, row);
+        for (int64_t r = 0; r < rows; ++r)
+          if (lse2[r] != -kInf && (!h.causal || cols[j] <= t0 + r + shift)) add_scaled(dQ + r * dp, dPT[j * RT + r], row, dp);
+      }
     });
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = physical(h.row_map, t0 + r);
@@ -439,7 +486,9 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
   float* dPT = ST + KC * RT;      // [KC][RT]
   float* lse2 = dPT + KC * RT;    // [RT]
   float* delta = lse2 + RT;       // [RT]
+  float* row = delta + RT;        // [dp]
   bool missing[KC], unlisted[KC];
+  int64_t bad[RT];
   const int64_t n = kv.key_length - key0 < KC ? kv.key_length - key0 : KC;
   int64_t cols[KC];
   for (int64_t j = 0; j < KC; ++j) cols[j] = key0 + j;
@@ -464,8 +513,25 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
       gemm<false>(Vr, dp, 1, dOT, RT, dPT, RT, n, dp, padded);
       mask_scores(ST, n, padded, unlisted, nullptr, key0, h.causal, t0, shift);
       probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
+      auto visible = [&](int64_t j, int64_t r) {
+        return !unlisted[j] && lse2[r] != -kInf && (!h.causal || key0 + j <= t0 + r + shift);
+      };
+      const int64_t bad_grads = take_nonfinite_rows(dO, rows, dp, bad);
       gemm<true>(ST, RT, 1, dO, dp, dV, dp, n, rows, dp);
+      for (int64_t b = 0; b < bad_grads; ++b) {
+        const int64_t r = bad[b];
+        load_row(h.grad_out, physical(h.row_map, t0 + r), h.grad_out_stride, h.dtype, dim, dp, 1.0f, row);
+        for (int64_t j = 0; j < n; ++j)
+          if (visible(j, r)) add_scaled(dV + j * dp, ST[j * RT + r], row, dp);
+      }
+      const int64_t bad_queries = take_nonfinite_rows(Q, rows, dp, bad);
       gemm<true>(dPT, RT, 1, Q, dp, dK, dp, n, rows, dp);
+      for (int64_t b = 0; b < bad_queries; ++b) {
+        const int64_t r = bad[b];
+        load_row(h.q, physical(h.row_map, t0 + r), h.q_stride, h.dtype, dim, dp, c, row);
+        for (int64_t j = 0; j < n; ++j)
+          if (visible(j, r)) add_scaled(dK + j * dp, dPT[j * RT + r], row, dp);
+      }
     }
   }
   for (int64_t j = 0; j < n; ++j) {

@@ -25,7 +25,7 @@ inline int64_t sparse_attention_scratch_floats(int64_t dim) {
   const int64_t query = 5 * rt * dp + 2 * kc * rt + 2 * rt + 2 * kc * dp + dp;
   const int64_t key = 4 * kc * dp + 4 * rt * dp + 2 * kc * rt + 2 * rt;
   const int64_t most = forward > query ? forward : query;
-  return (most > key ? most : key) + 64;  // + headroom for a vector tail
+  return (most > key ? most : key) + dp + 64;  // + one reloaded row, + headroom for a vector tail
 }
 
 // One (batch, query head) pair as the kernels see it: every pointer at physical row 0, row strides in elements.

@@ -142,7 +142,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(DeviceAttention a, in
       float m = -INFINITY, l = 0.0f;
       for_each_key_group(a, list, row, keys, shift, [&](int64_t p) {
         const float s = p >= 0 ? dot_row(q_s, k + p * a.k.row_stride(), a.dim) : -INFINITY;
-        const float m_new = fmaxf(m, warp_max(s));
+        // fmaxf drops NaN: a NaN score (or an earlier one, in m) makes the row NaN, as on the CPU.
+        const bool nan = __any_sync(0xffffffffu, s != s) || m != m;
+        const float m_new = nan ? NAN : fmaxf(m, warp_max(s));
         if (m_new == -INFINITY) return;
         const float pj = p >= 0 ? __expf(s - m_new) : 0.0f, alpha = __expf(m - m_new);
         l = l * alpha + warp_sum(pj);

@@ -57,8 +57,9 @@ def check_qkv(q: Any, k: Any, v: Any):
         if not _array.is_array(x, name):
             raise TypeError(f"{name} must be an array (numpy, torch or cupy), got {type(x).__name__}")
     lib = _array.result_library(q, k, v)
-    if lib == "torch":
-        q, k, v = (_array.as_torch(x) for x in (q, k, v))
+    if lib == "torch":  # numpy beside torch: a torch view (torch takes no negative strides: those are copied once)
+        q, k, v = (_array.as_torch(np.ascontiguousarray(x) if isinstance(x, np.ndarray) and min(x.strides, default=0)
+                                   < 0 else x) for x in (q, k, v))
     if q.ndim not in (3, 4) or k.ndim != q.ndim or v.ndim != q.ndim:
         raise ValueError(f"q, k, v must all be 4-D [batch, heads, length, dim] or all 3-D [total, heads, dim] (with "
                          f"cu_seqlens); got {q.ndim}-D, {k.ndim}-D, {v.ndim}-D")
@@ -80,6 +81,11 @@ def make_plan(q: Any, key_offsets: Any, key_index: Any, block_size: Any, key_blo
     scale = float(dim ** -0.5 if dim > 0 else 1.0) if scale is None else float(scale)
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
+    with np.errstate(over="ignore", under="ignore"):
+        as_float32 = np.float32(scale)
+    if not np.isfinite(as_float32) or (scale != 0.0 and as_float32 == 0.0):
+        raise ValueError(f"scale={scale} is outside float32's range (the kernels scale in float32); pass a scale "
+                         f"between about 1e-38 and 3e38 in magnitude")
     cu_q = cu_k = None
     if q.ndim == 3:
         if cu_seqlens is None:
@@ -158,6 +164,10 @@ def _make_function():
 
         @staticmethod
         def backward(ctx, grad_out, _grad_lse):
+            if torch.is_grad_enabled():  # create_graph=True: the kernel's gradients would carry no graph of their own
+                raise RuntimeError("sparse_attention has no double backward: its backward is a kernel whose "
+                                   "gradients carry no graph (create_graph=True asks for one); compute gradient "
+                                   "penalties through a dense attention")
             q, k, v, out, lse = (t.detach() for t in ctx.saved_tensors)  # out is an output: it requires grad
             if grad_out is None:
                 grad_out = torch.zeros_like(out)

@@ -74,7 +74,9 @@ def lists_from_block_mask(mask: Any, block_size: int = 64, key_block_size: Optio
     h = m.shape[1] if heads is None else _int(heads, "heads")
     if m.shape[0] not in (1, b) or m.shape[1] not in (1, h):
         raise ValueError(f"mask of shape {tuple(m.shape)} cannot broadcast to batch {b} and heads {h}")
-    m = np.broadcast_to(m, (b, h) + m.shape[2:]).reshape(-1, m.shape[3])
+    if block_size < 1 or key_block_size < 1:
+        raise ValueError(f"block_size and key_block_size must be >= 1, got {block_size} and {key_block_size}")
+    m = np.broadcast_to(m, (b, h) + m.shape[2:]).reshape(b * h * m.shape[2], m.shape[3])
     counts = m.sum(1)
     offsets = np.zeros(len(m) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -144,7 +146,7 @@ def topk_block_lists(q: Any, k: Any, topk: Optional[int] = None, density: Option
     horizon = last_row + (m - n) + 1 if causal else np.full(qblocks, m)
     visible = np.clip(-(-np.maximum(horizon, 0) // key_block_size), 0, kblocks)
     counts = (np.full(qblocks, int(topk)) if topk is not None
-              else np.ceil(float(density) * visible).astype(np.int64))
+              else np.ceil(np.round(float(density) * visible, 9)).astype(np.int64))  # 0.07 x 100 is 7, not 8
     counts = np.minimum(counts, visible)
     columns = np.arange(kblocks)[None, :]
     seen = columns < visible[:, None]

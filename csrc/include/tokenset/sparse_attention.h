@@ -33,6 +33,7 @@ namespace tokenset {
 struct AttentionTokens {
   ArrayView values;
   const int64_t* cu_seqlens = nullptr;  // host: batch + 1 entries (3-D only)
+  int64_t cu_seqlens_count = 0;          // entries in cu_seqlens (checked against batch + 1 before any is read)
 
   bool varlen() const { return values.ndim == 3; }
   int64_t heads() const { return values.shape[1]; }
@@ -115,6 +116,8 @@ inline void check_attention_tokens(const AttentionTokens& t, const char* name, i
     return;
   }
   TOKENSET_CHECK(t.cu_seqlens != nullptr, ValueError, name, " is 3-D [total, heads, dim]: cu_seqlens are needed");
+  TOKENSET_CHECK(t.cu_seqlens_count == batch + 1, ValueError, name, ": cu_seqlens has ", t.cu_seqlens_count,
+                 " entries, expected batch + 1 = ", batch + 1);
   TOKENSET_CHECK(t.cu_seqlens[0] >= 0, ValueError, name, ": cu_seqlens[0] is negative");
   for (int64_t b = 0; b < batch; ++b)
     TOKENSET_CHECK(t.cu_seqlens[b + 1] >= t.cu_seqlens[b], ValueError, name, ": cu_seqlens must be non-decreasing, "
@@ -132,7 +135,7 @@ inline void check_same_layout(const AttentionTokens& other, const AttentionToken
     TOKENSET_CHECK(other.values.shape[a] == like.values.shape[a], ValueError, name, " must have the shape of ",
                    like_name, " (axis ", a, ": ", other.values.shape[a], " vs ", like.values.shape[a], ")");
   if (like.varlen())
-    for (int64_t b = 0; b <= batch; ++b)
+    for (int64_t b = 0; b <= batch && other.cu_seqlens_count == batch + 1; ++b)
       TOKENSET_CHECK(other.cu_seqlens[b] == like.cu_seqlens[b], ValueError, name, " must use the cu_seqlens of ",
                      like_name);
   if (same_dtype)
@@ -149,6 +152,8 @@ inline void check_same_layout(const AttentionTokens& other, const AttentionToken
 // host copies, before any kernel reads memory.
 inline void validate(const SparseAttentionParams& p) {
   TOKENSET_CHECK(p.batch >= 0, ValueError, "sparse_attention: negative batch");
+  TOKENSET_CHECK(p.q.values.ndim == p.k.values.ndim, ValueError, "q and k must both be 4-D [batch, heads, length, dim] "
+                 "or both 3-D [total, heads, dim] with cu_seqlens");
   const int64_t q_rows = p.q.values.ndim == 3 ? p.q.values.shape[0] : 0;
   const int64_t k_rows = p.k.values.ndim == 3 ? p.k.values.shape[0] : 0;
   detail::check_attention_tokens(p.q, "q", p.batch, q_rows);

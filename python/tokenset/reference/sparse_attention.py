@@ -43,23 +43,36 @@ def block_mask(key_offsets: np.ndarray, key_index: np.ndarray, heads: int, query
     return masks
 
 
+def _masked_product(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``out[h, i, j] = sum over k with mask[h, i, k] of a[h, i, k] * b[h, k, j]``: pairs outside the mask never take
+    part, so an inf in b meets no zero weight of an unlisted pair (0 * inf would make NaN of a row that never saw it)."""
+    bad = ~np.isfinite(b)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.einsum("hik,hkj->hij", np.where(mask, a, 0.0), np.where(bad, 0.0, b))
+        for h, k, j in zip(*np.nonzero(bad)):
+            rows = mask[h, :, k]
+            out[h, rows, j] += a[h, rows, k] * b[h, k, j]
+    return out
+
+
 def _attend(q, k, v, mask, scale):
-    """One sequence, float64: (out [H, N, d], lse [H, N], probabilities [H, N, M])."""
+    """One sequence, float64: (out [H, N, d], lse [H, N], probabilities [H, N, M]). A NaN score makes its row NaN;
+    a row that sees no key gives zeros and lse -inf."""
     heads, kv_heads = q.shape[0], k.shape[0]
     group = heads // kv_heads
     kk = np.repeat(k, group, axis=0)
     vv = np.repeat(v, group, axis=0)
     with np.errstate(invalid="ignore", over="ignore"):
-        s = np.einsum("hnd,hmd->hnm", q, kk) * scale
-        s = np.where(mask, s, -np.inf)
+        s = np.where(mask, np.einsum("hnd,hmd->hnm", q, kk) * scale, -np.inf)  # NaN of unlisted pairs dropped
         top = s.max(axis=-1, keepdims=True) if s.shape[-1] else np.full(s.shape[:-1] + (1,), -np.inf)
         safe = np.where(np.isfinite(top), top, 0.0)
         e = np.where(mask, np.exp(s - safe), 0.0)
         total = e.sum(-1, keepdims=True)
-        p = np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
-        lse = np.where(total[..., 0] > 0, np.log(np.where(total[..., 0] > 0, total[..., 0], 1.0)) + safe[..., 0],
-                       -np.inf)
-    return np.einsum("hnm,hmd->hnd", p, vv), lse, p
+        empty = total == 0  # NaN totals are not empty: they stay NaN
+        p = np.where(empty, 0.0, e / np.where(empty, 1.0, total))
+        lse = np.where(empty[..., 0], -np.inf, np.log(np.where(empty[..., 0], 1.0, total[..., 0])) + safe[..., 0])
+        lse = np.where(np.isposinf(top[..., 0]), np.nan, lse)  # a +inf score: the row is NaN, its lse too
+    return _masked_product(p, vv, mask), lse, p
 
 
 def _pack(pieces: List[np.ndarray], like: np.ndarray, cu_seqlens) -> np.ndarray:
@@ -113,14 +126,19 @@ def sparse_attention_backward(q, k, v, grad_out, key_offsets, key_index, block_s
     dqs, dks, dvs = [], [], []
     for qq, kk, vv, go, mask in zip(qs, ks, vs, gs, masks):
         group = heads // kk.shape[0]
-        o, _, p = _attend(qq, kk, vv, mask, scale)
+        o, lse, p = _attend(qq, kk, vv, mask, scale)
+        # The backward recomputes P from the saved lse: a row whose lse is NaN (a NaN or +inf score) has NaN
+        # probabilities for every key it lists, so its gradients reach those keys as NaN.
+        p = np.where(np.isnan(lse)[..., None] & mask, np.nan, p)
         vv_rep = np.repeat(vv, group, axis=0)
         kk_rep = np.repeat(kk, group, axis=0)
-        dv = np.einsum("hnm,hnd->hmd", p, go)
-        dp = np.einsum("hnd,hmd->hnm", go, vv_rep)
-        ds = p * (dp - (go * o).sum(-1, keepdims=True))
-        dq = np.einsum("hnm,hmd->hnd", ds, kk_rep) * scale
-        dk = np.einsum("hnm,hnd->hmd", ds, qq) * scale
+        with np.errstate(invalid="ignore", over="ignore"):
+            mask_t = mask.transpose(0, 2, 1)
+            dv = _masked_product(p.transpose(0, 2, 1), go, mask_t)
+            dp = np.where(mask, np.einsum("hnd,hmd->hnm", go, vv_rep), 0.0)
+            ds = np.where(mask, p * (dp - (go * o).sum(-1, keepdims=True)), 0.0)
+            dq = _masked_product(ds, kk_rep, mask) * scale
+            dk = _masked_product(ds.transpose(0, 2, 1), qq, mask_t) * scale
         dqs.append(dq)
         dks.append(dk.reshape(kk.shape[0], group, *dk.shape[1:]).sum(1))
         dvs.append(dv.reshape(kk.shape[0], group, *dv.shape[1:]).sum(1))

@@ -45,7 +45,7 @@ def topk_block_lists(q, k, topk: Optional[int], density: Optional[float], block_
                     keys = kh[kb * key_block_size:min((kb + 1) * key_block_size, m)]
                     s = float(pooled_q @ keys.mean(0)) * scale
                     scores.append(-math.inf if math.isnan(s) else s)
-                count = topk if topk is not None else math.ceil(density * len(seen))
+                count = topk if topk is not None else math.ceil(round(density * len(seen), 9))
                 order = sorted(range(len(seen)), key=lambda i: (-scores[i], i))[:min(count, len(seen))]
                 chosen = {seen[i] for i in order}
                 chosen |= set(seen[:sink_blocks]) | set(seen[max(len(seen) - local_blocks, 0):])
