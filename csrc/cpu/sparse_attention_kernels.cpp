@@ -403,22 +403,32 @@ static void load_row_stats(const AttentionHeadView& h, int64_t t0, int64_t rows,
   }
 }
 
+// The query-side tiles of both backward passes, carved from `base`: the tile's q rows (scaled by scale * log2 e) and
+// grad_out rows, row-major and transposed; the transposed P / dS tiles; per row lse (log2 units) and delta.
+struct BackwardTiles {
+  float *Q, *QT, *dO, *dOT, *ST, *dPT, *lse2, *delta;
+  BackwardTiles(float* base, int64_t dp)
+      : Q(base), QT(Q + RT * dp), dO(QT + dp * RT), dOT(dO + RT * dp), ST(dOT + dp * RT), dPT(ST + KC * RT),
+        lse2(dPT + KC * RT), delta(lse2 + RT) {}
+  float* end() const { return delta + RT; }
+  void load(const AttentionHeadView& h, int64_t t0, int64_t rows, int64_t padded, int64_t dp, float c) const {
+    load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
+    load_tile(h, h.grad_out, h.grad_out_stride, t0, rows, dp, 1.0f, dO);
+    transpose_tile(Q, rows, padded, dp, QT);
+    transpose_tile(dO, rows, padded, dp, dOT);
+  }
+};
+
 // ---- backward, query pass: delta = rowsum(dO * O) and dQ = scale * dS . K -----------------------------------------
 static void backward_query_block(const AttentionHeadView& h, int64_t qb, const int64_t* keys, int64_t count,
                                  float* scratch) {
   const int64_t dim = h.dim, dp = attention_packed_dim(dim);
   const float c = h.scale * kLog2e;
   const int64_t shift = h.key_length - h.query_length;
-  float* Q = scratch;             // [RT][dp]
-  float* QT = Q + RT * dp;        // [dp][RT]
-  float* dO = QT + dp * RT;       // [RT][dp]
-  float* dOT = dO + RT * dp;      // [dp][RT]
-  float* dQ = dOT + dp * RT;      // [RT][dp]
-  float* ST = dQ + RT * dp;       // [KC][RT]
-  float* dPT = ST + KC * RT;      // [KC][RT]
-  float* lse2 = dPT + KC * RT;    // [RT]
-  float* delta = lse2 + RT;       // [RT]
-  float* K = delta + RT;          // [KC][dp]
+  const BackwardTiles t(scratch, dp);
+  float *Q = t.Q, *dO = t.dO, *ST = t.ST, *dPT = t.dPT, *lse2 = t.lse2, *delta = t.delta;
+  float* dQ = t.end();            // [RT][dp]
+  float* K = dQ + RT * dp;        // [KC][dp]
   float* Vr = K + KC * dp;        // [KC][dp]
   float* row = Vr + KC * dp;      // [dp]
   bool missing[KC];
@@ -428,10 +438,7 @@ static void backward_query_block(const AttentionHeadView& h, int64_t qb, const i
   for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
     const int64_t rows = r_end - t0 < RT ? r_end - t0 : RT;
     const int64_t padded = (rows + W - 1) / W * W;
-    load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
-    load_tile(h, h.grad_out, h.grad_out_stride, t0, rows, dp, 1.0f, dO);
-    transpose_tile(Q, rows, padded, dp, QT);
-    transpose_tile(dO, rows, padded, dp, dOT);
+    t.load(h, t0, rows, padded, dp, c);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = physical(h.row_map, t0 + r);
       float d = 0.0f;
@@ -446,8 +453,8 @@ static void backward_query_block(const AttentionHeadView& h, int64_t qb, const i
     const int64_t horizon = h.causal ? t0 + rows + shift : h.key_length;
     for_each_chunk(h, keys, count, horizon, [&](const int64_t* cols, int64_t n) {
       pack_keys(h, cols, n, dp, K, Vr, missing);
-      gemm<false>(K, dp, 1, QT, RT, ST, RT, n, dp, padded);
-      gemm<false>(Vr, dp, 1, dOT, RT, dPT, RT, n, dp, padded);
+      gemm<false>(K, dp, 1, t.QT, RT, ST, RT, n, dp, padded);
+      gemm<false>(Vr, dp, 1, t.dOT, RT, dPT, RT, n, dp, padded);
       mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift);
       probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
       const int64_t bad_keys = take_nonfinite_rows(K, n, dp, bad);
@@ -478,15 +485,9 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
   float* Vr = K + KC * dp;        // [KC][dp]
   float* dK = Vr + KC * dp;       // [KC][dp]
   float* dV = dK + KC * dp;       // [KC][dp]
-  float* Q = dV + KC * dp;        // [RT][dp]
-  float* QT = Q + RT * dp;        // [dp][RT]
-  float* dO = QT + dp * RT;       // [RT][dp]
-  float* dOT = dO + RT * dp;      // [dp][RT]
-  float* ST = dOT + dp * RT;      // [KC][RT]
-  float* dPT = ST + KC * RT;      // [KC][RT]
-  float* lse2 = dPT + KC * RT;    // [RT]
-  float* delta = lse2 + RT;       // [RT]
-  float* row = delta + RT;        // [dp]
+  const BackwardTiles t(dV + KC * dp, dp);
+  float *Q = t.Q, *dO = t.dO, *ST = t.ST, *dPT = t.dPT, *lse2 = t.lse2, *delta = t.delta;
+  float* row = t.end();           // [dp]
   bool missing[KC], unlisted[KC];
   int64_t bad[RT];
   const int64_t n = kv.key_length - key0 < KC ? kv.key_length - key0 : KC;
@@ -504,13 +505,10 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
       const int64_t rows = r_end - t0 < RT ? r_end - t0 : RT;
       if (h.causal && key0 > t0 + rows - 1 + shift) continue;  // every key of the group is past this tile's rows
       const int64_t padded = (rows + W - 1) / W * W;
-      load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
-      load_tile(h, h.grad_out, h.grad_out_stride, t0, rows, dp, 1.0f, dO);
-      transpose_tile(Q, rows, padded, dp, QT);
-      transpose_tile(dO, rows, padded, dp, dOT);
+      t.load(h, t0, rows, padded, dp, c);
       load_row_stats(h, t0, rows, padded, lse2, delta);
-      gemm<false>(K, dp, 1, QT, RT, ST, RT, n, dp, padded);
-      gemm<false>(Vr, dp, 1, dOT, RT, dPT, RT, n, dp, padded);
+      gemm<false>(K, dp, 1, t.QT, RT, ST, RT, n, dp, padded);
+      gemm<false>(Vr, dp, 1, t.dOT, RT, dPT, RT, n, dp, padded);
       mask_scores(ST, n, padded, unlisted, nullptr, key0, h.causal, t0, shift);
       probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
       auto visible = [&](int64_t j, int64_t r) {

@@ -305,3 +305,18 @@ class SmallCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class LazyAutogradFunction:
+    """A torch.autograd.Function built on first use by `make()` (torch stays optional): ``.apply(*args)``."""
+
+    __slots__ = ("_make", "_fn")
+
+    def __init__(self, make: Callable[[], Any]):
+        self._make, self._fn = make, None
+
+    def apply(self, *args):
+        if self._fn is None:
+            self._fn = self._make()
+        return self._fn.apply(*args)
+

@@ -155,15 +155,4 @@ def _make_function():
     return MaxSimFunction
 
 
-class _LazyFunction:
-    """Defers building the torch.autograd.Function until torch is actually used (torch stays optional)."""
-
-    _fn = None
-
-    def apply(self, *args):
-        if _LazyFunction._fn is None:
-            _LazyFunction._fn = _make_function()
-        return _LazyFunction._fn.apply(*args)
-
-
-_MaxSimFunction = _LazyFunction()
+_MaxSimFunction = _array.LazyAutogradFunction(_make_function)

@@ -179,15 +179,4 @@ def _make_function():
     return SparseAttentionFunction
 
 
-class _LazyFunction:
-    """Defers building the torch.autograd.Function until torch is used (torch stays optional)."""
-
-    _fn = None
-
-    def apply(self, *args):
-        if _LazyFunction._fn is None:
-            _LazyFunction._fn = _make_function()
-        return _LazyFunction._fn.apply(*args)
-
-
-_SparseAttentionFunction = _LazyFunction()
+_SparseAttentionFunction = _array.LazyAutogradFunction(_make_function)
