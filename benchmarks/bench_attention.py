@@ -214,6 +214,8 @@ def routing(repeats: int, budget: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shapes", default=None, help="only these block-sparse shapes, e.g. 16384:128:0.1,4096:64:0.05 "
+                        "(results written as attention-shapes-*)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget", type=float, default=40.0, help="seconds of timing per comparison")
     args = parser.parse_args()
@@ -225,6 +227,8 @@ def main() -> None:
     print(f"{threads} threads, float32 FMA peak {peak:.0f} GFLOP/s, torch {torch.__version__}")
     shapes = [(4096, 64, 0.10)] if args.quick else [(n, d, p) for n in (4096, 16384) for d in (64, 128)
                                                     for p in (0.05, 0.10, 0.25)]
+    if args.shapes:
+        shapes = [(int(n), int(d), float(p)) for n, d, p in (item.split(":") for item in args.shapes.split(","))]
     # Routing first, in a fresh process (every large allocation page-faults, as in a model's first steps), and again
     # at the end, after the block-sparse runs have grown the allocator's heap (large blocks reused without faults).
     route_fresh = routing(args.repeats, args.budget)
@@ -261,7 +265,7 @@ def main() -> None:
               f"{memfb['BiFormer gather'] / 2**20:.1f} MiB | x{memfb['BiFormer gather'] / max(memfb['tokenset'], 1):.1f} "
               f"less |"]
     print("\n".join(table))
-    stem = "attention-quick" if args.quick else "attention"
+    stem = "attention-shapes" if args.shapes else ("attention-quick" if args.quick else "attention")
     path = write_results(stem, "cpu", {"threads": threads, "fma_peak_gflops": peak, "torch": torch.__version__,
                                        "block_sparse": rows, "routing_fresh": route_fresh,
                                        "routing_after_block_sparse": route_warm, "build": tokenset.build_info()},
