@@ -488,3 +488,28 @@ def test_native_layer_checks_cu_seqlens_before_reading_them():
     with pytest.raises(ValueError, match="entries"):
         _core.sparse_attention(q3, k, k, np.empty_like(q3), None, cu, None, np.array([0, 4, 8], np.int64), None,
                                np.zeros(2, np.int64), None, np.zeros(0, np.int64), None, None, None, 8, 8, False, 0.5)
+
+
+@requires_torch
+def test_real_minus_inf_scores_are_not_masked_pairs_and_unmapped_rows_give_nothing():
+    """A listed pair whose score is -inf (an inf in q or k) still belongs to its row: in a row made NaN by a +inf score,
+    its key's gradients are NaN like every key the row lists. Grid padding of routing attention (rows without a token)
+    never sends gradient, even against a key holding inf."""
+    q = np.zeros((1, 1, 2, 8), np.float32)
+    q[0, 0, 0, 0] = -np.inf
+    k = np.ones((1, 1, 2, 8), np.float32)
+    k[0, 0, 0, 0] = -1.0  # row 0: +inf with key 0, -inf with key 1
+    v = np.ones((1, 1, 2, 8), np.float32)
+    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+    tokenset.sparse_attention(tq, tk, tv, [0, 1, 2], [0, 0], 1, 2).backward(torch.ones(1, 1, 2, 8))
+    grads = ref.sparse_attention_backward(q, k, v, np.ones_like(q), [0, 1, 2], [0, 0], 1, 2)
+    for got, expected in zip((tq.grad, tk.grad, tv.grad), grads):
+        assert np.array_equal(np.isnan(got.numpy()), np.isnan(expected))
+    rng = np.random.default_rng(8)
+    q = -np.abs(rng.standard_normal((1, 2, 25, 8))).astype(np.float32)
+    k = rng.standard_normal((1, 2, 25, 8)).astype(np.float32)
+    k[:, :, 7, 0] = np.inf  # every real score against key 7 is -inf
+    v = rng.standard_normal((1, 2, 25, 8)).astype(np.float32)
+    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+    tokenset.routing_attention(tq, tk, tv, (5, 5), 2, 4).sum().backward()
+    assert torch.isfinite(tk.grad[:, :, 7]).all() and torch.isfinite(tv.grad[:, :, 7]).all()

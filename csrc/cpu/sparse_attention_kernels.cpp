@@ -255,9 +255,10 @@ static void pack_keys(const AttentionHeadView& h, const int64_t* cols, int64_t n
 }
 
 // Masks S^T [n][RT]: whole rows of keys that are unmapped or not listed (missing[j]); with causal masking, key j is
-// invisible to tile rows r < key_j - t0 - shift (a prefix of its row).
+// invisible to tile rows r < key_j - t0 - shift (a prefix of its row). hidden[j] (when not null) receives that prefix
+// length: the backward tells masked pairs from real -inf scores by it, never by the value.
 static void mask_scores(float* st, int64_t n, int64_t padded, const bool* missing, const int64_t* cols, int64_t key0,
-                        bool causal, int64_t t0, int64_t shift) {
+                        bool causal, int64_t t0, int64_t shift, int64_t* hidden_rows = nullptr) {
   for (int64_t j = 0; j < n; ++j) {
     float* row = st + j * RT;
     int64_t hidden = 0;
@@ -268,6 +269,7 @@ static void mask_scores(float* st, int64_t n, int64_t padded, const bool* missin
       hidden = first_visible < 0 ? 0 : (first_visible > padded ? padded : first_visible);
     }
     for (int64_t r = 0; r < hidden; ++r) row[r] = -kInf;
+    if (hidden_rows) hidden_rows[j] = hidden;
   }
 }
 
@@ -373,22 +375,27 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
   }
 }
 
-// P^T <- exp2(S^T - lse2) and dS^T <- P^T * (dP^T - delta) over n keys and `padded` rows (rows whose lse is -inf see
-// nothing: P = 0; masked pairs: 0).
+// P^T <- exp2(S^T - lse2) and dS^T <- P^T * (dP^T - delta) over n keys and `padded` rows. Exactly 0 for masked pairs
+// (rows r < hidden_rows[j] of key j) and for rows that see nothing or hold no token (lse -inf), whatever the scores,
+// lse or dP hold there (NaN, inf): a key gets gradient only from the rows that list it and can see it.
 static void probabilities_and_ds(float* st, float* dpt, int64_t n, int64_t padded, const float* lse2,
-                                 const float* delta) {
+                                 const float* delta, const int64_t* hidden_rows) {
+  float lane_rows[W];
   for (int64_t v = 0; v < padded; v += W) {
     const V::type l2 = V::load(lse2 + v);
-    const V::type shift_by = V::select(V::equal(l2, V::set1(-kInf)), l2, V::set1(kInf));
+    const V::mask dead = V::equal(l2, V::set1(-kInf));
     const V::type dl = V::load(delta + v);
+    for (int i = 0; i < W; ++i) lane_rows[i] = static_cast<float>(v + i);
+    const V::type rows = V::load(lane_rows);
     for (int64_t j = 0; j < n; ++j) {
-      // A masked pair (-inf) gives exactly 0 to both, whatever the row's lse or dP hold (NaN, inf): a key gets
-      // gradient only from the rows that list it.
+      const V::mask masked = V::greater(V::set1(static_cast<float>(hidden_rows[j])), rows);  // row < hidden prefix
       const V::type s = V::load(st + j * RT + v);
-      const V::mask hidden = V::equal(s, V::set1(-kInf));
-      const V::type p = V::select(hidden, exp2_vector(V::sub(s, shift_by)), V::zero());
+      V::type p = exp2_vector(V::sub(s, l2));
+      V::type ds = V::mul(p, V::sub(V::load(dpt + j * RT + v), dl));
+      p = V::select(dead, V::select(masked, p, V::zero()), V::zero());
+      ds = V::select(dead, V::select(masked, ds, V::zero()), V::zero());
       V::store(st + j * RT + v, p);
-      V::store(dpt + j * RT + v, V::select(hidden, V::mul(p, V::sub(V::load(dpt + j * RT + v), dl)), V::zero()));
+      V::store(dpt + j * RT + v, ds);
     }
   }
 }
@@ -432,7 +439,7 @@ static void backward_query_block(const AttentionHeadView& h, int64_t qb, const i
   float* Vr = K + KC * dp;        // [KC][dp]
   float* row = Vr + KC * dp;      // [dp]
   bool missing[KC];
-  int64_t bad[KC];
+  int64_t bad[KC], hidden_rows[KC];
   const int64_t r_begin = qb * h.block_size;
   const int64_t r_end = r_begin + h.block_size < h.query_length ? r_begin + h.block_size : h.query_length;
   for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
@@ -455,8 +462,8 @@ static void backward_query_block(const AttentionHeadView& h, int64_t qb, const i
       pack_keys(h, cols, n, dp, K, Vr, missing);
       gemm<false>(K, dp, 1, t.QT, RT, ST, RT, n, dp, padded);
       gemm<false>(Vr, dp, 1, t.dOT, RT, dPT, RT, n, dp, padded);
-      mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift);
-      probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
+      mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift, hidden_rows);
+      probabilities_and_ds(ST, dPT, n, padded, lse2, delta, hidden_rows);
       const int64_t bad_keys = take_nonfinite_rows(K, n, dp, bad);
       gemm<true>(dPT, 1, RT, K, dp, dQ, dp, rows, n, dp);
       for (int64_t b = 0; b < bad_keys; ++b) {
@@ -489,7 +496,7 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
   float *Q = t.Q, *dO = t.dO, *ST = t.ST, *dPT = t.dPT, *lse2 = t.lse2, *delta = t.delta;
   float* row = t.end();           // [dp]
   bool missing[KC], unlisted[KC];
-  int64_t bad[RT];
+  int64_t bad[RT], hidden_rows[KC];
   const int64_t n = kv.key_length - key0 < KC ? kv.key_length - key0 : KC;
   int64_t cols[KC];
   for (int64_t j = 0; j < KC; ++j) cols[j] = key0 + j;
@@ -509,8 +516,8 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
       load_row_stats(h, t0, rows, padded, lse2, delta);
       gemm<false>(K, dp, 1, t.QT, RT, ST, RT, n, dp, padded);
       gemm<false>(Vr, dp, 1, t.dOT, RT, dPT, RT, n, dp, padded);
-      mask_scores(ST, n, padded, unlisted, nullptr, key0, h.causal, t0, shift);
-      probabilities_and_ds(ST, dPT, n, padded, lse2, delta);
+      mask_scores(ST, n, padded, unlisted, nullptr, key0, h.causal, t0, shift, hidden_rows);
+      probabilities_and_ds(ST, dPT, n, padded, lse2, delta, hidden_rows);
       auto visible = [&](int64_t j, int64_t r) {
         return !unlisted[j] && lse2[r] != -kInf && (!h.causal || key0 + j <= t0 + r + shift);
       };
