@@ -72,6 +72,24 @@ struct DeviceAttention {
   }
 };
 
+// One list's work: its (batch, head, query block), key head, lengths, causal shift, and the head's q / k / v origins.
+template <typename T>
+struct ListWork {
+  int64_t b, h, qb, g, n, keys, shift, row_end;
+  const T *q, *k, *v;
+  __device__ ListWork(const DeviceAttention& a, int64_t list) {
+    a.decode(list, b, h, qb);
+    g = h / a.group;
+    n = a.query_length(b);
+    keys = a.key_length(b);
+    shift = keys - n;
+    row_end = imin((qb + 1) * a.block_size, n);
+    q = static_cast<const T*>(a.q.data) + a.q.origin(b, h);
+    k = static_cast<const T*>(a.k.data) + a.k.origin(b, g);
+    v = static_cast<const T*>(a.v.data) + a.v.origin(b, g);
+  }
+};
+
 __device__ __forceinline__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
@@ -123,15 +141,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(DeviceAttention a, in
   float* q_s = smem + warp * 2 * a.dim;
   float* acc = q_s + a.dim;
   for (int64_t list = blockIdx.x; list < lists; list += gridDim.x) {
-    int64_t b, h, qb;
-    a.decode(list, b, h, qb);
-    const int64_t g = h / a.group, n = a.query_length(b), keys = a.key_length(b), shift = keys - n;
-    const T* q = static_cast<const T*>(a.q.data) + a.q.origin(b, h);
-    const T* k = static_cast<const T*>(a.k.data) + a.k.origin(b, g);
-    const T* v = static_cast<const T*>(a.v.data) + a.v.origin(b, g);
+    const ListWork<T> w(a, list);
+    const int64_t b = w.b, h = w.h, keys = w.keys, shift = w.shift;
+    const T *q = w.q, *k = w.k, *v = w.v;
     T* out = static_cast<T*>(const_cast<void*>(a.out.data)) + a.out.origin(b, h);
-    const int64_t r_end = imin((qb + 1) * a.block_size, n);
-    for (int64_t row = qb * a.block_size + warp; row < r_end; row += kWarps) {
+    for (int64_t row = w.qb * a.block_size + warp; row < w.row_end; row += kWarps) {
       const int64_t pr = a.physical(row);
       if (pr < 0) continue;
       for (int64_t c = lane; c < a.dim; c += 32) {
@@ -182,17 +196,13 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(DeviceAttention a, i
   float* do_s = q_s + a.dim;
   float* dq = do_s + a.dim;
   for (int64_t list = blockIdx.x; list < lists; list += gridDim.x) {
-    int64_t b, h, qb;
-    a.decode(list, b, h, qb);
-    const int64_t g = h / a.group, n = a.query_length(b), keys = a.key_length(b), shift = keys - n;
-    const T* q = static_cast<const T*>(a.q.data) + a.q.origin(b, h);
-    const T* k = static_cast<const T*>(a.k.data) + a.k.origin(b, g);
-    const T* v = static_cast<const T*>(a.v.data) + a.v.origin(b, g);
+    const ListWork<T> w(a, list);
+    const int64_t b = w.b, h = w.h, g = w.g, keys = w.keys, shift = w.shift, r_end = w.row_end, qb = w.qb;
+    const T *q = w.q, *k = w.k, *v = w.v;
     const T* out = static_cast<const T*>(a.out.data) + a.out.origin(b, h);
     const T* grad_out = static_cast<const T*>(a.grad_out.data) + a.grad_out.origin(b, h);
     T* grad_q = static_cast<T*>(const_cast<void*>(a.grad_q.data)) + a.grad_q.origin(b, h);
     const float* lse = a.lse_row(b, h);
-    const int64_t r_end = imin((qb + 1) * a.block_size, n);
     for (int64_t row = qb * a.block_size + warp; row < r_end; row += kWarps) {
       const int64_t pr = a.physical(row);
       if (pr < 0) continue;
