@@ -1,7 +1,7 @@
 // Sparse-attention kernels, once per SIMD level (TOKENSET_SIMD_NS). A query tile (up to 64 rows, scaled by
-// scale * log2(e) so that the softmax runs on exp2) meets the listed keys 64 at a time: the chunk's keys are gathered
-// into packed float32 tiles (K transposed for the scores, V row-major for the output), so blocks and single-column
-// stripes take the same path and nothing larger than a chunk is ever copied. Scores, P.V and the backward's four
+// scale * log2(e) so that the softmax runs on exp2, and transposed once) meets the listed keys 64 at a time: the
+// chunk's K and V rows are gathered into packed float32 tiles, row-major, and the scores are kept transposed
+// (S^T = K . Q^T), so blocks and single-column stripes take the same path and nothing larger than a chunk is copied. Scores, P.V and the backward's four
 // products all run through one register-blocked GEMM (gemm below). Accumulation is float32; the softmax is online
 // (running max and sum per row); the backward recomputes P from the saved log-sum-exp.
 #include <cmath>
@@ -236,40 +236,39 @@ static void for_each_chunk(const AttentionHeadView& h, const int64_t* keys, int6
   if (n > 0) on_chunk(cols, n);
 }
 
-// The chunk's keys row-major: k_rows, v_rows [n][dp] (either may be null); missing[j] true for an unmapped key (its
-// rows are zeros and its scores are masked).
+// The chunk's keys row-major: k_rows, v_rows [n][dp]; missing[j] true for an unmapped key (its rows are zeros and its
+// scores are masked).
 static void pack_keys(const AttentionHeadView& h, const int64_t* cols, int64_t n, int64_t dp, float* k_rows,
                       float* v_rows, bool* missing) {
   for (int64_t j = 0; j < n; ++j) {
     const int64_t p = physical(h.row_map, cols[j]);
     missing[j] = p < 0;
-    if (k_rows) {
-      if (p >= 0) load_row(h.k, p, h.k_stride, h.dtype, h.dim, dp, 1.0f, k_rows + j * dp);
-      else for (int64_t c = 0; c < dp; ++c) k_rows[j * dp + c] = 0.0f;
-    }
-    if (v_rows) {
-      if (p >= 0) load_row(h.v, p, h.v_stride, h.dtype, h.dim, dp, 1.0f, v_rows + j * dp);
-      else for (int64_t c = 0; c < dp; ++c) v_rows[j * dp + c] = 0.0f;
+    if (p >= 0) {
+      load_row(h.k, p, h.k_stride, h.dtype, h.dim, dp, 1.0f, k_rows + j * dp);
+      load_row(h.v, p, h.v_stride, h.dtype, h.dim, dp, 1.0f, v_rows + j * dp);
+    } else {
+      for (int64_t c = 0; c < dp; ++c) k_rows[j * dp + c] = v_rows[j * dp + c] = 0.0f;
     }
   }
 }
 
-// Masks S^T [n][RT]: whole rows of keys that are unmapped or not listed (missing[j]); with causal masking, key j is
-// invisible to tile rows r < key_j - t0 - shift (a prefix of its row). hidden[j] (when not null) receives that prefix
-// length: the backward tells masked pairs from real -inf scores by it, never by the value.
-static void mask_scores(float* st, int64_t n, int64_t padded, const bool* missing, const int64_t* cols, int64_t key0,
-                        bool causal, int64_t t0, int64_t shift, int64_t* hidden_rows = nullptr) {
+// Masks S^T [n][RT]: whole rows of keys that are unmapped or not listed (missing[j]); with causal masking, key j (the
+// logical key cols[j]) is invisible to tile rows r < cols[j] - t0 - shift (a prefix of its row). hidden_rows[j]
+// receives that prefix length: the backward and the non-finite fix-ups tell masked pairs by it, never by the value
+// (a real score may be -inf too).
+static void mask_scores(float* st, int64_t n, int64_t padded, const bool* missing, const int64_t* cols, bool causal,
+                        int64_t t0, int64_t shift, int64_t* hidden_rows) {
   for (int64_t j = 0; j < n; ++j) {
     float* row = st + j * RT;
     int64_t hidden = 0;
     if (missing[j]) {
       hidden = padded;
     } else if (causal) {
-      const int64_t first_visible = (cols ? cols[j] : key0 + j) - t0 - shift;
+      const int64_t first_visible = cols[j] - t0 - shift;
       hidden = first_visible < 0 ? 0 : (first_visible > padded ? padded : first_visible);
     }
     for (int64_t r = 0; r < hidden; ++r) row[r] = -kInf;
-    if (hidden_rows) hidden_rows[j] = hidden;
+    hidden_rows[j] = hidden;
   }
 }
 
@@ -315,7 +314,7 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
   float* Vr = K + KC * dp;       // [KC][dp]
   float* row = Vr + KC * dp;     // [dp]
   bool missing[KC];
-  int64_t bad[KC];
+  int64_t bad[KC], hidden_rows[KC];
   const int64_t r_begin = qb * h.block_size;
   const int64_t r_end = r_begin + h.block_size < h.query_length ? r_begin + h.block_size : h.query_length;
   for (int64_t t0 = r_begin; t0 < r_end; t0 += RT) {
@@ -329,7 +328,7 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
     for_each_chunk(h, keys, count, horizon, [&](const int64_t* cols, int64_t n) {
       pack_keys(h, cols, n, dp, K, Vr, missing);
       gemm<false>(K, dp, 1, QT, RT, ST, RT, n, dp, padded);
-      mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift);
+      mask_scores(ST, n, padded, missing, cols, h.causal, t0, shift, hidden_rows);
       for (int64_t v = 0; v < padded; v += W) {
         V::type top = V::set1(-kInf);
         V::mask nan = V::no_mask();
@@ -361,8 +360,7 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
       for (int64_t b = 0; b < bad_values; ++b) {
         const int64_t j = bad[b];
         load_row(h.v, physical(h.row_map, cols[j]), h.v_stride, h.dtype, dim, dp, 1.0f, row);
-        for (int64_t r = 0; r < rows; ++r)
-          if (!h.causal || cols[j] <= t0 + r + shift) add_scaled(O + r * dp, ST[j * RT + r], row, dp);
+        for (int64_t r = hidden_rows[j]; r < rows; ++r) add_scaled(O + r * dp, ST[j * RT + r], row, dp);
       }
     });
     for (int64_t r = 0; r < rows; ++r) {
@@ -462,15 +460,15 @@ static void backward_query_block(const AttentionHeadView& h, int64_t qb, const i
       pack_keys(h, cols, n, dp, K, Vr, missing);
       gemm<false>(K, dp, 1, t.QT, RT, ST, RT, n, dp, padded);
       gemm<false>(Vr, dp, 1, t.dOT, RT, dPT, RT, n, dp, padded);
-      mask_scores(ST, n, padded, missing, cols, 0, h.causal, t0, shift, hidden_rows);
+      mask_scores(ST, n, padded, missing, cols, h.causal, t0, shift, hidden_rows);
       probabilities_and_ds(ST, dPT, n, padded, lse2, delta, hidden_rows);
       const int64_t bad_keys = take_nonfinite_rows(K, n, dp, bad);
       gemm<true>(dPT, 1, RT, K, dp, dQ, dp, rows, n, dp);
       for (int64_t b = 0; b < bad_keys; ++b) {
         const int64_t j = bad[b];
         load_row(h.k, physical(h.row_map, cols[j]), h.k_stride, h.dtype, dim, dp, 1.0f, row);
-        for (int64_t r = 0; r < rows; ++r)
-          if (lse2[r] != -kInf && (!h.causal || cols[j] <= t0 + r + shift)) add_scaled(dQ + r * dp, dPT[j * RT + r], row, dp);
+        for (int64_t r = hidden_rows[j]; r < rows; ++r)
+          if (lse2[r] != -kInf) add_scaled(dQ + r * dp, dPT[j * RT + r], row, dp);
       }
     });
     for (int64_t r = 0; r < rows; ++r) {
@@ -516,11 +514,9 @@ static void backward_key_group(const AttentionHeadView* heads, int64_t key0, con
       load_row_stats(h, t0, rows, padded, lse2, delta);
       gemm<false>(K, dp, 1, t.QT, RT, ST, RT, n, dp, padded);
       gemm<false>(Vr, dp, 1, t.dOT, RT, dPT, RT, n, dp, padded);
-      mask_scores(ST, n, padded, unlisted, nullptr, key0, h.causal, t0, shift, hidden_rows);
+      mask_scores(ST, n, padded, unlisted, cols, h.causal, t0, shift, hidden_rows);
       probabilities_and_ds(ST, dPT, n, padded, lse2, delta, hidden_rows);
-      auto visible = [&](int64_t j, int64_t r) {
-        return !unlisted[j] && lse2[r] != -kInf && (!h.causal || key0 + j <= t0 + r + shift);
-      };
+      auto visible = [&](int64_t j, int64_t r) { return r >= hidden_rows[j] && lse2[r] != -kInf; };
       const int64_t bad_grads = take_nonfinite_rows(dO, rows, dp, bad);
       gemm<true>(ST, RT, 1, dO, dp, dV, dp, n, rows, dp);
       for (int64_t b = 0; b < bad_grads; ++b) {
