@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _array
+from . import _array, _segments
 from .sparse_attention import _int, attend, check_qkv, make_plan
 
 
@@ -50,13 +50,6 @@ def _namespace(x: Any):
     return np
 
 
-def _float32(x: Any) -> Any:
-    """A detached float32 version of x in its own library (routing never carries gradients, as in BiFormer)."""
-    if _array.is_torch(x):
-        return x.detach().float()
-    return x.astype("float32")
-
-
 def _moveaxis(x: Any, source: int, target: int) -> Any:
     return x.movedim(source, target) if _array.is_torch(x) else x.swapaxes(source, target)
 
@@ -65,7 +58,7 @@ def _region_means(x: Any, pool: Any, grid: Tuple[int, int], regions: int) -> Any
     """``[B, H, R, d]`` float32 window means of ``[B, H, h * w, d]``: a reshaped sum over the windows when the grid
     divides (one read of x), else the averaging matrix ``pool [R, h * w]`` times x."""
     gh, gw = grid
-    x = _float32(x)
+    x = _segments.float32(x)  # detached: routing never carries gradients, as in BiFormer
     if gh % regions or gw % regions:
         return pool @ x
     b, h, _, d = x.shape
@@ -92,12 +85,7 @@ def route(q: Any, k: Any, grid: Tuple[int, int], regions: int, topk: int,
     if grid[0] % regions or grid[1] % regions:  # the averaging matrix, for windows of unequal sizes
         pool = np.zeros((count, n), np.float32)
         pool[region_of_token, np.arange(n)] = 1.0 / np.maximum(sizes[region_of_token], 1.0)
-        if _array.is_torch(q):
-            pool_x = xp.from_numpy(pool).to(q.device)
-        elif xp is np:
-            pool_x = pool
-        else:
-            pool_x = _array.to_device(pool, "cupy", _array.device(q))
+        pool_x = _segments.from_host(pool, _array.library(q), _array.device(q))
     heads_k = k.shape[1]
     group = heads // heads_k
     # Region means over every channel: [B, R, H * d] for q; k's heads repeated as the query heads read them.
