@@ -333,12 +333,23 @@ cov = rng.random((64, 40, 30)).astype(np.float32)
 fde = tokenset.FDE(64, reps=4, simhash_bits=3, proj_dim=16, final_dim=256)
 seg = rng.integers(0, 500, len(flat))
 cand = rng.integers(-1, len(d), (3, 40))
+from tokenset.ops import sparse_attention as attention_ops
+from tokenset.sparse_attention import make_plan
+attn = rng.standard_normal((2, 4, 300, 64)).astype(np.float32)
+attn_grad = rng.standard_normal(attn.shape).astype(np.float32)
+attn_lists = [np.flatnonzero(rng.random(300) < 0.3) for _ in range(2 * 4 * 5)]  # stripes: 5 query blocks of 64
+attn_index = np.concatenate(attn_lists)
+attn_offsets = np.cumsum([0] + [len(x) for x in attn_lists])
+attn_plan = make_plan(attn, attn_offsets, attn_index, 64, 1, True, None, None, None)
+def attention():
+    out, lse = attention_ops.forward(attn, attn[:, :2], attn[:, 2:], attn_plan)
+    return [out, lse, *attention_ops.backward(attn, attn[:, :2], attn[:, 2:], out, lse, attn_grad, attn_plan)]
 def every_op():
     return [tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1], *tokenset.maxsim_topk(q, d, 10),
             tokenset.maxsim_pairs(q, d, cand), *tokenset.inner_product_topk(q[2], flat, 7),
             tokenset.kcenter(d32, 6), tokenset.kcenter(big, 8, metric="l2"),  # threads over sets / within a set
             tokenset.max_coverage(cov, 5), fde.encode_documents(d32), fde.encode_queries(q),
-            tokenset.segment_sum(flat, seg, 500)]
+            tokenset.segment_sum(flat, seg, 500), *attention()]
 initial = tokenset.get_num_threads()
 expected = every_op()
 stop = False
