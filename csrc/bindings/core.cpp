@@ -33,6 +33,7 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_segment_sum(m);
   bindings::bind_nearest(m);
   bindings::bind_sparse_attention(m);
+  bindings::bind_attention_scores(m);
 
   m.def("simd_level", [] { return std::string(cpu::simd_level_name(cpu::active_simd_level())); });
   m.def("best_simd_level", [] { return std::string(cpu::simd_level_name(cpu::best_simd_level())); });

@@ -21,6 +21,7 @@ PYBIND11_MODULE(_cuda, m) {
   bindings::bind_segment_sum(m);
   bindings::bind_nearest(m);
   bindings::bind_sparse_attention(m);
+  bindings::bind_attention_scores(m);
   m.def("build_info", [] {
     py::dict info;
     std::string error;

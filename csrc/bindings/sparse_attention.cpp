@@ -8,31 +8,6 @@ namespace tokenset {
 namespace bindings {
 namespace {
 
-// A 1-D int64 host array copied into the call (what validate() checks and a CPU kernel reads) and, in the CUDA
-// module, its device copy (made by Python from the same immutable host array). Null pointers for None.
-struct Int64Input {
-  const int64_t* host = nullptr;
-  const int64_t* device = nullptr;
-  int64_t count = 0;
-};
-
-Int64Input int64_input(Call& call, py::handle host, py::handle device_copy, const char* name, Device device) {
-  Int64Input in;
-  if (host.is_none()) return in;
-  const ArrayView h = call.view(host, name, false, true);
-  check_array(h, name, DType::Int64, {-1}, Device{DeviceType::CPU, -1});
-  in.count = h.shape[0];
-  in.host = call.own_int64(h.ptr<const int64_t>(), in.count);
-  if (kModuleDevice == DeviceType::CPU) {
-    in.device = in.host;
-    return in;
-  }
-  const ArrayView d = call.view(device_copy, name);
-  check_array(d, name, DType::Int64, {in.count}, device);
-  in.device = d.ptr<const int64_t>();
-  return in;
-}
-
 struct Inputs {
   py::handle q, k, v, out, lse, cu_q, cu_q_device, cu_k, cu_k_device, key_offsets, key_offsets_device, key_index,
       key_index_device, row_map, row_map_device;

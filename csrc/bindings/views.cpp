@@ -269,5 +269,23 @@ const int64_t* per_set_int64(Call& call, py::handle host, py::handle device_copy
   return d.ptr<const int64_t>();
 }
 
+
+Int64Input int64_input(Call& call, py::handle host, py::handle device_copy, const char* name, Device device) {
+  Int64Input in;
+  if (host.is_none()) return in;
+  const ArrayView h = call.view(host, name, false, true);
+  check_array(h, name, DType::Int64, {-1}, Device{DeviceType::CPU, -1});
+  in.count = h.shape[0];
+  in.host = call.own_int64(h.ptr<const int64_t>(), in.count);
+  if (kModuleDevice == DeviceType::CPU) {
+    in.device = in.host;
+    return in;
+  }
+  const ArrayView d = call.view(device_copy, name);
+  check_array(d, name, DType::Int64, {in.count}, device);
+  in.device = d.ptr<const int64_t>();
+  return in;
+}
+
 }  // namespace bindings
 }  // namespace tokenset

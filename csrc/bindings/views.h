@@ -13,6 +13,7 @@
 #include <deque>
 #include <vector>
 
+#include "tokenset/attention_scores.h"
 #include "tokenset/common.h"
 #include "tokenset/coverage.h"
 #include "tokenset/fde.h"
@@ -102,6 +103,15 @@ class Call {
 const int64_t* per_set_int64(Call& call, py::handle host, py::handle device_copy, const char* name, int64_t count,
                              Device device, const int64_t** host_out);
 
+// An optional 1-D int64 host array copied into the call (what validate() checks and a CPU kernel reads) and, in the
+// CUDA module, its device copy (made by Python from the same immutable host array). Null pointers for None.
+struct Int64Input {
+  const int64_t* host = nullptr;
+  const int64_t* device = nullptr;
+  int64_t count = 0;
+};
+Int64Input int64_input(Call& call, py::handle host, py::handle device_copy, const char* name, Device device);
+
 // The op entries of this module's device: tokenset::cpu::<op> in _core, tokenset::cuda::<op> in _cuda (same signature).
 #if defined(TOKENSET_BINDING_CUDA)
 namespace backend = ::tokenset::cuda;
@@ -131,6 +141,7 @@ void bind_coverage(py::module_& m);
 void bind_segment_sum(py::module_& m);
 void bind_nearest(py::module_& m);
 void bind_sparse_attention(py::module_& m);
+void bind_attention_scores(py::module_& m);
 
 }  // namespace bindings
 }  // namespace tokenset

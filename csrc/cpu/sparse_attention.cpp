@@ -16,22 +16,18 @@ namespace tokenset {
 namespace cpu {
 namespace {
 
-const char* at_origin(const AttentionTokens& t, int64_t b, int64_t h) {
-  return static_cast<const char*>(t.values.data) + t.origin(b, h) * static_cast<int64_t>(dtype_size(t.values.dtype));
-}
-
 AttentionHeadView head_view(const SparseAttentionParams& p, int64_t b, int64_t h) {
   AttentionHeadView v;
   v.dtype = p.q.values.dtype;
   v.dim = p.dim();
   const int64_t g = h / (p.heads() / p.kv_heads());
-  v.q = at_origin(p.q, b, h);
+  v.q = p.q.address(b, h);
   v.q_stride = p.q.row_stride();
-  v.k = at_origin(p.k, b, g);
+  v.k = p.k.address(b, g);
   v.k_stride = p.k.row_stride();
-  v.v = at_origin(p.v, b, g);
+  v.v = p.v.address(b, g);
   v.v_stride = p.v.row_stride();
-  v.out = const_cast<char*>(at_origin(p.out, b, h));
+  v.out = const_cast<char*>(p.out.address(b, h));
   v.out_stride = p.out.row_stride();
   v.lse = p.lse ? p.lse + p.lse_origin(b, h) : nullptr;
   v.query_length = p.query_length(b);
@@ -161,9 +157,9 @@ void sparse_attention_backward(const SparseAttentionBackwardParams& bp, const La
   const int threads = num_threads();
   auto view = [&](int64_t b, int64_t h) {
     AttentionHeadView v = head_view(p, b, h);
-    v.grad_out = at_origin(bp.grad_out, b, h);
+    v.grad_out = bp.grad_out.address(b, h);
     v.grad_out_stride = bp.grad_out.row_stride();
-    v.grad_q = const_cast<char*>(at_origin(bp.grad_q, b, h));
+    v.grad_q = const_cast<char*>(bp.grad_q.address(b, h));
     v.grad_q_stride = bp.grad_q.row_stride();
     v.delta = delta.data() + delta_base[b] + h * p.query_length(b);
     return v;

@@ -6,6 +6,7 @@ batches, on CPU and GPU, with numpy, torch and cupy arrays in and out without co
 from __future__ import annotations
 
 from ._backend import _core
+from .attention_scores import attention_scores
 from ._build import build_info, get_num_threads, set_num_threads, set_simd_level, simd_level
 from .coverage import coverage, max_coverage
 from .fde import FDE
@@ -43,6 +44,7 @@ __all__ = [
     "nearest",
     "segment_sum",
     "sparse_attention",
+    "attention_scores",
     "routing_attention",
     "SparseLists",
     "lists_from_block_mask",

@@ -46,6 +46,10 @@ struct AttentionTokens {
     return varlen() ? cu_seqlens[b] * values.strides[0] + h * values.strides[1]
                     : b * values.strides[0] + h * values.strides[1];
   }
+  // Address of (batch b, head h, row 0).
+  const char* address(int64_t b, int64_t h) const {
+    return static_cast<const char*>(values.data) + origin(b, h) * static_cast<int64_t>(dtype_size(values.dtype));
+  }
 };
 
 struct SparseAttentionParams {
