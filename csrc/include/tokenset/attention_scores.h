@@ -112,7 +112,7 @@ inline void validate(const AttentionScoresParams& p) {
                  ValueError, "out has the wrong shape for ", p.batch, " sequences, ", p.out_heads(), " heads, ",
                  p.out_rows(), " rows and ", longest, " keys");
   int64_t expect = 1;
-  for (int a = o.ndim - 1; a >= 0; --a) {
+  for (int a = o.ndim - 1; a >= 0 && o.numel() > 0; --a) {
     TOKENSET_CHECK(o.shape[a] <= 1 || o.strides[a] == expect, ValueError, "out must be C-contiguous");
     expect *= o.shape[a];
   }
