@@ -1,5 +1,7 @@
 """Command line: ``python -m tokenset demo`` (MaxSim: correctness against the reference, speed against torch/numpy;
-then retrieval: MUVERA FDE candidates reranked by exact MaxSim) and ``python -m tokenset info`` (what was built)."""
+then retrieval: MUVERA FDE candidates reranked by exact MaxSim), ``python -m tokenset info`` (what was built),
+``python -m tokenset eval`` (an index's recall against exact MaxSim) and ``python -m tokenset prune-demo IMAGE...``
+(which patches of real images each token reduction method keeps: a PNG grid; the [vision] extra)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +15,7 @@ import tokenset
 from tokenset._plot import write_recall_plot
 from tokenset.reference import fde as fde_ref
 from tokenset.reference import maxsim as ref
+from tokenset.vision import prune_demo
 
 
 def _median_seconds(fn, repeats=7):
@@ -132,12 +135,30 @@ def main(argv=None) -> int:
     e.add_argument("--candidates", default="50,100,200,500", help="comma-separated candidate counts")
     e.add_argument("--plot", default=None, help="write a recall-vs-candidates PNG here (needs matplotlib)")
     e.add_argument("--json", default=None, help="write the report as JSON here")
+    p = sub.add_parser("prune-demo", help="a PNG grid of the patches of real images that each token reduction "
+                                           "method keeps (EfficientNet-Lite0 tokens; the [vision] extra)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files or skimage:NAME (e.g. skimage:chelsea); default: "
+                        + " ".join(prune_demo.DEFAULT_IMAGES))
+    p.add_argument("--keep", default=str(prune_demo.DEFAULT_KEEP),
+                   help="tokens kept per image: a ratio with a decimal point (0.25) or a count (49)")
+    p.add_argument("--size", type=int, default=prune_demo.DEFAULT_SIZE,
+                   help="side of the square input in pixels, a multiple of 16 (224 gives 14x14 tokens)")
+    p.add_argument("--out", default=None,
+                   help=f"the PNG to write (default {prune_demo.DEFAULT_OUT}, which is never overwritten unless named)")
     args = parser.parse_args(argv)
     if args.command == "info":
         print(json.dumps(tokenset.build_info(), indent=2))
         return 0
     if args.command == "eval":
         return evaluate(args)
+    if args.command == "prune-demo":
+        try:
+            prune_demo.run(args.images, args.out, args.keep, args.size)
+        except prune_demo.DemoError as exc:
+            print(f"prune-demo: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.synthetic:
         return demo(args.documents, args.dim, args.seed)
     from . import wiki_demo
