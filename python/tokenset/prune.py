@@ -7,8 +7,13 @@ Pruning methods (all batched over ragged sets, CPU and GPU):
 * ``"kcenter"``: k-center with ``metric`` (cosine | l2 | ip), ``first`` ("isolated" | "random" | index), ``seed``.
 * ``"mmtok"``: MMTok's coverage of ``text`` tokens and of the image (``text``, ``vision_keys``, ``text_temperature``,
   ``vision_temperature``, ``vision_weight``).
-* ``"scores"``: the top tokens by a score you give per token (``scores``: [CLS] attention as in VTC-CLS, the last
-  query row's attention as in FastV, ... ; ties to the lower index).
+* ``"scores"``: the top tokens by a score you give per token (ties to the lower index).
+* Attention-based (tokenset.selectors; the rows come from tokenset.attention_scores, no attention matrix):
+  ``"vtc_cls"`` (``attention`` = per-layer head-mean [CLS] rows ``[L, B, N]``, ``start`` = 16, ``stop`` = -1),
+  ``"fastv"`` (``attention`` = the head-mean last-row attention over the image tokens; a ratio keep is floored),
+  ``"hiprune"`` (``object_attention`` and ``deep_attention`` = head-mean column means, ``grid``, ``alpha`` = 0.1),
+  ``"visionzip"`` (``attention`` = the head-summed [CLS] row, ``keys`` = head-mean keys, ``contextual`` = 10,
+  ``cls`` = True: the first token is [CLS] and always kept; returns dominant then contextual tokens).
 """
 from __future__ import annotations
 
@@ -16,12 +21,12 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _array, _segments
+from . import _array, _segments, selectors
 from .coverage import coverage
 from .kcenter import kcenter, per_set_counts, scalar_of
 from .ragged import Ragged, ragged
 
-PRUNE_METHODS = ("divprune", "kcenter", "mmtok", "scores")
+PRUNE_METHODS = ("divprune", "kcenter", "mmtok", "scores", "vtc_cls", "fastv", "hiprune", "visionzip")
 
 
 class PruneResult(NamedTuple):
@@ -123,18 +128,8 @@ def _score_picks(batch: Ragged, ks: np.ndarray, scores: Any, mask: Optional[np.n
     if scores is None:
         raise ValueError("method='scores' needs scores=: one score per token (a list of [n_i] arrays, [B, N] or a "
                          "flat [T] array)")
-    lengths = batch.lengths
     flat = per_token_values(scores, batch, "scores", mask)
-    flat = np.where(np.isnan(flat), -np.inf, flat)
-    sets = _segments.set_ids(lengths)
-    local = np.arange(flat.shape[0]) - _segments.offsets_of(lengths)[sets]
-    order = np.lexsort((local, -flat, sets))  # by set, higher score first, lower index on ties
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.shape[0]) - _segments.offsets_of(lengths)[sets[order]]
-    picks = np.full((len(batch), int(ks.max()) if ks.size else 0), -1, np.int64)
-    chosen = rank < ks[sets]
-    picks[sets[chosen], rank[chosen]] = local[chosen]
-    return picks
+    return selectors.top_picks(batch, ks, np.where(np.isnan(flat), -np.inf, flat))
 
 
 def assemble(batch: Ragged, picks: np.ndarray, padded: bool) -> PruneResult:
@@ -176,7 +171,8 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
             (DivPrune's default is 0.098; a 0-d array is the scalar it holds); counts above a set's length keep the
             whole set. With a ``mask``, indices count the set's valid tokens (its mask's True positions in order),
             while ``[B, N]`` per-token ``scores`` are read at the mask's positions.
-        method: ``"divprune"`` | ``"kcenter"`` | ``"mmtok"`` | ``"scores"`` (see the module docstring).
+        method: ``"divprune"`` | ``"kcenter"`` | ``"mmtok"`` | ``"scores"`` | ``"vtc_cls"`` | ``"fastv"`` |
+            ``"hiprune"`` | ``"visionzip"`` (see the module docstring).
         padded: return ``tokens`` as ``[B, K, d]`` zero-padded (``lengths`` tells the valid prefix).
         options: the method's options (``metric``, ``first``, ``seed``; ``text``, ``vision_keys``, temperatures;
             ``scores``). Per-token ``scores`` are a list of ``[n_i]`` arrays, a flat ``[T]`` array, or ``[B, N]``
@@ -196,12 +192,21 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
         raise _unknown(method, PRUNE_METHODS)
     batch, host_mask = token_batch(tokens, lengths, mask)
     ks = keep_counts(keep, batch.lengths)
+    if method == "fastv":
+        floored = selectors.fastv_counts(scalar_of(keep, "keep"), batch.lengths)
+        ks = ks if floored is None else floored
     allowed = {"divprune": set(), "kcenter": {"metric", "first", "seed"}, "scores": {"scores"},
-               "mmtok": {"text", "vision_keys", "text_temperature", "vision_temperature", "vision_weight"}}[method]
+               "mmtok": {"text", "vision_keys", "text_temperature", "vision_temperature", "vision_weight"},
+               "vtc_cls": {"attention", "start", "stop"}, "fastv": {"attention"},
+               "hiprune": {"object_attention", "deep_attention", "grid", "alpha"},
+               "visionzip": {"attention", "keys", "contextual", "cls"}}[method]
     extra = set(options) - allowed
     if extra:
         raise TypeError(f"method={method!r} takes no option(s) {', '.join(sorted(extra))}; it takes "
                         f"{', '.join(sorted(allowed)) or 'none'}")
+    def attention(name: str) -> np.ndarray:
+        return selectors.attention_values(options.get(name), batch, name, host_mask)
+
     if method == "divprune":
         picks = kcenter(batch, ks, metric="cosine", first="isolated")
     elif method == "kcenter":
@@ -211,6 +216,19 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
         if _array.is_array(keys, "vision_keys") and keys.ndim == 3 and (lengths is not None or mask is not None):
             options = dict(options, vision_keys=ragged(keys, lengths=lengths, mask=mask, name="vision_keys"))
         picks = coverage(batch, ks, **options)
-    else:
+    elif method == "scores":
         picks = _score_picks(batch, ks, options.get("scores"), host_mask)
+    elif method == "vtc_cls":
+        scores = selectors.vtc_cls_scores(options.get("attention"), batch, host_mask, options.get("start", 16),
+                                          options.get("stop", -1))
+        picks = selectors.top_picks(batch, ks, scores)
+    elif method == "fastv":
+        picks = selectors.top_picks(batch, ks, attention("attention"))
+    elif method == "hiprune":
+        picks = selectors.hiprune_picks(batch, ks, attention("object_attention"), attention("deep_attention"),
+                                        options.get("grid"), options.get("alpha", 0.1))
+    else:
+        picks, tokens_out, sizes = selectors.visionzip(batch, ks, attention("attention"), options.get("keys"),
+                                                       options.get("contextual", 10), options.get("cls", True))
+        return selectors.as_result(batch, picks, tokens_out, sizes, padded)
     return assemble(batch, _array.host_copy(picks), padded)
