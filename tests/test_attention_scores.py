@@ -111,6 +111,25 @@ def test_results_do_not_depend_on_the_thread_count():
         tokenset.set_num_threads(initial)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_one_pass_and_two_pass_column_means_give_the_same_bits(causal):
+    """8 or more (batch, head) pairs take the one-pass column mean (a tile's scores of every key kept); fewer take
+    the two-pass form. Both sum in one order: head by head they agree exactly, and so do the reduced means."""
+    rng = np.random.default_rng(9)
+    q = rng.standard_normal((1, 8, 700, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 4, 650, 64)).astype(np.float32)
+    one_pass = tokenset.attention_scores(q, k, rows="mean", reduce="none", causal=causal)
+    per_head = [tokenset.attention_scores(q[:, h:h + 1], k[:, h // 2:h // 2 + 1], rows="mean", reduce="none",
+                                          causal=causal) for h in range(8)]
+    np.testing.assert_array_equal(one_pass, np.concatenate(per_head, axis=1))
+    close(one_pass, reference(q, k, None, "none", causal))
+    for reduce in ("sum", "mean"):  # 4 pairs: two passes; the same 4 heads twice in a batch: one pass
+        two = tokenset.attention_scores(q[:, :4], k[:, :2], rows="mean", reduce=reduce, causal=causal)
+        one = tokenset.attention_scores(np.concatenate([q[:, :4]] * 2), np.concatenate([k[:, :2]] * 2), rows="mean",
+                                        reduce=reduce, causal=causal)
+        np.testing.assert_array_equal(one, np.concatenate([two, two]))
+
+
 def test_padded_lengths_and_variable_length_agree_with_the_reference():
     rng = np.random.default_rng(5)
     lengths = np.array([50, 1, 77, 0 + 12])

@@ -48,17 +48,24 @@ struct Tile {
 
 inline int64_t padded_rows(int64_t count) { return (count + W - 1) / W * W; }
 
-// Query rows (rows[r], or row0 + r) into the tile, scaled and transposed; their causal horizons.
-static void load_queries(const ScoresHeadView& h, const int64_t* rows, int64_t row0, int64_t count, Tile& t) {
-  const int64_t padded = padded_rows(count), shift = h.key_length - h.query_length;
-  const float factor = h.scale * kLog2e;
+// The last key each tile row sees (-1 for padding rows).
+static void set_horizons(const ScoresHeadView& h, const int64_t* rows, int64_t row0, int64_t count, Tile& t) {
+  const int64_t shift = h.key_length - h.query_length;
   for (int64_t r = 0; r < count; ++r) {
     const int64_t pos = rows ? rows[r] : row0 + r;
-    load_row(h.q, pos, h.q_stride, h.dtype, h.dim, t.dp, factor, t.rows + r * t.dp);
     const int64_t last = h.causal ? pos + shift : h.key_length - 1;
     t.horizon[r] = last < h.key_length - 1 ? last : h.key_length - 1;
   }
-  for (int64_t r = count; r < padded; ++r) t.horizon[r] = -1;
+  for (int64_t r = count; r < padded_rows(count); ++r) t.horizon[r] = -1;
+}
+
+// Query rows (rows[r], or row0 + r) into the tile, scaled and transposed; their causal horizons.
+static void load_queries(const ScoresHeadView& h, const int64_t* rows, int64_t row0, int64_t count, Tile& t) {
+  const int64_t padded = padded_rows(count);
+  const float factor = h.scale * kLog2e;
+  for (int64_t r = 0; r < count; ++r)
+    load_row(h.q, rows ? rows[r] : row0 + r, h.q_stride, h.dtype, h.dim, t.dp, factor, t.rows + r * t.dp);
+  set_horizons(h, rows, row0, count, t);
   for (int64_t c = 0; c < t.dp; ++c) {
     float* out = t.qt + c * RT;
     for (int64_t r = 0; r < count; ++r) out[r] = t.rows[r * t.dp + c];
@@ -70,9 +77,9 @@ static void load_keys(const ScoresHeadView& h, int64_t key0, int64_t n, Tile& t)
   for (int64_t j = 0; j < n; ++j) load_row(h.k, key0 + j, h.k_stride, h.dtype, h.dim, t.dp, 1.0f, t.keys + j * t.dp);
 }
 
-// S^T [n][padded] of the loaded keys and rows.
-static void scores(int64_t n, int64_t padded, Tile& t) {
-  gemm<false>(t.keys, t.dp, 1, t.qt, RT, t.st, RT, n, t.dp, padded);
+// S^T [n][padded] (row stride RT) of the loaded keys and rows into st.
+static void scores(int64_t n, int64_t padded, const Tile& t, float* st) {
+  gemm<false>(t.keys, t.dp, 1, t.qt, RT, st, RT, n, t.dp, padded);
 }
 
 // The lowest horizon of the tile's rows (padding rows included): chunks ending at or before it need no mask.
@@ -83,27 +90,36 @@ static int64_t lowest_horizon(const Tile& t, int64_t padded) {
 }
 
 // Sets the entries of keys a row does not see (key0 + j > horizon[r]) to `value`.
-static void hide(int64_t key0, int64_t n, int64_t padded, float value, Tile& t) {
+static void hide(int64_t key0, int64_t n, int64_t padded, float value, const Tile& t, float* st) {
   if (key0 + n - 1 <= lowest_horizon(t, padded)) return;
   for (int64_t j = 0; j < n; ++j)
     for (int64_t r = 0; r < padded; ++r)
-      if (key0 + j > t.horizon[r]) t.st[j * RT + r] = value;
+      if (key0 + j > t.horizon[r]) st[j * RT + r] = value;
 }
 
 // P = exp2(S - lse2) over the chunk, hidden entries 0 (a NaN row stays NaN only over the keys it sees).
-static void probabilities(int64_t key0, int64_t n, int64_t padded, const float* lse2, Tile& t) {
+static void probabilities(int64_t key0, int64_t n, int64_t padded, const float* lse2, const Tile& t, float* st) {
   for (int64_t v = 0; v < padded; v += W) {
     const V::type l = V::load(lse2 + v);
     for (int64_t j = 0; j < n; ++j) {
-      float* s = t.st + j * RT + v;
+      float* s = st + j * RT + v;
       V::store(s, exp2_vector(V::sub(V::load(s), l)));
     }
   }
-  hide(key0, n, padded, 0.0f, t);
+  hide(key0, n, padded, 0.0f, t, st);
+}
+
+// col[j] (one vector per key) += the tile's probabilities of key j, rows in order.
+static void add_columns(int64_t n, int64_t padded, const float* st, float* col) {
+  for (int64_t j = 0; j < n; ++j) {
+    V::type acc = V::load(col + j * W);
+    for (int64_t v = 0; v < padded; v += W) acc = V::add(acc, V::load(st + j * RT + v));
+    V::store(col + j * W, acc);
+  }
 }
 
 static void row_lse(const ScoresHeadView& h, const int64_t* rows, int64_t row0, int64_t count, float* lse2,
-                    float* scratch) {
+                    float* keep, float* scratch) {
   Tile t(h.dim, scratch);
   const int64_t padded = padded_rows(count);
   load_queries(h, rows, row0, count, t);
@@ -115,14 +131,15 @@ static void row_lse(const ScoresHeadView& h, const int64_t* rows, int64_t row0, 
   for (int64_t r = 0; r < count; ++r) reach = t.horizon[r] > reach ? t.horizon[r] : reach;
   for (int64_t key0 = 0; key0 <= reach; key0 += KS) {
     const int64_t n = reach + 1 - key0 < KS ? reach + 1 - key0 : KS;
+    float* st = keep ? keep + key0 * RT : t.st;
     load_keys(h, key0, n, t);
-    scores(n, padded, t);
-    hide(key0, n, padded, -kInf, t);
+    scores(n, padded, t, st);
+    hide(key0, n, padded, -kInf, t, st);
     for (int64_t v = 0; v < padded; v += W) {
       V::type top = V::set1(-kInf);
       V::mask bad = V::no_mask();
       for (int64_t j = 0; j < n; ++j) {
-        const V::type x = V::load(t.st + j * RT + v);
+        const V::type x = V::load(st + j * RT + v);
         bad = V::unordered(x, bad);
         top = V::max(top, x);
       }
@@ -131,7 +148,7 @@ static void row_lse(const ScoresHeadView& h, const int64_t* rows, int64_t row0, 
       // A row that has seen only -inf so far keeps a zero sum: subtract 0 instead of -inf (no -inf - -inf = NaN).
       const V::type m_safe = V::select(V::equal(m_new, V::set1(-kInf)), m_new, V::zero());
       V::type sum = V::mul(V::load(s + v), exp2_vector(V::sub(m_old, m_safe)));
-      for (int64_t j = 0; j < n; ++j) sum = V::add(sum, exp2_vector(V::sub(V::load(t.st + j * RT + v), m_safe)));
+      for (int64_t j = 0; j < n; ++j) sum = V::add(sum, exp2_vector(V::sub(V::load(st + j * RT + v), m_safe)));
       V::store(m + v, m_new);
       V::store(s + v, sum);
       V::store(nan + v, V::select(bad, V::load(nan + v), V::set1(1.0f)));
@@ -153,8 +170,8 @@ static void chunk_rows(const ScoresHeadView& h, const int64_t* rows, int64_t cou
     load_queries(h, rows + r0, 0, rc, t);
     float* l = t.stats + 3 * RT;
     for (int64_t r = 0; r < padded; ++r) l[r] = r < rc ? lse2[r0 + r] : kInf;
-    scores(n, padded, t);
-    probabilities(key0, n, padded, l, t);
+    scores(n, padded, t, t.st);
+    probabilities(key0, n, padded, l, t, t.st);
     for (int64_t r = 0; r < rc; ++r) {
       float* out = dst + (r0 + r) * dst_stride;
       if (accumulate) {
@@ -166,11 +183,23 @@ static void chunk_rows(const ScoresHeadView& h, const int64_t* rows, int64_t cou
   }
 }
 
+static void reduce_columns(const float* col, int64_t n, float* dst, bool accumulate) {
+  for (int64_t j = 0; j < n; ++j) {
+    float total = 0.0f;
+    for (int w = 0; w < W; ++w) total += col[j * W + w];
+    dst[j] = accumulate ? dst[j] + total : total;
+  }
+}
+
+static void zero_columns(float* col, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) V::store(col + j * W, V::zero());
+}
+
 static void chunk_column_sums(const ScoresHeadView& h, const float* lse2, int64_t key0, int64_t n, float* dst,
                               bool accumulate, float* scratch) {
   Tile t(h.dim, scratch);
   load_keys(h, key0, n, t);
-  for (int64_t j = 0; j < n; ++j) V::store(t.col + j * W, V::zero());
+  zero_columns(t.col, n);
   // With causal masking row i sees key0 only from i >= key0 - shift on: earlier tiles are skipped whole.
   const int64_t shift = h.key_length - h.query_length;
   int64_t first_row = h.causal ? key0 - shift : 0;
@@ -180,24 +209,33 @@ static void chunk_column_sums(const ScoresHeadView& h, const float* lse2, int64_
     load_queries(h, nullptr, r0, rc, t);
     float* l = t.stats + 3 * RT;
     for (int64_t r = 0; r < padded; ++r) l[r] = r < rc ? lse2[r0 + r] : kInf;
-    scores(n, padded, t);
-    probabilities(key0, n, padded, l, t);
-    for (int64_t j = 0; j < n; ++j) {
-      V::type acc = V::load(t.col + j * W);
-      for (int64_t v = 0; v < padded; v += W) acc = V::add(acc, V::load(t.st + j * RT + v));
-      V::store(t.col + j * W, acc);
-    }
+    scores(n, padded, t, t.st);
+    probabilities(key0, n, padded, l, t, t.st);
+    add_columns(n, padded, t.st, t.col);
   }
-  for (int64_t j = 0; j < n; ++j) {
-    float total = 0.0f;
-    for (int w = 0; w < W; ++w) total += t.col[j * W + w];
-    dst[j] = accumulate ? dst[j] + total : total;
+  reduce_columns(t.col, n, dst, accumulate);
+}
+
+static void cached_column_sums(const ScoresHeadView& h, int64_t row0, int64_t count, const float* lse2,
+                               float* cache, float* col, float* scratch) {
+  Tile t(h.dim, scratch);
+  const int64_t padded = padded_rows(count);
+  set_horizons(h, nullptr, row0, count, t);
+  float* l = t.stats + 3 * RT;
+  for (int64_t r = 0; r < padded; ++r) l[r] = r < count ? lse2[r] : kInf;
+  int64_t reach = -1;
+  for (int64_t r = 0; r < count; ++r) reach = t.horizon[r] > reach ? t.horizon[r] : reach;
+  for (int64_t key0 = 0; key0 <= reach; key0 += KS) {
+    const int64_t n = reach + 1 - key0 < KS ? reach + 1 - key0 : KS;
+    probabilities(key0, n, padded, l, t, cache + key0 * RT);
+    add_columns(n, padded, cache + key0 * RT, col + key0 * W);
   }
 }
 
 }  // namespace
 
-extern const AttentionScoresKernel attention_scores_kernel = {&row_lse, &chunk_rows, &chunk_column_sums};
+extern const AttentionScoresKernel attention_scores_kernel = {
+    &row_lse, &chunk_rows, &chunk_column_sums, &cached_column_sums, &reduce_columns, &zero_columns};
 
 }  // namespace TOKENSET_SIMD_NS
 }  // namespace cpu

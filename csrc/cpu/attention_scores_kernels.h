@@ -38,8 +38,10 @@ struct AttentionScoresKernel {
   // lse2[0..count): the log-sum-exp, in log2 units of scale * log2(e) * q . k, of query rows rows[0..count) (rows
   // null: row0 .. row0 + count - 1), count <= 64, over every key each sees; +inf for a row that sees no key or only
   // -inf scores (its probabilities are 0), NaN for a row with a NaN or +inf score.
+  // keep: null, or [>= reach][64] floats receiving the tile's scores S^T (log2 units) of every key it sees, for
+  // cached_column_sums.
   void (*row_lse)(const ScoresHeadView& head, const int64_t* rows, int64_t row0, int64_t count, float* lse2,
-                  float* scratch);
+                  float* keep, float* scratch);
   // Probabilities of query rows rows[0..count) (any count; lse2 per row) for keys [key0, key0 + n), n <= 256:
   // dst[r * dst_stride + j - key0] = P (or += P when accumulate).
   void (*chunk_rows)(const ScoresHeadView& head, const int64_t* rows, int64_t count, const float* lse2, int64_t key0,
@@ -48,7 +50,19 @@ struct AttentionScoresKernel {
   // dst[j - key0] = sum (or += sum when accumulate).
   void (*chunk_column_sums)(const ScoresHeadView& head, const float* lse2, int64_t key0, int64_t n, float* dst,
                             bool accumulate, float* scratch);
+  // The column mean's one-pass form: the probabilities of rows row0 .. row0 + count - 1 (count <= 64, lse2 per row)
+  // from the scores row_lse kept in `cache`, added to col (one vector of W floats per key, keys 0 .. key_length).
+  // Summed over the tiles in row order and reduced per key in lane order, it gives chunk_column_sums' bits.
+  void (*cached_column_sums)(const ScoresHeadView& head, int64_t row0, int64_t count, const float* lse2, float* cache,
+                             float* col, float* scratch);
+  // dst[j] = (or +=) the lanes of col's vector j summed in lane order, j < n (col as cached_column_sums fills it,
+  // zeroed by zero_columns).
+  void (*reduce_columns)(const float* col, int64_t n, float* dst, bool accumulate);
+  void (*zero_columns)(float* col, int64_t n);
 };
+
+// The one-pass column mean keeps a tile's scores of every key: used up to this many keys (4 MiB per worker).
+constexpr int64_t kScoresCachedKeys = 16384;
 
 TOKENSET_DECLARE_SIMD_KERNELS(AttentionScoresKernel, attention_scores_kernel)
 
