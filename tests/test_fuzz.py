@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 import tokenset  # noqa: E402
 from tokenset.reference import maxsim as ref  # noqa: E402
 
-from conftest import (BF16, GAP_FILL, HAVE_TORCH, U32, check_fde_against_reference, fde_sanitize,  # noqa: E402
+from conftest import (BF16, GAP_FILL, HAVE_TORCH, U32, as_dtype, check_fde_against_reference, fde_sanitize,  # noqa: E402
                       gapped, maxsim_error_bound, subprocess_env)
 
 LONG = os.environ.get("TOKENSET_FUZZ") == "long"
@@ -320,9 +320,27 @@ for i in range(calls):
     q, d = batch(), batch()
     nq = max(len(getattr(q, "offsets", [])) - 1, 0) if getattr(q.offsets, "ndim", 0) == 1 else 1
     nd = max(len(getattr(d, "offsets", [])) - 1, 0) if getattr(d.offsets, "ndim", 0) == 1 else 1
-    op = rng.integers(0, 7)
+    op = rng.integers(0, 8)
     try:
-        if op == 5:  # k-center: any batch, per-set k and first (valid or not), outputs
+        if op == 7:  # attention scores: any q / k shapes, rows, lengths, reduce (valid or not), outputs
+            b, h, n, dd = (int(rng.integers(0, 3)), int(rng.integers(1, 4)), int(rng.integers(0, 6)),
+                           int(rng.integers(1, 5)))
+            m = max(n + int(rng.integers(-1, 2)), 0)
+            qa = rng.standard_normal((b, h, n, dd)).astype(np.float32)
+            ka = rng.standard_normal((b, int(rng.integers(1, 4)), m, dd)).astype(DTYPE if rng.random() < 0.1
+                                                                                  else np.float32)
+            r = int(rng.integers(0, 3))
+            rows = rng.integers(-2, n + 2, b * r + int(rng.random() < 0.1)).astype(np.int64) \
+                if rng.random() < 0.7 else None
+            lengths = rng.integers(-1, n + 2, b + int(rng.random() < 0.1)).astype(np.int64) \
+                if rng.random() < 0.3 else None
+            reduce = int(rng.integers(-1, 4)) if rng.random() < 0.1 else int(rng.integers(0, 3))
+            width = max(m + int(rng.integers(-1, 2)), 0) if rng.random() < 0.3 else m
+            heads = h if reduce == 0 else 1
+            _core.attention_scores(qa, ka, out((b, heads, width) if rows is None else (b, heads, r, width)),
+                                   None, None, None, None, lengths, None, lengths, None, rows, None,
+                                   r if rows is not None else 0, reduce, bool(rng.integers(0, 2)), 0.5)
+        elif op == 5:  # k-center: any batch, per-set k and first (valid or not), outputs
             b = nq
             k = rng.integers(-1, 6, b).astype(np.int64) if rng.random() < 0.3 else rng.integers(1, 6, b).astype(np.int64)
             first = rng.integers(-2, 8, b).astype(np.int64) if rng.random() < 0.3 else np.full(b, -1, np.int64)
@@ -514,6 +532,37 @@ def test_max_coverage_any_matrix(data):
         want_idx, want_gains = cref.coverage_set(m, k)
         np.testing.assert_array_equal(idx[i, :len(want_idx)], want_idx)
         np.testing.assert_array_equal(gains[i, :len(want_idx)], want_gains)
+
+
+@FUZZ
+@given(data=st.data())
+def test_attention_scores_any_input(data):
+    """attention_scores on any small shape, dtype, rows, padding, causal and reduction equals the dense float64
+    softmax (2e-6 absolute + 2e-5 relative; NaN where the reference has NaN)."""
+    from tokenset.reference import attention_scores as ref
+
+    batch = data.draw(st.integers(1, 3), label="batch")
+    kv = data.draw(st.integers(1, 3), label="kv heads")
+    heads = kv * data.draw(st.integers(1, 3), label="group")
+    n = data.draw(st.integers(1, 70), label="n")
+    dim = data.draw(st.integers(1, 40), label="dim")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    q = as_dtype(rng.standard_normal((batch, heads, n, dim)).astype(np.float32) * 3, dtype)
+    k = as_dtype(rng.standard_normal((batch, kv, n, dim)).astype(np.float32) * 3, dtype)
+    lengths = rng.integers(1, n + 1, batch)
+    rows = data.draw(st.one_of(st.just("mean"), st.lists(st.integers(-1, 0), min_size=1, max_size=3)), label="rows")
+    reduce = data.draw(st.sampled_from(["mean", "sum", "none"]), label="reduce")
+    causal = data.draw(st.booleans(), label="causal")
+    got = np.asarray(to_numpy(tokenset.attention_scores(q, k, rows=rows, reduce=reduce, causal=causal,
+                                                        lengths=lengths)), np.float64)
+    qf, kf = (np.asarray(to_numpy(x)).astype(np.float64) for x in (q, k))
+    table = None if rows == "mean" else [[r % int(length) for r in rows] for length in lengths]
+    want = ref.attention_scores([qf[b, :, :lengths[b]] for b in range(batch)],
+                                [kf[b, :, :lengths[b]] for b in range(batch)], table, reduce, causal)
+    for b in range(batch):
+        np.testing.assert_allclose(got[b][..., :lengths[b]], want[b], atol=2e-6, rtol=2e-5)
+        assert not got[b][..., lengths[b]:].any()
 
 
 @FUZZ

@@ -63,7 +63,8 @@ def every_op():
             tokenset.merge(d[:40], 3, method="tome").tokens.values,
             tokenset.merge(d[:20], 3, method="kmeans").tokens.values,
             tokenset.sparse_attention(attn, attn, attn, [0, 2, 3, 5, 6], [0, 1, 1, 0, 1, 0], 64, 32, True),
-            tokenset.routing_attention(attn[:, :, :64], attn[:, :, :64], attn[:, :, :64], (8, 8), 2, 2)]
+            tokenset.routing_attention(attn[:, :, :64], attn[:, :, :64], attn[:, :, :64], (8, 8), 2, 2),
+            tokenset.attention_scores(attn, attn, rows="mean"), tokenset.attention_scores(attn, attn, [0, -1])]
 """
 
 
@@ -349,7 +350,10 @@ def every_op():
             tokenset.maxsim_pairs(q, d, cand), *tokenset.inner_product_topk(q[2], flat, 7),
             tokenset.kcenter(d32, 6), tokenset.kcenter(big, 8, metric="l2"),  # threads over sets / within a set
             tokenset.max_coverage(cov, 5), fde.encode_documents(d32), fde.encode_queries(q),
-            tokenset.segment_sum(flat, seg, 500), *attention()]
+            tokenset.segment_sum(flat, seg, 500), *attention(),
+            tokenset.attention_scores(attn, attn[:, :2], rows="mean", causal=True),  # one pass (8 pairs)
+            tokenset.attention_scores(attn[:1, :2], attn[:1, :1], rows="mean", reduce="none"),  # two passes
+            tokenset.attention_scores(attn, attn, rows=[0, 150, -1], reduce="none")]
 initial = tokenset.get_num_threads()
 expected = every_op()
 stop = False
