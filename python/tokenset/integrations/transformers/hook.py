@@ -116,6 +116,22 @@ class AttentionRecord:
                                                        scale=None if scale is None else float(scale)))
 
 
+def _all_configs(model: Any) -> "OrderedDict[int, Any]":
+    from transformers import PretrainedConfig
+
+    found: "OrderedDict[int, Any]" = OrderedDict()
+
+    def visit(config: Any) -> None:
+        if isinstance(config, PretrainedConfig) and id(config) not in found:
+            found[id(config)] = config
+            for name in getattr(config, "sub_configs", None) or {}:
+                visit(getattr(config, name, None))
+
+    for module in model.modules():
+        visit(getattr(module, "config", None))
+    return found
+
+
 def _delegate(module: Any, implementation: Optional[str]):
     """The attention function `module` would have used under `implementation`."""
     _, functions, sdpa = _transformers()
@@ -153,15 +169,10 @@ class _Recording:
                     raise ValueError(f"layer {n} is out of range for {path!r}, which has {len(modules)} layers")
                 wanted[id(modules[int(n)])] = (given, int(n))
         self.model, self.interface = model, interface
-        configs = OrderedDict()
-        for modules in stacks.values():
-            for m in modules:
-                config = getattr(m, "config", None)
-                if config is not None:
-                    configs[id(config)] = config
-        configs[id(model.config)] = model.config
-        self.configs = configs
-        previous = {cid: c._attn_implementation for cid, c in configs.items()}
+        # Every config set_attn_implementation may touch: each submodule's and, recursively, their sub-configs.
+        self.configs = _all_configs(model)
+        self.saved = {cid: c._attn_implementation_internal for cid, c in self.configs.items()}
+        previous = {cid: c._attn_implementation for cid, c in self.configs.items()}
         self.record = AttentionRecord(wanted, rows, reduce, keep_qk, previous)
         # transformers builds attention masks by the implementation's name (an unknown one gets no mask at all, not
         # even the padding): ours builds them as the causal stack's original implementation did.
@@ -197,7 +208,7 @@ class _Recording:
         try:
             # set_attn_implementation gives every sub-config one name; each config gets back its own.
             for cid, config in self.configs.items():
-                config._attn_implementation_internal = self.record._previous[cid]
+                config._attn_implementation_internal = self.saved[cid]
         finally:
             self._remove()
 
