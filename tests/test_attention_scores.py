@@ -244,6 +244,8 @@ BAD = [
     (dict(lengths=[1, 2, 3]), ValueError, "one entry per sequence"),
     (dict(lengths=[1, 400]), ValueError, "outside 0..300"),
     (dict(scale=float("nan")), ValueError, "scale must be finite"),
+    (dict(scale=1e300), ValueError, "within float32's range"),
+    (dict(causal="no"), TypeError, "causal must be True or False"),
     (dict(cu_seqlens=[0, 300]), ValueError, "cu_seqlens go with 3-D"),
 ]
 
@@ -277,6 +279,12 @@ def test_bad_shapes_and_dtypes_are_clear_errors():
         tokenset.attention_scores([[1.0]], q)
 
 
+def test_zero_dimensional_rows_are_row_numbers():
+    q = np.random.default_rng(0).standard_normal((2, 2, 10, 8)).astype(np.float32)
+    np.testing.assert_array_equal(tokenset.attention_scores(q, q, rows=np.array(3)),
+                                  tokenset.attention_scores(q, q, rows=3))
+
+
 def test_native_layer_checks_rows_and_lengths_itself():
     """The kernel entry validates what Python already checked (a direct call with a bad row must not read memory)."""
     from tokenset import _core
@@ -289,6 +297,11 @@ def test_native_layer_checks_rows_and_lengths_itself():
     with pytest.raises(ValueError, match="outside 0..10"):
         _core.attention_scores(q, q, out, None, None, None, None, np.array([11], np.int64), None, None, None,
                                np.array([0], np.int64), None, 1, 2, False, 1.0)
+    huge = 2**62 + 1  # 4 x huge wraps to 4 in int64: the count check must not overflow into reading past rows
+    with pytest.raises(ValueError, match="wrong shape|rows must hold 4 x"):
+        _core.attention_scores(np.zeros((4, 1, 1, 8), np.float32), np.zeros((4, 1, 1, 8), np.float32),
+                               np.zeros((4, 1, 0, 1), np.float32), None, None, None, None, None, None, None, None,
+                               np.zeros(4, np.int64), None, huge, 2, False, 1.0)
     with pytest.raises(ValueError, match="wrong shape"):
         _core.attention_scores(q, q, out[..., :5], None, None, None, None, None, None, None, None,
                                np.array([0], np.int64), None, 1, 2, False, 1.0)

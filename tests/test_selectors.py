@@ -153,3 +153,22 @@ def test_selectors_on_empty_sets_one_token_and_keep_above_length():
     r = tokenset.prune(x[1:], 2, method="hiprune", object_attention=att[1:], deep_attention=att[1:],
                        grid=[(1, 1), (2, 4)])
     assert r.lengths.tolist() == [1, 2]
+
+
+def test_visionzip_keys_are_read_where_the_tokens_were():
+    """Padded tokens with a mask: the [B, N, d] keys are gathered at the mask's positions, like the attention."""
+    rng = np.random.default_rng(5)
+    n, width = 14, 20
+    tokens = rng.standard_normal((1, width, 6)).astype(np.float32)
+    keys = rng.standard_normal((1, width, 4)).astype(np.float32)
+    attention = rng.random((1, width))
+    mask = np.zeros((1, width), bool)
+    mask[0, rng.choice(width, n, replace=False)] = True
+    mask[0, 0] = True  # [CLS] first
+    n = int(mask.sum())
+    got = tokenset.prune(tokens, 8, method="visionzip", attention=attention, keys=keys, contextual=3, mask=mask)
+    want = tokenset.prune([tokens[0, mask[0]]], 8, method="visionzip", attention=[attention[0, mask[0]]],
+                          keys=[keys[0, mask[0]]], contextual=3)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.sizes, want.sizes)
+    np.testing.assert_array_equal(got.tokens.values, want.tokens.values)

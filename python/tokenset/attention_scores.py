@@ -6,7 +6,8 @@ beside fused (flash / SDPA) attention, which never returns attention weights.
           \\mathrm{rows:}\\; P_{b,h}[r, :] \\qquad \\mathrm{column\\ mean:}\\; \\tfrac{1}{N_b} \\textstyle\\sum_i P_{b,h}[i, :]
 
 per head, or summed / averaged over the heads. Cost O(R M d) per head for R rows; the column mean is two tiled passes
-over the scores (O(N M d)), never holding more than a 64 x 256 tile per thread.
+over the scores (O(N M d)) with a 64 x 256 tile per thread, or one pass keeping a 64-row tile's scores of every key
+(at most 16,384 keys: 4 MiB per thread) when 8 or more (batch, head) pairs share the work.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _row_table(rows: Any, query_lengths: np.ndarray) -> Optional[np.ndarray]:
     """rows as a host int64 [B, R] table of row numbers within each sequence (negative: from each sequence's end), or
     None for the column mean."""
     batch = query_lengths.shape[0]
+    if _array.is_array(rows, "rows") and rows.ndim == 0:  # a 0-d array is the row number it holds
+        rows = int(_array.int64_host(rows, "rows"))
     if isinstance(rows, str):
         if rows == "mean":
             return None
@@ -93,8 +96,9 @@ def attention_scores(q: Any, k: Any, rows: Any = 0, reduce: str = "mean", *, cau
         float32 in q's library and device: ``[B, R, M]`` (reduced) or ``[B, H, R, M]``, without the ``R`` axis when
         ``rows`` is a single row number or name; the column mean ``[B, M]`` or ``[B, H, M]``. ``M`` is the longest
         key length; keys past a sequence's length are 0. A row that sees no key (or only ``-inf`` scores) is 0; a
-        NaN or ``+inf`` score makes its row NaN. Accumulation is float32; equal to the rows of the dense float64
-        softmax within about 1e-6 absolute (see the README's tolerance).
+        NaN or ``+inf`` score makes its row NaN. Accumulation is float32: within 2e-6 absolute + 2e-5 relative of
+        the dense float64 softmax for logits of moderate size; the float32 scores lose relative precision as the
+        logits grow (at a shared logit offset of 1,000, about 4e-4 relative, like torch's float32 softmax).
 
     >>> import numpy as np, tokenset
     >>> q = k = np.random.default_rng(0).standard_normal((2, 8, 577, 64)).astype(np.float32)
@@ -104,6 +108,8 @@ def attention_scores(q: Any, k: Any, rows: Any = 0, reduce: str = "mean", *, cau
     >>> tokenset.attention_scores(q, k, rows="mean", reduce="none").shape   # per-head column mean
     (2, 8, 577)
     """
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
     if reduce not in REDUCE:
         raise ValueError(f"reduce={reduce!r}: choose one of {', '.join(map(repr, REDUCE))}")
     for x, name in ((q, "q"), (k, "k")):
@@ -122,8 +128,11 @@ def attention_scores(q: Any, k: Any, rows: Any = 0, reduce: str = "mean", *, cau
     q, k = _array.last_axis_contiguous(q), _array.last_axis_contiguous(k)
     dim = int(q.shape[-1])
     scale = float(dim ** -0.5 if dim > 0 else 1.0) if scale is None else float(scale)
-    if not np.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
+    with np.errstate(over="ignore", under="ignore"):
+        as_float32 = np.float32(scale)
+    if not np.isfinite(scale) or not np.isfinite(as_float32) or (scale != 0.0 and as_float32 == 0.0):
+        raise ValueError(f"scale must be finite and within float32's range (the kernels scale in float32), got "
+                         f"{scale}")
     cu_q = cu_k = q_len = k_len = None
     if q.ndim == 3:
         if lengths is not None or key_lengths is not None:
@@ -154,7 +163,8 @@ def attention_scores(q: Any, k: Any, rows: Any = 0, reduce: str = "mean", *, cau
         k_len = _lengths(key_source, "key_lengths", batch, int(k.shape[2]))
         query_counts = q_len if q_len is not None else np.full(batch, int(q.shape[2]), np.int64)
         width = int(k.shape[2])
-    single = isinstance(rows, (int, np.integer, str)) and not isinstance(rows, bool) and rows != "mean"
+    single = (isinstance(rows, (int, np.integer, str)) and not isinstance(rows, bool) and rows != "mean") or \
+        (_array.is_array(rows, "rows") and rows.ndim == 0)
     table = _row_table(rows, np.asarray(query_counts, np.int64))
     out = _ops.attention_scores(q, k, table, reduce, bool(causal), scale, width, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
                                 query_lengths=q_len, key_lengths=k_len)

@@ -228,7 +228,10 @@ def prune(tokens: Any, keep: Any, method: str = "divprune", *, lengths: Optional
         picks = selectors.hiprune_picks(batch, ks, attention("object_attention"), attention("deep_attention"),
                                         options.get("grid"), options.get("alpha", 0.1))
     else:
-        picks, tokens_out, sizes = selectors.visionzip(batch, ks, attention("attention"), options.get("keys"),
+        keys = options.get("keys")
+        if _array.is_array(keys, "keys") and keys.ndim == 3 and (lengths is not None or mask is not None):
+            keys = ragged(keys, lengths=lengths, mask=mask, name="keys")  # gathered where the tokens were
+        picks, tokens_out, sizes = selectors.visionzip(batch, ks, attention("attention"), keys,
                                                        options.get("contextual", 10), options.get("cls", True))
         return selectors.as_result(batch, picks, tokens_out, sizes, padded)
     return assemble(batch, _array.host_copy(picks), padded)

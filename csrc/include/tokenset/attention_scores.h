@@ -118,8 +118,11 @@ inline void validate(const AttentionScoresParams& p) {
   }
   TOKENSET_CHECK(o.numel() == 0 || o.data != nullptr, ValueError, "out: null data pointer");
   if (p.column_mean()) return;
-  TOKENSET_CHECK(p.rows_per_batch >= 0 && p.rows_count == p.batch * p.rows_per_batch, ValueError, "rows must hold ",
-                 p.batch, " x ", p.rows_per_batch, " row numbers, got ", p.rows_count);
+  // Compared by division: batch * rows_per_batch may overflow int64 for a hostile rows_per_batch.
+  TOKENSET_CHECK(p.rows_per_batch >= 0 && p.rows_count >= 0 &&
+                     (p.batch == 0 ? p.rows_count == 0
+                                   : p.rows_count % p.batch == 0 && p.rows_count / p.batch == p.rows_per_batch),
+                 ValueError, "rows must hold ", p.batch, " x ", p.rows_per_batch, " row numbers, got ", p.rows_count);
   TOKENSET_CHECK(p.rows_count == 0 || p.rows != nullptr, ValueError, "rows: null data pointer");
   for (int64_t b = 0; b < p.batch; ++b)
     for (int64_t r = 0; r < p.rows_per_batch; ++r) {

@@ -1,12 +1,14 @@
 """q / k and attention rows out of a running Hugging Face model, with its fused attention left in place.
 
 transformers (>= 5) looks every attention layer's function up in ``AttentionInterface`` by the name its config holds.
-:func:`record_attention` registers one function under ``"tokenset_record"``, points the model's configs at it for
-the duration of a ``with`` block, and restores them on exit (the registration is removed when the last recorder
-exits). The function records what it is asked to for the chosen layers, then calls the implementation each config had
-before (SDPA, flash, or the model file's own eager function), so outputs are unchanged. Attention masks are built
-under the same name by the mask function of the original implementation (registered beside it in
-``AttentionMaskInterface``).
+:func:`record_attention` registers one function under ``"tokenset_record_<impl>"``, points the model's configs at it
+for the duration of a ``with`` block, and restores them on exit (a name is unregistered when the last recorder using
+it exits). The function records what it is asked to for the chosen layers, then calls the implementation each config
+had before (SDPA, flash, or the model file's own eager function), so outputs are unchanged. Attention masks are built
+under the same name by the mask function of ``<impl>``, the causal stack's original implementation (registered beside
+it in ``AttentionMaskInterface``): models of different implementations can be recorded at once. Models whose layers do
+not use the interface are refused with the layers named. Recorders nest (on one model or several); one recorder is
+entered once at a time.
 
 Layers are found by identity: every ``nn.ModuleList`` of layers with an attention submodule is a *stack* named by its
 dotted path (``model.vision_tower.vision_model.encoder.layers``, ``model.language_model.layers``); CLIP attention
@@ -19,7 +21,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-NAME = "tokenset_record"
+NAME = "tokenset_record"  # registered as tokenset_record_<the mask implementation it builds masks like>
 _lock = threading.Lock()
 _active: List["AttentionRecord"] = []
 
@@ -81,16 +83,18 @@ class AttentionRecord:
     given, negative ones included), one entry per call of that layer (``generate`` calls each layer once per step):
 
     * ``qk[key]``: list of ``(q [B, H, L, d], k [B, Hkv, L_k, d])`` post-RoPE tensors (detached; with ``keep_qk``);
+    * ``scaling[key]``: the score scale the model passed with each call (None: the default ``d ** -0.5``);
     * ``scores[key]``: list of :func:`tokenset.attention_scores` results for ``rows`` / ``reduce`` (with ``rows``).
     """
 
-    def __init__(self, wanted: Dict[int, Tuple[str, int]], rows: Any, reduce: str, keep_qk: bool,
-                 previous: Dict[int, Any]):
+    def __init__(self, wanted: Dict[int, List[Tuple[str, int]]], rows: Any, reduce: str, keep_qk: bool):
         self._wanted = wanted
         self.rows, self.reduce, self.keep_qk = rows, reduce, keep_qk
-        self._previous = previous
-        self.qk: Dict[Tuple[str, int], List[Tuple[Any, Any]]] = {key: [] for key in wanted.values()}
-        self.scores: Dict[Tuple[str, int], List[Any]] = {key: [] for key in wanted.values()}
+        self._previous: Dict[int, Any] = {}
+        keys = [key for where in wanted.values() for key in where]
+        self.qk: Dict[Tuple[str, int], List[Tuple[Any, Any]]] = {key: [] for key in keys}
+        self.scaling: Dict[Tuple[str, int], List[Optional[float]]] = {key: [] for key in keys}
+        self.scores: Dict[Tuple[str, int], List[Any]] = {key: [] for key in keys}
 
     def last(self, stack: str, layer: int) -> Tuple[Any, Any]:
         """The most recent ``(q, k)`` of a layer."""
@@ -105,15 +109,20 @@ class AttentionRecord:
         if where is None:
             return
         q, k = query.detach(), key.detach()
-        if self.keep_qk:
-            self.qk[where].append((q, k))
+        scale = kwargs.get("scaling")
+        scale = None if scale is None else float(scale)
+        rows = None
         if self.rows is not None:
             from ...attention_scores import attention_scores
 
-            scale = kwargs.get("scaling")
-            self.scores[where].append(attention_scores(q, k, rows=self.rows, reduce=self.reduce,
-                                                       causal=bool(getattr(module, "is_causal", False)),
-                                                       scale=None if scale is None else float(scale)))
+            rows = attention_scores(q, k, rows=self.rows, reduce=self.reduce,
+                                    causal=bool(getattr(module, "is_causal", False)), scale=scale)
+        for name in where:
+            self.scaling[name].append(scale)
+            if self.keep_qk:
+                self.qk[name].append((q, k))
+            if rows is not None:
+                self.scores[name].append(rows)
 
 
 def _all_configs(model: Any) -> "OrderedDict[int, Any]":
@@ -149,9 +158,14 @@ def _recording_attention(module, query, key, value, attention_mask, **kwargs):
     for record in recorders:
         record._take(module, query, key, kwargs)
         before = record._previous.get(id(module.config))
-        if previous is None and before != NAME:  # a nested recorder saw ours: the outermost one knows the original
+        if previous is None and not str(before).startswith(NAME):  # nested: the outermost knows the original
             previous = before
     return _delegate(module, previous)(module, query, key, value, attention_mask, **kwargs)
+
+
+# Registered names (one per mask implementation: transformers builds masks by the implementation's name, and an
+# unknown name gets no mask at all, not even the padding) and how many active recorders use each.
+_registered: Dict[str, int] = {}
 
 
 class _Recording:
@@ -159,40 +173,54 @@ class _Recording:
         interface, _, _ = _transformers()
         if not hasattr(model, "set_attn_implementation"):
             raise TypeError(f"record_attention needs a transformers PreTrainedModel, got {type(model).__name__}")
-        stacks = layer_stacks(model)
-        wanted: Dict[int, Tuple[str, int]] = {}
+        self.stacks = layer_stacks(model)
+        wanted: Dict[int, List[Tuple[str, int]]] = {}
+        self.modules: Dict[int, Any] = {}
         for given, numbers in layers.items():
-            path = resolve_stack(stacks, given)
-            modules = stacks[path]
+            path = resolve_stack(self.stacks, given)
+            modules = self.stacks[path]
             for n in ([numbers] if isinstance(numbers, int) else list(numbers)):
                 if not -len(modules) <= int(n) < len(modules):
                     raise ValueError(f"layer {n} is out of range for {path!r}, which has {len(modules)} layers")
-                wanted[id(modules[int(n)])] = (given, int(n))
+                module = modules[int(n)]
+                wanted.setdefault(id(module), []).append((given, int(n)))
+                self.modules[id(module)] = module
         self.model, self.interface = model, interface
-        # Every config set_attn_implementation may touch: each submodule's and, recursively, their sub-configs.
-        self.configs = _all_configs(model)
-        self.saved = {cid: c._attn_implementation_internal for cid, c in self.configs.items()}
-        previous = {cid: c._attn_implementation for cid, c in self.configs.items()}
-        self.record = AttentionRecord(wanted, rows, reduce, keep_qk, previous)
-        # transformers builds attention masks by the implementation's name (an unknown one gets no mask at all, not
-        # even the padding): ours builds them as the causal stack's original implementation did.
-        causal = [m for modules in stacks.values() for m in modules if getattr(m, "is_causal", False)]
-        self.mask_implementation = previous.get(id(getattr(causal[-1], "config", None)) if causal else None,
-                                                previous[id(model.config)])
+        self.record = AttentionRecord(wanted, rows, reduce, keep_qk)
+        self.active = False
 
     def __enter__(self) -> AttentionRecord:
+        if self.active:
+            raise RuntimeError("this recorder is already active; make a new one with record_attention(...)")
+        # The configs as they are now (an outer recorder's name included): what this recorder's exit restores.
+        self.configs = _all_configs(self.model)  # every config set_attn_implementation may touch, sub-configs too
+        self.saved = {cid: c._attn_implementation_internal for cid, c in self.configs.items()}
+        self.record._previous = {cid: c._attn_implementation for cid, c in self.configs.items()}
+        causal = [m for modules in self.stacks.values() for m in modules if getattr(m, "is_causal", False)]
+        implementation = self.record._previous.get(id(getattr(causal[-1], "config", None)) if causal else None,
+                                                   self.record._previous[id(self.model.config)])
         masks = _mask_interface()
+        if str(implementation).startswith(NAME):  # nested on the same model: the outer recorder's name
+            self.name = str(implementation)
+        else:
+            self.name = f"{NAME}_{implementation if implementation in masks._global_mapping else 'sdpa'}"
         with _lock:
-            if not _active:
-                self.interface.register(NAME, _recording_attention)
-                implementation = self.mask_implementation if self.mask_implementation in masks._global_mapping \
-                    else "sdpa"
-                masks.register(NAME, masks._global_mapping[implementation])
+            if _registered.get(self.name, 0) == 0:
+                self.interface.register(self.name, _recording_attention)
+                masks.register(self.name, masks._global_mapping[self.name[len(NAME) + 1:]])
+            _registered[self.name] = _registered.get(self.name, 0) + 1
             _active.append(self.record)
+        self.active = True
         try:
-            self.model.set_attn_implementation(NAME)
+            self.model.set_attn_implementation(self.name)
+            skipped = [self.record._wanted[i][0] for i, m in self.modules.items()
+                       if getattr(getattr(m, "config", None), "_attn_implementation", None) != self.name]
+            if skipped:
+                raise ValueError(f"layers {skipped} of {type(self.model).__name__} do not look their attention up in "
+                                 f"transformers' AttentionInterface (the model does not support "
+                                 f"set_attn_implementation), so they cannot be recorded")
         except Exception:
-            self._remove()
+            self.__exit__(None, None, None)
             raise
         return self.record
 
@@ -200,16 +228,21 @@ class _Recording:
         with _lock:
             if self.record in _active:
                 _active.remove(self.record)
-            if not _active:
-                self.interface._global_mapping.pop(NAME, None)
-                _mask_interface()._global_mapping.pop(NAME, None)
+            _registered[self.name] -= 1
+            if _registered[self.name] == 0:
+                del _registered[self.name]
+                self.interface._global_mapping.pop(self.name, None)
+                _mask_interface()._global_mapping.pop(self.name, None)
 
     def __exit__(self, *exc) -> None:
+        if not self.active:
+            return
         try:
-            # set_attn_implementation gives every sub-config one name; each config gets back its own.
+            # set_attn_implementation gives every sub-config one name; each config gets back what it had.
             for cid, config in self.configs.items():
                 config._attn_implementation_internal = self.saved[cid]
         finally:
+            self.active = False
             self._remove()
 
 

@@ -117,7 +117,8 @@ class VisualTokenReducer:
             if mask.shape != ids.shape:
                 raise ValueError(f"attention_mask {tuple(mask.shape)} must have input_ids' shape {tuple(ids.shape)}")
             runs = self._image_runs(ids)
-            features = self._features(pixel_values, runs)
+            features, per_image = self._features(pixel_values)
+            runs = self._split_runs(runs, per_image, len(features))
             if self.method == "fastv":
                 kept = self._fastv_keep(ids, mask, runs, features)
                 features = [f[torch.as_tensor(k)] for f, k in zip(features, kept)]
@@ -148,10 +149,30 @@ class VisualTokenReducer:
         """Per sequence, its runs of image placeholders as (start, length), in order."""
         runs = []
         is_image = (ids == self.parts.image_token_id).cpu().numpy()
+        if not is_image.any():
+            raise ValueError(f"input_ids hold no image placeholder (token id {self.parts.image_token_id}): there are "
+                             f"no visual tokens to reduce; call the model directly")
         for row in is_image:
             edges = np.flatnonzero(np.diff(np.concatenate([[0], row.astype(np.int8), [0]])))
             runs.append([(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])])
         return runs
+
+    @staticmethod
+    def _split_runs(runs, per_image: int, images: int) -> List[List[tuple]]:
+        """Runs cut into one image each (adjacent images make one run), as LLaVA's masked_scatter fills them."""
+        split = []
+        for sequence_runs in runs:
+            pieces = []
+            for start, length in sequence_runs:
+                if length % per_image:
+                    raise ValueError(f"a run of {length} image placeholders does not match the {per_image} features "
+                                     f"the model gives per image (image placeholder runs must hold whole images)")
+                pieces.extend((start + i * per_image, per_image) for i in range(length // per_image))
+            split.append(pieces)
+        found = sum(len(r) for r in split)
+        if found != images:
+            raise ValueError(f"the prompts hold {found} images' placeholders but pixel_values has {images} images")
+        return split
 
     def _vision_layers(self) -> int:
         from .hook import layer_stacks, resolve_stack
@@ -159,17 +180,13 @@ class VisualTokenReducer:
         stacks = layer_stacks(self.parts.vision_tower)
         return len(stacks[resolve_stack(stacks, "layers")]) if stacks else 0
 
-    def _features(self, pixel_values: Any, runs) -> List[Any]:
-        """Per image, its token features: projected (most methods) or vision-space with [CLS] (visionzip); and the
-        attention rows the vision-side selectors need, kept on self."""
+    def _features(self, pixel_values: Any):
+        """Per image, its token features: projected (most methods) or vision-space with [CLS] (visionzip); the
+        placeholders each image fills; and the attention rows the vision-side selectors need, kept on self."""
         import torch
 
         tower = self.parts.vision_tower
         pixels = torch.as_tensor(pixel_values).to(next(tower.parameters()).dtype)
-        images = sum(len(r) for r in runs)
-        if pixels.shape[0] != images:
-            raise ValueError(f"the prompts hold {images} image placeholder runs but pixel_values has "
-                             f"{pixels.shape[0]} images")
         layers = self._vision_layers()
         want = self._vision_rows(layers)
         if want:
@@ -179,22 +196,19 @@ class VisualTokenReducer:
             for layer, rows in want:
                 q, k = rec.last("layers", layer)
                 reduce = "sum" if self.method == "visionzip" else "mean"
-                self._rows[(layer, rows)] = attention_scores(q, k, rows=rows, reduce=reduce)
+                self._rows[(layer, rows)] = attention_scores(q, k, rows=rows, reduce=reduce,
+                                                             scale=rec.scaling[("layers", layer)][-1])
                 if self.method == "visionzip":
                     self._keys = k.mean(1)
         else:
             out = tower(pixels, output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states[self.feature_layer]
+        per_image = hidden.shape[1] - (1 if self.strategy == "default" else 0)
         if self.method == "visionzip":
-            return list(hidden)
+            return list(hidden), per_image
         if self.strategy == "default":
             hidden = hidden[:, 1:]
-        projected = self.parts.projector(hidden)
-        counts = {length for r in runs for _, length in r}
-        if counts and counts != {projected.shape[1]}:
-            raise ValueError(f"image placeholder runs of lengths {sorted(counts)} do not match the {projected.shape[1]} "
-                             f"features the model gives per image")
-        return list(projected)
+        return list(self.parts.projector(hidden)), per_image
 
     def _vision_rows(self, layers: int) -> List[tuple]:
         """(layer, rows) pairs of vision attention the method reads."""
@@ -258,12 +272,14 @@ class VisualTokenReducer:
         finally:
             lm.layers = layers
         q, key = rec.last("layers", k - 1)
+        scale = rec.scaling[("layers", k - 1)][-1]
         valid = full["attention_mask"].bool()
         lengths = valid.sum(1).cpu().numpy()
         cu = np.concatenate([[0], np.cumsum(lengths)])
         packed_q = q.transpose(1, 2)[valid]  # [total, H, d]: each sequence's real tokens (left padding dropped)
         packed_k = key.transpose(1, 2)[valid]
-        last = self._to_numpy(attention_scores(packed_q, packed_k, rows="last", causal=True, cu_seqlens=cu))
+        last = self._to_numpy(attention_scores(packed_q, packed_k, rows="last", causal=True, cu_seqlens=cu,
+                                               scale=scale))
         # The image tokens of each run sit at their position among the sequence's real tokens.
         attention = []
         for b, sequence_runs in enumerate(runs):
@@ -290,11 +306,15 @@ class VisualTokenReducer:
                 pieces.append(text[cursor:start]), piece_mask.append(mask[b, cursor:start])
                 piece_pos.append(original[cursor:start])
                 chosen = torch.as_tensor(np.asarray(kept[image]), dtype=torch.long)
+                if self.method == "visionzip":  # its indices count [CLS] first: [CLS] sits at the first patch
+                    chosen = (chosen - 1).clamp(min=0)
                 pieces.append(features[image].to(dtype)), piece_mask.append(mask[b, start + chosen])
                 piece_pos.append(original[start + chosen])
                 cursor, image = start + length, image + 1
             pieces.append(text[cursor:]), piece_mask.append(mask[b, cursor:]), piece_pos.append(original[cursor:])
-            sequences.append(torch.cat(pieces)), masks.append(torch.cat(piece_mask)), positions.append(torch.cat(piece_pos))
+            real = torch.cat(piece_mask) != 0  # the caller's padding (left or right) goes; it comes back on the left
+            sequences.append(torch.cat(pieces)[real]), masks.append(torch.cat(piece_mask)[real])
+            positions.append(torch.cat(piece_pos)[real])
         width = max(s.shape[0] for s in sequences)
         embeds = torch.zeros(len(sequences), width, sequences[0].shape[1], dtype=dtype)
         out_mask = torch.zeros(len(sequences), width, dtype=mask.dtype)
