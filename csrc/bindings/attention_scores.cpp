@@ -21,19 +21,7 @@ void attention_scores(py::handle q, py::handle k, py::handle out, py::handle cu_
   p.out = call.view(out, "out", true);
   const Int64Input cq = int64_input(call, cu_q, cu_q_device, "cu_seqlens_q", device);
   const Int64Input ck = int64_input(call, cu_k, cu_k_device, "cu_seqlens_k", device);
-  if (p.q.values.ndim == 3) {
-    TOKENSET_CHECK(cq.host && ck.host, ValueError, "3-D [total, heads, dim] q and k need cu_seqlens_q and "
-                   "cu_seqlens_k (batch + 1 row offsets each)");
-    TOKENSET_CHECK(cq.count >= 1 && cq.count == ck.count, ValueError, "cu_seqlens_q has ", cq.count,
-                   " entries and cu_seqlens_k ", ck.count, ": both need batch + 1");
-    p.batch = cq.count - 1;
-  } else {
-    TOKENSET_CHECK(p.q.values.ndim == 4, ValueError, "q must be [batch, heads, length, dim] or [total, heads, dim], "
-                   "got ", p.q.values.ndim, "-D");
-    TOKENSET_CHECK(cq.host == nullptr && ck.host == nullptr, ValueError, "cu_seqlens go with 3-D [total, heads, dim] "
-                   "q and k only");
-    p.batch = p.q.values.shape[0];
-  }
+  p.batch = attention_batch(p.q.values, cq, ck);
   p.q.cu_seqlens = cq.host;
   p.q.cu_seqlens_count = cq.count;
   p.k.cu_seqlens = ck.host;

@@ -25,19 +25,7 @@ SparseAttentionParams forward_params(Call& call, const Inputs& in, bool out_writ
   p.out.values = call.view(in.out, "out", out_written);
   const Int64Input cu_q = int64_input(call, in.cu_q, in.cu_q_device, "cu_seqlens_q", device);
   const Int64Input cu_k = int64_input(call, in.cu_k, in.cu_k_device, "cu_seqlens_k", device);
-  TOKENSET_CHECK(p.q.values.ndim == 3 || (cu_q.host == nullptr && cu_k.host == nullptr), ValueError,
-                 "cu_seqlens go with 3-D [total, heads, dim] q, k, v only");
-  if (p.q.values.ndim == 3) {
-    TOKENSET_CHECK(cu_q.host && cu_k.host, ValueError, "3-D [total, heads, dim] q, k, v need cu_seqlens_q and "
-                   "cu_seqlens_k (batch + 1 row offsets each)");
-    TOKENSET_CHECK(cu_q.count >= 1 && cu_q.count == cu_k.count, ValueError, "cu_seqlens_q has ", cu_q.count,
-                   " entries and cu_seqlens_k ", cu_k.count, ": both need batch + 1");
-    p.batch = cu_q.count - 1;
-  } else {
-    TOKENSET_CHECK(p.q.values.ndim == 4, ValueError, "q must be [batch, heads, length, dim] or [total, heads, dim], "
-                   "got ", p.q.values.ndim, "-D");
-    p.batch = p.q.values.shape[0];
-  }
+  p.batch = attention_batch(p.q.values, cu_q, cu_k);
   p.q.cu_seqlens = p.out.cu_seqlens = cu_q.host;
   p.k.cu_seqlens = p.v.cu_seqlens = cu_k.host;
   p.q.cu_seqlens_count = p.out.cu_seqlens_count = cu_q.count;

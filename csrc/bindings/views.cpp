@@ -287,5 +287,20 @@ Int64Input int64_input(Call& call, py::handle host, py::handle device_copy, cons
   return in;
 }
 
+int64_t attention_batch(const ArrayView& q, const Int64Input& cu_q, const Int64Input& cu_k) {
+  if (q.ndim == 3) {
+    TOKENSET_CHECK(cu_q.host && cu_k.host, ValueError, "3-D [total, heads, dim] q and k need cu_seqlens_q and "
+                   "cu_seqlens_k (batch + 1 row offsets each)");
+    TOKENSET_CHECK(cu_q.count >= 1 && cu_q.count == cu_k.count, ValueError, "cu_seqlens_q has ", cu_q.count,
+                   " entries and cu_seqlens_k ", cu_k.count, ": both need batch + 1");
+    return cu_q.count - 1;
+  }
+  TOKENSET_CHECK(q.ndim == 4, ValueError, "q must be [batch, heads, length, dim] or [total, heads, dim], got ", q.ndim,
+                 "-D");
+  TOKENSET_CHECK(cu_q.host == nullptr && cu_k.host == nullptr, ValueError, "cu_seqlens go with 3-D [total, heads, "
+                 "dim] q and k only");
+  return q.shape[0];
+}
+
 }  // namespace bindings
 }  // namespace tokenset

@@ -112,6 +112,10 @@ struct Int64Input {
 };
 Int64Input int64_input(Call& call, py::handle host, py::handle device_copy, const char* name, Device device);
 
+// The batch of an attention call from q's layout: 3-D [total, heads, dim] q needs cu_seqlens for q and k (batch + 1
+// entries each), 4-D [batch, heads, length, dim] q neither.
+int64_t attention_batch(const ArrayView& q, const Int64Input& cu_q, const Int64Input& cu_k);
+
 // The op entries of this module's device: tokenset::cpu::<op> in _core, tokenset::cuda::<op> in _cuda (same signature).
 #if defined(TOKENSET_BINDING_CUDA)
 namespace backend = ::tokenset::cuda;

@@ -75,20 +75,7 @@ inline void check_lengths(const int64_t* lengths, int64_t count, const char* nam
 // Checks everything a kernel follows (shapes, devices, lengths, every row number, the output) before any is read.
 inline void validate(const AttentionScoresParams& p) {
   TOKENSET_CHECK(p.batch >= 0, ValueError, "attention_scores: negative batch");
-  TOKENSET_CHECK(p.q.values.ndim == p.k.values.ndim, ValueError, "q and k must both be 4-D [batch, heads, length, dim] "
-                 "or both 3-D [total, heads, dim] with cu_seqlens");
-  detail::check_attention_tokens(p.q, "q", p.batch, p.q.values.ndim == 3 ? p.q.values.shape[0] : 0);
-  detail::check_attention_tokens(p.k, "k", p.batch, p.k.values.ndim == 3 ? p.k.values.shape[0] : 0);
-  TOKENSET_CHECK(p.q.values.dtype == p.k.values.dtype, TypeError, "q and k must have one dtype, got ",
-                 dtype_name(p.q.values.dtype), " and ", dtype_name(p.k.values.dtype));
-  TOKENSET_CHECK(p.q.values.device.type == p.k.values.device.type && p.q.values.device.index == p.k.values.device.index,
-                 ValueError, "q and k are on different devices");
-  TOKENSET_CHECK(p.q.dim() == p.k.dim(), ValueError, "q has head dimension ", p.q.dim(), " and k ", p.k.dim(),
-                 "; they must match");
-  TOKENSET_CHECK(p.dim() >= 1 && p.dim() <= 1024, ValueError, "head dimension must be in 1..1024, got ", p.dim());
-  TOKENSET_CHECK(p.kv_heads() >= 1 && p.heads() >= 1 && p.heads() % p.kv_heads() == 0, ValueError, "q has ",
-                 p.heads(), " heads and k ", p.kv_heads(), ": the query heads must be a positive multiple of the key "
-                 "heads (grouped-query attention)");
+  detail::check_query_key(p.q, p.k, p.batch, "k");
   TOKENSET_CHECK(std::isfinite(p.scale), ValueError, "scale must be finite, got ", p.scale);
   const int reduce = static_cast<int>(p.reduce);
   TOKENSET_CHECK(reduce >= 0 && reduce <= 2, ValueError, "reduce must be none, sum or mean");

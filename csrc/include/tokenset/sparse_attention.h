@@ -150,32 +150,34 @@ inline void check_same_layout(const AttentionTokens& other, const AttentionToken
                  ValueError, name, " is on another device than ", like_name);
 }
 
+// q and k of one attention call: one layout (4-D or varlen), checked rows, one dtype, one device, one head dimension
+// (1..1024), query heads a positive multiple of the key heads. `k_name` names the key side in the messages.
+inline void check_query_key(const AttentionTokens& q, const AttentionTokens& k, int64_t batch, const char* k_name) {
+  TOKENSET_CHECK(q.values.ndim == k.values.ndim, ValueError, "q and k must both be 4-D [batch, heads, length, dim] "
+                 "or both 3-D [total, heads, dim] with cu_seqlens");
+  check_attention_tokens(q, "q", batch, q.values.ndim == 3 ? q.values.shape[0] : 0);
+  check_attention_tokens(k, "k", batch, k.values.ndim == 3 ? k.values.shape[0] : 0);
+  TOKENSET_CHECK(q.values.dtype == k.values.dtype, TypeError, "q and k must have one dtype, got ",
+                 dtype_name(q.values.dtype), " and ", dtype_name(k.values.dtype));
+  TOKENSET_CHECK(q.values.device.type == k.values.device.type && q.values.device.index == k.values.device.index,
+                 ValueError, "q and k are on different devices");
+  TOKENSET_CHECK(q.dim() == k.dim(), ValueError, "q has head dimension ", q.dim(), " and k ", k.dim(),
+                 "; they must match");
+  TOKENSET_CHECK(q.dim() >= 1 && q.dim() <= 1024, ValueError, "head dimension must be in 1..1024, got ", q.dim());
+  TOKENSET_CHECK(k.heads() >= 1 && q.heads() >= 1 && q.heads() % k.heads() == 0, ValueError, "q has ", q.heads(),
+                 " heads and ", k_name, " ", k.heads(), ": the query heads must be a positive multiple of the key "
+                 "heads (grouped-query attention)");
+}
+
 }  // namespace detail
 
 // Checks everything a kernel follows (shapes, devices, cu_seqlens, every list and its entries, the row map) from the
 // host copies, before any kernel reads memory.
 inline void validate(const SparseAttentionParams& p) {
   TOKENSET_CHECK(p.batch >= 0, ValueError, "sparse_attention: negative batch");
-  TOKENSET_CHECK(p.q.values.ndim == p.k.values.ndim, ValueError, "q and k must both be 4-D [batch, heads, length, dim] "
-                 "or both 3-D [total, heads, dim] with cu_seqlens");
-  const int64_t q_rows = p.q.values.ndim == 3 ? p.q.values.shape[0] : 0;
-  const int64_t k_rows = p.k.values.ndim == 3 ? p.k.values.shape[0] : 0;
-  detail::check_attention_tokens(p.q, "q", p.batch, q_rows);
-  detail::check_attention_tokens(p.k, "k", p.batch, k_rows);
+  detail::check_query_key(p.q, p.k, p.batch, "k / v");
   detail::check_same_layout(p.v, p.k, "v", "k", p.batch);
   detail::check_same_layout(p.out, p.q, "out", "q", p.batch);
-  TOKENSET_CHECK(p.q.values.ndim == p.k.values.ndim, ValueError, "q and k must both be 4-D [batch, heads, length, dim] "
-                 "or both 3-D [total, heads, dim] with cu_seqlens");
-  TOKENSET_CHECK(p.q.values.dtype == p.k.values.dtype, TypeError, "q and k must have one dtype, got ",
-                 dtype_name(p.q.values.dtype), " and ", dtype_name(p.k.values.dtype));
-  TOKENSET_CHECK(p.q.values.device.type == p.k.values.device.type && p.q.values.device.index == p.k.values.device.index,
-                 ValueError, "q and k are on different devices");
-  TOKENSET_CHECK(p.q.dim() == p.k.dim(), ValueError, "q has head dimension ", p.q.dim(), " and k ", p.k.dim(),
-                 "; they must match");
-  TOKENSET_CHECK(p.dim() >= 1 && p.dim() <= 1024, ValueError, "head dimension must be in 1..1024, got ", p.dim());
-  TOKENSET_CHECK(p.kv_heads() >= 1 && p.heads() >= 1 && p.heads() % p.kv_heads() == 0, ValueError, "q has ",
-                 p.heads(), " heads and k / v ", p.kv_heads(), ": the query heads must be a positive multiple of the "
-                 "key heads (grouped-query attention)");
   TOKENSET_CHECK(p.block_size >= 1 && p.block_size <= (int64_t(1) << 20), ValueError,
                  "block_size must be in 1..2^20, got ", p.block_size);
   TOKENSET_CHECK(p.key_block_size >= 1 && p.key_block_size <= (int64_t(1) << 20), ValueError,
