@@ -121,3 +121,19 @@ def test_cuda_matches_reference_and_cpu(cuda, dtype):
         assert_topk(to_numpy(s), to_numpy(i), queries, vectors, k, m)
         cpu_s, cpu_i = tokenset.inner_product_topk(queries, vectors, k, mask=m)
         assert (to_numpy(i)[:, 0] == cpu_i[:, 0]).mean() >= 0.9
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_few_query_path_gives_the_bits_of_the_grouped_path(simd, dtype):
+    """Up to 4 queries read rows in place, several at once; 5 or more convert each row once for the group. Both sum
+    every (row, query) in one order, so a query scores the same bits alone or in a larger group."""
+    rng = np.random.default_rng(11)
+    dim = 1000 + 3  # a tail past the last full vector
+    vectors = as_dtype(rng.standard_normal((257, dim)).astype(np.float32), dtype)
+    queries = rng.standard_normal((8, dim)).astype(np.float32)
+    mask = rng.random(257) < 0.9
+    for take in (1, 2, 3, 4):
+        alone = tokenset.inner_product_topk(queries[:take], vectors, 257, mask=mask)
+        grouped = tokenset.inner_product_topk(queries, vectors, 257, mask=mask)
+        np.testing.assert_array_equal(alone[0], grouped[0][:take])
+        np.testing.assert_array_equal(alone[1], grouped[1][:take])

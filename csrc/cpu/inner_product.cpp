@@ -1,5 +1,6 @@
 // Inner-product top-k on the CPU, the driver (compiled once): threads over stored rows, each worker keeps a heap per
-// query of the group, float16 / bfloat16 rows converted once per row for all queries of the group.
+// query of the group. Up to 4 queries read the rows in place, several rows at a time; larger groups convert each
+// float16 / bfloat16 row once for all their queries.
 #include <algorithm>
 #include <limits>
 
@@ -33,6 +34,30 @@ void inner_product_topk(const InnerProductParams& p, const Launch&) {
   for (int64_t q0 = 0; q0 < nq; q0 += group) {
     const int64_t count = std::min(group, nq - q0);
     heaps.reset(threads, count, kept);
+    if (count <= kInnerProductFewQueries) {
+      // Few queries: rows read in place, several at once (more FMA chains than one per query), the same bits.
+      parallel_for(n, grain_for(n, threads, 8), threads, [&](int64_t begin, int64_t end, int worker) {
+        const void* ptrs[kInnerProductRowsAtOnce];
+        int64_t ids[kInnerProductRowsAtOnce];
+        float out[kInnerProductRowsAtOnce * kInnerProductFewQueries];
+        for (int64_t i = begin; i < end;) {
+          int taken = 0;
+          for (; taken < kInnerProductRowsAtOnce && i < end; ++i)
+            if (!p.mask || p.mask[i]) ptrs[taken] = rows + i * row_bytes, ids[taken++] = i;
+          for (int done = 0; done < taken;) {
+            const int scored = kernel.dots_rows(queries + q0 * query_stride, query_stride, static_cast<int>(count),
+                                                ptrs + done, taken - done, p.vectors.dtype, dim, out);
+            for (int r = 0; r < scored; ++r)
+              for (int64_t g = 0; g < count; ++g)
+                offer(heaps.heap(worker, g), heaps.size(worker, g), kept, {out[r * count + g], ids[done + r]});
+            done += scored;
+          }
+        }
+      });
+      for (int64_t g = 0; g < count; ++g)
+        heaps.merge(threads, g, p.top_scores + (q0 + g) * k, p.top_indices + (q0 + g) * k);
+      continue;
+    }
     parallel_for(n, grain_for(n, threads, 8), threads, [&](int64_t begin, int64_t end, int worker) {
       float* row32 = convert ? scratch.data() + static_cast<int64_t>(worker) * dim : nullptr;
       float out[kInnerProductGroup];
