@@ -124,9 +124,9 @@ def test_cuda_matches_reference_and_cpu(cuda, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_few_query_path_gives_the_bits_of_the_grouped_path(simd, dtype):
-    """Up to 4 queries read rows in place, several at once; 5 or more convert each row once for the group. Both sum
-    every (row, query) in one order, so a query scores the same bits alone or in a larger group."""
+def test_a_query_scores_the_same_bits_alone_or_in_a_group(simd, dtype):
+    """Register tiles of rows x queries differ with the group's size (16 rows x 1 query ... 4 x 4), and every tile
+    sums each (row, query) in one order, so a query scores the same bits alone or in a larger group."""
     rng = np.random.default_rng(11)
     dim = 1000 + 3  # a tail past the last full vector
     vectors = as_dtype(rng.standard_normal((257, dim)).astype(np.float32), dtype)

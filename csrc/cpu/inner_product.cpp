@@ -1,6 +1,6 @@
 // Inner-product top-k on the CPU, the driver (compiled once): threads over stored rows, each worker keeps a heap per
-// query of the group. Up to 4 queries read the rows in place, several rows at a time; larger groups convert each
-// float16 / bfloat16 row once for all their queries.
+// query of the group; a worker takes 16 eligible rows at a time (read in place) and scores them against the group's
+// queries 4 at a time in register tiles (rows re-read from cache for each 4 queries).
 #include <algorithm>
 #include <limits>
 
@@ -24,8 +24,6 @@ void inner_product_topk(const InnerProductParams& p, const Launch&) {
   const int threads = num_threads();
   const int64_t per_query = static_cast<int64_t>(threads) * kept * static_cast<int64_t>(sizeof(TopkEntry) + 8);
   const int64_t group = std::max<int64_t>(1, std::min(nq, kInnerProductHeapBudget / per_query));
-  const bool convert = p.vectors.dtype != DType::Float32;
-  AlignedBuffer<float> scratch(convert ? static_cast<size_t>(threads * dim) : 0);
   const float* queries = p.queries.ptr<const float>();
   const int64_t query_stride = nq > 1 ? p.queries.strides[0] : dim;
   const char* rows = static_cast<const char*>(p.vectors.data);
@@ -34,42 +32,25 @@ void inner_product_topk(const InnerProductParams& p, const Launch&) {
   for (int64_t q0 = 0; q0 < nq; q0 += group) {
     const int64_t count = std::min(group, nq - q0);
     heaps.reset(threads, count, kept);
-    if (count <= kInnerProductFewQueries) {
-      // Few queries: rows read in place, several at once (more FMA chains than one per query), the same bits.
-      parallel_for(n, grain_for(n, threads, 8), threads, [&](int64_t begin, int64_t end, int worker) {
-        const void* ptrs[kInnerProductRowsAtOnce];
-        int64_t ids[kInnerProductRowsAtOnce];
-        float out[kInnerProductRowsAtOnce * kInnerProductFewQueries];
-        for (int64_t i = begin; i < end;) {
-          int taken = 0;
-          for (; taken < kInnerProductRowsAtOnce && i < end; ++i)
-            if (!p.mask || p.mask[i]) ptrs[taken] = rows + i * row_bytes, ids[taken++] = i;
+    // Rows read in place, several at once, against the group's queries 4 at a time (16 FMA chains on AVX-512).
+    parallel_for(n, grain_for(n, threads, 8), threads, [&](int64_t begin, int64_t end, int worker) {
+      const void* ptrs[kInnerProductRowsAtOnce];
+      int64_t ids[kInnerProductRowsAtOnce];
+      float out[kInnerProductRowsAtOnce * kInnerProductFewQueries];
+      for (int64_t i = begin; i < end;) {
+        int taken = 0;
+        for (; taken < kInnerProductRowsAtOnce && i < end; ++i)
+          if (!p.mask || p.mask[i]) ptrs[taken] = rows + i * row_bytes, ids[taken++] = i;
+        for (int64_t g0 = 0; g0 < count; g0 += kInnerProductFewQueries) {
+          const int take = static_cast<int>(std::min<int64_t>(kInnerProductFewQueries, count - g0));
           for (int done = 0; done < taken;) {
-            const int scored = kernel.dots_rows(queries + q0 * query_stride, query_stride, static_cast<int>(count),
-                                                ptrs + done, taken - done, p.vectors.dtype, dim, out);
+            const int scored = kernel.dots_rows(queries + (q0 + g0) * query_stride, query_stride, take, ptrs + done,
+                                                taken - done, p.vectors.dtype, dim, out);
             for (int r = 0; r < scored; ++r)
-              for (int64_t g = 0; g < count; ++g)
-                offer(heaps.heap(worker, g), heaps.size(worker, g), kept, {out[r * count + g], ids[done + r]});
+              for (int g = 0; g < take; ++g)
+                offer(heaps.heap(worker, g0 + g), heaps.size(worker, g0 + g), kept, {out[r * take + g], ids[done + r]});
             done += scored;
           }
-        }
-      });
-      for (int64_t g = 0; g < count; ++g)
-        heaps.merge(threads, g, p.top_scores + (q0 + g) * k, p.top_indices + (q0 + g) * k);
-      continue;
-    }
-    parallel_for(n, grain_for(n, threads, 8), threads, [&](int64_t begin, int64_t end, int worker) {
-      float* row32 = convert ? scratch.data() + static_cast<int64_t>(worker) * dim : nullptr;
-      float out[kInnerProductGroup];
-      for (int64_t i = begin; i < end; ++i) {
-        if (p.mask && !p.mask[i]) continue;
-        const void* row = rows + i * row_bytes;
-        if (convert) kernel.convert(row, dim, p.vectors.dtype, row32);
-        const float* r = convert ? row32 : static_cast<const float*>(row);
-        for (int64_t g0 = 0; g0 < count; g0 += kInnerProductGroup) {
-          const int take = static_cast<int>(std::min<int64_t>(kInnerProductGroup, count - g0));
-          kernel.dots(queries + (q0 + g0) * query_stride, query_stride, take, r, dim, out);
-          for (int j = 0; j < take; ++j) offer(heaps.heap(worker, g0 + j), heaps.size(worker, g0 + j), kept, {out[j], i});
         }
       }
     });

@@ -1,7 +1,5 @@
-// Inner products of queries with stored rows, once per SIMD level (TOKENSET_SIMD_NS): a row is loaded once per vector
-// step and FMA'd into one accumulator per query, then each accumulator's lanes are summed in order. Up to 4 queries
-// take several rows at once (dots_rows: more independent FMA chains, conversion fused into the loads), in the same
-// order per (row, query).
+// Inner products of queries with stored rows, once per SIMD level (TOKENSET_SIMD_NS): register tiles of rows x
+// queries (dots_rows), rows read in place in their dtype.
 #include <cmath>
 #include <cstdint>
 
@@ -12,41 +10,10 @@ namespace tokenset {
 namespace cpu {
 namespace TOKENSET_SIMD_NS {
 
-template <int G>
-static void dots_fixed(const float* queries, int64_t query_stride, const float* row, int64_t dim, float* out) {
-  V::type acc[G];
-  for (int g = 0; g < G; ++g) acc[g] = V::zero();
-  int64_t k = 0;
-  for (; k + W <= dim; k += W) {
-    const V::type r = V::load(row + k);
-    for (int g = 0; g < G; ++g) acc[g] = V::fmadd(V::load(queries + g * query_stride + k), r, acc[g]);
-  }
-  for (int g = 0; g < G; ++g) {
-    float lanes[W];
-    V::store(lanes, acc[g]);
-    float s = 0.0f;
-    for (int i = 0; i < W; ++i) s += lanes[i];
-    for (int64_t t = k; t < dim; ++t) s = std::fma(queries[g * query_stride + t], row[t], s);
-    out[g] = s;
-  }
-}
-
-static void dots(const float* queries, int64_t query_stride, int count, const float* row, int64_t dim, float* out) {
-  switch (count) {
-    case 1: return dots_fixed<1>(queries, query_stride, row, dim, out);
-    case 2: return dots_fixed<2>(queries, query_stride, row, dim, out);
-    case 3: return dots_fixed<3>(queries, query_stride, row, dim, out);
-    case 4: return dots_fixed<4>(queries, query_stride, row, dim, out);
-    case 5: return dots_fixed<5>(queries, query_stride, row, dim, out);
-    case 6: return dots_fixed<6>(queries, query_stride, row, dim, out);
-    case 7: return dots_fixed<7>(queries, query_stride, row, dim, out);
-    default: return dots_fixed<kInnerProductGroup>(queries, query_stride, row, dim, out);
-  }
-}
-
-// Rows at once for `G` queries: R * G independent accumulators hide the FMA latency that one chain per query pays,
-// with the conversion from float16 / bfloat16 fused into the loads. Each (row, query) sum runs in dots_fixed's order
-// (lane j takes k = j mod W, then the lanes in order, then the tail), so the scores are the same bits.
+// R rows at once for G queries: R * G independent accumulators (16 on AVX-512) hide the FMA latency and make each
+// loaded vector feed several FMAs (4 rows x 4 queries: 8 loads per 16 FMAs), with the conversion from float16 /
+// bfloat16 fused into the loads. Each (row, query) sum has one order whatever R and G: lane j takes k = j mod W in
+// k order, then the lanes are added in order, then the tail; so a query's scores do not depend on its group.
 template <DType D, int G, int R>
 static void dots_rows_fixed(const float* queries, int64_t query_stride, const void* const* rows, int64_t dim,
                             float* out) {
@@ -113,11 +80,7 @@ static int dots_rows(const float* queries, int64_t query_stride, int queries_cou
   }
 }
 
-static void convert(const void* src, int64_t dim, DType dtype, float* dst) {
-  convert_row(static_cast<const uint16_t*>(src), dst, dim, dtype);
-}
-
-extern const InnerProductKernel inner_product_kernel = {&dots, &convert, &dots_rows};
+extern const InnerProductKernel inner_product_kernel = {&dots_rows};
 
 }  // namespace TOKENSET_SIMD_NS
 }  // namespace cpu

@@ -10,26 +10,18 @@
 namespace tokenset {
 namespace cpu {
 
-// Queries scored against one stored row at a time, at most this many together (their accumulators stay in
-// registers while the row streams through).
-constexpr int kInnerProductGroup = 8;
+// Queries per register tile (the driver runs a group's queries through it 4 at a time) and the most rows one call
+// takes (16 accumulators of one query).
+constexpr int kInnerProductFewQueries = 4;
+constexpr int kInnerProductRowsAtOnce = 16;
 
 struct InnerProductKernel {
-  // out[g] = <queries[g * query_stride ..], row> for g < count (count <= kInnerProductGroup), dim floats each.
-  void (*dots)(const float* queries, int64_t query_stride, int count, const float* row, int64_t dim, float* out);
-  // dst[k] = float(src[k]) for k < dim: a float16 / bfloat16 row to float32.
-  void (*convert)(const void* src, int64_t dim, DType dtype, float* dst);
-  // The same dots for queries_count <= kInnerProductFewQueries queries against up to `count` rows read in place in
-  // their dtype: scores rows[0 .. taken) into out[r * queries_count + g], returns how many rows it took (>= 1), the
-  // same bits as dots on the converted rows.
+  // Scores of queries_count <= kInnerProductFewQueries queries against up to `count` rows read in place in their
+  // dtype: rows[0 .. taken) into out[r * queries_count + g]; returns how many rows it took (>= 1). Each (row, query)
+  // is summed in one order (vector lanes along k, lanes in order, the tail), whatever the tile.
   int (*dots_rows)(const float* queries, int64_t query_stride, int queries_count, const void* const* rows, int count,
                    DType dtype, int64_t dim, float* out);
 };
-
-// Query groups up to this size take the several-rows path (dots_rows).
-constexpr int kInnerProductFewQueries = 4;
-// The most rows dots_rows takes at once (16 accumulators of one query).
-constexpr int kInnerProductRowsAtOnce = 16;
 
 TOKENSET_DECLARE_SIMD_KERNELS(InnerProductKernel, inner_product_kernel)
 
