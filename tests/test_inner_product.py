@@ -42,7 +42,7 @@ def assert_topk(scores, indices, queries, vectors, k, mask=None):
 def test_matches_reference(simd, dtype, dim):
     rng = np.random.default_rng(dim)
     vectors = as_dtype(rng.standard_normal((300, dim)), dtype)
-    queries = rng.standard_normal((11, dim)).astype(np.float32)  # more than one group of 8
+    queries = rng.standard_normal((11, dim)).astype(np.float32)  # tiles of 4 queries, and a remainder of 3
     for k in (1, 10, 299, 300, 305):
         check(queries, vectors, k)
     check(queries, vectors, 20, mask=rng.random(300) < 0.3)

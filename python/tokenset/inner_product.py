@@ -2,8 +2,9 @@
 
 .. math:: \\mathrm{top}_k \\; j \\mapsto \\langle q, v_j \\rangle
 
-Stored vectors may be float32, float16 or bfloat16 (read in place, converted once per row for all queries); queries
-are float32 (converted when given otherwise); accumulation is float32.
+Stored vectors may be float32, float16 or bfloat16 (read in place, converted in registers as they are loaded, in
+tiles of rows x up to 4 queries); queries are float32 (converted when given otherwise); accumulation is float32, one
+summation order per (row, query), so a query scores the same bits alone or in any group.
 """
 from __future__ import annotations
 
