@@ -66,11 +66,7 @@ static void load_queries(const ScoresHeadView& h, const int64_t* rows, int64_t r
   for (int64_t r = 0; r < count; ++r)
     load_row(h.q, rows ? rows[r] : row0 + r, h.q_stride, h.dtype, h.dim, t.dp, factor, t.rows + r * t.dp);
   set_horizons(h, rows, row0, count, t);
-  for (int64_t c = 0; c < t.dp; ++c) {
-    float* out = t.qt + c * RT;
-    for (int64_t r = 0; r < count; ++r) out[r] = t.rows[r * t.dp + c];
-    for (int64_t r = count; r < padded; ++r) out[r] = 0.0f;
-  }
+  transpose_rows(t.rows, count, padded, t.dp, RT, t.qt);
 }
 
 static void load_keys(const ScoresHeadView& h, int64_t key0, int64_t n, Tile& t) {

@@ -87,15 +87,6 @@ static void load_tile(const AttentionHeadView& h, const void* base, int64_t stri
   }
 }
 
-// src [rows][dp] -> dst [dp][RT], zero in columns rows .. padded - 1.
-static void transpose_tile(const float* src, int64_t rows, int64_t padded, int64_t dp, float* dst) {
-  for (int64_t c = 0; c < dp; ++c) {
-    float* out = dst + c * RT;
-    for (int64_t r = 0; r < rows; ++r) out[r] = src[r * dp + c];
-    for (int64_t r = rows; r < padded; ++r) out[r] = 0.0f;
-  }
-}
-
 // ---- chunks of listed keys ------------------------------------------------------------------------------------------
 // Walks the listed key blocks of one query tile as chunks of up to KC logical key columns: on_chunk(cols, n) for each.
 // Keys past the last row's causal horizon are never visited (lists are sorted, so the walk stops there).
@@ -206,7 +197,7 @@ static void forward_block(const AttentionHeadView& h, int64_t qb, const int64_t*
     const int64_t rows = r_end - t0 < RT ? r_end - t0 : RT;
     const int64_t padded = (rows + W - 1) / W * W;
     load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
-    transpose_tile(Q, rows, padded, dp, QT);
+    transpose_rows(Q, rows, padded, dp, RT, QT);
     for (int64_t x = 0; x < rows * dp; ++x) O[x] = 0.0f;
     for (int64_t r = 0; r < padded; ++r) m[r] = -kInf, l[r] = 0.0f;
     const int64_t horizon = h.causal ? t0 + rows + shift : h.key_length;  // keys >= horizon: invisible to the tile
@@ -304,8 +295,8 @@ struct BackwardTiles {
   void load(const AttentionHeadView& h, int64_t t0, int64_t rows, int64_t padded, int64_t dp, float c) const {
     load_tile(h, h.q, h.q_stride, t0, rows, dp, c, Q);
     load_tile(h, h.grad_out, h.grad_out_stride, t0, rows, dp, 1.0f, dO);
-    transpose_tile(Q, rows, padded, dp, QT);
-    transpose_tile(dO, rows, padded, dp, dOT);
+    transpose_rows(Q, rows, padded, dp, RT, QT);
+    transpose_rows(dO, rows, padded, dp, RT, dOT);
   }
 };
 

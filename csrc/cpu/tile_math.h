@@ -132,6 +132,16 @@ static void gemm(const float* A, int64_t ar, int64_t ak, const float* B, int64_t
   for (; r < M; ++r) gemm_rows<1, Accumulate>(A + r * ar, ar, ak, B, ldb, C + r * ldc, ldc, K, vectors, scale_at(r));
 }
 
+// A tile of query rows turned around for the transposed scores: src [rows][dp] -> dst [dp][ld], zeros in columns
+// rows .. padded - 1.
+static void transpose_rows(const float* src, int64_t rows, int64_t padded, int64_t dp, int64_t ld, float* dst) {
+  for (int64_t c = 0; c < dp; ++c) {
+    float* out = dst + c * ld;
+    for (int64_t r = 0; r < rows; ++r) out[r] = src[r * dp + c];
+    for (int64_t r = rows; r < padded; ++r) out[r] = 0.0f;
+  }
+}
+
 }  // namespace TOKENSET_SIMD_NS
 }  // namespace cpu
 }  // namespace tokenset
