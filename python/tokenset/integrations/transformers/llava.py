@@ -192,12 +192,12 @@ class VisualTokenReducer:
         if want:
             with record_attention(tower, {"layers": sorted({layer for layer, _ in want})}, keep_qk=True) as rec:
                 out = tower(pixels, output_hidden_states=True, return_dict=True)
-            self._rows = {}
+            self._rows = []  # one host [B, N] array per (layer, rows) pair, in _vision_rows' order
             for layer, rows in want:
                 q, k = rec.last("layers", layer)
                 reduce = "sum" if self.method == "visionzip" else "mean"
-                self._rows[(layer, rows)] = attention_scores(q, k, rows=rows, reduce=reduce,
-                                                             scale=rec.scaling[("layers", layer)][-1])
+                self._rows.append(self._to_numpy(attention_scores(q, k, rows=rows, reduce=reduce,
+                                                                  scale=rec.scaling[("layers", layer)][-1])))
                 if self.method == "visionzip":
                     self._keys = k.mean(1)
         else:
@@ -234,17 +234,15 @@ class VisualTokenReducer:
         options = {k: v for k, v in self.options.items() if k not in ("start", "stop", "object_layer", "deep_layer")}
         cls = 1 if self.strategy == "default" else 0
         if self.method == "vtc_cls":
-            options["attention"] = np.stack([self._to_numpy(self._rows[key])[:, cls:] for key in sorted(self._rows)])
+            options["attention"] = np.stack([rows[:, cls:] for rows in self._rows])
             options.update(start=0, stop=None)
         elif self.method == "hiprune":
-            (obj_key, deep_key) = self._vision_rows(self._vision_layers())
-            options["object_attention"] = self._to_numpy(self._rows[obj_key])[:, cls:]
-            options["deep_attention"] = self._to_numpy(self._rows[deep_key])[:, cls:]
+            options["object_attention"] = self._rows[0][:, cls:]
+            options["deep_attention"] = self._rows[1][:, cls:]
             side = int(round(features[0].shape[0] ** 0.5))
             options.setdefault("grid", (side, side))
         elif self.method == "visionzip":
-            key = next(iter(self._rows))
-            options.update(attention=self._to_numpy(self._rows[key]), keys=self._to_numpy(self._keys))
+            options.update(attention=self._rows[0], keys=self._to_numpy(self._keys))
         stacked = _stack(features)
         call = _merge if self.method in MERGE_METHODS else _prune
         result = call(stacked, self.keep, method=self.method, **options)
