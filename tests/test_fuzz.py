@@ -251,8 +251,9 @@ seed, calls = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(seed)
 
 class Batch:
-    def __init__(self, values, offsets, sets=None):
+    def __init__(self, values, offsets, sets=None, scales=None):
         self.values, self.offsets, self.sets, self.device_offsets = values, offsets, sets, None
+        self.scales = scales
 
 DIM = 8  # most arrays share it, so that most calls get past the first check and into the kernels
 
@@ -300,6 +301,13 @@ def batch():
         lens = [s.shape[0] if hasattr(s, "shape") and s.ndim else 0 for s in sets]
         offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64) if rng.random() < 0.7 else offsets(5)
         return Batch(None, offs, sets)
+    if rng.random() < 0.15:  # int8 tokens (MaxSim takes them) with scales of any length, dtype or value
+        v = rng.integers(-128, 128, (rows, DIM)).astype(np.int8)
+        n = max(0, rows + int(rng.integers(-2, 2)))
+        scales = rng.choice([np.float32, np.float64])(rng.uniform(-1, 1, n)) if rng.random() < 0.9 else None
+        if scales is not None and rng.random() < 0.2:
+            scales[rng.integers(0, max(n, 1)) % max(n, 1):] = np.nan
+        return Batch(v, offsets(rows), None, scales)
     return Batch(v, offsets(rows))
 
 def out(shape_hint):
@@ -371,8 +379,14 @@ for i in range(calls):
             k = int(rng.integers(-1, 6)) if rng.random() < 0.2 else int(rng.integers(1, 6))
             mask_rows = max(0, rows_v + int(rng.integers(-1, 2)))
             mask = None if rng.random() < 0.5 else (rng.random(mask_rows) < 0.5).view(np.uint8)
+            scales = None
+            if rng.random() < 0.3:
+                vv = rng.integers(-128, 128, (rows_v, DIM)).astype(np.int8)
+                scales = rng.uniform(-1, 1, max(0, rows_v + int(rng.integers(-1, 2)))).astype(
+                    rng.choice([np.float32, np.float64])) if rng.random() < 0.9 else None
             _core.inner_product_topk(qv.astype(np.float32) if rng.random() < 0.8 and hasattr(qv, "astype") else qv,
-                                     vv, k, out((rows_q, max(k, 0))), np.empty((rows_q, max(k, 0)), np.int64), mask)
+                                     vv, k, out((rows_q, max(k, 0))), np.empty((rows_q, max(k, 0)), np.int64), mask,
+                                     scales)
         elif op == 0:
             _core.maxsim(q, d, out((nq, nd)), np.empty((nq, nd, int(rng.integers(0, 40))), np.int32)
                          if rng.random() < 0.3 else None)

@@ -137,3 +137,46 @@ def test_a_query_scores_the_same_bits_alone_or_in_a_group(simd, dtype):
         grouped = tokenset.inner_product_topk(queries, vectors, 257, mask=mask)
         np.testing.assert_array_equal(alone[0], grouped[0][:take])
         np.testing.assert_array_equal(alone[1], grouped[1][:take])
+
+
+# ---- int8 vectors with a scale per row ----------------------------------------------------------------------------
+
+def _all_scores(scores, indices, n):
+    """[nq, n] scores by vector index from a top-k over every vector."""
+    out = np.full((scores.shape[0], n), np.nan, np.float32)
+    np.put_along_axis(out, indices, scores, axis=1)
+    return out
+
+
+@pytest.mark.parametrize("dim", [1, 7, 64, 100, 10240])
+def test_int8_vectors_are_their_codes_times_the_scale(simd, dim):
+    """score = float32(<q, codes>) * scale, bit for bit: the codes scanned as float32 vectors, then scaled."""
+    rng = np.random.default_rng(dim)
+    n = 37
+    quantized = tokenset.quantize(rng.standard_normal((n, dim)).astype(np.float32))
+    codes, scales = quantized.values, quantized.scales
+    queries = rng.standard_normal((6, dim)).astype(np.float32)
+    got = _all_scores(*tokenset.inner_product_topk(queries, codes, n, scales=scales), n)
+    plain = _all_scores(*tokenset.inner_product_topk(queries, codes.astype(np.float32), n), n)
+    np.testing.assert_array_equal(got, plain * scales[None, :])
+    top, index = tokenset.inner_product_topk(queries, codes, 5, scales=scales)
+    ref_scores, ref_index = reference(queries.astype(np.float64), codes.astype(np.float64) * scales[:, None], 5)
+    np.testing.assert_allclose(top, ref_scores, rtol=1e-5, atol=1e-5 * dim)
+    mask = rng.random(n) < 0.5
+    _, masked = tokenset.inner_product_topk(queries, codes, n, scales=scales, mask=mask)
+    assert set(masked[0][masked[0] >= 0].tolist()) == set(np.flatnonzero(mask).tolist())
+
+
+def test_int8_vectors_need_their_scales():
+    codes = np.ones((4, 8), np.int8)
+    q = np.ones((1, 8), np.float32)
+    with pytest.raises(ValueError, match="need scales"):
+        tokenset.inner_product_topk(q, codes, 2)
+    with pytest.raises(ValueError, match="int8 vectors only"):
+        tokenset.inner_product_topk(q, codes.astype(np.float32), 2, scales=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="scales"):
+        tokenset.inner_product_topk(q, codes, 2, scales=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        tokenset.inner_product_topk(q, codes, 2, scales=np.ones(4, np.float64))
+    with pytest.raises(ValueError, match="need scales"):  # the native check, whoever calls it
+        tokenset._core.inner_product_topk(q, codes, 1, np.empty((1, 1), np.float32), np.empty((1, 1), np.int64))

@@ -54,6 +54,7 @@ q = [rng.standard_normal((n, 64)).astype(np.float32) for n in (3, 9)]
 d = [rng.standard_normal((n, 64)).astype(np.float32) for n in rng.integers(1, 60, 400)]
 fde = tokenset.FDE(64, reps=4, simhash_bits=3, proj_dim=16, final_dim=256)
 attn = rng.standard_normal((1, 2, 128, 64)).astype(np.float32)
+q8, d8 = tokenset.quantize(q), tokenset.quantize(d)
 def every_op():
     return [tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1],
             tokenset.maxsim_pairs(q, d, np.array([[0, 5, -1], [7, 399, 2]])), *tokenset.maxsim_topk(q, d, 10),
@@ -64,7 +65,9 @@ def every_op():
             tokenset.merge(d[:20], 3, method="kmeans").tokens.values,
             tokenset.sparse_attention(attn, attn, attn, [0, 2, 3, 5, 6], [0, 1, 1, 0, 1, 0], 64, 32, True),
             tokenset.routing_attention(attn[:, :, :64], attn[:, :, :64], attn[:, :, :64], (8, 8), 2, 2),
-            tokenset.attention_scores(attn, attn, rows="mean"), tokenset.attention_scores(attn, attn, [0, -1])]
+            tokenset.attention_scores(attn, attn, rows="mean"), tokenset.attention_scores(attn, attn, [0, -1]),
+            tokenset.maxsim(q8, d8), *tokenset.maxsim_topk(q8, d8, 5), tokenset.maxsim(q, d8),
+            *tokenset.inner_product_topk(q[1], d8.values, 7, scales=d8.scales)]
 """
 
 
@@ -353,7 +356,10 @@ def every_op():
             tokenset.segment_sum(flat, seg, 500), *attention(),
             tokenset.attention_scores(attn, attn[:, :2], rows="mean", causal=True),  # one pass (8 pairs)
             tokenset.attention_scores(attn[:1, :2], attn[:1, :1], rows="mean", reduce="none"),  # two passes
-            tokenset.attention_scores(attn, attn, rows=[0, 150, -1], reduce="none")]
+            tokenset.attention_scores(attn, attn, rows=[0, 150, -1], reduce="none"),
+            tokenset.maxsim(q8, d8), *tokenset.maxsim_topk(q8, d8, 10), tokenset.maxsim_pairs(q, d8, cand),
+            *tokenset.inner_product_topk(q[2], d8.values, 7, scales=d8.scales)]
+q8, d8 = tokenset.quantize(q), tokenset.quantize(d)
 initial = tokenset.get_num_threads()
 expected = every_op()
 stop = False

@@ -9,7 +9,8 @@ namespace bindings {
 namespace {
 
 void inner_product_topk(py::handle queries, py::handle vectors, int64_t k, py::handle top_scores,
-                        py::handle top_indices, py::handle mask, intptr_t stream, py::handle allocate) {
+                        py::handle top_indices, py::handle mask, py::handle scales, intptr_t stream,
+                        py::handle allocate) {
   TOKENSET_CHECK(k >= 1, ValueError, "k must be >= 1, got ", k);
   Call call(stream);
   InnerProductParams p;
@@ -29,6 +30,11 @@ void inner_product_topk(py::handle queries, py::handle vectors, int64_t k, py::h
     check_array(m, "mask", DType::Int8, {p.vectors.shape[0]}, device);
     p.mask = static_cast<const uint8_t*>(m.data);
   }
+  if (!scales.is_none()) {
+    const ArrayView sc = call.view(scales, "scales");
+    check_array(sc, "scales", DType::Float32, {p.vectors.shape[0]}, device);
+    p.scales = sc.ptr<const float>();
+  }
   run_op(call, &backend::inner_product_topk, p, allocate);
 }
 
@@ -36,10 +42,12 @@ void inner_product_topk(py::handle queries, py::handle vectors, int64_t k, py::h
 
 void bind_inner_product(py::module_& m) {
   m.def("inner_product_topk", &inner_product_topk, py::arg("queries"), py::arg("vectors"), py::arg("k"),
-        py::arg("top_scores"), py::arg("top_indices"), py::arg("mask") = py::none(), py::arg("stream") = 0,
+        py::arg("top_scores"), py::arg("top_indices"), py::arg("mask") = py::none(), py::arg("scales") = py::none(),
+        py::arg("stream") = 0,
         py::arg("allocate") = py::none(),
         "The k vectors [n, F] with the largest inner product with each query [nq, F] float32, into top_scores "
-        "[nq, k] float32 and top_indices [nq, k] int64; mask [n] uint8 (the vectors' device) excludes vectors where 0.");
+        "[nq, k] float32 and top_indices [nq, k] int64; mask [n] uint8 (the vectors' device) excludes vectors where 0; "
+        "int8 vectors take scales [n] float32 (score = scale * <q, codes>).");
 }
 
 }  // namespace bindings

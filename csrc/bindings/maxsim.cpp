@@ -10,8 +10,8 @@ namespace {
 
 MaxsimParams set_batches(Call& call, py::handle queries, py::handle documents) {
   MaxsimParams p;
-  p.queries = call.set_batch(queries, "queries");
-  p.documents = call.set_batch(documents, "documents");
+  p.queries = call.set_batch(queries, "queries", true);
+  p.documents = call.set_batch(documents, "documents", true);
   return p;
 }
 

@@ -179,7 +179,7 @@ ArrayView Call::optional_view(py::handle obj, const char* name, bool writable, b
   return view(obj, name, writable, on_host);
 }
 
-SetBatch Call::set_batch(py::handle batch, const char* name) {
+SetBatch Call::set_batch(py::handle batch, const char* name, bool allow_int8) {
   const std::string n(name);
   SetBatch b;
   const ArrayView offsets = view(batch.attr("offsets"), (n + " offsets").c_str(), false, true);
@@ -225,6 +225,16 @@ SetBatch Call::set_batch(py::handle batch, const char* name) {
     b.values = view(batch.attr("values"), (n + " values").c_str());
     // A row stride is meaningless for 0 or 1 rows (numpy reports anything there); keep the addressing simple.
     if (b.values.ndim == 2 && b.values.shape[0] <= 1) b.values.strides[0] = b.values.shape[1];
+    const py::object given_scales = py::getattr(batch, "scales", py::none());
+    if (allow_int8 && b.values.dtype == DType::Int8 && !given_scales.is_none()) {  // none: check_set_batch says so
+      const ArrayView scales = view(given_scales, (n + " scales").c_str());
+      TOKENSET_CHECK(scales.dtype == DType::Float32 && scales.ndim == 1 && scales.is_contiguous(), ValueError, n,
+                     ": scales must be a contiguous 1-D float32 array, one per token");
+      TOKENSET_CHECK(scales.device.type == b.values.device.type && scales.device.index == b.values.device.index,
+                     ValueError, n, ": scales and values are on different devices");
+      b.scales = scales.ptr<const float>();
+      b.scale_count = scales.shape[0];
+    }
   }
   if (kModuleDevice == DeviceType::CUDA) {
     const ArrayView dev = view(batch.attr("device_offsets"), (n + " device offsets").c_str());
@@ -232,7 +242,7 @@ SetBatch Call::set_batch(py::handle batch, const char* name) {
                    ValueError, n, ": device offsets must be a contiguous int64 copy of the offsets");
     b.offsets = dev.ptr<const int64_t>();
   }
-  check_set_batch(b, name);
+  check_set_batch(b, name, allow_int8);
   return b;
 }
 

@@ -58,7 +58,8 @@ class Call {
   // A set batch from a tokenset._dispatch.KernelBatch: `values` (a [rows, dim] array) or `sets` (a list of [n_i, dim]
   // arrays read in place through a pointer table, CPU only), `offsets` (host int64, owned and read-only), and
   // `device_offsets` (the same offsets on the GPU, CUDA only). Checked with check_set_batch.
-  SetBatch set_batch(py::handle batch, const char* name);
+  // int8 batches (allow_int8: the ops that score them) also carry `scales` (float32 [rows], one per row of values).
+  SetBatch set_batch(py::handle batch, const char* name, bool allow_int8 = false);
 
   // The workspace of `bytes` bytes from `allocate(bytes)` (a uint8 array on the values' device and the caller's
   // stream), kept alive for the call; nothing is allocated for 0 bytes.

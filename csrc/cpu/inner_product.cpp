@@ -46,9 +46,13 @@ void inner_product_topk(const InnerProductParams& p, const Launch&) {
           for (int done = 0; done < taken;) {
             const int scored = kernel.dots_rows(queries + (q0 + g0) * query_stride, query_stride, take, ptrs + done,
                                                 taken - done, p.vectors.dtype, dim, out);
-            for (int r = 0; r < scored; ++r)
-              for (int g = 0; g < take; ++g)
-                offer(heaps.heap(worker, g0 + g), heaps.size(worker, g0 + g), kept, {out[r * take + g], ids[done + r]});
+            for (int r = 0; r < scored; ++r) {
+              const float scale = p.scales ? p.scales[ids[done + r]] : 1.0f;
+              for (int g = 0; g < take; ++g) {
+                const float score = p.scales ? out[r * take + g] * scale : out[r * take + g];
+                offer(heaps.heap(worker, g0 + g), heaps.size(worker, g0 + g), kept, {score, ids[done + r]});
+              }
+            }
             done += scored;
           }
         }

@@ -76,6 +76,7 @@ static int dots_rows(const float* queries, int64_t query_stride, int queries_cou
                                                                 out);
     case DType::BFloat16: return dots_rows_typed<DType::BFloat16>(queries, query_stride, queries_count, rows, count,
                                                                   dim, out);
+    case DType::Int8: return dots_rows_typed<DType::Int8>(queries, query_stride, queries_count, rows, count, dim, out);
     default: return dots_rows_typed<DType::Float32>(queries, query_stride, queries_count, rows, count, dim, out);
   }
 }

@@ -18,7 +18,8 @@ constexpr int kInnerProductRowsAtOnce = 16;
 struct InnerProductKernel {
   // Scores of queries_count <= kInnerProductFewQueries queries against up to `count` rows read in place in their
   // dtype: rows[0 .. taken) into out[r * queries_count + g]; returns how many rows it took (>= 1). Each (row, query)
-  // is summed in one order (vector lanes along k, lanes in order, the tail), whatever the tile.
+  // is summed in one order (vector lanes along k, lanes in order, the tail), whatever the tile. int8 rows are summed
+  // as their codes (the driver multiplies by the row's scale).
   int (*dots_rows)(const float* queries, int64_t query_stride, int queries_count, const void* const* rows, int count,
                    DType dtype, int64_t dim, float* out);
 };

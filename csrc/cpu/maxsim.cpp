@@ -21,6 +21,13 @@ namespace {
 }
 
 const MaxsimKernel& active_kernel(const MaxsimParams& p) {
+  if (p.queries.dtype() == DType::Int8) {
+#if defined(TOKENSET_HAS_VNNI)
+    if (static_cast<int>(active_simd_level()) >= static_cast<int>(SimdLevel::AVX512VNNI))
+      return avx512vnni::maxsim_int8_kernel;
+#endif
+    return TOKENSET_SIMD_KERNEL(maxsim_int8_kernel);
+  }
 #if defined(TOKENSET_HAS_AMX)
   if (active_simd_level() == SimdLevel::AMX && amx_applies(p)) return amx::maxsim_kernel;
 #endif
@@ -34,6 +41,7 @@ const MaxsimKernel& active_kernel(const MaxsimParams& p) {
 constexpr int64_t kPackBudget = int64_t(64) << 20;
 
 int64_t packed_floats(const MaxsimParams& p, const MaxsimKernel& kernel, int64_t q) {
+  if (kernel.packed_floats) return kernel.packed_floats(p.queries.length(q), p.queries.dim());
   const int64_t qb = kernel.query_block;
   return (p.queries.length(q) + qb - 1) / qb * qb * p.queries.dim();
 }
@@ -149,10 +157,24 @@ void score_topk(const MaxsimParams& p) {
   }
 }
 
+// The int8 kernels assume finite scales (no similarity can then be NaN); a scale is read per token scored, so this
+// pass costs a small fraction of the scan.
+void check_scales(const SetBatch& batch, const char* name) {
+  if (batch.dtype() != DType::Int8) return;
+  for (int64_t i = 0; i < batch.count; ++i) {
+    const float* scales = batch.set_scales(i);
+    for (int64_t t = 0; t < batch.length(i); ++t)
+      TOKENSET_CHECK(std::isfinite(scales[t]) && scales[t] >= 0.0f, ValueError, name, " set ", i, ", token ", t,
+                     ": scale ", scales[t], " is not a finite number >= 0 (scales come from tokenset.quantize)");
+  }
+}
+
 }  // namespace
 
 void maxsim(const MaxsimParams& p, const Launch&) {
   validate(p);
+  check_scales(p.queries, "queries");
+  check_scales(p.documents, "documents");
   if (p.topk())
     score_topk(p);
   else

@@ -8,7 +8,7 @@
 // k, broadcast d_j[k] and FMA it with the panel's vectors. Accumulator row r then holds <q_lane, d_{j0+r}> for the
 // panel's QB query tokens, so the max over document tokens is an elementwise vector max: no horizontal reduction,
 // no similarity matrix in memory, and document rows are read in place (float32) or converted R rows at a time
-// (float16 / bfloat16). Common embedding widths (64 ... 1024) get their own copy of the full tile with dim a constant.
+// (float16 / bfloat16, or int8 times its row's scale). Common embedding widths (64 ... 1024) get their own copy of the full tile with dim a constant.
 //
 // Everything here is either in the level namespace or `static`: inline functions shared between translation units
 // compiled with different -m flags would let the linker pick an AVX-512 copy for the scalar path.
@@ -143,6 +143,12 @@ static void score_impl(const float* packed, int64_t query_length, const SetBatch
       if (docs.dtype() == DType::Float32) {
         rows = reinterpret_cast<const float*>(first) + j0 * row_stride;
         stride = row_stride;
+      } else if (docs.dtype() == DType::Int8) {  // float queries, int8 documents: scored dequantised, exactly
+        const int8_t* src = reinterpret_cast<const int8_t*>(first) + j0 * row_stride;
+        const float* scales = docs.set_scales(doc) + j0;
+        for (int r = 0; r < rows_left; ++r) dequantize_row(src + r * row_stride, scales[r], scratch + r * dim, dim);
+        rows = scratch;
+        stride = dim;
       } else {
         const uint16_t* src = reinterpret_cast<const uint16_t*>(first) + j0 * row_stride;
         for (int r = 0; r < rows_left; ++r) convert_row(src + r * row_stride, scratch + r * dim, dim, docs.dtype());

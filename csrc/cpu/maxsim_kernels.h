@@ -18,9 +18,19 @@ struct MaxsimKernel {
   // scratch: doc_block * dim floats, 64-byte aligned. argmax (optional): query_length entries.
   void (*score)(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
                 float* score, int32_t* argmax);
+  // Floats (4-byte words) of a packed query of `length` tokens; null: ceil(length / QB) panels of dim * QB floats.
+  int64_t (*packed_floats)(int64_t length, int64_t dim) = nullptr;
 };
 
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_kernel)
+// int8 queries against int8 documents (maxsim_int8_kernels.cpp): exact int32 dot products; the level `avx512vnni`
+// (AVX-512 VNNI) has its own build of that file.
+TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_int8_kernel)
+#if defined(TOKENSET_HAS_VNNI)
+namespace avx512vnni {
+extern const MaxsimKernel maxsim_int8_kernel;
+}
+#endif
 #if defined(TOKENSET_HAS_AMX)
 namespace amx {
 // AMX-BF16 tiles: bfloat16 queries and documents, dim a multiple of 32, no argmax (see the driver's amx_applies).

@@ -164,6 +164,7 @@ static inline float element_to_float(const void* base, int64_t index, DType dtyp
     case DType::Float32: return static_cast<const float*>(base)[index];
     case DType::Float16: return half_to_float(static_cast<const uint16_t*>(base)[index]);
     case DType::BFloat16: return bfloat_to_float(static_cast<const uint16_t*>(base)[index]);
+    case DType::Int8: return static_cast<float>(static_cast<const int8_t*>(base)[index]);  // scaled by the caller
     default: return 0.0f;  // not token values: validate() rejects them before any kernel runs
   }
 }
@@ -173,6 +174,15 @@ template <DType D>
 static inline V::type load_as_float(const void* row, int64_t k) {
   if constexpr (D == DType::Float32) {
     return V::load(static_cast<const float*>(row) + k);
+  } else if constexpr (D == DType::Int8) {  // the codes as floats (exact); the caller applies the row's scale
+    const int8_t* p = static_cast<const int8_t*>(row) + k;
+#if defined(TOKENSET_SIMD_AVX512)
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(TOKENSET_SIMD_AVX2)
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+    return static_cast<float>(*p);
+#endif
   } else {
     const uint16_t* p = static_cast<const uint16_t*>(row) + k;
 #if defined(TOKENSET_SIMD_AVX512)
@@ -218,6 +228,24 @@ static void convert_row(const uint16_t* src, float* dst, int64_t count, DType dt
   } else {
     for (; i < count; ++i) dst[i] = bfloat_to_float(src[i]);
   }
+}
+
+// int8 row -> float32, each element times the row's scale: float(q) * scale, one rounding, the same bits at every
+// level (what numpy's values.astype(float32) * scale gives, i.e. tokenset.Quantized.dequantize()).
+static void dequantize_row(const int8_t* src, float scale, float* dst, int64_t count) {
+  int64_t i = 0;
+#if defined(TOKENSET_SIMD_AVX512)
+  const __m512 s = _mm512_set1_ps(scale);
+  for (; i + 16 <= count; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)))), s));
+#elif defined(TOKENSET_SIMD_AVX2)
+  const __m256 s = _mm256_set1_ps(scale);
+  for (; i + 8 <= count; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i)))), s));
+#endif
+  for (; i < count; ++i) dst[i] = static_cast<float>(src[i]) * scale;
 }
 
 }  // namespace TOKENSET_SIMD_NS

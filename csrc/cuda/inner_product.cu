@@ -63,6 +63,8 @@ void run(const InnerProductParams& p, const Launch& launch) {
 
 void inner_product_topk(const InnerProductParams& p, const Launch& launch) {
   validate(p);
+  TOKENSET_CHECK(p.vectors.dtype != DType::Int8, TypeError,
+                 "int8 vectors are scanned on the CPU; on a GPU store float16 or bfloat16 vectors");
   if (p.queries.shape[0] == 0) return;
   TOKENSET_FLOAT_SWITCH(p.vectors.dtype, kDType, [&] { run<cuda_type_t<kDType>>(p, launch); });
 }

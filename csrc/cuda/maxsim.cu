@@ -235,6 +235,9 @@ void launch_topk(const MaxsimParams& p, const Launch& launch) {
 
 void maxsim(const MaxsimParams& p, const Launch& launch) {
   validate(p);
+  TOKENSET_CHECK(p.documents.dtype() != DType::Int8, TypeError,
+                 "int8 documents (tokenset.Quantized) are scored on the CPU; on a GPU store float16 or bfloat16 "
+                 "tokens (Quantized.dequantize(dtype=...))");
   if (p.topk())
     launch_topk(p, launch);
   else

@@ -16,6 +16,7 @@ from .kcenter import kcenter
 from .maxsim import maxsim, maxsim_pairs, maxsim_topk
 from .merge import merge
 from .prune import PruneResult, prune
+from .quantize import Quantized, quantize
 from .ragged import Ragged, ragged
 from .nearest import nearest
 from .segment_sum import segment_sum
@@ -32,6 +33,8 @@ __all__ = [
     "maxsim",
     "maxsim_pairs",
     "maxsim_topk",
+    "Quantized",
+    "quantize",
     "FDE",
     "Index",
     "inner_product_topk",

@@ -5,6 +5,10 @@
 Padded tokens do not exist (they never win a max); a document with no tokens scores ``-inf``; an all-negative
 document scores negative (never clamped at 0); NaN in a query token's similarities makes the score NaN.
 Accumulation is float32 for float32, float16 and bfloat16 inputs.
+
+int8 documents (:class:`tokenset.Quantized`, from :func:`tokenset.quantize`) are scored on the CPU: against float
+queries exactly as float32 MaxSim on ``documents.dequantize()``; against quantised queries with exact int8 dot products,
+``sum_i t_i max_j float(<q_i, d_j>) s_j`` (``t``, ``s`` the tokens' scales).
 """
 from __future__ import annotations
 
@@ -15,12 +19,18 @@ import numpy as np
 from . import _array
 from .ops import _dispatch
 from .ops import maxsim as _ops  # the ops module, not the function
+from .quantize import Quantized
 from .ragged import Ragged, ragged
+
+
+def _batch(x: Any, name: str):
+    """A Ragged, or the Quantized batch as given (int8 tokens are scored in values mode)."""
+    return x if isinstance(x, Quantized) else ragged(x, name=name)
 
 
 def _needs_grad(*batches: Ragged) -> bool:
     torch = _array._torch()
-    if torch is None or not torch.is_grad_enabled():
+    if torch is None or not torch.is_grad_enabled() or any(isinstance(b, Quantized) for b in batches):
         return False
     return any(_array.is_torch(a) and a.requires_grad
                for b in batches for a in (b.sets if b.sets is not None else [b.values]))
@@ -30,8 +40,10 @@ def maxsim(queries: Any, documents: Any, *, return_argmax: bool = False):
     """MaxSim scores of every query against every document.
 
     Args:
-        queries: a set batch (``Ragged``, list of ``[n_i, d]`` arrays, ``[B, N, d]`` or ``[n, d]`` array).
-        documents: a set batch with the same token dimension, on the same device.
+        queries: a set batch (``Ragged``, list of ``[n_i, d]`` arrays, ``[B, N, d]`` or ``[n, d]`` array), or a
+            :class:`tokenset.Quantized` batch against Quantized documents.
+        documents: a set batch with the same token dimension, on the same device, or a :class:`tokenset.Quantized`
+            batch (CPU).
         return_argmax: also return ``argmax [nq, nd, max query length]`` (int32): for query token ``i`` of query
             ``a``, the index within document ``b`` of its best token (lowest index on ties; -1 for padding query
             tokens and empty documents).
@@ -47,8 +59,8 @@ def maxsim(queries: Any, documents: Any, *, return_argmax: bool = False):
     >>> tokenset.maxsim(q, docs)
     array([[1. , 1. ]], dtype=float32)
     """
-    q = ragged(queries, name="queries")
-    d = ragged(documents, name="documents")
+    q = _batch(queries, "queries")
+    d = _batch(documents, "documents")
     if _needs_grad(q, d):
         _dispatch.placement(q._any_values, d._any_values)  # one device, or the error that says how to get there
         for batch, name in ((q, "queries"), (d, "documents")):
@@ -79,8 +91,8 @@ def maxsim_pairs(queries: Any, documents: Any, candidates: Any):
     if candidates is None:
         raise TypeError("maxsim_pairs needs candidates [num_queries, c] (document indices, -1 for none); for all "
                         "pairs use tokenset.maxsim")
-    q = ragged(queries, name="queries")
-    d = ragged(documents, name="documents")
+    q = _batch(queries, "queries")
+    d = _batch(documents, "documents")
     scores, _ = _ops.maxsim(q, d, candidates=candidates)
     return scores
 
@@ -98,8 +110,8 @@ def maxsim_topk(queries: Any, documents: Any, k: int):
     >>> tokenset.maxsim_topk(q, docs, k=1)
     (array([[2.]], dtype=float32), array([[1]]))
     """
-    q = ragged(queries, name="queries")
-    d = ragged(documents, name="documents")
+    q = _batch(queries, "queries")
+    d = _batch(documents, "documents")
     return _ops.maxsim_topk(q, d, k)
 
 

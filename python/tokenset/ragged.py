@@ -186,6 +186,9 @@ def ragged(x: Any, lengths: Optional[Any] = None, mask: Optional[Any] = None, *,
     >>> tokenset.ragged(x, lengths=[1, 3]).lengths.tolist()
     [1, 3]
     """
+    if type(x).__name__ == "Quantized" and hasattr(x, "scales"):  # tokenset.Quantized (imported lazily: a cycle)
+        raise TypeError(f"{name}: int8 tokens (tokenset.Quantized) are scored by maxsim, maxsim_pairs and "
+                        f"maxsim_topk only; call .dequantize() for this op")
     if isinstance(x, Ragged):
         if lengths is not None or mask is not None:
             raise ValueError(f"{name}: lengths/mask apply to padded [B, N, d] arrays, not to a Ragged")

@@ -100,6 +100,11 @@ struct SetBatch {
   int64_t max_length = 0;  // filled by check_set_batch
   const void* const* set_rows = nullptr;
   const int64_t* set_row_strides = nullptr;
+  // int8 token values only (stored documents and quantised queries): token t's value is scales[t] * values[t], one
+  // float32 scale per row of `values` (`scale_count` of them, contiguous, on the values' device). Only ops that say so
+  // take int8 batches (check_set_batch's allow_int8).
+  const float* scales = nullptr;
+  int64_t scale_count = 0;
 
   TOKENSET_HOST_DEVICE int64_t dim() const { return values.shape[1]; }
   TOKENSET_HOST_DEVICE DType dtype() const { return values.dtype; }
@@ -113,6 +118,8 @@ struct SetBatch {
     return static_cast<const char*>(values.data) + offsets[i] * values.strides[0] * dtype_size(values.dtype);
   }
   int64_t set_stride(int64_t i) const { return set_rows ? set_row_strides[i] : values.strides[0]; }
+  // The scales of set i's rows (int8 batches; values mode only, so row t of set i is row offsets[i] + t).
+  const float* set_scales(int64_t i) const { return scales + offsets[i]; }
 };
 
 }  // namespace tokenset

@@ -15,10 +15,13 @@ namespace tokenset {
 // bounds per-worker scratch that is a few rows wide (MaxSim's packed query panels, FDE token blocks).
 constexpr int64_t kMaxTokenDim = int64_t(1) << 16;
 
-inline void check_token_values(const ArrayView& v, const std::string& name) {
+inline void check_token_values(const ArrayView& v, const std::string& name, bool allow_int8 = false) {
   TOKENSET_CHECK(v.ndim == 2, ValueError, name, " values must be 2-D [tokens, dim], got ", v.ndim, "-D");
-  TOKENSET_CHECK(is_float_dtype(v.dtype), TypeError, name, ": dtype ", dtype_name(v.dtype),
-                 " is not supported; tokenset takes float32, float16 or bfloat16 token values");
+  TOKENSET_CHECK(is_float_dtype(v.dtype) || (allow_int8 && v.dtype == DType::Int8), TypeError, name, ": dtype ",
+                 dtype_name(v.dtype),
+                 v.dtype == DType::Int8 ? " tokens (tokenset.Quantized) are scored by maxsim, maxsim_pairs and "
+                                          "maxsim_topk only; dequantize() them for this op"
+                                        : " is not supported; tokenset takes float32, float16 or bfloat16 token values");
   TOKENSET_CHECK(v.shape[1] >= 1 && v.shape[1] <= kMaxTokenDim, ValueError, name, ": token dimension must be in 1..",
                  kMaxTokenDim, ", got ", v.shape[1]);
   TOKENSET_CHECK(v.shape[0] >= 0, ValueError, name, ": negative number of rows");
@@ -28,10 +31,10 @@ inline void check_token_values(const ArrayView& v, const std::string& name) {
 }
 
 // Validates a set batch before any kernel reads memory (offsets from the host copy, every set inside the values);
-// fills max_length.
-inline void check_set_batch(SetBatch& batch, const char* name) {
+// fills max_length. int8 batches (allow_int8: the ops that score them) are read in values mode with a scale per row.
+inline void check_set_batch(SetBatch& batch, const char* name, bool allow_int8 = false) {
   const std::string n(name);
-  check_token_values(batch.values, n);
+  check_token_values(batch.values, n, allow_int8);
   TOKENSET_CHECK(batch.count >= 0, ValueError, n, ": negative number of sets");
   TOKENSET_CHECK(batch.host_offsets != nullptr && batch.offsets != nullptr, ValueError, n, ": offsets missing");
   const int64_t* offsets = batch.host_offsets;
@@ -55,13 +58,19 @@ inline void check_set_batch(SetBatch& batch, const char* name) {
   }
   TOKENSET_CHECK(offsets[batch.count] <= batch.values.shape[0], ValueError, n, ": offsets[-1]=",
                  offsets[batch.count], " exceeds the ", batch.values.shape[0], " rows of values");
+  if (batch.values.dtype == DType::Int8) {
+    TOKENSET_CHECK(batch.scales != nullptr || batch.count == 0, ValueError, n,
+                   ": int8 values need their per-token scales (build them with tokenset.quantize)");
+    TOKENSET_CHECK(offsets[batch.count] <= batch.scale_count, ValueError, n, ": offsets[-1]=", offsets[batch.count],
+                   " exceeds the ", batch.scale_count, " scales");
+  }
 }
 
 // For an op's validate(): check_set_batch again on a batch it already filled (max_length included), so that an entry
 // checks every offset its kernels follow itself instead of trusting whoever built the batch. O(count).
-inline void check_filled_set_batch(const SetBatch& batch, const char* name) {
+inline void check_filled_set_batch(const SetBatch& batch, const char* name, bool allow_int8 = false) {
   SetBatch checked = batch;
-  check_set_batch(checked, name);
+  check_set_batch(checked, name, allow_int8);
   TOKENSET_CHECK(checked.max_length == batch.max_length, ValueError, name, ": max_length is ", batch.max_length,
                  " but the longest set has ", checked.max_length, " tokens");
 }

@@ -6,8 +6,9 @@
 namespace tokenset {
 namespace cpu {
 
-// AMX = AVX-512 plus AMX-BF16 tiles, which only bfloat16 MaxSim uses; every other kernel runs its AVX-512 code there.
-enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2, AMX = 3 };
+// AVX512VNNI = AVX-512 plus VNNI int8 dot products, which only int8 MaxSim uses; AMX = that plus AMX-BF16 tiles, which
+// only bfloat16 MaxSim uses. Every other kernel runs its AVX-512 code at both.
+enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2, AVX512VNNI = 3, AMX = 4 };
 
 const char* simd_level_name(SimdLevel level);
 // Comma-separated levels compiled into this build.
@@ -42,6 +43,7 @@ template <typename Table>
 const Table& select_simd_kernel(const Table* scalar, const Table* avx2, const Table* avx512) {
   switch (active_simd_level()) {
     case SimdLevel::AMX:
+    case SimdLevel::AVX512VNNI:
     case SimdLevel::AVX512:
       if (avx512) return *avx512;
       [[fallthrough]];

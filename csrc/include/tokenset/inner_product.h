@@ -1,7 +1,9 @@
 // Inner-product top-k: for every query vector, the k stored vectors with the largest inner product (the single-vector
 // search of FDE candidates; exact, brute force, memory-bound: each stored vector is read once per query group).
 //
-// Semantics: accumulation in float32 whatever the stored dtype (float32, float16, bfloat16); higher first, ties to
+// Semantics: accumulation in float32 whatever the stored dtype (float32, float16, bfloat16, or int8 codes with a
+// float32 scale per row: score = scale_j * <q, codes_j>, the sum of the codes' products times the scale, one rounding;
+// CPU only); higher first, ties to
 // the lower index, NaN ranks as -inf; vectors whose mask entry is 0 are never returned; rows with fewer than k
 // eligible vectors end with (-inf, -1). Summation order: lanes of the CPU's vector width, then the lanes in order, so
 // scores may differ between SIMD levels and the GPU by float32 rounding (within u * F * sum |q_i v_i|).
@@ -13,7 +15,8 @@ namespace tokenset {
 
 struct InnerProductParams {
   ArrayView queries;  // [nq, F] float32, contiguous along F
-  ArrayView vectors;  // [n, F] float32 / float16 / bfloat16, contiguous along F (rows may be strided)
+  ArrayView vectors;  // [n, F] float32 / float16 / bfloat16 / int8, contiguous along F (rows may be strided)
+  const float* scales = nullptr;  // [n] float32 scales of int8 vectors (and only of those)
   const uint8_t* mask = nullptr;  // [n] on the vectors' device, nonzero = eligible; null = all
   int64_t k = 0;
   float* top_scores = nullptr;    // [nq, k]
@@ -23,8 +26,11 @@ struct InnerProductParams {
 inline void validate(const InnerProductParams& p) {
   TOKENSET_CHECK(p.queries.ndim == 2 && p.queries.dtype == DType::Float32, ValueError,
                  "queries must be 2-D float32 [nq, F]");
-  TOKENSET_CHECK(p.vectors.ndim == 2 && is_float_dtype(p.vectors.dtype), ValueError,
-                 "vectors must be 2-D float32, float16 or bfloat16 [n, F]");
+  TOKENSET_CHECK(p.vectors.ndim == 2 && (is_float_dtype(p.vectors.dtype) || p.vectors.dtype == DType::Int8),
+                 ValueError, "vectors must be 2-D float32, float16, bfloat16 or int8 [n, F]");
+  TOKENSET_CHECK((p.vectors.dtype == DType::Int8) == (p.scales != nullptr), ValueError,
+                 p.vectors.dtype == DType::Int8 ? "int8 vectors need scales [n] float32 (one per row)"
+                                                : "scales apply to int8 vectors only");
   TOKENSET_CHECK(p.queries.shape[1] == p.vectors.shape[1], ValueError, "queries have ", p.queries.shape[1],
                  " dimensions but vectors have ", p.vectors.shape[1]);
   TOKENSET_CHECK(p.queries.shape[1] >= 1, ValueError, "vectors must have at least one dimension");

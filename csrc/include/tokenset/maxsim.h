@@ -3,7 +3,11 @@
 // Semantics shared by every backend (validate() below is called by the CPU and the CUDA entry alike):
 //  * padded tokens do not exist: only rows inside a set's offsets take part;
 //  * a document with no tokens scores -inf (argmax -1); a query with no tokens is an error;
-//  * queries and documents have the same dtype (the Python layer converts queries to the documents' dtype);
+//  * queries and documents have the same dtype (the Python layer converts queries to the documents' dtype), or int8
+//    documents (a float32 scale per token) are scored against float32 queries, dequantised: bit-identical to float32
+//    MaxSim on scale * values;
+//  * int8 queries against int8 documents: m_i = max_j float(<q_i, d_j>) * s_j with the dot product exact in int32,
+//    score = sum_i t_i * m_i (t_i the query token's scale); scales must be finite and >= 0 (checked);
 //  * a NaN similarity makes that query token's maximum NaN, hence the score NaN (IEEE propagation, as numpy's max);
 //  * argmax ties go to the lowest document-token index; top-k ties to the lowest document index, NaN ranks as -inf;
 //  * accumulation is float32 whatever the input dtype; float32 dot products are FMAs in k order and the maxima are
@@ -43,12 +47,17 @@ constexpr int64_t kMaxArgmaxLength = (int64_t(1) << 31) - 1;
 
 // Checks everything a kernel will follow, the batches included (offsets, max_length, every set inside its values).
 inline void validate(const MaxsimParams& p) {
-  check_filled_set_batch(p.queries, "queries");
-  check_filled_set_batch(p.documents, "documents");
+  check_filled_set_batch(p.queries, "queries", true);
+  check_filled_set_batch(p.documents, "documents", true);
   TOKENSET_CHECK(p.queries.dim() == p.documents.dim(), ValueError, "queries have token dimension ", p.queries.dim(),
                  " but documents have ", p.documents.dim());
-  TOKENSET_CHECK(p.queries.dtype() == p.documents.dtype(), TypeError, "queries are ", dtype_name(p.queries.dtype()),
-                 " but documents are ", dtype_name(p.documents.dtype()), "; convert the queries to the documents' dtype");
+  const bool float_queries_int8_documents =
+      p.documents.dtype() == DType::Int8 && p.queries.dtype() == DType::Float32;
+  TOKENSET_CHECK(p.queries.dtype() == p.documents.dtype() || float_queries_int8_documents, TypeError, "queries are ",
+                 dtype_name(p.queries.dtype()), " but documents are ", dtype_name(p.documents.dtype()),
+                 p.queries.dtype() == DType::Int8 ? "; int8 queries are scored against int8 documents only"
+                 : p.documents.dtype() == DType::Int8 ? "; against int8 documents give float32 or int8 queries"
+                                                      : "; convert the queries to the documents' dtype");
   TOKENSET_CHECK(p.queries.values.device.type == p.documents.values.device.type &&
                      p.queries.values.device.index == p.documents.values.device.index,
                  ValueError, "queries and documents are on different devices; move them to one device first");

@@ -20,10 +20,11 @@ class KernelBatch:
     """What the native converter reads of a set batch: ``values`` ``[rows, d]`` or ``sets`` (a list of ``[n_i, d]``
     arrays, CPU only, read in place), the host ``offsets`` it validates, and on a GPU ``device_offsets``."""
 
-    __slots__ = ("values", "sets", "offsets", "device_offsets")
+    __slots__ = ("values", "sets", "offsets", "device_offsets", "scales")
 
-    def __init__(self, values, sets, offsets, device_offsets):
+    def __init__(self, values, sets, offsets, device_offsets, scales=None):
         self.values, self.sets, self.offsets, self.device_offsets = values, sets, offsets, device_offsets
+        self.scales = scales  # int8 values: float32 [rows], one per row
 
 
 def placement(*arrays: Any) -> Tuple[str, Device]:
@@ -78,6 +79,16 @@ def kernel_batch(batch: Ragged, lib: str, dev: Device, stream_handle: int, name:
     values = _kernel_values(batch.values, dtype, lib, dev)
     device_offsets = None if dev[0] == "cpu" else batch.device_offsets(lib, dev, stream_handle)
     return KernelBatch(values, None, batch.offsets, device_offsets)
+
+
+def quantized_batch(batch, name: str) -> KernelBatch:
+    """The native description of a CPU :class:`tokenset.Quantized` batch: int8 values and their scales, read in
+    place (torch tensors through numpy views)."""
+    check_token_dim(batch.dim, name)
+    values, scales = batch.values, batch.scales
+    if _array.is_torch(values):
+        values, scales = values.detach().numpy(), scales.detach().numpy()
+    return KernelBatch(_array.inner_contiguous(values), None, batch.offsets, None, np.ascontiguousarray(scales))
 
 
 def host_and_device(arr: Any, lib: str, dev: Device) -> Tuple[Any, Any]:

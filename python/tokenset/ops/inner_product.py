@@ -9,7 +9,14 @@ from .. import _array
 from . import _dispatch
 
 
-def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] = None) -> Tuple[Any, Any]:
+def _is_int8(x: Any) -> bool:
+    if _array.is_torch(x):
+        return x.dtype == _array._torch().int8
+    return np.dtype(x.dtype) == np.int8
+
+
+def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] = None,
+                       scales: Optional[Any] = None) -> Tuple[Any, Any]:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
     if k < 1:
@@ -19,8 +26,15 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
             raise TypeError(f"{name} must be a numpy array, torch tensor or cupy array, got {type(x).__name__}")
         if x.ndim != 2:
             raise ValueError(f"{name} must be 2-D [count, dim], got shape {tuple(x.shape)}")
-    lib, dev = _dispatch.placement(queries, vectors)
-    _array.dtype_name(vectors, "vectors")  # float32 / float16 / bfloat16, or a TypeError that says how to convert
+    int8 = _is_int8(vectors)
+    if int8 != (scales is not None):
+        raise ValueError("int8 vectors need scales [n] float32 (one per row, e.g. tokenset.quantize(v).scales)"
+                         if int8 else "scales apply to int8 vectors only")
+    lib, dev = _dispatch.placement(queries, vectors, *([scales] if int8 else []))
+    if int8 and dev[0] != "cpu":
+        raise ValueError("int8 vectors are scanned on the CPU; on a GPU store float16 or bfloat16 vectors")
+    if not int8:
+        _array.dtype_name(vectors, "vectors")  # float32 / float16 / bfloat16, or a TypeError that says how to convert
     for name, x in (("queries", queries), ("vectors", vectors)):  # before the conversions / copies below
         _dispatch.check_token_dim(x.shape[1], name)
     if _array.is_torch(queries):
@@ -29,6 +43,11 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
         vectors = vectors.detach()
     q = _array.inner_contiguous(_array.astype(queries, "float32"))
     v = _array.inner_contiguous(vectors)
+    if int8:
+        scales = scales.detach() if _array.is_torch(scales) else scales
+        if _array.is_torch(v):
+            v, scales = v.numpy(), scales.numpy()
+        scales = np.ascontiguousarray(scales)
     host_mask = None
     if mask is not None:
         host_mask = np.asarray(_array.host_copy(mask))
@@ -42,6 +61,6 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
     nq = int(q.shape[0])
     scores, indices = _dispatch.topk_outputs(nq, int(k), int(v.shape[0]), lib, dev)
     stream = _dispatch.stream(lib, dev)
-    _dispatch.module(dev).inner_product_topk(q, v, int(k), scores, indices, host_mask, stream,
+    _dispatch.module(dev).inner_product_topk(q, v, int(k), scores, indices, host_mask, scales, stream,
                                              _dispatch.allocator(lib, dev))
     return scores, indices

@@ -1,7 +1,8 @@
 """Typed wrappers of the MaxSim kernels on Ragged batches: place, allocate outputs, call the native op.
 
 Results come back in the caller's array library and device. Queries are converted to the documents' dtype first
-(the same rule on every device); everything else is checked natively (csrc/include/tokenset/maxsim.h, validate).
+(the same rule on every device; against int8 documents, to float32 unless they are quantized too); everything else is
+checked natively (csrc/include/tokenset/maxsim.h, validate).
 """
 from __future__ import annotations
 
@@ -10,19 +11,39 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from .. import _array
+from ..quantize import Quantized
 from ..ragged import Ragged
 from . import _dispatch
 
 
 def _prepare(queries: Ragged, documents: Ragged, *extra: Any):
-    if not isinstance(queries, Ragged) or not isinstance(documents, Ragged):
-        raise TypeError("ops.maxsim takes Ragged batches; use tokenset.maxsim for lists and padded arrays")
+    batches = (Ragged, Quantized)
+    if not isinstance(queries, batches) or not isinstance(documents, batches):
+        raise TypeError("ops.maxsim takes Ragged or Quantized batches; use tokenset.maxsim for lists and padded arrays")
     lib, dev = _dispatch.placement(queries._any_values, documents._any_values, *extra)
     stream = _dispatch.stream(lib, dev)
+    if isinstance(documents, Quantized) or isinstance(queries, Quantized):
+        return (lib, dev, stream) + _quantized_batches(queries, documents, lib, dev, stream)
     dtype = _dispatch.token_dtype(documents, "documents")
     q = _dispatch.kernel_batch(queries, lib, dev, stream, "queries", dtype=dtype)
     d = _dispatch.kernel_batch(documents, lib, dev, stream, "documents")
     return lib, dev, stream, q, d
+
+
+def _quantized_batches(queries, documents, lib: str, dev, stream: int):
+    """int8 documents with int8 (Quantized) or float queries (converted to float32, scored dequantised)."""
+    if not isinstance(documents, Quantized):
+        raise TypeError("quantized (int8) queries are scored against quantized documents only; quantize the "
+                        "documents too (tokenset.quantize) or pass float queries")
+    if dev[0] != "cpu":
+        raise ValueError("int8 documents (tokenset.Quantized) are scored on the CPU; move them with .cpu(), or keep "
+                         "float16 / bfloat16 tokens on the GPU (documents.dequantize(dtype=...))")
+    d = _dispatch.quantized_batch(documents, "documents")
+    if isinstance(queries, Quantized):
+        q = _dispatch.quantized_batch(queries, "queries")
+    else:
+        q = _dispatch.kernel_batch(queries, lib, dev, stream, "queries", dtype="float32")
+    return q, d
 
 
 def maxsim(queries: Ragged, documents: Ragged, candidates: Optional[Any] = None,
