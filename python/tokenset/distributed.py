@@ -113,8 +113,10 @@ class ShardedIndex:
 
     @classmethod
     def build(cls, documents: Any, directory: Any, shards: int, dim: int, ids: Any = None,
-              fde: Optional[FDE] = None, dtype: str = "float16", **kwargs) -> "ShardedIndex":
-        """Splits documents round-robin into `shards` indexes saved under ``directory/shard-<i>`` and serves them."""
+              fde: Optional[FDE] = None, storage: str = "float16", fde_storage: str = "float16",
+              dtype: Optional[str] = None, **kwargs) -> "ShardedIndex":
+        """Splits documents round-robin into `shards` indexes saved under ``directory/shard-<i>`` (token and FDE
+        storage as :class:`tokenset.Index`'s; ``dtype`` is the older name of ``storage``) and serves them."""
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
         batch = ragged(documents, name="documents")
@@ -126,7 +128,7 @@ class ShardedIndex:
         paths = []
         for s in range(shards):
             rows = np.arange(s, n, shards)
-            index = Index(dim, fde=fde, dtype=dtype)
+            index = Index(dim, fde=fde, storage=dtype or storage, fde_storage=fde_storage)
             if rows.size:  # more shards than documents: the rest stay empty (valid, searchable indexes)
                 index.add([batch[int(r)] for r in rows], ids=all_ids[rows])
             path = os.path.join(directory, f"shard-{s}")

@@ -91,7 +91,7 @@ class AnnGraph:
                 live = np.flatnonzero(alive)
                 for c0 in range(0, live.size, _BUILD_ROWS):
                     rows = live[c0:c0 + _BUILD_ROWS]
-                    self._add(graph, seg.ids[rows], np.asarray(seg.fde[rows]))
+                    self._add(graph, seg.ids[rows], seg.fde_values(rows))
             with self._lock:
                 for kind, ids, fdes in self._log:
                     if kind == "add":

@@ -1,6 +1,6 @@
-"""The exact FDE candidate stage: every live document's stored float16 FDE scored by the fused
-:func:`tokenset.inner_product_topk` (read in place; memory: per-thread heaps of ``candidates`` per query), one pass per
-segment, the segments' lists merged on the host. O(candidates x segments) per query beyond the scan itself."""
+"""The exact FDE candidate stage: every live document's stored FDE (float16, or int8 with a scale per row) scored by
+the fused :func:`tokenset.inner_product_topk` (read in place; memory: per-thread heaps of ``candidates`` per query), one
+pass per segment, the segments' lists merged on the host. O(candidates x segments) per query beyond the scan itself."""
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
@@ -28,7 +28,8 @@ def fde_candidates(query_fdes: Any, snapshot: Snapshot, candidates: int,
             fdes, mask = seg.fde, None if every else alive
         else:
             fdes, mask = segment_copy(seg, device)[0], None if every else segment_mask(seg, alive, device)
-        s, i = inner_product_topk(query_fdes, fdes, min(candidates, live), mask=mask)
+        s, i = inner_product_topk(query_fdes, fdes, min(candidates, live), mask=mask,
+                                  scales=None if device is not None else seg.fde_scales)
         s, i = np.asarray(_array.host_copy(s)), np.asarray(_array.host_copy(i))
         all_s.append(s)
         all_p.append(np.where(i >= 0, i + base, -1))

@@ -22,15 +22,17 @@ import numpy as np
 from .. import _array
 from ..fde import FDE
 from ..maxsim import maxsim, maxsim_pairs
+from ..quantize import Quantized, quantize
 from ..ragged import Ragged, ragged
 from . import device as _device
 from . import evaluation, files
 from .ann import AnnGraph, check_options, usearch_index_class
 from .candidates import fde_candidates
 from .ranking import top_k
-from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_distinct, check_ids
+from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_distinct, check_ids, dequantized
 
-_TOKEN_DTYPES = ("float16", "float32")
+_TOKEN_STORAGES = ("float16", "float32", "int8")
+_FDE_STORAGES = ("float16", "int8")
 _BACKENDS = ("exact", "usearch")
 _ENCODE_BYTES = 64 << 20  # float32 FDEs encoded at once by add()
 _EXACT_SCORE_BYTES = 64 << 20  # exact_search's scratch per block of documents: scores and the ranking's temporaries
@@ -57,7 +59,11 @@ class Index:
     Args:
         dim: token dimension.
         fde: the FDE encoder (:func:`default_fde` when None); its ``dim`` must be ``dim``.
-        dtype: how document tokens are stored, ``"float16"`` (default) or ``"float32"``.
+        storage: how document tokens are stored: ``"float16"`` (default), ``"float32"`` or ``"int8"`` (a float32 scale
+            per token, :func:`tokenset.quantize`: ``d + 4`` bytes per token instead of ``2d``; reranked against the
+            float queries exactly as the dequantised tokens). ``dtype=`` is the older name of this argument.
+        fde_storage: how FDEs are stored: ``"float16"`` (default) or ``"int8"`` (a float32 scale per document: half
+            the bytes of the candidate scan).
         backend: how FDE candidates are found: ``"exact"`` (default: every live FDE scored by
             :func:`tokenset.inner_product_topk`) or ``"usearch"`` (an approximate HNSW graph over the float16 FDEs,
             inner-product metric, for large corpora; the ``[ann]`` extra). The graph is not stored on disk: it is
@@ -80,8 +86,9 @@ class Index:
 
     MAX_ID = MAX_ID
 
-    def __init__(self, dim: int, fde: Optional[FDE] = None, dtype: str = "float16", backend: str = "exact",
-                 backend_options: Optional[Dict[str, int]] = None):
+    def __init__(self, dim: int, fde: Optional[FDE] = None, storage: Optional[str] = None, backend: str = "exact",
+                 backend_options: Optional[Dict[str, int]] = None, *, fde_storage: str = "float16",
+                 dtype: Optional[str] = None):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 1 << 16:
             raise ValueError(f"dim must be an integer in 1..65536, got {dim!r}")
         self.dim = int(dim)
@@ -90,9 +97,14 @@ class Index:
             raise TypeError(f"fde must be a tokenset.FDE, got {type(self.fde).__name__}")
         if self.fde.dim != self.dim:
             raise ValueError(f"the FDE encodes {self.fde.dim}-d tokens but the index holds {self.dim}-d tokens")
-        if dtype not in _TOKEN_DTYPES:
-            raise ValueError(f"dtype must be one of {_TOKEN_DTYPES}, got {dtype!r}")
-        self.dtype = dtype
+        if storage is not None and dtype is not None and storage != dtype:
+            raise ValueError(f"storage={storage!r} and dtype={dtype!r} disagree; dtype is the older name of storage")
+        storage = storage or dtype or "float16"
+        if storage not in _TOKEN_STORAGES:
+            raise ValueError(f"storage must be one of {_TOKEN_STORAGES}, got {storage!r}")
+        if fde_storage not in _FDE_STORAGES:
+            raise ValueError(f"fde_storage must be one of {_FDE_STORAGES}, got {fde_storage!r}")
+        self.storage, self.fde_storage = storage, fde_storage
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         self.backend, self.backend_options = backend, check_options(backend_options or {})
@@ -120,7 +132,13 @@ class Index:
         return self._store.count
 
     def __repr__(self) -> str:
-        return f"Index(dim={self.dim}, documents={len(self)}, dtype={self.dtype}, fde={self.fde.output_dim} dims)"
+        return (f"Index(dim={self.dim}, documents={len(self)}, storage={self.storage}, fde={self.fde.output_dim} dims "
+                f"{self.fde_storage})")
+
+    @property
+    def dtype(self) -> str:
+        """The token storage (the older name of :attr:`storage`)."""
+        return self.storage
 
     @property
     def ids(self) -> np.ndarray:
@@ -143,7 +161,7 @@ class Index:
             if given.shape != (n,):
                 raise ValueError(f"ids must have shape ({n},) (one per document), got {tuple(given.shape)}")
             check_ids(given)
-        tokens, offsets, fdes = self._encode(batch)  # the heavy part, before the lock
+        tokens, offsets, fdes, token_scales, fde_scales = self._encode(batch)  # the heavy part, before the lock
         with self._store.lock:
             if given is None:
                 if self._next_id + n - 1 > MAX_ID:
@@ -156,29 +174,38 @@ class Index:
                 if taken.size:
                     raise ValueError(f"ids already in the index: {taken[:5].tolist()}; remove them first")
             if n:
-                self._store.append(Segment(tokens, offsets, fdes, new_ids))
+                self._store.append(Segment(tokens, offsets, fdes, new_ids, token_scales, fde_scales))
                 if self._ann is not None:
-                    self._ann.on_add(new_ids, fdes)
+                    self._ann.on_add(new_ids, fdes if fde_scales is None else dequantized(fdes, fde_scales))
                 self._next_id = max(self._next_id, int(new_ids.max()) + 1)
         return new_ids
 
-    def _encode(self, batch: Ragged) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(tokens in the stored dtype, offsets from 0, FDEs float16) of a compact batch: FDEs encoded in chunks
-        (the float32 encoder output is bounded by _ENCODE_BYTES), tokens copied once, straight into one array (in
-        blocks of rows for an array batch, set by set for a list)."""
+    def _encode(self, batch: Ragged) -> Tuple[np.ndarray, ...]:
+        """(tokens in the stored form, offsets from 0, FDEs, token scales, FDE scales) of a compact batch: FDEs
+        encoded in chunks (the float32 encoder output is bounded by _ENCODE_BYTES), tokens copied (or quantised) once,
+        straight into one array (in blocks of rows for an array batch, set by set for a list). Scales are None for
+        float storage."""
         n = len(batch)
         offsets = np.array(batch.offsets, dtype=np.int64)
-        fdes = np.empty((n, self.fde.output_dim), dtype=np.float16)
+        int8_fde = self.fde_storage == "int8"
+        fdes = np.empty((n, self.fde.output_dim), dtype=np.int8 if int8_fde else np.float16)
+        fde_scales = np.empty(n, np.float32) if int8_fde else None
         step = max(1, _ENCODE_BYTES // (4 * self.fde.output_dim))
         for c0 in range(0, n, step):
             c1 = min(n, c0 + step)
             part = ragged([batch[i] for i in range(c0, c1)], name="documents") if batch.sets is not None else \
                 Ragged(batch.values, offsets[c0:c1 + 1], name="documents")
             encoded = np.asarray(_array.host_copy(self.fde.encode_documents(part)))
+            if int8_fde:
+                q = quantize(encoded, name="the documents' FDEs")
+                fdes[c0:c1], fde_scales[c0:c1] = q.values, q.scales
+                continue
             with np.errstate(over="ignore"):
                 fdes[c0:c1] = encoded
             self._check_half(fdes[c0:c1], encoded, "the documents' FDEs", c0)
-        tokens = np.empty((int(offsets[-1]), self.dim), dtype=self.dtype)
+        int8 = self.storage == "int8"
+        tokens = np.empty((int(offsets[-1]), self.dim), dtype=self.storage)
+        token_scales = np.empty(tokens.shape[0], np.float32) if int8 else None
         if batch.sets is not None:
             pieces = ((int(offsets[i]), batch[i]) for i in range(n))
         else:
@@ -187,10 +214,18 @@ class Index:
         for t0, piece in pieces:
             source = np.asarray(_array.host_copy(piece, "documents"))
             target = tokens[t0:t0 + source.shape[0]]
+            first = int(np.searchsorted(offsets, t0, side="right")) - 1
+            if int8:
+                try:
+                    q = quantize(source, name="documents")
+                except ValueError as exc:
+                    raise ValueError(f"documents near document {first}: {exc}") from None
+                target[...], token_scales[t0:t0 + source.shape[0]] = q.values, q.scales
+                continue
             with np.errstate(over="ignore"):
                 target[...] = source
-            self._check_half(target, source, "documents", int(np.searchsorted(offsets, t0, side="right")) - 1)
-        return tokens, offsets, fdes
+            self._check_half(target, source, "documents", first)
+        return tokens, offsets, fdes, token_scales, fde_scales
 
     def _check_half(self, stored: np.ndarray, source: np.ndarray, what: str, first: int) -> None:
         if stored.dtype != np.float16 or stored.size == 0 or np.isfinite(stored).all():
@@ -241,6 +276,9 @@ class Index:
                     seg.device_copies.clear()
             return self
         target = _device.parse_device(device)
+        if self.storage == "int8" or self.fde_storage == "int8":
+            raise ValueError("int8 storage is searched on the CPU (the int8 kernels are CPU kernels); keep this index "
+                             "on the CPU, or build a float16 one for the GPU")
         from .. import _backend
         from .._build import build_info
 
@@ -306,8 +344,7 @@ class Index:
             # Only the candidate documents, as a list of views of the stored tokens (read in place on the CPU): the
             # kernel's per-call checks then cost O(candidates), not O(documents in the segment).
             rows, columns = np.unique(local[local >= 0], return_inverse=True)
-            offsets = np.asarray(seg.offsets)
-            picked = [documents.values[offsets[r]:offsets[r + 1]] for r in rows.tolist()]
+            picked = _candidate_documents(documents, rows)
             which = np.full(local.shape, -1, np.int64)
             which[local >= 0] = columns.reshape(-1)
             scores = np.asarray(_array.host_copy(maxsim_pairs(q_run, picked, which)))
@@ -337,7 +374,8 @@ class Index:
                 d1 = min(len(seg), d0 + step)
                 if not alive[d0:d1].any():
                     continue
-                block = Ragged(documents.values, offsets[d0:d1 + 1], name="index documents")
+                block = Ragged(documents.values, offsets[d0:d1 + 1], name="index documents") if seg.token_scales is \
+                    None else Quantized(documents.values, documents.scales, offsets[d0:d1 + 1], name="index documents")
                 scores = np.asarray(_array.host_copy(maxsim(q_run, block)))
                 ids = np.where(alive[d0:d1], seg.ids[d0:d1], -1)
                 best_ids, best_scores = top_k(np.concatenate([best_ids, np.broadcast_to(ids, (nq, d1 - d0))], 1),
@@ -351,11 +389,13 @@ class Index:
         return evaluation.evaluate(self, queries, k, candidates, repeats)
 
     def bytes_per_document(self) -> Dict[str, float]:
-        """Average stored bytes per live document: FDE, tokens (and their offsets), id."""
+        """Average stored bytes per live document: FDE (and its scale when int8), tokens (their scales when int8,
+        and the offsets), id. Tokens of removed documents count until a save compacts them away."""
         snap = self._store.snapshot()
         n = max(1, snap.live)
-        tokens = sum(int(np.asarray(s.offsets)[-1]) for s in snap.segments) * self.dim * np.dtype(self.dtype).itemsize
-        fde = self.fde.output_dim * 2
+        per_token = self.dim * np.dtype(self.storage).itemsize + (4 if self.storage == "int8" else 0)
+        tokens = sum(int(np.asarray(s.offsets)[-1]) for s in snap.segments) * per_token
+        fde = self.fde.output_dim * np.dtype(self.fde_storage).itemsize + (4 if self.fde_storage == "int8" else 0)
         return {"fde": float(fde), "tokens": tokens / n + 8, "ids": 8.0, "total": fde + tokens / n + 16}
 
     # ---- storage ----------------------------------------------------------------------------------------------------
@@ -399,6 +439,21 @@ class Index:
         with self._meta_lock:
             saved = self._saved
         files.verify(saved)
+
+
+def _candidate_documents(documents: Any, rows: np.ndarray) -> Any:
+    """Documents `rows` of a segment's batch, for reranking: a list of views of the stored tokens (read in place on
+    the CPU, so the kernel's checks cost O(candidates), not O(documents in the segment)), or for int8 storage one
+    Quantized of their rows (a copy of the candidates' codes and scales)."""
+    offsets = np.asarray(documents.offsets)
+    if not isinstance(documents, Quantized):
+        return [documents.values[offsets[r]:offsets[r + 1]] for r in rows.tolist()]
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    picked = np.zeros(rows.size + 1, np.int64)
+    picked[1:] = np.cumsum(lengths)
+    token_rows = np.repeat(starts - picked[:-1], lengths) + np.arange(int(picked[-1]))
+    return Quantized(np.asarray(documents.values)[token_rows], np.asarray(documents.scales)[token_rows], picked,
+                     name="index documents")
 
 
 _INDEXES: "weakref.WeakSet[Index]" = weakref.WeakSet()

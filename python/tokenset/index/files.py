@@ -1,8 +1,9 @@
 """An index's folder: ``save``, ``load`` and ``verify`` (every byte through :mod:`tokenset._storage`).
 
 Layout: ``manifest.json`` (sealed by its own SHA-256) names one *generation* of files, ``tokens-<g>.npy``,
-``offsets-<g>.npy``, ``fde-<g>.npy``, ``ids-<g>.npy`` and ``fde-<g>.encoder`` (``<g>``: 12 hex digits), with the
-SHA-256 of each; ``.tokenset-index.lock`` is the lock file of saves.
+``offsets-<g>.npy``, ``fde-<g>.npy``, ``ids-<g>.npy`` (with int8 storage also ``token_scales-<g>.npy`` /
+``fde_scales-<g>.npy``) and ``fde-<g>.encoder`` (``<g>``: 12 hex digits), with the SHA-256 of each;
+``.tokenset-index.lock`` is the lock file of saves.
 
 Saving, under an exclusive lock on the folder (threads and processes alike):
   1. the folder must be new, empty, or hold a tokenset index (its ``manifest.json``); anything else is refused;
@@ -39,10 +40,12 @@ FORMAT = "tokenset.Index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".tokenset-index.lock"
-ARRAYS = ("tokens", "offsets", "fde", "ids")
+ARRAYS = ("tokens", "offsets", "fde", "ids")  # and, for int8 storage, "token_scales" / "fde_scales"
+SCALE_ARRAYS = ("token_scales", "fde_scales")
 BLOCK_BYTES = 64 << 20  # what one streamed block of a save holds
 MAX_ENCODER_BYTES = 1 << 31
-_GENERATION_FILE = re.compile(r"^(?:(?:tokens|offsets|fde|ids)-[0-9a-f]{12}\.npy|fde-[0-9a-f]{12}\.encoder)$")
+_GENERATION_FILE = re.compile(r"^(?:(?:tokens|offsets|fde|ids|token_scales|fde_scales)-[0-9a-f]{12}\.npy|"
+                              r"fde-[0-9a-f]{12}\.encoder)$")
 
 
 def _ours(name: str) -> bool:
@@ -68,7 +71,7 @@ def save(index: Any, directory: Any) -> Tuple[str, Dict[str, Any]]:
         previous = _check_folder(directory)  # again under the lock: what the last save wrote
         snapshot, next_id = index._snapshot_for_save()
         generation = secrets.token_hex(6)
-        written = [f"{name}-{generation}.npy" for name in ARRAYS] + [f"fde-{generation}.encoder"]
+        written = [f"{name}-{generation}.npy" for name in ARRAYS + SCALE_ARRAYS] + [f"fde-{generation}.encoder"]
         try:
             manifest = _write_generation(index, snapshot, next_id, directory, generation)
         except BaseException:
@@ -116,7 +119,8 @@ def _write_generation(index: Any, snapshot: Snapshot, next_id: int, directory: s
     encoder_bytes = index.fde.to_bytes()
     encoder_name = f"fde-{generation}.encoder"
     _storage.atomic_write(os.path.join(directory, encoder_name), lambda f: f.write(encoder_bytes))
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "dim": index.dim, "dtype": index.dtype,
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "dim": index.dim, "dtype": index.storage,
+                "fde_dtype": index.fde_storage,
                 "documents": files["ids"]["shape"][0], "next_id": next_id, "arrays": files,
                 "backend": {"name": index.backend, "options": index.backend_options},
                 "encoder": {"file": encoder_name, "sha256": hashlib.sha256(encoder_bytes).hexdigest(),
@@ -181,10 +185,14 @@ def _write_arrays(index: Any, snapshot: Snapshot, directory: str, generation: st
         offsets = np.asarray(seg.offsets)
         for rows in _live_chunks(seg, alive):
             tokens += int((offsets[_after(rows)] - offsets[rows]).sum())
-    specs = {"tokens": (np.dtype(index.dtype), (tokens, index.dim), _token_blocks(snapshot)),
+    specs = {"tokens": (np.dtype(index.storage), (tokens, index.dim), _token_blocks(snapshot, "tokens")),
              "offsets": (np.dtype(np.int64), (docs + 1,), _offset_blocks(snapshot)),
-             "fde": (np.dtype(np.float16), (docs, index.fde.output_dim), _row_blocks(snapshot, "fde")),
+             "fde": (np.dtype(index.fde_storage), (docs, index.fde.output_dim), _row_blocks(snapshot, "fde")),
              "ids": (np.dtype(np.int64), (docs,), _row_blocks(snapshot, "ids"))}
+    if index.storage == "int8":
+        specs["token_scales"] = (np.dtype(np.float32), (tokens,), _token_blocks(snapshot, "token_scales"))
+    if index.fde_storage == "int8":
+        specs["fde_scales"] = (np.dtype(np.float32), (docs,), _row_blocks(snapshot, "fde_scales"))
     files = {}
     for name, (dtype, shape, blocks) in specs.items():
         file = f"{name}-{generation}.npy"
@@ -225,10 +233,11 @@ def _pieces(rows: Any, step: int) -> Iterator[Any]:
             yield rows[r0:r0 + step]
 
 
-def _token_blocks(snapshot: Snapshot) -> Iterator[np.ndarray]:
+def _token_blocks(snapshot: Snapshot, field: str) -> Iterator[np.ndarray]:
+    """The live documents' rows of a per-token array (`field`: tokens, or their scales)."""
     for seg, alive in snapshot:
-        tokens, offsets = seg.tokens, np.asarray(seg.offsets)
-        row_bytes = max(1, tokens.shape[1] * tokens.dtype.itemsize)
+        tokens, offsets = getattr(seg, field), np.asarray(seg.offsets)
+        row_bytes = max(1, int(np.prod(tokens.shape[1:], dtype=np.int64)) * tokens.dtype.itemsize)
         step = max(1, BLOCK_BYTES // max(row_bytes, 8))  # the block, and its gather index (8 bytes a row)
         for rows in _live_chunks(seg, alive):
             if isinstance(rows, slice):  # consecutive documents: their tokens are one range, read as views
@@ -320,8 +329,11 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     n = _storage.config_int(manifest, "documents", 0, 2**40, corrupt)
     next_id = _storage.config_int(manifest, "next_id", 0, MAX_ID + 1, corrupt)
     dtype = manifest.get("dtype")
-    if dtype not in ("float16", "float32"):
+    if dtype not in ("float16", "float32", "int8"):
         raise corrupt(f"dtype {dtype!r}")
+    fde_dtype = manifest.get("fde_dtype", "float16")  # older manifests: float16 FDEs
+    if fde_dtype not in ("float16", "int8"):
+        raise corrupt(f"fde_dtype {fde_dtype!r}")
     encoder = manifest.get("encoder")
     if not isinstance(encoder, dict) or not _storage.safe_name(encoder.get("file")):
         raise corrupt("encoder entry")
@@ -338,14 +350,22 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     if fde.dim != dim:
         raise corrupt("encoder dimension differs from the index's")
     arrays = manifest.get("arrays")
-    if not isinstance(arrays, dict) or set(arrays) != set(ARRAYS):
+    expected = set(ARRAYS) | ({"token_scales"} if dtype == "int8" else set()) | \
+        ({"fde_scales"} if fde_dtype == "int8" else set())
+    if not isinstance(arrays, dict) or set(arrays) != expected:
         raise corrupt("arrays entry")
     offsets = _array(directory, arrays["offsets"], np.int64, (n + 1,), False, corrupt, digest)
     if offsets[0] != 0 or (n and np.diff(offsets).min() < 0):
         raise corrupt("offsets are not non-decreasing from 0")
     total = int(offsets[-1])
     tokens = _array(directory, arrays["tokens"], np.dtype(dtype), (total, dim), mmap, corrupt, digest)
-    fdes = _array(directory, arrays["fde"], np.float16, (n, fde.output_dim), mmap, corrupt, digest)
+    fdes = _array(directory, arrays["fde"], np.dtype(fde_dtype), (n, fde.output_dim), mmap, corrupt, digest)
+    scales = {}
+    for name, rows in (("token_scales", total), ("fde_scales", n)):
+        if name in arrays:  # read whole (4 bytes a row) and checked: NaN, inf or negative scales are damage
+            scales[name] = _array(directory, arrays[name], np.float32, (rows,), False, corrupt, digest)
+            if rows and not (np.isfinite(scales[name]).all() and scales[name].min() >= 0):
+                raise corrupt(f"{name} hold values that are not finite numbers >= 0")
     ids = _array(directory, arrays["ids"], np.int64, (n,), False, corrupt, digest)
     if n and int(ids.max()) > MAX_ID:
         raise corrupt(f"ids outside 0..{MAX_ID}")
@@ -357,12 +377,13 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     if not isinstance(backend, dict) or not isinstance(backend.get("options"), dict):
         raise corrupt("backend entry")
     try:
-        index = cls(dim, fde=fde, dtype=dtype, backend=backend.get("name"), backend_options=backend["options"])
+        index = cls(dim, fde=fde, storage=dtype, backend=backend.get("name"), backend_options=backend["options"],
+                    fde_storage=fde_dtype)
     except (ValueError, TypeError) as exc:
         raise corrupt(f"backend: {exc}") from None
     except ImportError as exc:
         raise ImportError(f"{directory}: {exc}") from None
-    segment = Segment(tokens, offsets, fdes, ids) if n else None
+    segment = Segment(tokens, offsets, fdes, ids, scales.get("token_scales"), scales.get("fde_scales")) if n else None
     if segment is not None and not segment.has_distinct_ids():
         raise corrupt("ids are not distinct")
     index._open_saved(segment, max(next_id, int(ids.max()) + 1 if n else 0), (directory, manifest))

@@ -1,7 +1,8 @@
 """The index's segment store: documents in immutable segments, tombstones, the id lookup, merges, snapshots.
 
 A :class:`Segment` holds documents stored together: tokens ``[T, d]`` + offsets ``[n + 1]`` (from 0), FDEs
-``[n, F]`` float16 and ids ``[n]`` int64, with a liveness array ``alive [n]``. Nothing of a segment is ever written
+``[n, F]`` and ids ``[n]`` int64, with a liveness array ``alive [n]``; int8 tokens come with ``token_scales [T]`` and
+int8 FDEs with ``fde_scales [n]`` (float32, one per row; None for float storage). Nothing of a segment is ever written
 in place: :meth:`SegmentStore.remove` gives the segment a new ``alive`` array (copy on write), so a
 :class:`Snapshot` (the segments and their liveness at one moment, taken under the lock without copying anything) stays
 consistent for as long as a search or a save uses it, whatever happens to the store meanwhile.
@@ -17,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..quantize import Quantized
 from ..ragged import Ragged
 
 MAX_ID = 2**63 - 2  # 2**63 - 1 stays free, so "one more than the largest id" always fits in int64
@@ -46,15 +48,19 @@ def check_distinct(ids: np.ndarray, what: str = "ids") -> None:
 class Segment:
     """Documents stored together (see the module docstring). ``alive`` is replaced, never written."""
 
-    __slots__ = ("tokens", "offsets", "fde", "ids", "alive", "live", "batch", "_sorted_ids", "_sorted_rows",
-                 "device_copies")
+    __slots__ = ("tokens", "offsets", "fde", "ids", "token_scales", "fde_scales", "alive", "live", "batch",
+                 "_sorted_ids", "_sorted_rows", "device_copies")
 
     def __init__(self, tokens: Any, offsets: np.ndarray, fde: Any, ids: np.ndarray,
+                 token_scales: Optional[np.ndarray] = None, fde_scales: Optional[np.ndarray] = None,
                  alive: Optional[np.ndarray] = None):
         self.tokens, self.offsets, self.fde, self.ids = tokens, offsets, fde, ids
+        self.token_scales, self.fde_scales = token_scales, fde_scales
         self.alive = np.ones(len(ids), dtype=bool) if alive is None else alive
         self.live = int(self.alive.sum())
-        self.batch = Ragged(tokens, offsets, name="index documents")
+        # What MaxSim reads: the tokens (float), or the int8 codes with their scales.
+        self.batch = Ragged(tokens, offsets, name="index documents") if token_scales is None else \
+            Quantized(tokens, token_scales, offsets, name="index documents")
         if ids.size < 2 or bool((ids[1:] > ids[:-1]).all()):  # the usual case (generated ids): no extra memory
             self._sorted_ids, self._sorted_rows = ids, None
         else:
@@ -64,6 +70,11 @@ class Segment:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def fde_values(self, rows: Any) -> np.ndarray:
+        """FDEs of `rows` as floats (int8 FDEs times their scales, float32), for consumers that take vectors."""
+        fdes = np.asarray(self.fde[rows])
+        return fdes if self.fde_scales is None else dequantized(fdes, np.asarray(self.fde_scales)[rows])
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The row of each id in this segment (dead or alive), -1 where it is not stored here."""
@@ -80,8 +91,9 @@ class Segment:
         s = self._sorted_ids
         return s.size < 2 or bool((s[1:] != s[:-1]).all())
 
-    def live_parts(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(tokens, offsets, fdes, ids) of the live documents: the arrays themselves when all are live."""
+    def live_parts(self) -> Tuple[Any, ...]:
+        """(tokens, offsets, fdes, ids, token_scales, fde_scales) of the live documents: the arrays themselves when
+        all are live."""
         return live_parts(self, self.alive)
 
 
@@ -201,26 +213,36 @@ class SegmentStore:
             self.count -= removed
 
 
+def dequantized(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """int8 rows times their scales (float32)."""
+    return codes.astype(np.float32) * scales.astype(np.float32)[:, None]
+
+
 def live_parts(seg: Segment, alive: np.ndarray):
-    """(tokens, offsets, fdes, ids) of a segment's documents that `alive` marks: the arrays themselves when all are."""
+    """(tokens, offsets, fdes, ids, token_scales, fde_scales) of a segment's documents that `alive` marks: the arrays
+    themselves when all are (scales None for float storage)."""
     if alive.all():
-        return seg.tokens, np.asarray(seg.offsets), seg.fde, seg.ids
+        return seg.tokens, np.asarray(seg.offsets), seg.fde, seg.ids, seg.token_scales, seg.fde_scales
     rows = np.flatnonzero(alive)
     starts, ends = np.asarray(seg.offsets)[rows], np.asarray(seg.offsets)[rows + 1]
     lengths = ends - starts
     offsets = np.zeros(rows.size + 1, np.int64)
     offsets[1:] = np.cumsum(lengths)
     token_rows = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
-    return np.asarray(seg.tokens)[token_rows], offsets, np.asarray(seg.fde)[rows], seg.ids[rows]
+    token_scales = None if seg.token_scales is None else np.asarray(seg.token_scales)[token_rows]
+    fde_scales = None if seg.fde_scales is None else np.asarray(seg.fde_scales)[rows]
+    return (np.asarray(seg.tokens)[token_rows], offsets, np.asarray(seg.fde)[rows], seg.ids[rows], token_scales,
+            fde_scales)
 
 
 def concat_parts(parts):
-    """One (tokens, offsets, fdes, ids) from several, offsets rebased."""
+    """One (tokens, offsets, fdes, ids, token_scales, fde_scales) from several, offsets rebased."""
     tokens = np.concatenate([np.asarray(p[0]) for p in parts])
     offsets = [np.zeros(1, np.int64)]
     base = 0
     for p in parts:
         offsets.append(np.asarray(p[1][1:]) - int(p[1][0]) + base)
         base += int(p[1][-1]) - int(p[1][0])
-    return tokens, np.concatenate(offsets), np.ascontiguousarray(np.concatenate([np.asarray(p[2]) for p in parts])), \
-        np.concatenate([p[3] for p in parts])
+    scales = [None if parts[0][i] is None else np.concatenate([np.asarray(p[i]) for p in parts]) for i in (4, 5)]
+    return (tokens, np.concatenate(offsets), np.ascontiguousarray(np.concatenate([np.asarray(p[2]) for p in parts])),
+            np.concatenate([p[3] for p in parts]), *scales)
