@@ -68,7 +68,7 @@ def test_quantize_chunks_and_gapped_input(monkeypatch):
     rng = np.random.default_rng(3)
     sets = random_sets(rng, [5, 9, 2], 16)
     whole = tokenset.quantize(sets)
-    monkeypatch.setattr(module, "_CHUNK_ROWS", 4)
+    monkeypatch.setattr(module, "_CHUNK_BYTES", 4 * 16 * 4)  # 4 rows of 16 float32
     chunked = tokenset.quantize(sets)
     np.testing.assert_array_equal(whole.values, chunked.values)
     np.testing.assert_array_equal(whole.scales, chunked.scales)

@@ -22,7 +22,7 @@ import numpy as np
 from . import _array
 from .ragged import Ragged, _check_offsets, _frozen, ragged
 
-_CHUNK_ROWS = 1 << 16  # rows quantised at a time: float32 temporaries of 65,536 x dim, never of the corpus
+_CHUNK_BYTES = 32 << 20  # float32 rows quantised at a time (a few temporaries of this size), never the corpus
 
 
 class Quantized:
@@ -162,7 +162,7 @@ def quantize(tokens: Any, *, name: str = "tokens") -> Quantized:
 
     Returns:
         a :class:`Quantized` in the input's library and device. Memory: the output plus float32 temporaries of
-        65,536 tokens at a time.
+        32 MiB of tokens at a time (a few of them).
 
     >>> import numpy as np, tokenset
     >>> docs = tokenset.quantize([np.ones((3, 4), np.float32), np.full((1, 4), -2.0, np.float32)])
@@ -179,8 +179,9 @@ def quantize(tokens: Any, *, name: str = "tokens") -> Quantized:
     lib, dev = _array.library(values), _array.device(values)
     codes = _array.empty((rows, batch.dim), "int8", lib, dev)
     scales = _array.empty((rows,), "float32", lib, dev)
-    for start in range(0, rows, _CHUNK_ROWS):
-        chunk = _array.astype(values[start:start + _CHUNK_ROWS], "float32")
+    step = max(1, _CHUNK_BYTES // (4 * batch.dim))
+    for start in range(0, rows, step):
+        chunk = _array.astype(values[start:start + step], "float32")
         s = _scales(chunk)
         host = _array.host_copy(s, name)
         if not np.isfinite(host).all():
@@ -188,6 +189,6 @@ def quantize(tokens: Any, *, name: str = "tokens") -> Quantized:
             at = int(np.searchsorted(batch.offsets, row, side="right") - 1)
             raise ValueError(f"{name}: set {at}, token {row - int(batch.offsets[at])} holds NaN or infinity; int8 "
                              f"codes need finite values (clean or drop the token first)")
-        codes[start:start + _CHUNK_ROWS] = _codes(chunk, s)
-        scales[start:start + _CHUNK_ROWS] = s
+        codes[start:start + step] = _codes(chunk, s)
+        scales[start:start + step] = s
     return Quantized(codes, scales, batch.offsets, name=name)
