@@ -144,7 +144,7 @@ def test_storage_arguments_are_checked():
         index.to("cuda")
     bad = corpus(3)
     bad[1][2, 3] = np.inf
-    with pytest.raises(ValueError, match="near document 1"):
+    with pytest.raises(ValueError, match="document 1, token 2 holds NaN or infinity"):
         index.add(bad)
     assert len(index) == 0
 
@@ -156,3 +156,32 @@ def test_usearch_over_int8_fdes():
     index.add(docs)
     ids, _ = index.search(queries(docs), k=3)
     assert (ids[:, 0] == np.arange(12)).mean() >= 0.8
+
+
+def test_add_names_the_document_and_token_that_is_not_finite():
+    docs = corpus(10, seed=6)
+    values = np.concatenate(docs)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    values[offsets[7] + 2, 5] = np.nan
+    index = tokenset.Index(DIM, fde=encoder(), storage="int8")
+    with pytest.raises(ValueError, match="document 7, token 2 holds NaN"):
+        index.add(tokenset.Ragged(values, offsets))
+    assert len(index) == 0
+
+
+def test_int8_fdes_out_of_float16_range_are_refused_for_usearch_only():
+    """usearch keeps float16 vectors: int8 FDEs beyond its range would become inf there and silently lose recall."""
+    docs = [d * 1e5 for d in corpus(20, seed=7)]
+    exact = tokenset.Index(DIM, fde=encoder(), storage="float32", fde_storage="int8")
+    exact.add(docs)  # the exact scan reads the codes and scales: any finite range works
+    assert exact.search(queries(docs, 3), k=1)[0][:, 0].tolist() == [0, 1, 2]
+    pytest.importorskip("usearch")
+    graph = tokenset.Index(DIM, fde=encoder(), storage="float32", fde_storage="int8", backend="usearch")
+    with pytest.raises(ValueError, match="float16 graph cannot hold"):
+        graph.add(docs)
+
+
+def test_sharded_build_refuses_disagreeing_storage_names(tmp_path):
+    distributed = pytest.importorskip("tokenset.distributed")
+    with pytest.raises(ValueError, match="disagree"):
+        distributed.ShardedIndex.build(corpus(4), tmp_path, 2, DIM, fde=encoder(), storage="int8", dtype="float16")

@@ -281,3 +281,73 @@ def test_native_refuses_bad_int8_batches():
     with pytest.raises(TypeError, match="dequantize"):
         int8 = KernelBatch(v, None, np.array([0, 4]), None, np.ones(4, np.float32))
         _core.nearest(int8, int8, 0, np.empty(4, np.int64))
+
+
+# ---- found by review: each reproduced, then fixed -----------------------------------------------------------------
+
+def test_scales_in_another_byte_order_are_refused():
+    """Big-endian float32 scales were read as other numbers (scores of 1e-39 instead of 34.5)."""
+    v = np.ones((3, 4), np.int8)
+    with pytest.raises(ValueError, match=">f4"):
+        tokenset.Quantized(v, np.ones(3, ">f4"), [0, 3])
+    with pytest.raises(TypeError, match="byte order"):
+        tokenset.inner_product_topk(np.ones((1, 4), np.float32), v, 2, scales=np.ones(3, ">f4"))
+
+
+def test_uint8_codes_are_refused_natively():
+    from tokenset import _core
+    from tokenset.ops._dispatch import KernelBatch
+
+    q = KernelBatch(np.ones((1, 4), np.float32), None, np.array([0, 1]), None)
+    with pytest.raises(TypeError, match="uint8 values are not int8 codes"):
+        _core.maxsim(q, KernelBatch(np.full((2, 4), 200, np.uint8), None, np.array([0, 2]), None,
+                                    np.ones(2, np.float32)), np.empty((1, 1), np.float32))
+    with pytest.raises(TypeError, match="uint8 values are not int8 codes"):
+        _core.inner_product_topk(np.ones((1, 4), np.float32), np.full((2, 4), 200, np.uint8), 1,
+                                 np.empty((1, 1), np.float32), np.empty((1, 1), np.int64), None,
+                                 np.ones(2, np.float32))
+
+
+@requires_torch
+def test_gradients_through_int8_documents_are_refused_not_dropped():
+    import torch
+
+    docs = tokenset.quantize(np.ones((3, 4), np.float32))
+    q = torch.ones(2, 4, requires_grad=True)
+    with pytest.raises(TypeError, match="not differentiable"):
+        tokenset.maxsim(q, docs)
+    with torch.no_grad():
+        assert tokenset.maxsim(q, docs).shape == (1, 1)
+    assert tokenset.maxsim(q.detach(), docs).shape == (1, 1)
+
+
+def test_pairs_check_the_scales_of_their_candidates_only():
+    """A call scoring 3 candidates read every document's scales (O(corpus) per call); bad scales of a candidate are
+    still refused."""
+    values = np.ones((4, 8), np.int8)
+    scales = np.array([1, 1, 1, 1], np.float32)
+    docs = tokenset.Quantized(values, scales, [0, 1, 2, 3, 4])
+    scales[2] = np.nan  # after the constructor's check, as another writer could
+    q = np.ones((1, 8), np.float32)
+    np.testing.assert_array_equal(tokenset.maxsim_pairs(q, docs, np.array([[0, 3, -1]])), [[8, 8, -np.inf]])
+    with pytest.raises(ValueError, match="documents set 2, token 0: scale nan"):
+        tokenset.maxsim_pairs(q, docs, np.array([[0, 2]]))
+    with pytest.raises(ValueError, match="documents set 2"):
+        tokenset.maxsim(q, docs)
+
+
+def test_inner_product_refuses_bad_scales():
+    codes = np.ones((3, 4), np.int8)
+    for bad in (np.nan, np.inf, -1.0):
+        scales = np.ones(3, np.float32)
+        scales[1] = bad
+        with pytest.raises(ValueError, match=r"scales\[1\]"):
+            tokenset.inner_product_topk(np.ones((1, 4), np.float32), codes, 2, scales=scales)
+
+
+def test_dequantize_gives_float_tokens_only():
+    q = tokenset.quantize(np.ones((2, 4), np.float32))
+    for dtype in ("float64", "int8"):
+        with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+            q.dequantize(dtype)
+    assert q.dequantize("float16").values.dtype == np.float16

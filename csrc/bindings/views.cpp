@@ -52,6 +52,10 @@ DType dtype_from_dlpack(DLDataType t, const char* name) {
 DType dtype_from_numpy(const py::dtype& dt, const char* name) {
   const char kind = dt.kind();
   const py::ssize_t size = dt.itemsize();
+  // The kernels read native byte order: a big-endian float32 scale would be read as another number entirely.
+  TOKENSET_CHECK(size == 1 || dt.attr("isnative").cast<bool>(), TypeError, name, ": dtype ",
+                 py::str(dt).cast<std::string>(), " is not in this machine's byte order; convert it with "
+                 "x.astype(x.dtype.newbyteorder('='))");
   if (kind == 'f' && size == 4) return DType::Float32;
   if (kind == 'f' && size == 2) return DType::Float16;
   if (size == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16") return DType::BFloat16;  // ml_dtypes
@@ -103,6 +107,7 @@ ArrayView Call::from_buffer(py::handle obj, const char* name, bool writable) {
   py::array array = py::reinterpret_borrow<py::array>(obj);
   ArrayView v;
   v.dtype = dtype_from_numpy(array.dtype(), name);
+  v.is_unsigned = array.dtype().kind() == 'u';
   TOKENSET_CHECK(array.ndim() <= kMaxDims, ValueError, name, ": at most ", kMaxDims, " dimensions, got ",
                  array.ndim());
   TOKENSET_CHECK(!writable || array.writeable(), ValueError, name, " is read-only; pass a writable array");
@@ -141,6 +146,7 @@ ArrayView Call::from_dlpack(py::handle obj, const char* name, bool on_host) {
   const DLTensor& t = managed->dl_tensor;
   ArrayView v;
   v.dtype = dtype_from_dlpack(t.dtype, name);
+  v.is_unsigned = t.dtype.code == 1;
   TOKENSET_CHECK(t.ndim <= kMaxDims, ValueError, name, ": at most ", kMaxDims, " dimensions, got ", t.ndim);
   v.ndim = t.ndim;
   int64_t expected = 1;
@@ -205,6 +211,8 @@ SetBatch Call::set_batch(py::handle batch, const char* name, bool allow_int8) {
     for (int64_t i = 0; i < b.count; ++i) {
       const std::string item = n + "[" + std::to_string(i) + "]";
       ArrayView s = view(seq[static_cast<size_t>(i)], item.c_str());
+      TOKENSET_CHECK(!(allow_int8 && s.dtype == DType::Int8), TypeError, item,
+                     ": int8 sets are read as one batch with their scales (a tokenset.Quantized), not as a list");
       check_token_values(s, item);
       if (i == 0) {
         b.values = s;  // dtype and dim of the batch

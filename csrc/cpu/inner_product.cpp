@@ -2,6 +2,7 @@
 // query of the group; a worker takes 16 eligible rows at a time (read in place) and scores them against the group's
 // queries 4 at a time in register tiles (rows re-read from cache for each 4 queries).
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "inner_product_kernels.h"
@@ -17,6 +18,9 @@ constexpr int64_t kInnerProductHeapBudget = int64_t(64) << 20;
 
 void inner_product_topk(const InnerProductParams& p, const Launch&) {
   validate(p);
+  for (int64_t i = 0; p.scales && i < p.vectors.shape[0]; ++i)  // n floats beside n rows of the scan: cheap
+    TOKENSET_CHECK(std::isfinite(p.scales[i]) && p.scales[i] >= 0.0f, ValueError, "scales[", i, "] = ", p.scales[i],
+                   " is not a finite number >= 0 (scales come from tokenset.quantize)");
   const int64_t nq = p.queries.shape[0], n = p.vectors.shape[0], dim = p.queries.shape[1], k = p.k;
   const int64_t kept = start_topk(p.top_scores, p.top_indices, nq, k, n);
   if (nq == 0 || kept == 0) return;

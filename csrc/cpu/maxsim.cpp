@@ -157,24 +157,32 @@ void score_topk(const MaxsimParams& p) {
   }
 }
 
-// The int8 kernels assume finite scales (no similarity can then be NaN); a scale is read per token scored, so this
-// pass costs a small fraction of the scan.
-void check_scales(const SetBatch& batch, const char* name) {
-  if (batch.dtype() != DType::Int8) return;
-  for (int64_t i = 0; i < batch.count; ++i) {
-    const float* scales = batch.set_scales(i);
-    for (int64_t t = 0; t < batch.length(i); ++t)
-      TOKENSET_CHECK(std::isfinite(scales[t]) && scales[t] >= 0.0f, ValueError, name, " set ", i, ", token ", t,
-                     ": scale ", scales[t], " is not a finite number >= 0 (scales come from tokenset.quantize)");
+// The int8 kernels assume finite scales (no similarity can then be NaN). Only the sets the call scores are checked
+// (in pairs mode, the candidates): a scale per token scored, a small fraction of the scan.
+void check_set_scales(const SetBatch& batch, int64_t i, const char* name) {
+  const float* scales = batch.set_scales(i);
+  for (int64_t t = 0; t < batch.length(i); ++t)
+    TOKENSET_CHECK(std::isfinite(scales[t]) && scales[t] >= 0.0f, ValueError, name, " set ", i, ", token ", t,
+                   ": scale ", scales[t], " is not a finite number >= 0 (scales come from tokenset.quantize)");
+}
+
+void check_scales(const MaxsimParams& p) {
+  if (p.queries.dtype() == DType::Int8)
+    for (int64_t q = 0; q < p.queries.count; ++q) check_set_scales(p.queries, q, "queries");
+  if (p.documents.dtype() != DType::Int8) return;
+  if (p.candidates) {
+    for (int64_t i = 0; i < p.queries.count * p.num_candidates; ++i)
+      if (p.host_candidates[i] >= 0) check_set_scales(p.documents, p.host_candidates[i], "documents");
+    return;
   }
+  for (int64_t d = 0; d < p.documents.count; ++d) check_set_scales(p.documents, d, "documents");
 }
 
 }  // namespace
 
 void maxsim(const MaxsimParams& p, const Launch&) {
   validate(p);
-  check_scales(p.queries, "queries");
-  check_scales(p.documents, "documents");
+  check_scales(p);
   if (p.topk())
     score_topk(p);
   else

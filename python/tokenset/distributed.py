@@ -113,7 +113,7 @@ class ShardedIndex:
 
     @classmethod
     def build(cls, documents: Any, directory: Any, shards: int, dim: int, ids: Any = None,
-              fde: Optional[FDE] = None, storage: str = "float16", fde_storage: str = "float16",
+              fde: Optional[FDE] = None, storage: Optional[str] = None, fde_storage: str = "float16",
               dtype: Optional[str] = None, **kwargs) -> "ShardedIndex":
         """Splits documents round-robin into `shards` indexes saved under ``directory/shard-<i>`` (token and FDE
         storage as :class:`tokenset.Index`'s; ``dtype`` is the older name of ``storage``) and serves them."""
@@ -128,7 +128,7 @@ class ShardedIndex:
         paths = []
         for s in range(shards):
             rows = np.arange(s, n, shards)
-            index = Index(dim, fde=fde, storage=dtype or storage, fde_storage=fde_storage)
+            index = Index(dim, fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage)
             if rows.size:  # more shards than documents: the rest stay empty (valid, searchable indexes)
                 index.add([batch[int(r)] for r in rows], ids=all_ids[rows])
             path = os.path.join(directory, f"shard-{s}")

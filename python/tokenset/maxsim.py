@@ -30,10 +30,15 @@ def _batch(x: Any, name: str):
 
 def _needs_grad(*batches: Ragged) -> bool:
     torch = _array._torch()
-    if torch is None or not torch.is_grad_enabled() or any(isinstance(b, Quantized) for b in batches):
+    if torch is None or not torch.is_grad_enabled():
         return False
-    return any(_array.is_torch(a) and a.requires_grad
-               for b in batches for a in (b.sets if b.sets is not None else [b.values]))
+    needs = any(_array.is_torch(a) and a.requires_grad
+                for b in batches if not isinstance(b, Quantized)
+                for a in (b.sets if b.sets is not None else [b.values]))
+    if needs and any(isinstance(b, Quantized) for b in batches):
+        raise TypeError("MaxSim against int8 (Quantized) tokens is not differentiable: train on float tokens "
+                        "(documents.dequantize()), or score under torch.no_grad() / with detached queries")
+    return needs
 
 
 def maxsim(queries: Any, documents: Any, *, return_argmax: bool = False):

@@ -20,12 +20,12 @@ from typing import Any, Tuple
 import numpy as np
 
 from . import _array
-from .ragged import Ragged, _check_offsets, _frozen, ragged
+from .ragged import Ragged, _check_offsets, _frozen, _SetBatch, ragged
 
 _CHUNK_BYTES = 32 << 20  # float32 rows quantised at a time (a few temporaries of this size), never the corpus
 
 
-class Quantized:
+class Quantized(_SetBatch):
     """B sets of int8 tokens, each with a float32 scale: token ``t`` is ``scales[t] * values[t]``.
 
     ``values [tokens, d]`` int8, ``scales [tokens]`` float32 (finite, >= 0) and ``offsets [B+1]`` as in
@@ -70,21 +70,6 @@ class Quantized:
 
     sets = None  # never a list of per-set arrays: int8 batches are read in values mode
 
-    def __len__(self) -> int:
-        return int(self.offsets.shape[0] - 1)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    @property
-    def dim(self) -> int:
-        return int(self.values.shape[1])
-
-    @property
-    def device(self):
-        return _array.device(self.values)
-
     @property
     def nbytes(self) -> int:
         """Bytes of the sets' tokens: dim + 4 (the scale) per token."""
@@ -108,6 +93,8 @@ class Quantized:
 
     def dequantize(self, dtype: str = "float32") -> Ragged:
         """The tokens as ``scales * values`` (float32 arithmetic), in ``dtype`` (float32, float16 or bfloat16)."""
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dequantize gives float32, float16 or bfloat16 tokens, not {dtype!r}")
         c = self.compact()
         values = _array.astype(c.values, "float32") * c.scales[:, None]
         if dtype != "float32":
@@ -126,9 +113,11 @@ def _int8_name(x: Any) -> str:
 
 
 def _float_name(x: Any) -> str:
+    """'float32' for float32 in this machine's byte order (what the kernels read), else the dtype's description."""
     if _array.is_torch(x):
         return "float32" if x.dtype == _array._torch().float32 else str(x.dtype)
-    return np.dtype(x.dtype).name
+    dt = np.dtype(x.dtype)
+    return "float32" if dt == np.dtype(np.float32) else dt.str
 
 
 def _scales(x: Any) -> Any:

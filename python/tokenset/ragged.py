@@ -33,7 +33,29 @@ def _check_offsets(offsets: np.ndarray, rows: int, name: str) -> None:
         raise ValueError(f"{name}: offsets[-1]={offsets[-1]} is past the end of values, which has {rows} rows")
 
 
-class Ragged:
+class _SetBatch:
+    """What every set batch answers from its offsets and an array of its values (``_any_values``): Ragged, and
+    tokenset.Quantized (int8 tokens with scales)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def dim(self) -> int:
+        return int(self._any_values.shape[1])
+
+    @property
+    def device(self):
+        return _array.device(self._any_values)
+
+
+class Ragged(_SetBatch):
     """B sets of d-dimensional tokens: set ``i`` is ``values[offsets[i]:offsets[i+1]]``.
 
     ``values`` is a 2-D numpy array, torch tensor or cupy array, kept as given (no copy); ``offsets`` are validated
@@ -96,24 +118,9 @@ class Ragged:
         """An array of the batch's library, device and dtype, without concatenating a list."""
         return self._values if self._values is not None else self._sets[0]
 
-    def __len__(self) -> int:
-        return int(self.offsets.shape[0] - 1)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    @property
-    def dim(self) -> int:
-        return int(self._any_values.shape[1])
-
     @property
     def dtype(self):
         return self._any_values.dtype
-
-    @property
-    def device(self):
-        return _array.device(self._any_values)
 
     def __getitem__(self, i: int):
         n = len(self)

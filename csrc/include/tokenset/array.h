@@ -63,6 +63,8 @@ struct ArrayView {
   int64_t shape[kMaxDims] = {0, 0, 0, 0};
   int64_t strides[kMaxDims] = {0, 0, 0, 0};  // in elements; may be negative
   Device device;
+  // uint8 data (DType::Int8 views are also bytes: masks, workspaces); never token codes, which are signed.
+  bool is_unsigned = false;
 
   TOKENSET_HOST_DEVICE int64_t size(int axis) const { return shape[axis]; }
   TOKENSET_HOST_DEVICE int64_t stride(int axis) const { return strides[axis]; }

@@ -22,6 +22,8 @@ inline void check_token_values(const ArrayView& v, const std::string& name, bool
                  v.dtype == DType::Int8 ? " tokens (tokenset.Quantized) are scored by maxsim, maxsim_pairs and "
                                           "maxsim_topk only; dequantize() them for this op"
                                         : " is not supported; tokenset takes float32, float16 or bfloat16 token values");
+  TOKENSET_CHECK(!(v.dtype == DType::Int8 && v.is_unsigned), TypeError, name,
+                 ": uint8 values are not int8 codes (which are signed); build them with tokenset.quantize");
   TOKENSET_CHECK(v.shape[1] >= 1 && v.shape[1] <= kMaxTokenDim, ValueError, name, ": token dimension must be in 1..",
                  kMaxTokenDim, ", got ", v.shape[1]);
   TOKENSET_CHECK(v.shape[0] >= 0, ValueError, name, ": negative number of rows");

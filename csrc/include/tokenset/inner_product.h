@@ -28,6 +28,8 @@ inline void validate(const InnerProductParams& p) {
                  "queries must be 2-D float32 [nq, F]");
   TOKENSET_CHECK(p.vectors.ndim == 2 && (is_float_dtype(p.vectors.dtype) || p.vectors.dtype == DType::Int8),
                  ValueError, "vectors must be 2-D float32, float16, bfloat16 or int8 [n, F]");
+  TOKENSET_CHECK(!(p.vectors.dtype == DType::Int8 && p.vectors.is_unsigned), TypeError,
+                 "vectors: uint8 values are not int8 codes (which are signed); build them with tokenset.quantize");
   TOKENSET_CHECK((p.vectors.dtype == DType::Int8) == (p.scales != nullptr), ValueError,
                  p.vectors.dtype == DType::Int8 ? "int8 vectors need scales [n] float32 (one per row)"
                                                 : "scales apply to int8 vectors only");

@@ -197,6 +197,7 @@ class Index:
                 Ragged(batch.values, offsets[c0:c1 + 1], name="documents")
             encoded = np.asarray(_array.host_copy(self.fde.encode_documents(part)))
             if int8_fde:
+                self._check_int8_fdes(encoded, c0)
                 q = quantize(encoded, name="the documents' FDEs")
                 fdes[c0:c1], fde_scales[c0:c1] = q.values, q.scales
                 continue
@@ -216,16 +217,32 @@ class Index:
             target = tokens[t0:t0 + source.shape[0]]
             first = int(np.searchsorted(offsets, t0, side="right")) - 1
             if int8:
-                try:
-                    q = quantize(source, name="documents")
-                except ValueError as exc:
-                    raise ValueError(f"documents near document {first}: {exc}") from None
+                bad = ~np.isfinite(source).all(axis=1)
+                if bad.any():
+                    row = t0 + int(np.flatnonzero(bad)[0])
+                    doc = int(np.searchsorted(offsets, row, side="right")) - 1
+                    raise ValueError(f"documents: document {doc}, token {row - int(offsets[doc])} holds NaN or "
+                                     f"infinity; int8 storage needs finite values (clean or drop the token first)")
+                q = quantize(source, name="documents")
                 target[...], token_scales[t0:t0 + source.shape[0]] = q.values, q.scales
                 continue
             with np.errstate(over="ignore"):
                 target[...] = source
             self._check_half(target, source, "documents", first)
         return tokens, offsets, fdes, token_scales, fde_scales
+
+    def _check_int8_fdes(self, encoded: np.ndarray, first: int) -> None:
+        """int8 FDEs need finite values; with the usearch backend they are also dequantised into its float16 graph,
+        so they must fit float16's range, as float16 storage requires."""
+        limit = _FLOAT16_MAX if self._ann is not None else np.inf
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(encoded) & (np.abs(encoded) <= limit)).all(axis=1)
+        if bad.any():
+            doc = first + int(np.flatnonzero(bad)[0])
+            why = (f"values beyond float16's range ({_FLOAT16_MAX:g}), which usearch's float16 graph cannot hold"
+                   if np.isfinite(encoded[doc - first]).all() else "NaN or infinity")
+            raise ValueError(f"the documents' FDEs: document {doc} encodes to {why}; scale the embeddings down "
+                             f"(e.g. normalise them)")
 
     def _check_half(self, stored: np.ndarray, source: np.ndarray, what: str, first: int) -> None:
         if stored.dtype != np.float16 or stored.size == 0 or np.isfinite(stored).all():
@@ -234,7 +251,7 @@ class Index:
         if overflow.any():
             raise ValueError(f"{what}: values beyond float16's range (|x| > {_FLOAT16_MAX:g}) near document "
                              f"{first}; they would be stored as inf and make every score NaN: scale the embeddings "
-                             f"down or use Index(..., dtype='float32')" if what == "documents" else
+                             f"down or use Index(..., storage='float32')" if what == "documents" else
                              f"{what} exceed float16's range ({_FLOAT16_MAX:g}) near document {first}: the tokens "
                              f"are too large for FDE storage; scale the embeddings down (e.g. normalise them)")
 

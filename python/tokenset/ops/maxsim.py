@@ -36,8 +36,9 @@ def _quantized_batches(queries, documents, lib: str, dev, stream: int):
         raise TypeError("quantized (int8) queries are scored against quantized documents only; quantize the "
                         "documents too (tokenset.quantize) or pass float queries")
     if dev[0] != "cpu":
-        raise ValueError("int8 documents (tokenset.Quantized) are scored on the CPU; move them with .cpu(), or keep "
-                         "float16 / bfloat16 tokens on the GPU (documents.dequantize(dtype=...))")
+        raise ValueError("int8 documents (tokenset.Quantized) are scored on the CPU: quantize CPU tokens (and score "
+                         "CPU queries against them), or keep float16 / bfloat16 tokens on the GPU "
+                         "(documents.dequantize(dtype=...))")
     d = _dispatch.quantized_batch(documents, "documents")
     if isinstance(queries, Quantized):
         q = _dispatch.quantized_batch(queries, "queries")
