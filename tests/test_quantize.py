@@ -351,3 +351,18 @@ def test_dequantize_gives_float_tokens_only():
         with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
             q.dequantize(dtype)
     assert q.dequantize("float16").values.dtype == np.float16
+
+
+def test_cuda_refuses_int8_with_the_fix(cuda):
+    """int8 kernels are CPU kernels: a Quantized batch or int8 rows on a GPU get the reason and the fix, natively too."""
+    import torch
+
+    docs = tokenset.quantize(torch.ones(3, 8, device="cuda"))
+    assert docs.values.device.type == "cuda" and docs.values.dtype == torch.int8
+    q = torch.ones(2, 8, device="cuda")
+    with pytest.raises(ValueError, match="scored on the CPU"):
+        tokenset.maxsim(q, docs)
+    with pytest.raises(ValueError, match="scanned on the CPU"):
+        tokenset.inner_product_topk(q, docs.values, 1, scales=docs.scales)
+    np.testing.assert_array_equal(tokenset.maxsim(q.cpu(), tokenset.Quantized(docs.values.cpu(), docs.scales.cpu(),
+                                                                              docs.offsets)).numpy(), [[16.0]])
