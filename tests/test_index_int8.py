@@ -185,3 +185,32 @@ def test_sharded_build_refuses_disagreeing_storage_names(tmp_path):
     distributed = pytest.importorskip("tokenset.distributed")
     with pytest.raises(ValueError, match="disagree"):
         distributed.ShardedIndex.build(corpus(4), tmp_path, 2, DIM, fde=encoder(), storage="int8", dtype="float16")
+
+
+def test_load_refuses_int8_fdes_the_usearch_graph_cannot_hold(tmp_path):
+    """An index saved before add() checked the range (or edited with a valid checksum) must not reach the float16
+    graph with infinities: recall fell to 0.17 silently."""
+    pytest.importorskip("usearch")
+    docs = [d * 1e5 for d in corpus(10, seed=8)]
+    index = tokenset.Index(DIM, fde=encoder(), storage="float32", fde_storage="int8")  # exact: any range is fine
+    index.add(docs)
+    index.save(tmp_path / "idx")
+    with open(tmp_path / "idx" / "manifest.json") as f:
+        manifest = json.load(f)
+    manifest["backend"]["name"] = "usearch"  # as a usearch index saved by an earlier version would say
+    from tokenset import _storage
+
+    manifest.pop(_storage.CONFIG_DIGEST_KEY)
+    manifest[_storage.CONFIG_DIGEST_KEY] = __import__("hashlib").sha256(_storage.canonical_json(manifest)).hexdigest()
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="usearch backend's float16 graph cannot hold"):
+        tokenset.Index.load(tmp_path / "idx")
+
+
+def test_non_finite_tokens_are_named_whatever_the_fde_storage():
+    for storage, fde_storage in [("int8", "int8"), ("float32", "int8")]:
+        docs = corpus(6, seed=9)
+        docs[4][1, 0] = np.nan
+        index = tokenset.Index(DIM, fde=encoder(), storage=storage, fde_storage=fde_storage)
+        with pytest.raises(ValueError, match="document 4, token 1 holds NaN or infinity"):
+            index.add(docs)

@@ -318,6 +318,9 @@ def test_gradients_through_int8_documents_are_refused_not_dropped():
         tokenset.maxsim(q, docs)
     with torch.no_grad():
         assert tokenset.maxsim(q, docs).shape == (1, 1)
+    float_docs = torch.ones(3, 4, requires_grad=True)  # int8 queries against float documents: the reason, not grad's
+    with pytest.raises(TypeError, match="quantize the documents too"):
+        tokenset.maxsim(tokenset.quantize(torch.ones(2, 4)), float_docs)
     assert tokenset.maxsim(q.detach(), docs).shape == (1, 1)
 
 
@@ -336,6 +339,12 @@ def test_pairs_check_the_scales_of_their_candidates_only():
         tokenset.maxsim(q, docs)
 
 
+def test_uint8_rows_with_scales_get_the_reason():
+    with pytest.raises(TypeError, match="uint8 values are not int8 codes"):
+        tokenset.inner_product_topk(np.ones((1, 4), np.float32), np.ones((3, 4), np.uint8), 2,
+                                    scales=np.ones(3, np.float32))
+
+
 def test_inner_product_refuses_bad_scales():
     codes = np.ones((3, 4), np.int8)
     for bad in (np.nan, np.inf, -1.0):
@@ -351,6 +360,8 @@ def test_dequantize_gives_float_tokens_only():
         with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
             q.dequantize(dtype)
     assert q.dequantize("float16").values.dtype == np.float16
+    for dtype in (np.float16, "f2", np.dtype("float16")):  # numpy's spellings too
+        assert q.dequantize(dtype).values.dtype == np.float16
 
 
 def test_cuda_refuses_int8_with_the_fix(cuda):

@@ -35,7 +35,9 @@ def _needs_grad(*batches: Ragged) -> bool:
     needs = any(_array.is_torch(a) and a.requires_grad
                 for b in batches if not isinstance(b, Quantized)
                 for a in (b.sets if b.sets is not None else [b.values]))
-    if needs and any(isinstance(b, Quantized) for b in batches):
+    if needs and isinstance(batches[0], Quantized) and not isinstance(batches[-1], Quantized):
+        return False  # int8 queries against float documents: the ops layer says why that is refused
+    if needs and isinstance(batches[-1], Quantized):
         raise TypeError("MaxSim against int8 (Quantized) tokens is not differentiable: train on float tokens "
                         "(documents.dequantize()), or score under torch.no_grad() / with detached queries")
     return needs

@@ -93,8 +93,15 @@ class Quantized(_SetBatch):
 
     def dequantize(self, dtype: str = "float32") -> Ragged:
         """The tokens as ``scales * values`` (float32 arithmetic), in ``dtype`` (float32, float16 or bfloat16)."""
-        if dtype not in ("float32", "float16", "bfloat16"):
+        name = dtype if isinstance(dtype, str) and dtype == "bfloat16" else None
+        if name is None:
+            try:
+                name = np.dtype(dtype).name  # np.float16, "f2", np.dtype("float32") ...
+            except TypeError:
+                name = str(dtype)
+        if name not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"dequantize gives float32, float16 or bfloat16 tokens, not {dtype!r}")
+        dtype = name
         c = self.compact()
         values = _array.astype(c.values, "float32") * c.scales[:, None]
         if dtype != "float32":

@@ -197,7 +197,7 @@ class Index:
                 Ragged(batch.values, offsets[c0:c1 + 1], name="documents")
             encoded = np.asarray(_array.host_copy(self.fde.encode_documents(part)))
             if int8_fde:
-                self._check_int8_fdes(encoded, c0)
+                self._check_int8_fdes(encoded, c0, batch)
                 q = quantize(encoded, name="the documents' FDEs")
                 fdes[c0:c1], fde_scales[c0:c1] = q.values, q.scales
                 continue
@@ -231,18 +231,24 @@ class Index:
             self._check_half(target, source, "documents", first)
         return tokens, offsets, fdes, token_scales, fde_scales
 
-    def _check_int8_fdes(self, encoded: np.ndarray, first: int) -> None:
+    def _check_int8_fdes(self, encoded: np.ndarray, first: int, batch: Ragged) -> None:
         """int8 FDEs need finite values; with the usearch backend they are also dequantised into its float16 graph,
-        so they must fit float16's range, as float16 storage requires."""
+        so they must fit float16's range, as float16 storage requires. A non-finite FDE is named by its token."""
         limit = _FLOAT16_MAX if self._ann is not None else np.inf
         with np.errstate(invalid="ignore"):
             bad = ~(np.isfinite(encoded) & (np.abs(encoded) <= limit)).all(axis=1)
-        if bad.any():
-            doc = first + int(np.flatnonzero(bad)[0])
-            why = (f"values beyond float16's range ({_FLOAT16_MAX:g}), which usearch's float16 graph cannot hold"
-                   if np.isfinite(encoded[doc - first]).all() else "NaN or infinity")
-            raise ValueError(f"the documents' FDEs: document {doc} encodes to {why}; scale the embeddings down "
-                             f"(e.g. normalise them)")
+        if not bad.any():
+            return
+        doc = first + int(np.flatnonzero(bad)[0])
+        tokens = np.asarray(_array.host_copy(batch[doc], "documents"))
+        not_finite = np.flatnonzero(~np.isfinite(tokens).all(axis=1))
+        if not_finite.size:
+            raise ValueError(f"documents: document {doc}, token {int(not_finite[0])} holds NaN or infinity; int8 "
+                             f"storage needs finite values (clean or drop the token first)")
+        why = (f"values beyond float16's range ({_FLOAT16_MAX:g}), which usearch's float16 graph cannot hold"
+               if np.isfinite(encoded[doc - first]).all() else "values beyond float32's range")
+        raise ValueError(f"the documents' FDEs: document {doc} encodes to {why}; scale the embeddings down "
+                         f"(e.g. normalise them)")
 
     def _check_half(self, stored: np.ndarray, source: np.ndarray, what: str, first: int) -> None:
         if stored.dtype != np.float16 or stored.size == 0 or np.isfinite(stored).all():

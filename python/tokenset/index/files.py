@@ -40,6 +40,7 @@ FORMAT = "tokenset.Index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".tokenset-index.lock"
+_FLOAT16_MAX = 65504.0
 ARRAYS = ("tokens", "offsets", "fde", "ids")  # and, for int8 storage, "token_scales" / "fde_scales"
 SCALE_ARRAYS = ("token_scales", "fde_scales")
 BLOCK_BYTES = 64 << 20  # what one streamed block of a save holds
@@ -383,7 +384,13 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
         raise corrupt(f"backend: {exc}") from None
     except ImportError as exc:
         raise ImportError(f"{directory}: {exc}") from None
-    segment = Segment(tokens, offsets, fdes, ids, scales.get("token_scales"), scales.get("fde_scales")) if n else None
+    fde_scales = scales.get("fde_scales")
+    if index.backend == "usearch" and fde_scales is not None and fde_scales.size and \
+            float(fde_scales.max()) * 127 > _FLOAT16_MAX:  # the graph holds the dequantised FDEs in float16
+        raise ValueError(f"{directory}: its int8 FDEs reach {float(fde_scales.max()) * 127:.3g}, beyond float16's "
+                         f"range ({_FLOAT16_MAX:g}), which the usearch backend's float16 graph cannot hold; re-add "
+                         f"the documents scaled down (e.g. normalised), or use the exact backend")
+    segment = Segment(tokens, offsets, fdes, ids, scales.get("token_scales"), fde_scales) if n else None
     if segment is not None and not segment.has_distinct_ids():
         raise corrupt("ids are not distinct")
     index._open_saved(segment, max(next_id, int(ids.max()) + 1 if n else 0), (directory, manifest))

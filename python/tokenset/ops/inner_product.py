@@ -15,6 +15,12 @@ def _is_int8(x: Any) -> bool:
     return np.dtype(x.dtype) == np.int8
 
 
+def _is_uint8(x: Any) -> bool:
+    if _array.is_torch(x):
+        return x.dtype == _array._torch().uint8
+    return np.dtype(x.dtype) == np.uint8
+
+
 def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] = None,
                        scales: Optional[Any] = None) -> Tuple[Any, Any]:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -27,6 +33,9 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
         if x.ndim != 2:
             raise ValueError(f"{name} must be 2-D [count, dim], got shape {tuple(x.shape)}")
     int8 = _is_int8(vectors)
+    if scales is not None and _array.is_array(vectors) and _is_uint8(vectors):
+        raise TypeError("vectors: uint8 values are not int8 codes (which are signed); build them with "
+                        "tokenset.quantize")
     if int8 != (scales is not None):
         raise ValueError("int8 vectors need scales [n] float32 (one per row, e.g. tokenset.quantize(v).scales)"
                          if int8 else "scales apply to int8 vectors only")
