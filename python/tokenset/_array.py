@@ -32,6 +32,13 @@ def is_cupy(x: Any) -> bool:
     return cupy is not None and isinstance(x, cupy.ndarray)
 
 
+def is_int8(x: Any) -> bool:
+    """Whether an array holds int8 elements (int8 codes: tokenset.Quantized values, int8 FDE rows)."""
+    if is_torch(x):
+        return x.dtype == _torch().int8
+    return np.dtype(x.dtype) == np.int8
+
+
 def check_dense(x: Any, name: str = "input") -> None:
     """A TypeError for a torch tensor tokenset cannot read: a sparse (COO, CSR, CSC, BSR, BSC) or MKL-DNN layout.
     Nested (jagged) tensors are set batches, read set by set."""

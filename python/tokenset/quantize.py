@@ -45,7 +45,7 @@ class Quantized(_SetBatch):
             raise TypeError(f"{name}: values and scales must be numpy arrays, torch tensors or cupy arrays")
         if _array.library(values) != _array.library(scales) or _array.device(values) != _array.device(scales):
             raise ValueError(f"{name}: values and scales must be of one array library and device")
-        if values.ndim != 2 or _int8_name(values) != "int8":
+        if values.ndim != 2 or not _array.is_int8(values):
             raise TypeError(f"{name}: values must be a 2-D int8 array [tokens, dim], got {values.dtype} of shape "
                             f"{tuple(values.shape)} (build them with tokenset.quantize)")
         if scales.ndim != 1 or int(scales.shape[0]) != int(values.shape[0]) or _float_name(scales) != "float32":
@@ -67,8 +67,6 @@ class Quantized(_SetBatch):
     @property
     def _any_values(self):
         return self.values
-
-    sets = None  # never a list of per-set arrays: int8 batches are read in values mode
 
     @property
     def nbytes(self) -> int:
@@ -103,7 +101,7 @@ class Quantized(_SetBatch):
             raise ValueError(f"dequantize gives float32, float16 or bfloat16 tokens, not {dtype!r}")
         dtype = name
         c = self.compact()
-        values = _array.astype(c.values, "float32") * c.scales[:, None]
+        values = dequantized(c.values, c.scales)
         if dtype != "float32":
             values = _array.astype(values, dtype)
         return Ragged(values, c.offsets)
@@ -113,10 +111,9 @@ class Quantized(_SetBatch):
                 f"int8, device={_array.device_name(self.device)})")
 
 
-def _int8_name(x: Any) -> str:
-    if _array.is_torch(x):
-        return "int8" if x.dtype == _array._torch().int8 else str(x.dtype)
-    return np.dtype(x.dtype).name
+def dequantized(codes: Any, scales: Any) -> Any:
+    """int8 rows times their scales, float32 (one rounding per element), in the arrays' own library."""
+    return _array.astype(codes, "float32") * scales[:, None]
 
 
 def _float_name(x: Any) -> str:

@@ -22,14 +22,14 @@ import numpy as np
 from .. import _array
 from ..fde import FDE
 from ..maxsim import maxsim, maxsim_pairs
-from ..quantize import Quantized, quantize
+from ..quantize import Quantized, dequantized, quantize
 from ..ragged import Ragged, ragged
 from . import device as _device
 from . import evaluation, files
 from .ann import AnnGraph, check_options, usearch_index_class
 from .candidates import fde_candidates
 from .ranking import top_k
-from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_distinct, check_ids, dequantized
+from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_distinct, check_ids, document_rows
 
 _TOKEN_STORAGES = ("float16", "float32", "int8")
 _FDE_STORAGES = ("float16", "int8")
@@ -471,10 +471,7 @@ def _candidate_documents(documents: Any, rows: np.ndarray) -> Any:
     offsets = np.asarray(documents.offsets)
     if not isinstance(documents, Quantized):
         return [documents.values[offsets[r]:offsets[r + 1]] for r in rows.tolist()]
-    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
-    picked = np.zeros(rows.size + 1, np.int64)
-    picked[1:] = np.cumsum(lengths)
-    token_rows = np.repeat(starts - picked[:-1], lengths) + np.arange(int(picked[-1]))
+    token_rows, picked = document_rows(offsets, rows)
     return Quantized(np.asarray(documents.values)[token_rows], np.asarray(documents.scales)[token_rows], picked,
                      name="index documents")
 

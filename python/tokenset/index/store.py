@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..quantize import Quantized
+from ..quantize import Quantized, dequantized
 from ..ragged import Ragged
 
 MAX_ID = 2**63 - 2  # 2**63 - 1 stays free, so "one more than the largest id" always fits in int64
@@ -213,9 +213,12 @@ class SegmentStore:
             self.count -= removed
 
 
-def dequantized(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """int8 rows times their scales (float32)."""
-    return codes.astype(np.float32) * scales.astype(np.float32)[:, None]
+def document_rows(offsets: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(the token rows of documents `rows`, in order; their offsets from 0): what gathers those documents' tokens."""
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    picked = np.zeros(rows.size + 1, np.int64)
+    picked[1:] = np.cumsum(lengths)
+    return np.repeat(starts - picked[:-1], lengths) + np.arange(int(picked[-1])), picked
 
 
 def live_parts(seg: Segment, alive: np.ndarray):
@@ -224,11 +227,7 @@ def live_parts(seg: Segment, alive: np.ndarray):
     if alive.all():
         return seg.tokens, np.asarray(seg.offsets), seg.fde, seg.ids, seg.token_scales, seg.fde_scales
     rows = np.flatnonzero(alive)
-    starts, ends = np.asarray(seg.offsets)[rows], np.asarray(seg.offsets)[rows + 1]
-    lengths = ends - starts
-    offsets = np.zeros(rows.size + 1, np.int64)
-    offsets[1:] = np.cumsum(lengths)
-    token_rows = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+    token_rows, offsets = document_rows(np.asarray(seg.offsets), rows)
     token_scales = None if seg.token_scales is None else np.asarray(seg.token_scales)[token_rows]
     fde_scales = None if seg.fde_scales is None else np.asarray(seg.fde_scales)[rows]
     return (np.asarray(seg.tokens)[token_rows], offsets, np.asarray(seg.fde)[rows], seg.ids[rows], token_scales,

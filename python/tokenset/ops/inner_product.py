@@ -9,18 +9,6 @@ from .. import _array
 from . import _dispatch
 
 
-def _is_int8(x: Any) -> bool:
-    if _array.is_torch(x):
-        return x.dtype == _array._torch().int8
-    return np.dtype(x.dtype) == np.int8
-
-
-def _is_uint8(x: Any) -> bool:
-    if _array.is_torch(x):
-        return x.dtype == _array._torch().uint8
-    return np.dtype(x.dtype) == np.uint8
-
-
 def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] = None,
                        scales: Optional[Any] = None) -> Tuple[Any, Any]:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -32,17 +20,12 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
             raise TypeError(f"{name} must be a numpy array, torch tensor or cupy array, got {type(x).__name__}")
         if x.ndim != 2:
             raise ValueError(f"{name} must be 2-D [count, dim], got shape {tuple(x.shape)}")
-    int8 = _is_int8(vectors)
-    if scales is not None and _array.is_array(vectors) and _is_uint8(vectors):
-        raise TypeError("vectors: uint8 values are not int8 codes (which are signed); build them with "
-                        "tokenset.quantize")
-    if int8 != (scales is not None):
-        raise ValueError("int8 vectors need scales [n] float32 (one per row, e.g. tokenset.quantize(v).scales)"
-                         if int8 else "scales apply to int8 vectors only")
-    lib, dev = _dispatch.placement(queries, vectors, *([scales] if int8 else []))
+    # int8 rows and their scales are paired, and uint8 refused, by the native validate (the same rule on every path).
+    int8 = _array.is_int8(vectors)
+    lib, dev = _dispatch.placement(queries, vectors, *([] if scales is None else [scales]))
     if int8 and dev[0] != "cpu":
         raise ValueError("int8 vectors are scanned on the CPU; on a GPU store float16 or bfloat16 vectors")
-    if not int8:
+    if not int8 and scales is None:
         _array.dtype_name(vectors, "vectors")  # float32 / float16 / bfloat16, or a TypeError that says how to convert
     for name, x in (("queries", queries), ("vectors", vectors)):  # before the conversions / copies below
         _dispatch.check_token_dim(x.shape[1], name)
@@ -52,11 +35,8 @@ def inner_product_topk(queries: Any, vectors: Any, k: int, mask: Optional[Any] =
         vectors = vectors.detach()
     q = _array.inner_contiguous(_array.astype(queries, "float32"))
     v = _array.inner_contiguous(vectors)
-    if int8:
-        scales = scales.detach() if _array.is_torch(scales) else scales
-        if _array.is_torch(v):
-            v, scales = v.numpy(), scales.numpy()
-        scales = np.ascontiguousarray(scales)
+    if scales is not None and dev[0] == "cpu":
+        scales = np.ascontiguousarray(_array.host_copy(scales, "scales"))  # a view of CPU numpy / torch scales
     host_mask = None
     if mask is not None:
         host_mask = np.asarray(_array.host_copy(mask))
