@@ -27,6 +27,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "tokenset CPU kernels (internal: use the tokenset package)";
   bindings::register_exceptions();
   bindings::bind_maxsim(m);
+  bindings::bind_residual_codec(m);
   bindings::bind_fde(m);
   bindings::bind_inner_product(m);
   bindings::bind_kcenter(m);

@@ -185,7 +185,7 @@ ArrayView Call::optional_view(py::handle obj, const char* name, bool writable, b
   return view(obj, name, writable, on_host);
 }
 
-SetBatch Call::set_batch(py::handle batch, const char* name, bool allow_int8) {
+SetBatch Call::set_batch(py::handle batch, const char* name, bool allow_int8, bool packed_codes) {
   const std::string n(name);
   SetBatch b;
   const ArrayView offsets = view(batch.attr("offsets"), (n + " offsets").c_str(), false, true);
@@ -234,7 +234,7 @@ SetBatch Call::set_batch(py::handle batch, const char* name, bool allow_int8) {
     // A row stride is meaningless for 0 or 1 rows (numpy reports anything there); keep the addressing simple.
     if (b.values.ndim == 2 && b.values.shape[0] <= 1) b.values.strides[0] = b.values.shape[1];
     const py::object given_scales = py::getattr(batch, "scales", py::none());
-    if (allow_int8 && b.values.dtype == DType::Int8 && !given_scales.is_none()) {  // none: check_set_batch says so
+    if ((allow_int8 || packed_codes) && b.values.dtype == DType::Int8 && !given_scales.is_none()) {  // none: check_set_batch says so
       const ArrayView scales = view(given_scales, (n + " scales").c_str());
       TOKENSET_CHECK(scales.dtype == DType::Float32 && scales.ndim == 1 && scales.is_contiguous(), ValueError, n,
                      ": scales must be a contiguous 1-D float32 array, one per token");
@@ -250,7 +250,7 @@ SetBatch Call::set_batch(py::handle batch, const char* name, bool allow_int8) {
                    ValueError, n, ": device offsets must be a contiguous int64 copy of the offsets");
     b.offsets = dev.ptr<const int64_t>();
   }
-  check_set_batch(b, name, allow_int8);
+  check_set_batch(b, name, allow_int8, packed_codes);
   return b;
 }
 

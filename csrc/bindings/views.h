@@ -59,7 +59,8 @@ class Call {
   // arrays read in place through a pointer table, CPU only), `offsets` (host int64, owned and read-only), and
   // `device_offsets` (the same offsets on the GPU, CUDA only). Checked with check_set_batch.
   // int8 batches (allow_int8: the ops that score them) also carry `scales` (float32 [rows], one per row of values).
-  SetBatch set_batch(py::handle batch, const char* name, bool allow_int8 = false);
+  // Residual codes (packed_codes) carry their 1/||reconstruction|| as `scales` and uint8 values.
+  SetBatch set_batch(py::handle batch, const char* name, bool allow_int8 = false, bool packed_codes = false);
 
   // The workspace of `bytes` bytes from `allocate(bytes)` (a uint8 array on the values' device and the caller's
   // stream), kept alive for the call; nothing is allocated for 0 bytes.
@@ -139,6 +140,7 @@ void run_op(Call& call, void (*entry)(const Params&, const Launch&), const Param
 
 // Each op's binding file registers its functions in whichever module it is compiled into.
 void bind_maxsim(py::module_& m);
+void bind_residual_codec(py::module_& m);
 void bind_fde(py::module_& m);
 void bind_inner_product(py::module_& m);
 void bind_kcenter(py::module_& m);

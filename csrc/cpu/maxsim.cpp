@@ -21,6 +21,13 @@ namespace {
 }
 
 const MaxsimKernel& active_kernel(const MaxsimParams& p) {
+  if (p.residual.active()) {
+#if defined(TOKENSET_HAS_VNNI)
+    if (static_cast<int>(active_simd_level()) >= static_cast<int>(SimdLevel::AVX512VNNI))
+      return avx512vnni::maxsim_residual_kernel;
+#endif
+    return TOKENSET_SIMD_KERNEL(maxsim_residual_kernel);
+  }
   if (p.queries.dtype() == DType::Int8) {
 #if defined(TOKENSET_HAS_VNNI)
     if (static_cast<int>(active_simd_level()) >= static_cast<int>(SimdLevel::AVX512VNNI))
@@ -41,7 +48,7 @@ const MaxsimKernel& active_kernel(const MaxsimParams& p) {
 constexpr int64_t kPackBudget = int64_t(64) << 20;
 
 int64_t packed_floats(const MaxsimParams& p, const MaxsimKernel& kernel, int64_t q) {
-  if (kernel.packed_floats) return kernel.packed_floats(p.queries.length(q), p.queries.dim());
+  if (kernel.packed_floats) return kernel.packed_floats(p, p.queries.length(q));
   const int64_t qb = kernel.query_block;
   return (p.queries.length(q) + qb - 1) / qb * qb * p.queries.dim();
 }
@@ -67,7 +74,7 @@ class PackedQueries {
     for (int64_t q = q0; q < q1; ++q) offsets_[q - q0 + 1] = offsets_[q - q0] + packed_floats(p, kernel, q);
     storage_.resize(static_cast<size_t>(offsets_.back()));
     parallel_for_ranges(q1 - q0, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t q = q0 + begin; q < q0 + end; ++q) kernel.pack_query(p.queries, q, at(q));
+      for (int64_t q = q0 + begin; q < q0 + end; ++q) kernel.pack_query(p, q, at(q));
     });
   }
   const float* at(int64_t q) const { return storage_.data() + offsets_[q - q0_]; }
@@ -79,10 +86,11 @@ class PackedQueries {
   AlignedBuffer<float> storage_;
 };
 
-// Per-worker document scratch (float16 / bfloat16 rows converted a tile at a time).
+// Per-worker document scratch (float16 / bfloat16 rows converted a tile at a time; residual codes expanded), in rows
+// of the token dimension (the queries': residual codes hold fewer bytes per token).
 struct WorkerScratch {
   WorkerScratch(const MaxsimParams& p, const MaxsimKernel& kernel, int workers)
-      : per_worker(static_cast<int64_t>(kernel.doc_block) * p.documents.dim()),
+      : per_worker(static_cast<int64_t>(kernel.doc_block) * p.queries.dim()),
         buffer(static_cast<size_t>(per_worker * workers)) {}
   float* of(int worker) { return buffer.data() + worker * per_worker; }
   int64_t per_worker;
@@ -120,7 +128,7 @@ void score_pairs(const MaxsimParams& p) {
           if (argmax) std::fill(argmax, argmax + p.queries.length(q), -1);
           continue;
         }
-        kernel.score(packed.at(q), p.queries.length(q), p.documents, doc, rows, p.scores + out, argmax);
+        kernel.score(packed.at(q), p.queries.length(q), p, doc, rows, p.scores + out, argmax);
       }
     });
   }
@@ -148,7 +156,7 @@ void score_topk(const MaxsimParams& p) {
       for (int64_t doc = begin; doc < end; ++doc) {
         for (int64_t g = 0; g < group; ++g) {
           TopkEntry e{0.0f, doc};
-          kernel.score(packed.at(q0 + g), p.queries.length(q0 + g), p.documents, doc, rows, &e.score, nullptr);
+          kernel.score(packed.at(q0 + g), p.queries.length(q0 + g), p, doc, rows, &e.score, nullptr);
           offer(heaps.heap(worker, g), heaps.size(worker, g), kept, e);
         }
       }
@@ -166,7 +174,21 @@ void check_set_scales(const SetBatch& batch, int64_t i, const char* name) {
                    ": scale ", scales[t], " is not a finite number >= 0 (scales come from tokenset.quantize)");
 }
 
+// Queries scored against residual codes are quantised per token: NaN or infinity has no int8 code.
+void check_finite_queries(const MaxsimParams& p) {
+  for (int64_t q = 0; q < p.queries.count; ++q) {
+    const float* first = static_cast<const float*>(p.queries.set_data(q));
+    const int64_t stride = p.queries.set_stride(q);
+    for (int64_t t = 0; t < p.queries.length(q); ++t)
+      for (int64_t k = 0; k < p.queries.dim(); ++k)
+        TOKENSET_CHECK(std::isfinite(first[t * stride + k]), ValueError, "query ", q, ", token ", t,
+                       " holds NaN or infinity: queries scored against residual codes are quantised to int8 and "
+                       "must be finite");
+  }
+}
+
 void check_scales(const MaxsimParams& p) {
+  if (p.residual.active()) return check_finite_queries(p);  // the codes' norms and ids: validate (maxsim.h)
   if (p.queries.dtype() == DType::Int8)
     for (int64_t q = 0; q < p.queries.count; ++q) check_set_scales(p.queries, q, "queries");
   if (p.documents.dtype() != DType::Int8) return;

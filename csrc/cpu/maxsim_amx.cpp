@@ -40,7 +40,8 @@ struct alignas(64) TileConfig {
 
 // Panel c of a query: for each k block kb (dim / 32) two B tiles (tokens 0..15, 16..31 of the panel), each
 // B[p][n][e] = query[token n][k = kb * 32 + 2p + e]; tokens past the end are zero.
-void pack_query(const SetBatch& queries, int64_t set, float* packed_floats) {
+void pack_query(const MaxsimParams& params, int64_t set, float* packed_floats) {
+  const SetBatch& queries = params.queries;
   const int64_t length = queries.length(set), dim = queries.dim();
   const int64_t panels = (length + kPanel - 1) / kPanel;
   uint16_t* packed = reinterpret_cast<uint16_t*>(packed_floats);
@@ -71,8 +72,9 @@ inline void fold_rows(const float* tile_lo, const float* tile_hi, int rows, __m5
   }
 }
 
-void score(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch, float* out,
+void score(const float* packed, int64_t query_length, const MaxsimParams& params, int64_t doc, float* scratch, float* out,
            int32_t* /*argmax: never asked of this kernel (amx_applies)*/) {
+  const SetBatch& docs = params.documents;
   const int64_t length = docs.length(doc), dim = docs.dim(), blocks = dim / kK;
   if (length == 0) {
     *out = -std::numeric_limits<float>::infinity();

@@ -40,7 +40,8 @@ constexpr int R = 4;
 constexpr int QB = QV * W;
 
 // ---- packing ---------------------------------------------------------------------------------------------------------
-static void pack_query(const SetBatch& queries, int64_t set, float* packed) {
+static void pack_query(const MaxsimParams& params, int64_t set, float* packed) {
+  const SetBatch& queries = params.queries;
   const int64_t length = queries.length(set), dim = queries.dim();
   const int64_t panels = (length + QB - 1) / QB;
   const void* first = queries.set_data(set);
@@ -181,8 +182,9 @@ static void score_impl(const float* packed, int64_t query_length, const SetBatch
   *score = total;
 }
 
-static void score(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
+static void score(const float* packed, int64_t query_length, const MaxsimParams& params, int64_t doc, float* scratch,
                   float* out, int32_t* argmax) {
+  const SetBatch& docs = params.documents;
   if (argmax) return score_impl<true>(packed, query_length, docs, doc, scratch, out, argmax);
   // The embedding widths of common late-interaction models, as compile-time constants: a full tile's 12 row addresses
   // become one base register plus constant offsets, which frees the registers the compiler otherwise spills an

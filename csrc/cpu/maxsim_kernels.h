@@ -14,21 +14,25 @@ struct MaxsimKernel {
   int query_block;  // query tokens per packed panel (QB)
   int doc_block;    // scratch per worker, in rows of dim floats
   // packed: ceil(len / QB) panels of dim * QB floats.
-  void (*pack_query)(const SetBatch& queries, int64_t set, float* packed);
+  void (*pack_query)(const MaxsimParams& params, int64_t set, float* packed);
   // scratch: doc_block * dim floats, 64-byte aligned. argmax (optional): query_length entries.
-  void (*score)(const float* packed, int64_t query_length, const SetBatch& docs, int64_t doc, float* scratch,
+  void (*score)(const float* packed, int64_t query_length, const MaxsimParams& params, int64_t doc, float* scratch,
                 float* score, int32_t* argmax);
   // Floats (4-byte words) of a packed query of `length` tokens; null: ceil(length / QB) panels of dim * QB floats.
-  int64_t (*packed_floats)(int64_t length, int64_t dim) = nullptr;
+  int64_t (*packed_floats)(const MaxsimParams& params, int64_t length) = nullptr;
 };
 
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_kernel)
 // int8 queries against int8 documents (maxsim_int8_kernels.cpp): exact int32 dot products; the level `avx512vnni`
 // (AVX-512 VNNI) has its own build of that file.
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_int8_kernel)
+// float32 queries against residual codes (maxsim_residual_kernels.cpp): the same int8 tile, with the codes expanded
+// to int8 bucket weights and the centroid table in the epilogue; built for avx512vnni too.
+TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_residual_kernel)
 #if defined(TOKENSET_HAS_VNNI)
 namespace avx512vnni {
 extern const MaxsimKernel maxsim_int8_kernel;
+extern const MaxsimKernel maxsim_residual_kernel;
 }
 #endif
 #if defined(TOKENSET_HAS_AMX)

@@ -18,6 +18,7 @@ from .merge import merge
 from .prune import PruneResult, prune
 from .quantize import Quantized, quantize
 from .ragged import Ragged, ragged
+from .residual import ResidualCodec, ResidualCodes
 from .nearest import nearest
 from .segment_sum import segment_sum
 from .sparse_attention import sparse_attention
@@ -35,6 +36,8 @@ __all__ = [
     "maxsim_topk",
     "Quantized",
     "quantize",
+    "ResidualCodec",
+    "ResidualCodes",
     "FDE",
     "Index",
     "inner_product_topk",

@@ -9,6 +9,10 @@ Accumulation is float32 for float32, float16 and bfloat16 inputs.
 int8 documents (:class:`tokenset.Quantized`, from :func:`tokenset.quantize`) are scored on the CPU: against float
 queries exactly as float32 MaxSim on ``documents.dequantize()``; against quantised queries with exact int8 dot products,
 ``sum_i t_i max_j float(<q_i, d_j>) s_j`` (``t``, ``s`` the tokens' scales).
+
+Residual-coded documents (:class:`tokenset.ResidualCodes`, from :meth:`tokenset.ResidualCodec.encode`) are scored in
+place through per-query lookup tables (:mod:`tokenset.residual`): within a stated bound of MaxSim on
+``documents.decode()``, bit-identical across SIMD levels; no argmax, no gradients.
 """
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ from .ops import _dispatch
 from .ops import maxsim as _ops  # the ops module, not the function
 from .quantize import Quantized
 from .ragged import Ragged, ragged
+from .residual import ResidualCodes
 
 
 def _batch(x: Any, name: str):
-    """A Ragged, or the Quantized batch as given (int8 tokens are scored in values mode)."""
-    return x if isinstance(x, Quantized) else ragged(x, name=name)
+    """A Ragged, or the Quantized / ResidualCodes batch as given (scored in values mode)."""
+    return x if isinstance(x, (Quantized, ResidualCodes)) else ragged(x, name=name)
 
 
 def _needs_grad(*batches: Ragged) -> bool:
@@ -33,8 +38,11 @@ def _needs_grad(*batches: Ragged) -> bool:
     if torch is None or not torch.is_grad_enabled():
         return False
     needs = any(_array.is_torch(a) and a.requires_grad
-                for b in batches if not isinstance(b, Quantized)
+                for b in batches if not isinstance(b, (Quantized, ResidualCodes))
                 for a in (b.sets if b.sets is not None else [b.values]))
+    if needs and isinstance(batches[-1], ResidualCodes):
+        raise TypeError("MaxSim against residual codes is not differentiable: train on float tokens "
+                        "(documents.decode()), or score under torch.no_grad() / with detached queries")
     if needs and isinstance(batches[0], Quantized) and not isinstance(batches[-1], Quantized):
         return False  # int8 queries against float documents: the ops layer says why that is refused
     if needs and isinstance(batches[-1], Quantized):

@@ -15,14 +15,18 @@ namespace tokenset {
 // bounds per-worker scratch that is a few rows wide (MaxSim's packed query panels, FDE token blocks).
 constexpr int64_t kMaxTokenDim = int64_t(1) << 16;
 
-inline void check_token_values(const ArrayView& v, const std::string& name, bool allow_int8 = false) {
+// packed_codes: the values are a residual codec's packed codes (uint8 bytes per token, tokenset.ResidualCodes).
+inline void check_token_values(const ArrayView& v, const std::string& name, bool allow_int8 = false,
+                               bool packed_codes = false) {
   TOKENSET_CHECK(v.ndim == 2, ValueError, name, " values must be 2-D [tokens, dim], got ", v.ndim, "-D");
   TOKENSET_CHECK(is_float_dtype(v.dtype) || (allow_int8 && v.dtype == DType::Int8), TypeError, name, ": dtype ",
                  dtype_name(v.dtype),
                  v.dtype == DType::Int8 ? " tokens (tokenset.Quantized) are scored by maxsim, maxsim_pairs and "
                                           "maxsim_topk only; dequantize() them for this op"
                                         : " is not supported; tokenset takes float32, float16 or bfloat16 token values");
-  TOKENSET_CHECK(!(v.dtype == DType::Int8 && v.is_unsigned), TypeError, name,
+  TOKENSET_CHECK(!packed_codes || (v.dtype == DType::Int8 && v.is_unsigned), TypeError, name,
+                 ": residual codes are uint8 (tokenset.ResidualCodec.encode), got ", dtype_name(v.dtype));
+  TOKENSET_CHECK(packed_codes || !(v.dtype == DType::Int8 && v.is_unsigned), TypeError, name,
                  ": uint8 values are not int8 codes (which are signed); build them with tokenset.quantize");
   TOKENSET_CHECK(v.shape[1] >= 1 && v.shape[1] <= kMaxTokenDim, ValueError, name, ": token dimension must be in 1..",
                  kMaxTokenDim, ", got ", v.shape[1]);
@@ -34,9 +38,9 @@ inline void check_token_values(const ArrayView& v, const std::string& name, bool
 
 // Validates a set batch before any kernel reads memory (offsets from the host copy, every set inside the values);
 // fills max_length. int8 batches (allow_int8: the ops that score them) are read in values mode with a scale per row.
-inline void check_set_batch(SetBatch& batch, const char* name, bool allow_int8 = false) {
+inline void check_set_batch(SetBatch& batch, const char* name, bool allow_int8 = false, bool packed_codes = false) {
   const std::string n(name);
-  check_token_values(batch.values, n, allow_int8);
+  check_token_values(batch.values, n, allow_int8 || packed_codes, packed_codes);
   TOKENSET_CHECK(batch.count >= 0, ValueError, n, ": negative number of sets");
   TOKENSET_CHECK(batch.host_offsets != nullptr && batch.offsets != nullptr, ValueError, n, ": offsets missing");
   const int64_t* offsets = batch.host_offsets;
@@ -70,9 +74,10 @@ inline void check_set_batch(SetBatch& batch, const char* name, bool allow_int8 =
 
 // For an op's validate(): check_set_batch again on a batch it already filled (max_length included), so that an entry
 // checks every offset its kernels follow itself instead of trusting whoever built the batch. O(count).
-inline void check_filled_set_batch(const SetBatch& batch, const char* name, bool allow_int8 = false) {
+inline void check_filled_set_batch(const SetBatch& batch, const char* name, bool allow_int8 = false,
+                                   bool packed_codes = false) {
   SetBatch checked = batch;
-  check_set_batch(checked, name, allow_int8);
+  check_set_batch(checked, name, allow_int8, packed_codes);
   TOKENSET_CHECK(checked.max_length == batch.max_length, ValueError, name, ": max_length is ", batch.max_length,
                  " but the longest set has ", checked.max_length, " tokens");
 }

@@ -8,17 +8,38 @@
 //    MaxSim on scale * values;
 //  * int8 queries against int8 documents: m_i = max_j float(<q_i, d_j>) * s_j with the dot product exact in int32,
 //    score = sum_i t_i * m_i (t_i the query token's scale); scales must be finite and >= 0 (checked);
+//  * residual-coded documents (ResidualDocuments) against float32 queries: query token i is quantised to int8 as
+//    tokenset.quantize does (scale s_i), the bucket weights likewise (s_w, codes w8); with the centroid table
+//    cs[i, c] = <q_i, C_c> (float32 FMAs in k order) and f_i = s_i * s_w,
+//      sim(i, t) = n_t * (cs[i, id_t] + f_i * float(<q8_i, w8[code_t]>)),  the integer dot product exact,
+//    n_t the token's 1/||reconstruction||; maxima and sums as for tokens, so every level and device gives the same bits;
 //  * a NaN similarity makes that query token's maximum NaN, hence the score NaN (IEEE propagation, as numpy's max);
 //  * argmax ties go to the lowest document-token index; top-k ties to the lowest document index, NaN ranks as -inf;
 //  * accumulation is float32 whatever the input dtype; float32 dot products are FMAs in k order and the maxima are
 //    summed in query-token order on every path, so float32 scores are bit-identical across SIMD levels and devices.
 #pragma once
 
+#include <cmath>
 #include <string>
 
 #include "tokenset/common.h"
 
 namespace tokenset {
+
+// Documents stored as PLAID residual codes (tokenset.ResidualCodes), when bits > 0: documents.values are the packed
+// codes (uint8 [rows, dim * bits / 8], residual_codec.h), documents.scales each token's 1/||reconstruction||, and the
+// queries float32. Scored through per-query tables, never decompressed (the formula at the top of this file).
+struct ResidualDocuments {
+  int bits = 0;
+  int64_t num_centroids = 0;
+  const float* centroids = nullptr;            // [num_centroids, dim] float32 (device memory on CUDA)
+  const int32_t* centroid_ids = nullptr;       // [id_count], one per row of documents.values (device memory on CUDA)
+  const int32_t* host_centroid_ids = nullptr;  // the same on the host, checked for the documents scored
+  const float* host_inverse_norms = nullptr;   // documents.scales on the host, checked likewise
+  int64_t id_count = 0;
+  float bucket_weights[16] = {};               // 2^bits, by value
+  TOKENSET_HOST_DEVICE bool active() const { return bits > 0; }
+};
 
 struct MaxsimParams {
   SetBatch queries;
@@ -38,6 +59,7 @@ struct MaxsimParams {
   int64_t k = 0;
   float* top_scores = nullptr;
   int64_t* top_indices = nullptr;
+  ResidualDocuments residual;
 
   TOKENSET_HOST_DEVICE int64_t columns() const { return candidates ? num_candidates : documents.count; }
   TOKENSET_HOST_DEVICE bool topk() const { return k > 0; }
@@ -45,19 +67,61 @@ struct MaxsimParams {
 
 constexpr int64_t kMaxArgmaxLength = (int64_t(1) << 31) - 1;
 
-// Checks everything a kernel will follow, the batches included (offsets, max_length, every set inside its values).
-inline void validate(const MaxsimParams& p) {
-  check_filled_set_batch(p.queries, "queries", true);
-  check_filled_set_batch(p.documents, "documents", true);
-  TOKENSET_CHECK(p.queries.dim() == p.documents.dim(), ValueError, "queries have token dimension ", p.queries.dim(),
-                 " but documents have ", p.documents.dim());
-  const bool float_queries_int8_documents =
-      p.documents.dtype() == DType::Int8 && p.queries.dtype() == DType::Float32;
-  TOKENSET_CHECK(p.queries.dtype() == p.documents.dtype() || float_queries_int8_documents, TypeError, "queries are ",
-                 dtype_name(p.queries.dtype()), " but documents are ", dtype_name(p.documents.dtype()),
-                 p.queries.dtype() == DType::Int8 ? "; int8 queries are scored against int8 documents only"
-                 : p.documents.dtype() == DType::Int8 ? "; against int8 documents give float32 or int8 queries"
-                                                      : "; convert the queries to the documents' dtype");
+// The documents a call scores: all of them, or in pairs mode the candidates (fn(document) for each, repeats included).
+template <typename Fn>
+inline void for_each_scored_document(const MaxsimParams& p, Fn&& fn) {
+  if (p.candidates == nullptr || p.topk()) {
+    for (int64_t d = 0; d < p.documents.count; ++d) fn(d);
+    return;
+  }
+  for (int64_t i = 0; i < p.queries.count * p.num_candidates; ++i)
+    if (p.host_candidates[i] >= 0) fn(p.host_candidates[i]);
+}
+
+// Residual codes: the pairing, the codec's arrays, and the ids and norms of the documents scored (a token per scored
+// token read on the host, as the kernel reads them; candidates are checked first, by validate_outputs).
+inline void validate_residual(const MaxsimParams& p) {
+  const ResidualDocuments& r = p.residual;
+  TOKENSET_CHECK(r.bits == 1 || r.bits == 2 || r.bits == 4, ValueError, "residual codes have 1, 2 or 4 bits, got ",
+                 r.bits);
+  TOKENSET_CHECK(p.queries.dtype() == DType::Float32, TypeError, "queries against residual codes must be float32, got ",
+                 dtype_name(p.queries.dtype()));
+  TOKENSET_CHECK(p.documents.dtype() == DType::Int8 && p.documents.values.is_unsigned, TypeError,
+                 "residual codes must be uint8 (packed by tokenset.ResidualCodec.encode), got ",
+                 p.documents.values.is_unsigned ? "uint8" : dtype_name(p.documents.dtype()));
+  TOKENSET_CHECK(p.queries.dim() * r.bits == p.documents.dim() * 8, ValueError, "queries have dimension ",
+                 p.queries.dim(), " but the codes hold ", p.documents.dim(), " bytes per token, not dim x bits / 8 = ",
+                 p.queries.dim() * r.bits / 8.0, ": the codes come from a codec of another dimension or bit width");
+  TOKENSET_CHECK(r.num_centroids >= 1 && r.centroids != nullptr, ValueError, "residual codes need their centroids");
+  TOKENSET_CHECK(p.documents.count == 0 || (r.centroid_ids && r.host_centroid_ids && r.host_inverse_norms &&
+                                            p.documents.scales),
+                 ValueError, "residual codes need their centroid ids and inverse norms");
+  TOKENSET_CHECK(p.documents.host_offsets[p.documents.count] <= r.id_count &&
+                     p.documents.host_offsets[p.documents.count] <= p.documents.scale_count,
+                 ValueError, "residual codes: the offsets reach past the centroid ids or the inverse norms");
+  TOKENSET_CHECK(p.argmax == nullptr, ValueError, "argmax is not computed against residual codes (decode() them "
+                 "for explanations)");
+  for (int j = 0; j < (1 << r.bits); ++j)
+    TOKENSET_CHECK(std::isfinite(r.bucket_weights[j]), ValueError, "bucket weight ", j, " is not finite");
+}
+
+inline void check_residual_documents(const MaxsimParams& p) {
+  const ResidualDocuments& r = p.residual;
+  for_each_scored_document(p, [&](int64_t d) {
+    for (int64_t t = p.documents.host_offsets[d]; t < p.documents.host_offsets[d + 1]; ++t) {
+      TOKENSET_CHECK(r.host_centroid_ids[t] >= 0 && r.host_centroid_ids[t] < r.num_centroids, ValueError,
+                     "document ", d, ", token ", t - p.documents.host_offsets[d], ": centroid id ",
+                     r.host_centroid_ids[t], " is not in [0, ", r.num_centroids,
+                     "): the codes do not belong to this codec");
+      TOKENSET_CHECK(std::isfinite(r.host_inverse_norms[t]) && r.host_inverse_norms[t] >= 0.0f, ValueError,
+                     "document ", d, ", token ", t - p.documents.host_offsets[d], ": inverse norm ",
+                     r.host_inverse_norms[t], " is not a finite number >= 0");
+    }
+  });
+}
+
+// Device, empty queries, mode and outputs (every pairing).
+inline void validate_outputs(const MaxsimParams& p) {
   TOKENSET_CHECK(p.queries.values.device.type == p.documents.values.device.type &&
                      p.queries.values.device.index == p.documents.values.device.index,
                  ValueError, "queries and documents are on different devices; move them to one device first");
@@ -85,6 +149,28 @@ inline void validate(const MaxsimParams& p) {
   TOKENSET_CHECK(p.argmax == nullptr || p.documents.max_length <= kMaxArgmaxLength, ValueError, "a document has ",
                  p.documents.max_length, " tokens; argmax indices are int32, so return_argmax needs documents of at "
                  "most 2^31 - 1 tokens (split longer documents)");
+}
+
+// Checks everything a kernel will follow, the batches included (offsets, max_length, every set inside its values).
+inline void validate(const MaxsimParams& p) {
+  check_filled_set_batch(p.queries, "queries", true);
+  check_filled_set_batch(p.documents, "documents", true, p.residual.active());
+  if (p.residual.active()) {
+    validate_residual(p);
+    validate_outputs(p);
+    check_residual_documents(p);
+    return;
+  }
+  TOKENSET_CHECK(p.queries.dim() == p.documents.dim(), ValueError, "queries have token dimension ", p.queries.dim(),
+                 " but documents have ", p.documents.dim());
+  const bool float_queries_int8_documents =
+      p.documents.dtype() == DType::Int8 && p.queries.dtype() == DType::Float32;
+  TOKENSET_CHECK(p.queries.dtype() == p.documents.dtype() || float_queries_int8_documents, TypeError, "queries are ",
+                 dtype_name(p.queries.dtype()), " but documents are ", dtype_name(p.documents.dtype()),
+                 p.queries.dtype() == DType::Int8 ? "; int8 queries are scored against int8 documents only"
+                 : p.documents.dtype() == DType::Int8 ? "; against int8 documents give float32 or int8 queries"
+                                                      : "; convert the queries to the documents' dtype");
+  validate_outputs(p);
 }
 
 // GPU top-k: documents are scored in chunks for groups of queries, merged into running lists (common.h,

@@ -13,21 +13,64 @@ import numpy as np
 from .. import _array
 from ..quantize import Quantized
 from ..ragged import Ragged
+from ..residual import ResidualCodes
 from . import _dispatch
 
 
+class _ResidualArgs:
+    """What the native maxsim reads of residual codes beside the documents batch (csrc/bindings/maxsim.cpp)."""
+
+    __slots__ = ("bits", "centroids", "bucket_weights", "centroid_ids", "host_centroid_ids", "host_inverse_norms")
+
+    def __init__(self, codes: ResidualCodes, lib: str, dev):
+        codec = codes.codec
+        self.bits = codec.bits
+        self.centroids = codec.centroids_on(lib, dev)
+        self.bucket_weights = codec.bucket_weights
+        self.centroid_ids = codes.centroid_ids
+        self.host_centroid_ids = self.host_inverse_norms = None
+        if dev[0] != "cpu":  # checked on the host before the kernel runs
+            self.host_centroid_ids = np.ascontiguousarray(_array.host_copy(codes.centroid_ids), dtype=np.int32)
+            self.host_inverse_norms = np.ascontiguousarray(_array.host_copy(codes.inverse_norms), dtype=np.float32)
+
+
+def _residual_batches(queries, documents: ResidualCodes, lib: str, dev, stream: int):
+    """float32 queries (converted) against residual codes read in place."""
+    if isinstance(queries, (Quantized, ResidualCodes)):
+        raise TypeError("queries against residual codes are float tokens (float32, float16 or bfloat16; converted to "
+                        "float32), not int8 or codes")
+    if queries.dim != documents.dim:
+        raise ValueError(f"queries have dimension {queries.dim} but the coded documents' tokens have "
+                         f"{documents.dim} (their codec's)")
+    q = _dispatch.kernel_batch(queries, lib, dev, stream, "queries", dtype="float32")
+    codes = documents
+    packed, ids, norms = codes.packed, codes.centroid_ids, codes.inverse_norms
+    if _array.is_torch(packed) and dev[0] == "cpu":
+        packed, ids, norms = packed.detach().numpy(), ids.detach().numpy(), norms.detach().numpy()
+        codes = ResidualCodes(packed, ids, norms, codes.offsets, codes.codec)
+    d = _dispatch.KernelBatch(packed, None, codes.offsets,
+                              None if dev[0] == "cpu" else _array.to_device(codes.offsets, lib, dev), norms)
+    return q, d, _ResidualArgs(codes, lib, dev)
+
+
 def _prepare(queries: Ragged, documents: Ragged, *extra: Any):
-    batches = (Ragged, Quantized)
+    """(lib, dev, stream, queries batch, documents batch, residual args or None)."""
+    batches = (Ragged, Quantized, ResidualCodes)
     if not isinstance(queries, batches) or not isinstance(documents, batches):
-        raise TypeError("ops.maxsim takes Ragged or Quantized batches; use tokenset.maxsim for lists and padded arrays")
+        raise TypeError("ops.maxsim takes Ragged, Quantized or ResidualCodes batches; use tokenset.maxsim for lists "
+                        "and padded arrays")
     lib, dev = _dispatch.placement(queries._any_values, documents._any_values, *extra)
     stream = _dispatch.stream(lib, dev)
+    if isinstance(documents, ResidualCodes):
+        return (lib, dev, stream) + _residual_batches(queries, documents, lib, dev, stream)
+    if isinstance(queries, ResidualCodes):
+        raise TypeError("residual codes are scored as documents; give float queries")
     if isinstance(documents, Quantized) or isinstance(queries, Quantized):
-        return (lib, dev, stream) + _quantized_batches(queries, documents, lib, dev, stream)
+        return (lib, dev, stream) + _quantized_batches(queries, documents, lib, dev, stream) + (None,)
     dtype = _dispatch.token_dtype(documents, "documents")
     q = _dispatch.kernel_batch(queries, lib, dev, stream, "queries", dtype=dtype)
     d = _dispatch.kernel_batch(documents, lib, dev, stream, "documents")
-    return lib, dev, stream, q, d
+    return lib, dev, stream, q, d, None
 
 
 def _quantized_batches(queries, documents, lib: str, dev, stream: int):
@@ -56,7 +99,10 @@ def maxsim(queries: Ragged, documents: Ragged, candidates: Optional[Any] = None,
     # Candidate lists on the host (numpy, CPU torch) are index arrays, copied to the kernel's device below: they do not
     # take part in the device check. Device candidates must be on the documents' device.
     extra = [candidates] if _array.is_array(candidates) and _array.device(candidates)[0] != "cpu" else []
-    lib, dev, stream, q, d = _prepare(queries, documents, *extra)
+    lib, dev, stream, q, d, residual = _prepare(queries, documents, *extra)
+    if residual is not None and with_argmax:
+        raise ValueError("return_argmax is not available against residual codes (scored in place); decode() the "
+                         "documents for explanations")
     nq = len(queries)
     cand = host_cand = None
     columns = len(documents)
@@ -71,7 +117,7 @@ def maxsim(queries: Ragged, documents: Ragged, candidates: Optional[Any] = None,
     if with_argmax:
         longest = int(queries.lengths.max()) if nq else 0
         argmax = _dispatch.empty((nq, columns, longest), "int32", lib, dev)
-    _dispatch.module(dev).maxsim(q, d, scores, argmax, cand, host_cand, stream)
+    _dispatch.module(dev).maxsim(q, d, scores, argmax, cand, host_cand, stream, residual=residual)
     return scores, argmax
 
 
@@ -82,8 +128,9 @@ def maxsim_topk(queries: Ragged, documents: Ragged, k: int) -> Tuple[Any, Any]:
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    lib, dev, stream, q, d = _prepare(queries, documents)
+    lib, dev, stream, q, d, residual = _prepare(queries, documents)
     nq = len(queries)
     scores, indices = _dispatch.topk_outputs(nq, int(k), len(documents), lib, dev)
-    _dispatch.module(dev).maxsim_topk(q, d, int(k), scores, indices, stream, _dispatch.allocator(lib, dev))
+    _dispatch.module(dev).maxsim_topk(q, d, int(k), scores, indices, stream, _dispatch.allocator(lib, dev),
+                                      residual=residual)
     return scores, indices
