@@ -39,7 +39,7 @@ if grep -E "SKIPPED.*(GPU|cuda|CUDA)" "$OUT/tests.log"; then
 fi
 
 step "compute-sanitizer"
-CUDA_TESTS="tests/test_maxsim.py tests/test_quantize.py tests/test_fde.py tests/test_inner_product.py tests/test_kcenter.py tests/test_coverage.py tests/test_segment_sum.py tests/test_merge.py tests/test_index.py tests/test_nearest.py tests/test_sparse_attention.py tests/test_attention_scores.py"
+CUDA_TESTS="tests/test_maxsim.py tests/test_quantize.py tests/test_residual.py tests/test_fde.py tests/test_inner_product.py tests/test_kcenter.py tests/test_coverage.py tests/test_segment_sum.py tests/test_merge.py tests/test_index.py tests/test_nearest.py tests/test_sparse_attention.py tests/test_attention_scores.py"
 for tool in memcheck racecheck initcheck synccheck; do
   run "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 9 --target-processes all \
     python -m pytest -q -x -k "cuda or gpu" $CUDA_TESTS -p no:cacheprovider

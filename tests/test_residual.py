@@ -428,3 +428,33 @@ def test_other_ops_refuse_codes():
     codes = codec.encode(docs)
     with pytest.raises(TypeError):
         tokenset.kcenter(codes, 2)
+
+
+# ---- CUDA -------------------------------------------------------------------------------------------------------------
+
+def test_cuda_codes_match_the_cpu_bit_for_bit(cuda):
+    """The CUDA codec and in-place scoring compute the CPU's numbers in the CPU's order."""
+    import torch
+
+    rng = np.random.default_rng(23)
+    docs = unit_sets(rng, [50, 0, 1, 130, 64], 128)
+    for bits in (1, 2, 4):
+        codec = tokenset.ResidualCodec.train(docs, bits=bits, centroids=7)
+        cpu = codec.encode(docs)
+        gpu = codec.encode([torch.from_numpy(d).cuda() for d in docs])
+        assert gpu.packed.device.type == "cuda"
+        np.testing.assert_array_equal(gpu.centroid_ids.cpu().numpy(), cpu.centroid_ids)
+        np.testing.assert_array_equal(gpu.packed.cpu().numpy(), cpu.packed)
+        np.testing.assert_array_equal(gpu.inverse_norms.cpu().numpy(), cpu.inverse_norms)
+        np.testing.assert_array_equal(gpu.decode().values.cpu().numpy(), cpu.decode().values)
+        queries = random_sets(rng, [1, 32, 45], 128)
+        want = tokenset.maxsim(queries, cpu)
+        gq = [torch.from_numpy(q).cuda() for q in queries]
+        np.testing.assert_array_equal(tokenset.maxsim(gq, gpu).cpu().numpy(), want)
+        cand = np.array([[4, -1, 0], [1, 2, 3], [3, 3, 0]])
+        np.testing.assert_array_equal(tokenset.maxsim_pairs(gq, gpu, cand).cpu().numpy(),
+                                      tokenset.maxsim_pairs(queries, cpu, cand))
+        s, i = tokenset.maxsim_topk(gq, gpu, 3)
+        ws, wi = tokenset.maxsim_topk(queries, cpu, 3)
+        np.testing.assert_array_equal(s.cpu().numpy(), ws)
+        np.testing.assert_array_equal(i.cpu().numpy(), wi)

@@ -7,6 +7,8 @@
 // Same semantics as the CPU kernel: empty document -inf, NaN propagates, argmax ties to the lower index; float32
 // dots are FMAs in k order and the maxima are summed in token order, so float32 scores equal the CPU's bit for bit.
 //
+// Residual codes (tokenset.ResidualCodes) have their own kernel below: the CPU's numbers, computed per tile.
+//
 // Top-k (maxsim_topk): documents are scored in chunks of kTopkDocChunk for a group of queries into the workspace,
 // then one block per query sorts the chunk's ranking keys and merges them into the query's running top-k
 // (double-buffered in the workspace). Memory: the group's chunk scores and running lists, never [nq, nd].
@@ -169,6 +171,165 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
   }
 }
 
+
+// ---- residual codes -------------------------------------------------------------------------------------------------
+// float32 queries against residual codes (maxsim.h): one block per (query, document) pair, 32 query tokens x 64
+// document tokens per tile, k in chunks of 64. Thread t owns document token t % 64 for 16 query rows and keeps, per
+// row, the centroid score <q_i, C_id> as an FMA chain in k order and the exact int32 dot product of the int8 query with
+// the token's int8 bucket weights; sim = n * (cs + f * float(dot)) with explicitly rounded steps. The CPU computes
+// the same numbers in the same order (its centroid table is the same chains), so the scores are bit-identical.
+struct QuantizedWeights {
+  int8_t codes[16];
+  float scale;
+};
+
+// tokenset.quantize's rule (the CPU kernel's quantize_row): s = max |x| / 127, q = rint(x / s) in [-127, 127].
+inline QuantizedWeights quantize_weights(const ResidualDocuments& r) {
+  QuantizedWeights w{};
+  const int levels = 1 << r.bits;
+  float largest = 0.0f;
+  for (int j = 0; j < levels; ++j) largest = std::fabs(r.bucket_weights[j]) > largest ? std::fabs(r.bucket_weights[j])
+                                                                                        : largest;
+  w.scale = largest / 127.0f;
+  for (int j = 0; j < levels; ++j) {
+    float code = w.scale > 0.0f ? std::nearbyint(r.bucket_weights[j] / w.scale) : 0.0f;
+    code = code > 127.0f ? 127.0f : (code < -127.0f ? -127.0f : code);
+    w.codes[j] = static_cast<int8_t>(code);
+  }
+  return w;
+}
+
+constexpr int kResidualPitch = kChunk + 1;
+
+__global__ void __launch_bounds__(kThreads) residual_maxsim_kernel(MaxsimParams p, int64_t pairs,
+                                                                    QuantizedWeights weights) {
+  __shared__ float s_query[kQueryTile * kResidualPitch];
+  __shared__ int8_t s_query8[kQueryTile * kResidualPitch];
+  __shared__ float s_centroid[kDocTile * kResidualPitch];
+  __shared__ int8_t s_weight[kDocTile * kResidualPitch];
+  __shared__ float s_scale[kQueryTile];
+  __shared__ float s_scores[kQueryTile * kScorePitch];
+  __shared__ float s_maxima[kQueryTile];
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t nq = p.queries.count, columns = p.columns(), dim = p.queries.dim();
+  const int64_t q_stride = p.queries.row_stride(), d_stride = p.documents.row_stride();
+  const int bits = p.residual.bits;
+  const uint32_t centroids = static_cast<uint32_t>(p.residual.num_centroids);
+  const float* q_values = p.queries.values.ptr<const float>();
+  const uint8_t* codes = static_cast<const uint8_t*>(p.documents.values.data);
+  const float weight_scale = weights.scale;
+
+  for (int64_t pair = blockIdx.x; pair < pairs; pair += gridDim.x) {
+    int64_t q, col, doc;
+    if (p.candidates) {
+      q = pair / columns;
+      col = pair % columns;
+      doc = p.candidates[pair];
+    } else {
+      doc = pair / nq;
+      q = pair % nq;
+      col = doc;
+    }
+    const int64_t out = q * columns + col;
+    const int64_t q_begin = p.queries.offsets[q], q_len = p.queries.offsets[q + 1] - q_begin;
+    const bool bad_doc = doc < -1 || doc >= p.documents.count;
+    const int64_t d_begin = (doc >= 0 && !bad_doc) ? p.documents.offsets[doc] : 0;
+    const int64_t d_len = (doc >= 0 && !bad_doc) ? p.documents.offsets[doc + 1] - d_begin : 0;
+    if (d_len == 0) {
+      if (threadIdx.x == 0) p.scores[out] = bad_doc ? NAN : -INFINITY;
+      continue;
+    }
+    float total = 0.0f;
+    for (int64_t qc = 0; qc < q_len; qc += kQueryTile) {
+      const int q_rows = static_cast<int>(imin(kQueryTile, q_len - qc));
+      const float* q_src = q_values + (q_begin + qc) * q_stride;
+      // Each query token's int8 scale: warp w reduces rows w, w + 4, ...
+      for (int r = warp; r < kQueryTile; r += kThreads / 32) {
+        float largest = 0.0f;
+        if (r < q_rows)
+          for (int64_t k = lane; k < dim; k += 32) largest = fmaxf(largest, fabsf(q_src[r * q_stride + k]));
+        for (int offset = 16; offset > 0; offset /= 2) largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest,
+                                                                                                offset));
+        if (lane == 0) s_scale[r] = __fdiv_rn(largest, 127.0f);
+      }
+      float run_max = -INFINITY;  // warp 0, lane r
+      for (int64_t j0 = 0; j0 < d_len; j0 += kDocTile) {
+        const int d_rows = static_cast<int>(imin(kDocTile, d_len - j0));
+        const int c = threadIdx.x % kDocTile, r0 = (threadIdx.x / kDocTile) * 16;
+        float cs[16];
+        int dot[16];
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+          cs[r] = 0.0f;
+          dot[r] = 0;
+        }
+        for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
+          const int k_len = static_cast<int>(imin(kChunk, dim - k0));
+          __syncthreads();
+          for (int e = threadIdx.x; e < kQueryTile * kChunk; e += kThreads) {
+            const int r = e / kChunk, k = e % kChunk;
+            const float x = (r < q_rows && k < k_len) ? q_src[r * q_stride + k0 + k] : 0.0f;
+            const float scale = s_scale[r];
+            float code = scale > 0.0f ? rintf(__fdiv_rn(x, scale)) : 0.0f;
+            code = fminf(fmaxf(code, -127.0f), 127.0f);
+            s_query[r * kResidualPitch + k] = x;
+            s_query8[r * kResidualPitch + k] = static_cast<int8_t>(code);
+          }
+          for (int e = threadIdx.x; e < kDocTile * kChunk; e += kThreads) {
+            const int j = e / kChunk, k = e % kChunk;
+            float centroid_value = 0.0f;
+            int weight = 0;
+            if (j < d_rows && k < k_len) {
+              const int64_t row = d_begin + j0 + j;
+              const uint32_t id = static_cast<uint32_t>(p.residual.centroid_ids[row]);
+              centroid_value = p.residual.centroids[static_cast<int64_t>(id < centroids ? id : 0) * dim + k0 + k];
+              const uint8_t* row_codes = codes + row * d_stride;
+              int code = 0;
+              for (int b = 0; b < bits; ++b) {
+                const int64_t position = (k0 + k) * bits + b;
+                code |= ((row_codes[position >> 3] >> (7 - (position & 7))) & 1) << b;
+              }
+              weight = weights.codes[code];
+            }
+            s_centroid[j * kResidualPitch + k] = centroid_value;
+            s_weight[j * kResidualPitch + k] = static_cast<int8_t>(weight);
+          }
+          __syncthreads();
+          for (int k = 0; k < k_len; ++k) {
+            const float cv = s_centroid[c * kResidualPitch + k];
+            const int wv = s_weight[c * kResidualPitch + k];
+#pragma unroll
+            for (int r = 0; r < 16; ++r) {
+              cs[r] = fmaf(s_query[(r0 + r) * kResidualPitch + k], cv, cs[r]);
+              dot[r] += static_cast<int>(s_query8[(r0 + r) * kResidualPitch + k]) * wv;
+            }
+          }
+        }
+        const float norm = c < d_rows ? p.documents.scales[d_begin + j0 + c] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+          const float factor = __fmul_rn(s_scale[r0 + r], weight_scale);
+          s_scores[(r0 + r) * kScorePitch + c] =
+              __fmul_rn(__fadd_rn(cs[r], __fmul_rn(__int2float_rn(dot[r]), factor)), norm);
+        }
+        __syncthreads();
+        if (warp == 0)
+          for (int cc = 0; cc < d_rows; ++cc) run_max = fmaxf(run_max, s_scores[lane * kScorePitch + cc]);
+      }
+      if (warp == 0) {
+        s_maxima[lane] = run_max;
+        __syncwarp();
+        if (lane == 0)
+          for (int r = 0; r < q_rows; ++r) total += s_maxima[r];
+        __syncwarp();
+      }
+    }
+    if (threadIdx.x == 0) p.scores[out] = total;
+    __syncthreads();
+  }
+}
+
 template <typename T>
 bool vector_loads(const MaxsimParams& p) {
   const int64_t bytes = sizeof(T);
@@ -182,6 +343,11 @@ void launch_scores(const MaxsimParams& p, cudaStream_t stream) {
   const int64_t pairs = p.queries.count * p.columns();
   if (pairs == 0) return;
   const int grid = grid_for(pairs, 1);
+  if (p.residual.active()) {
+    residual_maxsim_kernel<<<grid, kThreads, 0, stream>>>(p, pairs, quantize_weights(p.residual));
+    TOKENSET_CHECK_LAUNCH("maxsim (residual codes)");
+    return;
+  }
   TOKENSET_FLOAT_SWITCH(p.documents.dtype(), kDType, [&] {
     using T = cuda_type_t<kDType>;
     TOKENSET_BOOL_SWITCH(vector_loads<T>(p), kVec, [&] {
@@ -235,7 +401,7 @@ void launch_topk(const MaxsimParams& p, const Launch& launch) {
 
 void maxsim(const MaxsimParams& p, const Launch& launch) {
   validate(p);
-  TOKENSET_CHECK(p.documents.dtype() != DType::Int8, TypeError,
+  TOKENSET_CHECK(p.residual.active() || p.documents.dtype() != DType::Int8, TypeError,
                  "int8 documents (tokenset.Quantized) are scored on the CPU; on a GPU store float16 or bfloat16 "
                  "tokens (Quantized.dequantize(dtype=...))");
   if (p.topk())
