@@ -24,6 +24,7 @@ from ..fde import FDE
 from ..maxsim import maxsim, maxsim_pairs
 from ..quantize import Quantized, dequantized, quantize
 from ..ragged import Ragged, ragged
+from ..residual import ResidualCodec, ResidualCodes
 from . import device as _device
 from . import evaluation, files
 from .ann import AnnGraph, check_options, usearch_index_class
@@ -31,7 +32,8 @@ from .candidates import fde_candidates
 from .ranking import top_k
 from .store import MAX_ID, Segment, SegmentStore, Snapshot, check_distinct, check_ids, document_rows
 
-_TOKEN_STORAGES = ("float16", "float32", "int8")
+_TOKEN_STORAGES = ("float16", "float32", "int8", "residual4", "residual2", "residual1")
+_RESIDUAL_BITS = {"residual4": 4, "residual2": 2, "residual1": 1}
 _FDE_STORAGES = ("float16", "int8")
 _BACKENDS = ("exact", "usearch")
 _ENCODE_BYTES = 64 << 20  # float32 FDEs encoded at once by add()
@@ -61,7 +63,12 @@ class Index:
         fde: the FDE encoder (:func:`default_fde` when None); its ``dim`` must be ``dim``.
         storage: how document tokens are stored: ``"float16"`` (default), ``"float32"`` or ``"int8"`` (a float32 scale
             per token, :func:`tokenset.quantize`: ``d + 4`` bytes per token instead of ``2d``; reranked against the
-            float queries exactly as the dequantised tokens). ``dtype=`` is the older name of this argument.
+            float queries exactly as the dequantised tokens), or ``"residual4"`` / ``"residual2"`` / ``"residual1"``
+            (PLAID residual codes, :class:`tokenset.ResidualCodec`: ``d * b / 8 + 8`` bytes per token, reranked in
+            place from the codes). ``dtype=`` is the older name of this argument.
+        codec: for residual storage, the :class:`tokenset.ResidualCodec` (its bits must match); default: trained by
+            the first :meth:`add` on its documents (PLAID's rules) and kept for every later add (saved with the
+            index). Train one on a representative sample when the first add is small.
         fde_storage: how FDEs are stored: ``"float16"`` (default) or ``"int8"`` (a float32 scale per document: half
             the bytes of the candidate scan).
         backend: how FDE candidates are found: ``"exact"`` (default: every live FDE scored by
@@ -88,7 +95,7 @@ class Index:
 
     def __init__(self, dim: int, fde: Optional[FDE] = None, storage: Optional[str] = None, backend: str = "exact",
                  backend_options: Optional[Dict[str, int]] = None, *, fde_storage: str = "float16",
-                 dtype: Optional[str] = None):
+                 dtype: Optional[str] = None, codec: Optional[ResidualCodec] = None):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 1 << 16:
             raise ValueError(f"dim must be an integer in 1..65536, got {dim!r}")
         self.dim = int(dim)
@@ -105,6 +112,20 @@ class Index:
         if fde_storage not in _FDE_STORAGES:
             raise ValueError(f"fde_storage must be one of {_FDE_STORAGES}, got {fde_storage!r}")
         self.storage, self.fde_storage = storage, fde_storage
+        self._bits = _RESIDUAL_BITS.get(storage)
+        if codec is not None:
+            if self._bits is None:
+                raise ValueError(f"a codec is for residual storage (residual4, residual2, residual1), not {storage!r}")
+            if not isinstance(codec, ResidualCodec):
+                raise TypeError(f"codec must be a tokenset.ResidualCodec, got {type(codec).__name__}")
+            if codec.bits != self._bits or codec.dim != self.dim:
+                raise ValueError(f"the codec codes {codec.dim}-d tokens in {codec.bits} bits, but the index stores "
+                                 f"{self.dim}-d tokens as {storage}")
+        elif self._bits is not None and self.dim * self._bits % 8:
+            raise ValueError(f"{storage} storage packs dim x {self._bits} bits per token into whole bytes: dim "
+                             f"{self.dim} does not fill them (use a dim that is a multiple of {8 // self._bits})")
+        self.codec = codec
+        self._codec_lock = threading.Lock()
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         self.backend, self.backend_options = backend, check_options(backend_options or {})
@@ -124,6 +145,7 @@ class Index:
         at the fork is as far as it got."""
         self._store.lock = threading.RLock()
         self._meta_lock = threading.Lock()
+        self._codec_lock = threading.Lock()
         if self._ann is not None:
             self._ann.fresh_after_fork()
 
@@ -161,7 +183,7 @@ class Index:
             if given.shape != (n,):
                 raise ValueError(f"ids must have shape ({n},) (one per document), got {tuple(given.shape)}")
             check_ids(given)
-        tokens, offsets, fdes, token_scales, fde_scales = self._encode(batch)  # the heavy part, before the lock
+        tokens, offsets, fdes, token_scales, fde_scales, centroid_ids = self._encode(batch)  # before the lock
         with self._store.lock:
             if given is None:
                 if self._next_id + n - 1 > MAX_ID:
@@ -174,17 +196,18 @@ class Index:
                 if taken.size:
                     raise ValueError(f"ids already in the index: {taken[:5].tolist()}; remove them first")
             if n:
-                self._store.append(Segment(tokens, offsets, fdes, new_ids, token_scales, fde_scales))
+                self._store.append(Segment(tokens, offsets, fdes, new_ids, token_scales, fde_scales, centroid_ids,
+                                           self.codec))
                 if self._ann is not None:
                     self._ann.on_add(new_ids, fdes if fde_scales is None else dequantized(fdes, fde_scales))
                 self._next_id = max(self._next_id, int(new_ids.max()) + 1)
         return new_ids
 
     def _encode(self, batch: Ragged) -> Tuple[np.ndarray, ...]:
-        """(tokens in the stored form, offsets from 0, FDEs, token scales, FDE scales) of a compact batch: FDEs
-        encoded in chunks (the float32 encoder output is bounded by _ENCODE_BYTES), tokens copied (or quantised) once,
-        straight into one array (in blocks of rows for an array batch, set by set for a list). Scales are None for
-        float storage."""
+        """(tokens in the stored form, offsets from 0, FDEs, token scales, FDE scales, centroid ids) of a compact
+        batch: FDEs encoded in chunks (the float32 encoder output is bounded by _ENCODE_BYTES), tokens copied (or
+        quantised, or coded) once, straight into one array (in blocks of rows for an array batch, set by set for a
+        list). Scales are None for float storage, centroid ids for all but residual storage."""
         n = len(batch)
         offsets = np.array(batch.offsets, dtype=np.int64)
         int8_fde = self.fde_storage == "int8"
@@ -204,6 +227,9 @@ class Index:
             with np.errstate(over="ignore"):
                 fdes[c0:c1] = encoded
             self._check_half(fdes[c0:c1], encoded, "the documents' FDEs", c0)
+        if self._bits is not None:
+            packed, norms, centroid_ids = self._encode_residual(batch, offsets)
+            return packed, offsets, fdes, norms, fde_scales, centroid_ids
         int8 = self.storage == "int8"
         tokens = np.empty((int(offsets[-1]), self.dim), dtype=self.storage)
         token_scales = np.empty(tokens.shape[0], np.float32) if int8 else None
@@ -229,7 +255,22 @@ class Index:
             with np.errstate(over="ignore"):
                 target[...] = source
             self._check_half(target, source, "documents", first)
-        return tokens, offsets, fdes, token_scales, fde_scales
+        return tokens, offsets, fdes, token_scales, fde_scales, None
+
+    def _encode_residual(self, batch: Ragged, offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(packed codes, inverse norms, centroid ids) of a compact batch for residual storage. The codec is trained
+        on this batch when the index has none yet (once: a concurrent first add waits for it and uses it)."""
+        if int(offsets[-1]) == 0:
+            return np.zeros((0, self.dim * self._bits // 8), np.uint8), np.zeros(0, np.float32), np.zeros(0, np.int32)
+        if self.codec is None:
+            with self._codec_lock:
+                if self.codec is None:
+                    self.codec = ResidualCodec.train(batch, bits=self._bits)
+        host = ragged([np.asarray(_array.host_copy(s, "documents")) for s in batch.sets], name="documents") \
+            if batch.sets is not None else \
+            Ragged(np.asarray(_array.host_copy(batch.values, "documents")), offsets, name="documents")
+        codes = self.codec.encode(host, name="documents")
+        return np.asarray(codes.packed), np.asarray(codes.inverse_norms), np.asarray(codes.centroid_ids)
 
     def _check_int8_fdes(self, encoded: np.ndarray, first: int, batch: Ragged) -> None:
         """int8 FDEs need finite values; with the usearch backend they are also dequantised into its float16 graph,
@@ -302,6 +343,10 @@ class Index:
         if self.storage == "int8" or self.fde_storage == "int8":
             raise ValueError("int8 storage is searched on the CPU (the int8 kernels are CPU kernels); keep this index "
                              "on the CPU, or build a float16 one for the GPU")
+        if self._bits is not None:
+            raise ValueError(f"{self.storage} storage is searched on the CPU by the index (score ResidualCodes on a "
+                             f"GPU with tokenset.maxsim directly); keep this index on the CPU, or build a float16 one "
+                             f"for the GPU")
         from .. import _backend
         from .._build import build_info
 
@@ -397,8 +442,7 @@ class Index:
                 d1 = min(len(seg), d0 + step)
                 if not alive[d0:d1].any():
                     continue
-                block = Ragged(documents.values, offsets[d0:d1 + 1], name="index documents") if seg.token_scales is \
-                    None else Quantized(documents.values, documents.scales, offsets[d0:d1 + 1], name="index documents")
+                block = _block(documents, offsets[d0:d1 + 1])
                 scores = np.asarray(_array.host_copy(maxsim(q_run, block)))
                 ids = np.where(alive[d0:d1], seg.ids[d0:d1], -1)
                 best_ids, best_scores = top_k(np.concatenate([best_ids, np.broadcast_to(ids, (nq, d1 - d0))], 1),
@@ -412,11 +456,14 @@ class Index:
         return evaluation.evaluate(self, queries, k, candidates, repeats)
 
     def bytes_per_document(self) -> Dict[str, float]:
-        """Average stored bytes per live document: FDE (and its scale when int8), tokens (their scales when int8,
-        and the offsets), id. Tokens of removed documents count until a save compacts them away."""
+        """Average stored bytes per live document: FDE (and its scale when int8), tokens (their scales when int8, their
+        centroid ids and inverse norms when residual-coded, and the offsets), id. Tokens of removed documents count until a save compacts them away."""
         snap = self._store.snapshot()
         n = max(1, snap.live)
-        per_token = self.dim * np.dtype(self.storage).itemsize + (4 if self.storage == "int8" else 0)
+        if self._bits is not None:  # codes, centroid id (int32), inverse norm (float32)
+            per_token = self.dim * self._bits // 8 + 8
+        else:
+            per_token = self.dim * np.dtype(self.storage).itemsize + (4 if self.storage == "int8" else 0)
         tokens = sum(int(np.asarray(s.offsets)[-1]) for s in snap.segments) * per_token
         fde = self.fde.output_dim * np.dtype(self.fde_storage).itemsize + (4 if self.fde_storage == "int8" else 0)
         return {"fde": float(fde), "tokens": tokens / n + 8, "ids": 8.0, "total": fde + tokens / n + 16}
@@ -464,14 +511,28 @@ class Index:
         files.verify(saved)
 
 
+def _block(documents: Any, offsets: np.ndarray) -> Any:
+    """Consecutive documents of a segment's batch (views), whatever its storage."""
+    if isinstance(documents, ResidualCodes):
+        return ResidualCodes(documents.packed, documents.centroid_ids, documents.inverse_norms, offsets,
+                             documents.codec, name="index documents")
+    if isinstance(documents, Quantized):
+        return Quantized(documents.values, documents.scales, offsets, name="index documents")
+    return Ragged(documents.values, offsets, name="index documents")
+
+
 def _candidate_documents(documents: Any, rows: np.ndarray) -> Any:
     """Documents `rows` of a segment's batch, for reranking: a list of views of the stored tokens (read in place on
-    the CPU, so the kernel's checks cost O(candidates), not O(documents in the segment)), or for int8 storage one
-    Quantized of their rows (a copy of the candidates' codes and scales)."""
+    the CPU, so the kernel's checks cost O(candidates), not O(documents in the segment)), or for int8 and residual
+    storage one batch of their rows (a copy of the candidates' codes and per-token arrays)."""
     offsets = np.asarray(documents.offsets)
-    if not isinstance(documents, Quantized):
+    if not isinstance(documents, (Quantized, ResidualCodes)):
         return [documents.values[offsets[r]:offsets[r + 1]] for r in rows.tolist()]
     token_rows, picked = document_rows(offsets, rows)
+    if isinstance(documents, ResidualCodes):
+        return ResidualCodes(np.asarray(documents.packed)[token_rows], np.asarray(documents.centroid_ids)[token_rows],
+                             np.asarray(documents.inverse_norms)[token_rows], picked, documents.codec,
+                             name="index documents")
     return Quantized(np.asarray(documents.values)[token_rows], np.asarray(documents.scales)[token_rows], picked,
                      name="index documents")
 

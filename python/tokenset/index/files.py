@@ -2,7 +2,9 @@
 
 Layout: ``manifest.json`` (sealed by its own SHA-256) names one *generation* of files, ``tokens-<g>.npy``,
 ``offsets-<g>.npy``, ``fde-<g>.npy``, ``ids-<g>.npy`` (with int8 storage also ``token_scales-<g>.npy`` /
-``fde_scales-<g>.npy``) and ``fde-<g>.encoder`` (``<g>``: 12 hex digits), with the SHA-256 of each;
+``fde_scales-<g>.npy``; with residual storage the packed codes as ``tokens``, their inverse norms as
+``token_scales``, ``centroid_ids-<g>.npy`` and the codec ``residual-<g>.codec``) and ``fde-<g>.encoder`` (``<g>``: 12
+hex digits), with the SHA-256 of each;
 ``.tokenset-index.lock`` is the lock file of saves.
 
 Saving, under an exclusive lock on the folder (threads and processes alike):
@@ -34,6 +36,7 @@ import numpy as np
 
 from .. import _storage
 from ..fde import FDE
+from ..residual import ResidualCodec
 from .store import MAX_ID, Segment, Snapshot
 
 FORMAT = "tokenset.Index"
@@ -42,11 +45,13 @@ MANIFEST = "manifest.json"
 LOCK = ".tokenset-index.lock"
 _FLOAT16_MAX = 65504.0
 ARRAYS = ("tokens", "offsets", "fde", "ids")  # and, for int8 storage, "token_scales" / "fde_scales"
-SCALE_ARRAYS = ("token_scales", "fde_scales")
+SCALE_ARRAYS = ("token_scales", "fde_scales", "centroid_ids")  # centroid ids: residual storage
+RESIDUAL_STORAGES = {"residual4": 4, "residual2": 2, "residual1": 1}
+MAX_CODEC_BYTES = 1 << 31
 BLOCK_BYTES = 64 << 20  # what one streamed block of a save holds
 MAX_ENCODER_BYTES = 1 << 31
-_GENERATION_FILE = re.compile(r"^(?:(?:tokens|offsets|fde|ids|token_scales|fde_scales)-[0-9a-f]{12}\.npy|"
-                              r"fde-[0-9a-f]{12}\.encoder)$")
+_GENERATION_FILE = re.compile(r"^(?:(?:tokens|offsets|fde|ids|token_scales|fde_scales|centroid_ids)-[0-9a-f]{12}"
+                              r"\.npy|fde-[0-9a-f]{12}\.encoder|residual-[0-9a-f]{12}\.codec)$")
 
 
 def _ours(name: str) -> bool:
@@ -72,7 +77,8 @@ def save(index: Any, directory: Any) -> Tuple[str, Dict[str, Any]]:
         previous = _check_folder(directory)  # again under the lock: what the last save wrote
         snapshot, next_id = index._snapshot_for_save()
         generation = secrets.token_hex(6)
-        written = [f"{name}-{generation}.npy" for name in ARRAYS + SCALE_ARRAYS] + [f"fde-{generation}.encoder"]
+        written = [f"{name}-{generation}.npy" for name in ARRAYS + SCALE_ARRAYS] + [f"fde-{generation}.encoder",
+                                                                                      f"residual-{generation}.codec"]
         try:
             manifest = _write_generation(index, snapshot, next_id, directory, generation)
         except BaseException:
@@ -126,10 +132,26 @@ def _write_generation(index: Any, snapshot: Snapshot, next_id: int, directory: s
                 "backend": {"name": index.backend, "options": index.backend_options},
                 "encoder": {"file": encoder_name, "sha256": hashlib.sha256(encoder_bytes).hexdigest(),
                             "bytes": len(encoder_bytes)}}
+    if index.storage in RESIDUAL_STORAGES:
+        codec = index.codec if index.codec is not None else _untrained_codec(index)
+        codec_bytes = codec.to_bytes()
+        codec_name = f"residual-{generation}.codec"
+        _storage.atomic_write(os.path.join(directory, codec_name), lambda f: f.write(codec_bytes))
+        manifest["codec"] = {"file": codec_name, "sha256": hashlib.sha256(codec_bytes).hexdigest(),
+                             "bytes": len(codec_bytes), "trained": index.codec is not None}
     manifest[_storage.CONFIG_DIGEST_KEY] = hashlib.sha256(_storage.canonical_json(manifest)).hexdigest()
     _storage.atomic_write(os.path.join(directory, MANIFEST),
                           lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
     return manifest
+
+
+def _untrained_codec(index: Any) -> ResidualCodec:
+    """A placeholder codec for an index that has stored no tokens yet (the first add trains the real one): written so
+    that every residual index has a codec file; loaded back as "not trained" (the manifest says so)."""
+    bits = RESIDUAL_STORAGES[index.storage]
+    levels = 1 << bits
+    return ResidualCodec(np.zeros((1, index.dim), np.float16), np.zeros(levels - 1, np.float32),
+                         np.zeros(levels, np.float32), bits)
 
 
 def _check_folder(directory: str) -> Set[str]:
@@ -186,12 +208,17 @@ def _write_arrays(index: Any, snapshot: Snapshot, directory: str, generation: st
         offsets = np.asarray(seg.offsets)
         for rows in _live_chunks(seg, alive):
             tokens += int((offsets[_after(rows)] - offsets[rows]).sum())
-    specs = {"tokens": (np.dtype(index.storage), (tokens, index.dim), _token_blocks(snapshot, "tokens")),
+    bits = RESIDUAL_STORAGES.get(index.storage)
+    stored = (np.dtype(np.uint8), (tokens, index.dim * bits // 8)) if bits else (np.dtype(index.storage),
+                                                                                 (tokens, index.dim))
+    specs = {"tokens": (*stored, _token_blocks(snapshot, "tokens")),
              "offsets": (np.dtype(np.int64), (docs + 1,), _offset_blocks(snapshot)),
              "fde": (np.dtype(index.fde_storage), (docs, index.fde.output_dim), _row_blocks(snapshot, "fde")),
              "ids": (np.dtype(np.int64), (docs,), _row_blocks(snapshot, "ids"))}
-    if index.storage == "int8":
+    if index.storage == "int8" or bits:
         specs["token_scales"] = (np.dtype(np.float32), (tokens,), _token_blocks(snapshot, "token_scales"))
+    if bits:
+        specs["centroid_ids"] = (np.dtype(np.int32), (tokens,), _token_blocks(snapshot, "centroid_ids"))
     if index.fde_storage == "int8":
         specs["fde_scales"] = (np.dtype(np.float32), (docs,), _row_blocks(snapshot, "fde_scales"))
     files = {}
@@ -330,8 +357,9 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     n = _storage.config_int(manifest, "documents", 0, 2**40, corrupt)
     next_id = _storage.config_int(manifest, "next_id", 0, MAX_ID + 1, corrupt)
     dtype = manifest.get("dtype")
-    if dtype not in ("float16", "float32", "int8"):
+    if dtype not in ("float16", "float32", "int8", *RESIDUAL_STORAGES):
         raise corrupt(f"dtype {dtype!r}")
+    bits = RESIDUAL_STORAGES.get(dtype)
     fde_dtype = manifest.get("fde_dtype", "float16")  # older manifests: float16 FDEs
     if fde_dtype not in ("float16", "int8"):
         raise corrupt(f"fde_dtype {fde_dtype!r}")
@@ -350,16 +378,18 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
     fde = FDE.from_bytes(enc_bytes, os.path.join(directory, encoder["file"]))  # the bytes that were hashed
     if fde.dim != dim:
         raise corrupt("encoder dimension differs from the index's")
+    codec = _load_codec(directory, manifest, corrupt, digest, dim, bits) if bits else None
     arrays = manifest.get("arrays")
-    expected = set(ARRAYS) | ({"token_scales"} if dtype == "int8" else set()) | \
-        ({"fde_scales"} if fde_dtype == "int8" else set())
+    expected = set(ARRAYS) | ({"token_scales"} if dtype == "int8" or bits else set()) | \
+        ({"fde_scales"} if fde_dtype == "int8" else set()) | ({"centroid_ids"} if bits else set())
     if not isinstance(arrays, dict) or set(arrays) != expected:
         raise corrupt("arrays entry")
     offsets = _array(directory, arrays["offsets"], np.int64, (n + 1,), False, corrupt, digest)
     if offsets[0] != 0 or (n and np.diff(offsets).min() < 0):
         raise corrupt("offsets are not non-decreasing from 0")
     total = int(offsets[-1])
-    tokens = _array(directory, arrays["tokens"], np.dtype(dtype), (total, dim), mmap, corrupt, digest)
+    stored = (np.uint8, (total, dim * bits // 8)) if bits else (np.dtype(dtype), (total, dim))
+    tokens = _array(directory, arrays["tokens"], *stored, mmap, corrupt, digest)
     fdes = _array(directory, arrays["fde"], np.dtype(fde_dtype), (n, fde.output_dim), mmap, corrupt, digest)
     scales = {}
     for name, rows in (("token_scales", total), ("fde_scales", n)):
@@ -367,6 +397,11 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
             scales[name] = _array(directory, arrays[name], np.float32, (rows,), False, corrupt, digest)
             if rows and not (np.isfinite(scales[name]).all() and scales[name].min() >= 0):
                 raise corrupt(f"{name} hold values that are not finite numbers >= 0")
+    centroid_ids = None
+    if bits:  # read whole (4 bytes a token) and checked against the codec: an id outside it is damage
+        centroid_ids = _array(directory, arrays["centroid_ids"], np.int32, (total,), False, corrupt, digest)
+        if total and (codec is None or int(centroid_ids.min()) < 0 or int(centroid_ids.max()) >= codec.num_centroids):
+            raise corrupt("centroid_ids outside the codec's centroids")
     ids = _array(directory, arrays["ids"], np.int64, (n,), False, corrupt, digest)
     if n and int(ids.max()) > MAX_ID:
         raise corrupt(f"ids outside 0..{MAX_ID}")
@@ -379,7 +414,7 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
         raise corrupt("backend entry")
     try:
         index = cls(dim, fde=fde, storage=dtype, backend=backend.get("name"), backend_options=backend["options"],
-                    fde_storage=fde_dtype)
+                    fde_storage=fde_dtype, codec=codec)
     except (ValueError, TypeError) as exc:
         raise corrupt(f"backend: {exc}") from None
     except ImportError as exc:
@@ -390,11 +425,33 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
         raise ValueError(f"{directory}: its int8 FDEs reach {float(fde_scales.max()) * 127:.3g}, beyond float16's "
                          f"range ({_FLOAT16_MAX:g}), which the usearch backend's float16 graph cannot hold; re-add "
                          f"the documents scaled down (e.g. normalised), or use the exact backend")
-    segment = Segment(tokens, offsets, fdes, ids, scales.get("token_scales"), fde_scales) if n else None
+    segment = Segment(tokens, offsets, fdes, ids, scales.get("token_scales"), fde_scales, centroid_ids,
+                      codec) if n else None
     if segment is not None and not segment.has_distinct_ids():
         raise corrupt("ids are not distinct")
     index._open_saved(segment, max(next_id, int(ids.max()) + 1 if n else 0), (directory, manifest))
     return index
+
+
+def _load_codec(directory: str, manifest: Dict[str, Any], corrupt, digest: str, dim: int,
+                bits: int) -> Optional[ResidualCodec]:
+    """The residual codec the manifest names (hashed bytes, parsed and checked as ResidualCodec.load does); None for
+    an index saved before its first add trained one."""
+    entry = manifest.get("codec")
+    if not isinstance(entry, dict) or not _storage.safe_name(entry.get("file")) or \
+            not isinstance(entry.get("trained"), bool):
+        raise corrupt("codec entry")
+    size = entry.get("bytes")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_CODEC_BYTES:
+        raise corrupt("codec size")
+    with _open(directory, entry["file"], corrupt, digest, size) as f:
+        data = f.read(size + 1)
+    if len(data) != size or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise corrupt("codec file does not match its checksum")
+    codec = ResidualCodec.from_bytes(data, os.path.join(directory, entry["file"]))
+    if codec.dim != dim or codec.bits != bits:
+        raise corrupt(f"the codec codes {codec.dim}-d tokens in {codec.bits} bits, the index {dim}-d in {bits}")
+    return codec if entry["trained"] else None
 
 
 def _open(directory: str, name: str, corrupt: Callable[[str], Exception], digest: str, max_bytes: int = -1):
@@ -426,6 +483,8 @@ def verify(saved: Optional[tuple]) -> None:
 
     entries = [(meta["file"], meta.get("sha256"), True) for meta in manifest["arrays"].values()]
     entries.append((manifest["encoder"]["file"], manifest["encoder"].get("sha256"), False))
+    if "codec" in manifest:
+        entries.append((manifest["codec"]["file"], manifest["codec"].get("sha256"), False))
     for name, want, is_npy in entries:
         try:
             f = _storage.open_regular(os.path.join(directory, name), name, corrupt)

@@ -2,7 +2,9 @@
 
 A :class:`Segment` holds documents stored together: tokens ``[T, d]`` + offsets ``[n + 1]`` (from 0), FDEs
 ``[n, F]`` and ids ``[n]`` int64, with a liveness array ``alive [n]``; int8 tokens come with ``token_scales [T]`` and
-int8 FDEs with ``fde_scales [n]`` (float32, one per row; None for float storage). Nothing of a segment is ever written
+int8 FDEs with ``fde_scales [n]`` (float32, one per row; None for float storage); residual-coded tokens are the packed
+codes ``[T, dim * bits / 8]`` uint8 with ``centroid_ids [T]`` int32 and their inverse norms as ``token_scales``, read
+through the index's :class:`tokenset.ResidualCodec`. Nothing of a segment is ever written
 in place: :meth:`SegmentStore.remove` gives the segment a new ``alive`` array (copy on write), so a
 :class:`Snapshot` (the segments and their liveness at one moment, taken under the lock without copying anything) stays
 consistent for as long as a search or a save uses it, whatever happens to the store meanwhile.
@@ -20,6 +22,7 @@ import numpy as np
 
 from ..quantize import Quantized, dequantized
 from ..ragged import Ragged
+from ..residual import ResidualCodes
 
 MAX_ID = 2**63 - 2  # 2**63 - 1 stays free, so "one more than the largest id" always fits in int64
 
@@ -48,19 +51,18 @@ def check_distinct(ids: np.ndarray, what: str = "ids") -> None:
 class Segment:
     """Documents stored together (see the module docstring). ``alive`` is replaced, never written."""
 
-    __slots__ = ("tokens", "offsets", "fde", "ids", "token_scales", "fde_scales", "alive", "live", "batch",
-                 "_sorted_ids", "_sorted_rows", "device_copies")
+    __slots__ = ("tokens", "offsets", "fde", "ids", "token_scales", "fde_scales", "centroid_ids", "codec", "alive",
+                 "live", "batch", "_sorted_ids", "_sorted_rows", "device_copies")
 
     def __init__(self, tokens: Any, offsets: np.ndarray, fde: Any, ids: np.ndarray,
                  token_scales: Optional[np.ndarray] = None, fde_scales: Optional[np.ndarray] = None,
-                 alive: Optional[np.ndarray] = None):
+                 centroid_ids: Optional[np.ndarray] = None, codec: Any = None, alive: Optional[np.ndarray] = None):
         self.tokens, self.offsets, self.fde, self.ids = tokens, offsets, fde, ids
         self.token_scales, self.fde_scales = token_scales, fde_scales
+        self.centroid_ids, self.codec = centroid_ids, codec
         self.alive = np.ones(len(ids), dtype=bool) if alive is None else alive
         self.live = int(self.alive.sum())
-        # What MaxSim reads: the tokens (float), or the int8 codes with their scales.
-        self.batch = Ragged(tokens, offsets, name="index documents") if token_scales is None else \
-            Quantized(tokens, token_scales, offsets, name="index documents")
+        self.batch = batch_of(tokens, offsets, token_scales, centroid_ids, codec)
         if ids.size < 2 or bool((ids[1:] > ids[:-1]).all()):  # the usual case (generated ids): no extra memory
             self._sorted_ids, self._sorted_rows = ids, None
         else:
@@ -92,9 +94,19 @@ class Segment:
         return s.size < 2 or bool((s[1:] != s[:-1]).all())
 
     def live_parts(self) -> Tuple[Any, ...]:
-        """(tokens, offsets, fdes, ids, token_scales, fde_scales) of the live documents: the arrays themselves when
-        all are live."""
+        """(tokens, offsets, fdes, ids, token_scales, fde_scales, centroid_ids) of the live documents: the arrays
+        themselves when all are live."""
         return live_parts(self, self.alive)
+
+
+def batch_of(tokens: Any, offsets: np.ndarray, token_scales: Any, centroid_ids: Any, codec: Any,
+             name: str = "index documents") -> Any:
+    """What MaxSim reads of stored tokens: the tokens (float), the int8 codes with their scales, or residual codes."""
+    if centroid_ids is not None:
+        return ResidualCodes(tokens, centroid_ids, token_scales, offsets, codec, name=name)
+    if token_scales is not None:
+        return Quantized(tokens, token_scales, offsets, name=name)
+    return Ragged(tokens, offsets, name=name)
 
 
 class Snapshot:
@@ -197,7 +209,8 @@ class SegmentStore:
 
     def _merge(self, i: int) -> None:
         """Segments i and i + 1 become one holding their live documents, in order."""
-        merged = Segment(*concat_parts([self.segments[i].live_parts(), self.segments[i + 1].live_parts()]))
+        merged = Segment(*concat_parts([self.segments[i].live_parts(), self.segments[i + 1].live_parts()]),
+                         codec=self.segments[i].codec)
         self.segments[i:i + 2] = [merged]
 
     def remove(self, ids: np.ndarray) -> None:
@@ -222,26 +235,28 @@ def document_rows(offsets: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np
 
 
 def live_parts(seg: Segment, alive: np.ndarray):
-    """(tokens, offsets, fdes, ids, token_scales, fde_scales) of a segment's documents that `alive` marks: the arrays
-    themselves when all are (scales None for float storage)."""
+    """(tokens, offsets, fdes, ids, token_scales, fde_scales, centroid_ids) of a segment's documents that `alive`
+    marks: the arrays themselves when all are (scales and ids None where the storage has none)."""
     if alive.all():
-        return seg.tokens, np.asarray(seg.offsets), seg.fde, seg.ids, seg.token_scales, seg.fde_scales
+        return (seg.tokens, np.asarray(seg.offsets), seg.fde, seg.ids, seg.token_scales, seg.fde_scales,
+                seg.centroid_ids)
     rows = np.flatnonzero(alive)
     token_rows, offsets = document_rows(np.asarray(seg.offsets), rows)
     token_scales = None if seg.token_scales is None else np.asarray(seg.token_scales)[token_rows]
     fde_scales = None if seg.fde_scales is None else np.asarray(seg.fde_scales)[rows]
+    centroid_ids = None if seg.centroid_ids is None else np.asarray(seg.centroid_ids)[token_rows]
     return (np.asarray(seg.tokens)[token_rows], offsets, np.asarray(seg.fde)[rows], seg.ids[rows], token_scales,
-            fde_scales)
+            fde_scales, centroid_ids)
 
 
 def concat_parts(parts):
-    """One (tokens, offsets, fdes, ids, token_scales, fde_scales) from several, offsets rebased."""
+    """One (tokens, offsets, fdes, ids, token_scales, fde_scales, centroid_ids) from several, offsets rebased."""
     tokens = np.concatenate([np.asarray(p[0]) for p in parts])
     offsets = [np.zeros(1, np.int64)]
     base = 0
     for p in parts:
         offsets.append(np.asarray(p[1][1:]) - int(p[1][0]) + base)
         base += int(p[1][-1]) - int(p[1][0])
-    scales = [None if parts[0][i] is None else np.concatenate([np.asarray(p[i]) for p in parts]) for i in (4, 5)]
+    scales = [None if parts[0][i] is None else np.concatenate([np.asarray(p[i]) for p in parts]) for i in (4, 5, 6)]
     return (tokens, np.concatenate(offsets), np.ascontiguousarray(np.concatenate([np.asarray(p[2]) for p in parts])),
             np.concatenate([p[3] for p in parts]), *scales)
