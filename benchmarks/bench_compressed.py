@@ -10,7 +10,14 @@ token block of 32), and the ratio to tokenset's float32 kernel in the same case.
 tokenset methods:
   * float32 / float16: MaxSim's float kernels (float32 queries, the documents' dtype);
   * int8 docs, float queries: Quantized documents against float32 queries (exact against the dequantised tokens);
-  * int8 docs, int8 queries: both quantised, exact int32 dot products (AVX-512 VNNI where the CPU has it).
+  * int8 docs, int8 queries: both quantised, exact int32 dot products (AVX-512 VNNI where the CPU has it);
+  * residual 4 / 2 / 1 bits: PLAID residual codes (tokenset.ResidualCodec with PLAID's centroid count for the
+    corpus: 16,384 at 10,000 documents, 65,536 at 100,000; k-means on a 2^17-token sample, shared by the three widths)
+    scored in place from the codes. At 10,000 documents the corpus is encoded (one nearest-centroid search for the
+    three widths); at 100,000 the codes are random centroid ids and bucket codes over the trained codec (the kernel's
+    cost does not depend on the values, and encoding 17M tokens against 65,536 centroids takes most of an hour on two
+    cores). Agreement: the returned scores against float32 MaxSim on the decoded documents (what the in-place scores
+    approximate), within 0.05 on these sums; the quality of the codes is bench_storage_quality.py's table.
 torch (10,000 documents): the documents padded to the longest (300) in chunks of 1,000, one GEMM per chunk
 (float32, bfloat16, or torch._int_mm on int8 codes then the scales), masked max over document tokens, sum, top-k.
 
@@ -90,6 +97,49 @@ def agree(name, got_ids, want_scores, bound):
     return worst
 
 
+def agree_codes(name, out, queries, codes, bound=0.05):
+    """The returned top-k scores (in place, from the codes) against float32 MaxSim on those documents decoded."""
+    scores, ids = out
+    worst = 0.0
+    for a in range(len(queries)):
+        picked = tokenset.ResidualCodes(*(np.concatenate([codes[int(i)][j] for i in ids[a]]) for j in range(3)),
+                                        np.concatenate([[0], np.cumsum([len(codes[int(i)][0]) for i in ids[a]])]),
+                                        codes.codec)
+        exact = tokenset.maxsim(queries[a], picked.decode())[0]
+        worst = max(worst, float(np.max(np.abs(exact - scores[a]))))
+    assert worst <= bound, f"{name}: in-place scores {worst:.4f} from MaxSim on the decoded documents (bound {bound})"
+    return worst
+
+
+def residual_codes(d16, rng, encode):
+    """Codes of 4, 2 and 1 bits over one k-means (PLAID's centroid count, a 2^17-token sample): the corpus encoded, or
+    random codes of its shape (see the module docstring)."""
+    first = tokenset.ResidualCodec.train(d16, bits=4, sample=1 << 17)
+    codecs = {4: first}
+    for bits in (2, 1):
+        codecs[bits] = tokenset.ResidualCodec.train(d16, bits=bits, centroids=first.centroids, sample=1 << 17)
+    tokens = int(d16.offsets[-1])
+    if encode:
+        codes = {4: first.encode(d16)}
+        for bits in (2, 1):
+            codes[bits] = codecs[bits].encode(d16, centroid_ids=codes[4].centroid_ids)
+        return codes
+    ids = rng.integers(0, first.num_centroids, tokens).astype(np.int32)
+    out = {}
+    for bits, codec in codecs.items():
+        packed = rng.integers(0, 256, (tokens, DIM * bits // 8), dtype=np.uint8)
+        norms = np.empty(tokens, np.float32)
+        c32 = codec.centroids.astype(np.float32)
+        for t0 in range(0, tokens, 1 << 18):  # the true 1/||reconstruction|| of each random code
+            t1 = min(tokens, t0 + (1 << 18))
+            bits_ = np.unpackbits(packed[t0:t1], axis=1).reshape(t1 - t0, DIM, bits)
+            code = (bits_ << np.arange(bits, dtype=np.uint8)).sum(axis=2)
+            v = c32[ids[t0:t1]] + codec.bucket_weights[code]
+            norms[t0:t1] = 1 / np.linalg.norm(v, axis=1)
+        out[bits] = tokenset.ResidualCodes(packed, ids, norms, d16.offsets, codec)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -105,6 +155,8 @@ def main() -> None:
         d16 = tokenset.Ragged(values, offsets)
         d8 = tokenset.quantize(d16)
         d32 = tokenset.Ragged(values.astype(np.float32), offsets) if n <= 10000 else None
+        codes = residual_codes(d16, rng, encode=n <= 10000)
+        print(f"  {n:,} documents: {codes[4].codec.num_centroids} centroids", flush=True)
         torch_methods = {}
         if n <= 10000:
             torch_methods = {"torch float32 GEMM + max (padded)": TorchPadded(values, offsets, torch.float32),
@@ -120,6 +172,8 @@ def main() -> None:
             fns = {"tokenset float16": lambda: tokenset.maxsim_topk(queries, d16, K),
                    "tokenset int8 docs, float queries": lambda: tokenset.maxsim_topk(queries, d8, K),
                    "tokenset int8 docs, int8 queries": lambda: tokenset.maxsim_topk(q8, d8, K)}
+            for bits, c in codes.items():
+                fns[f"tokenset residual {bits} bits"] = lambda c=c: tokenset.maxsim_topk(queries, c, K)
             if d32 is not None:
                 fns = {"tokenset float32": lambda: tokenset.maxsim_topk(queries, d32, K), **fns}
             tq, tq8, tq8_scales = torch.from_numpy(q), torch.from_numpy(q8.values), torch.from_numpy(q8.scales)
@@ -131,6 +185,10 @@ def main() -> None:
             errors = {}
             for name, fn in fns.items():
                 out = fn()
+                if "residual" in name:
+                    errors[name] = agree_codes(name, out, [q[a * QUERY_TOKENS:(a + 1) * QUERY_TOKENS]
+                                                           for a in range(nq)], codes[int(name.split()[2])])
+                    continue
                 ids = out[1].numpy() if isinstance(out[1], torch.Tensor) else out[1]
                 errors[name] = agree(name, ids, exact, 0.5 if ("int8" in name or "bfloat16" in name) else 0.05)
             times = time_interleaved(fns, 5 if n <= 10000 else 3, budget_s=60.0)
@@ -145,7 +203,7 @@ def main() -> None:
             for name, t in times.items():
                 print(f"  {name:40s} {t * 1e3:9.1f} ms  {row['ns_per_document_token_per_core'][name]:6.1f} ns/token/core"
                       f"  x{base / t:.2f} vs {base_name}", flush=True)
-        del values, d16, d8, d32, torch_methods
+        del values, d16, d8, d32, torch_methods, codes
     names = []
     for r in results:
         names += [k for k in r["times_s"] if k not in names]

@@ -192,6 +192,23 @@ def test_training_is_plaids_and_deterministic():
     np.testing.assert_allclose(a.bucket_cutoffs, cutoffs, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(a.bucket_weights, weights, rtol=1e-6, atol=1e-7)
     assert tokenset.ResidualCodec.train(sets, bits=2, seed=4) != a
+    # other bit widths over the same centroids: only the buckets are trained
+    b4 = tokenset.ResidualCodec.train(sets, bits=4, centroids=a.centroids, seed=3)
+    np.testing.assert_array_equal(b4.centroids, a.centroids)
+    np.testing.assert_allclose(b4.bucket_weights, ref.buckets(x - c[ref.nearest_centroid(x, c)], 4)[1], rtol=1e-6,
+                               atol=1e-7)
+    with pytest.raises(ValueError, match="dimension"):
+        tokenset.ResidualCodec.train(sets, bits=2, centroids=np.ones((3, 16), np.float32))
+    # and their codes from the same centroid ids, without the nearest-centroid search
+    codes2 = a.encode(sets)
+    codes4 = b4.encode(sets, centroid_ids=codes2.centroid_ids)
+    np.testing.assert_array_equal(codes4.packed, b4.encode(sets).packed)
+    with pytest.raises(ValueError, match="centroid_ids must be int32"):
+        b4.encode(sets, centroid_ids=codes2.centroid_ids[:5])
+    bad = codes2.centroid_ids.copy()
+    bad[7] = 10 ** 6
+    with pytest.raises(ValueError, match="centroid id 1000000 of token 7"):
+        b4.encode(sets, centroid_ids=bad)
 
 
 # ---- files ----------------------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ int64_t query_group_end(const MaxsimParams& p, const MaxsimKernel& kernel, int64
   int64_t bytes = 0, q = q0;
   while (q < p.queries.count) {
     const int64_t more = packed_floats(p, kernel, q) * 4 + per_query_bytes;
-    if (q > q0 && bytes + more > kPackBudget) break;
+    if (q > q0 && bytes + more > (kernel.pack_budget > 0 ? kernel.pack_budget : kPackBudget)) break;
     bytes += more;
     ++q;
   }
@@ -67,14 +67,45 @@ int64_t query_group_end(const MaxsimParams& p, const MaxsimKernel& kernel, int64
 }
 
 // Packed queries [q0, q1): every query set's panels, side by side.
+// The centroids the call's documents use, ascending (kernels with a per-query table fill only these entries: a rerank
+// of a few candidates computes a few hundred, not the whole codebook). One pass over the scored tokens' ids, which
+// validate() has checked.
+std::vector<int32_t> used_centroids(const MaxsimParams& p) {
+  const ResidualDocuments& r = p.residual;
+  std::vector<uint8_t> used(static_cast<size_t>(r.num_centroids), 0);
+  for_each_scored_document(p, [&](int64_t d) {
+    for (int64_t t = p.documents.host_offsets[d]; t < p.documents.host_offsets[d + 1]; ++t) {
+      const int32_t id = r.host_centroid_ids[t];
+      if (id >= 0 && id < r.num_centroids) used[static_cast<size_t>(id)] = 1;
+    }
+  });
+  std::vector<int32_t> list;
+  for (int64_t c = 0; c < r.num_centroids; ++c)
+    if (used[static_cast<size_t>(c)]) list.push_back(static_cast<int32_t>(c));
+  return list;
+}
+
+constexpr int64_t kTableBlock = 256;  // centroids per table-filling work item
+
 class PackedQueries {
  public:
-  PackedQueries(const MaxsimParams& p, const MaxsimKernel& kernel, int64_t q0, int64_t q1)
+  PackedQueries(const MaxsimParams& p, const MaxsimKernel& kernel, int64_t q0, int64_t q1,
+                const std::vector<int32_t>& table_entries)
       : q0_(q0), offsets_(q1 - q0 + 1, 0) {
     for (int64_t q = q0; q < q1; ++q) offsets_[q - q0 + 1] = offsets_[q - q0] + packed_floats(p, kernel, q);
     storage_.resize(static_cast<size_t>(offsets_.back()));
     parallel_for_ranges(q1 - q0, 16, [&](int64_t begin, int64_t end) {
       for (int64_t q = q0 + begin; q < q0 + end; ++q) kernel.pack_query(p, q, at(q));
+    });
+    if (kernel.fill_table == nullptr || table_entries.empty()) return;
+    const int64_t count = static_cast<int64_t>(table_entries.size());
+    const int64_t blocks = (count + kTableBlock - 1) / kTableBlock;
+    parallel_for_ranges((q1 - q0) * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t q = q0 + item / blocks, first = item % blocks * kTableBlock;
+        kernel.fill_table(p, q, at(q), table_entries.data() + first,
+                          count - first < kTableBlock ? count - first : kTableBlock);
+      }
     });
   }
   const float* at(int64_t q) const { return storage_.data() + offsets_[q - q0_]; }
@@ -103,9 +134,10 @@ void score_pairs(const MaxsimParams& p) {
   const MaxsimKernel& kernel = active_kernel(p);
   const int threads = num_threads();
   WorkerScratch scratch(p, kernel, threads);
+  const std::vector<int32_t> table_entries = kernel.fill_table ? used_centroids(p) : std::vector<int32_t>();
   for (int64_t q0 = 0, q1; q0 < nq; q0 = q1) {
     q1 = query_group_end(p, kernel, q0);
-    const PackedQueries packed(p, kernel, q0, q1);
+    const PackedQueries packed(p, kernel, q0, q1, table_entries);
     const int64_t group = q1 - q0, items = group * columns;
     parallel_for(items, grain_for(items, threads), threads, [&](int64_t begin, int64_t end, int worker) {
       float* rows = scratch.of(worker);
@@ -146,10 +178,11 @@ void score_topk(const MaxsimParams& p) {
   WorkerScratch scratch(p, kernel, threads);
   const int64_t heap_bytes = static_cast<int64_t>(threads) * kept * static_cast<int64_t>(sizeof(TopkEntry) + 8);
   WorkerHeaps heaps;
+  const std::vector<int32_t> table_entries = kernel.fill_table ? used_centroids(p) : std::vector<int32_t>();
   for (int64_t q0 = 0, q1; q0 < nq; q0 = q1) {
     q1 = query_group_end(p, kernel, q0, heap_bytes);
     const int64_t group = q1 - q0;
-    const PackedQueries packed(p, kernel, q0, q1);
+    const PackedQueries packed(p, kernel, q0, q1, table_entries);
     heaps.reset(threads, group, kept);
     parallel_for(nd, grain_for(nd, threads), threads, [&](int64_t begin, int64_t end, int worker) {
       float* rows = scratch.of(worker);

@@ -20,6 +20,15 @@ struct MaxsimKernel {
                 float* score, int32_t* argmax);
   // Floats (4-byte words) of a packed query of `length` tokens; null: ceil(length / QB) panels of dim * QB floats.
   int64_t (*packed_floats)(const MaxsimParams& params, int64_t length) = nullptr;
+  // Bytes of packed queries scored together (0: the driver's 64 MiB). Documents are scored by every query of a group
+  // in turn, so a kernel whose packed queries are read at random (the residual kernel's centroid tables) keeps the
+  // group small enough to stay in cache; documents are then read once per group.
+  int64_t pack_budget = 0;
+  // Kernels with a per-query table over a codebook (the residual kernel's centroid table): fills the entries of the
+  // `count` centroids listed (ascending, distinct) in query `set`'s packed form, after pack_query. The driver lists
+  // the centroids the call's documents use and spreads (query, block of centroids) over the threads.
+  void (*fill_table)(const MaxsimParams& params, int64_t set, float* packed, const int32_t* centroids,
+                     int64_t count) = nullptr;
 };
 
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_kernel)

@@ -153,7 +153,8 @@ class ResidualCodec:
         Args:
             bits: bits per dimension of the residual codes (1, 2 or 4).
             centroids: how many; default PLAID's rule for the corpus size, ``centroid_count(tokens)``, at most the
-                sample's size.
+                sample's size. Or the centroids themselves (``[C, dim]``, e.g. ``other.centroids``: codecs of several
+                bit widths over one k-means): only the buckets are trained then.
             sample: tokens sampled (without replacement, ``seed``) for k-means and the buckets; default
                 ``min(tokens, max(64 * centroids, 2**16))``. k-means costs ``iters * sample * centroids * dim`` FMAs.
             iters: k-means iterations (PLAID: 4), from ``centroids`` distinct sampled tokens (Lloyd's steps with the
@@ -169,15 +170,22 @@ class ResidualCodec:
         for name, value in (("iters", iters), ("seed", seed)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        given = None
+        if centroids is not None and _array.is_array(centroids, "centroids"):
+            given = ResidualCodec(centroids, np.zeros((1 << bits) - 1, np.float32), np.zeros(1 << bits, np.float32),
+                                  bits).centroids  # checked as a codec's (shape, finite, float16)
+            if given.shape[1] != batch.dim:
+                raise ValueError(f"the centroids have dimension {given.shape[1]}, the tokens {batch.dim}")
+            centroids = given.shape[0]
         count = centroid_count(total) if centroids is None else centroids
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= MAX_CENTROIDS:
-            raise ValueError(f"centroids must be an integer in 1..{MAX_CENTROIDS}, got {count!r}")
+            raise ValueError(f"centroids must be an integer in 1..{MAX_CENTROIDS} or a [C, dim] array, got {count!r}")
         if sample is None:
             sample = min(total, max(64 * int(count), 1 << 16))
         if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
             raise ValueError(f"sample must be an integer >= 1, got {sample!r}")
         sample = min(int(sample), total)
-        count = min(int(count), sample)
+        count = int(count) if given is not None else min(int(count), sample)
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(total, size=sample, replace=False)) if sample < total else np.arange(total)
         values = batch.values
@@ -186,9 +194,12 @@ class ResidualCodec:
         x = np.ascontiguousarray(picked, dtype=np.float32)
         if not np.isfinite(x).all():
             raise ValueError("the training sample holds NaN or infinity: clean the tokens first")
-        means = _kmeans(x, int(count), int(iters), rng)
-        norms = np.linalg.norm(means, axis=1, keepdims=True)
-        unit = np.where(norms > 0, means / np.where(norms > 0, norms, 1), means).astype(np.float16)
+        if given is not None:
+            unit = given
+        else:
+            means = _kmeans(x, int(count), int(iters), rng)
+            norms = np.linalg.norm(means, axis=1, keepdims=True)
+            unit = np.where(norms > 0, means / np.where(norms > 0, norms, 1), means).astype(np.float16)
         c32 = unit.astype(np.float32)
         residuals = x - c32[_nearest(x, c32, "ip")]
         levels = 1 << bits
@@ -197,9 +208,13 @@ class ResidualCodec:
         return cls(unit, cutoffs, weights, bits)
 
     # ---- codes ----------------------------------------------------------------------------------------------------
-    def encode(self, tokens: Any, *, name: str = "tokens") -> "ResidualCodes":
+    def encode(self, tokens: Any, *, centroid_ids: Any = None, name: str = "tokens") -> "ResidualCodes":
         """Codes of a set batch (float32, float16 or bfloat16; NaN and infinity refused), in the tokens' library and
-        device. Memory: the codes plus 32 MiB of float32 tokens at a time."""
+        device. Memory: the codes plus 32 MiB of float32 tokens at a time.
+
+        The nearest-centroid search (``tokens x centroids x dim`` FMAs, the bulk of the cost) is skipped when
+        ``centroid_ids`` (int32 ``[tokens]``, e.g. ``codes.centroid_ids`` of a codec with the same centroids) are
+        given; they are checked to be in range, not to be the nearest."""
         batch = ragged(tokens, name=name).compact()
         _array.dtype_name(batch._any_values, name)
         if batch.dim != self.dim:
@@ -211,6 +226,10 @@ class ResidualCodec:
         ids = _array.empty((rows,), "int32", lib, dev)
         norms = _array.empty((rows,), "float32", lib, dev)
         centroids = self.centroids_on(lib, dev)
+        if centroid_ids is not None:
+            if not _array.is_array(centroid_ids, "centroid_ids") or tuple(centroid_ids.shape) != (rows,) or \
+                    _dtype_str(centroid_ids) != "int32" or _array.device(centroid_ids) != dev:
+                raise ValueError(f"centroid_ids must be int32 [{rows}] (one per token) on the tokens' device")
         step = max(1, _CHUNK_BYTES // (4 * self.dim))
         for start in range(0, rows, step):
             chunk = _array.inner_contiguous(_array.astype(values[start:start + step], "float32"))
@@ -220,8 +239,12 @@ class ResidualCodec:
                 at = int(np.searchsorted(batch.offsets, row, side="right") - 1)
                 raise ValueError(f"{name}: set {at}, token {row - int(batch.offsets[at])} holds NaN or infinity; "
                                  f"residual codes need finite values (clean or drop the token first)")
-            chunk_ids = _nearest(chunk, centroids, "ip")
-            chunk_ids = _array.astype(chunk_ids, "int32") if _array.is_torch(chunk_ids) else chunk_ids.astype(np.int32)
+            if centroid_ids is not None:
+                chunk_ids = centroid_ids[start:start + step]
+            else:
+                chunk_ids = _nearest(chunk, centroids, "ip")
+                chunk_ids = _array.astype(chunk_ids, "int32") if _array.is_torch(chunk_ids) else \
+                    chunk_ids.astype(np.int32)
             p, n = _ops.encode(chunk, chunk_ids, centroids, self._cutoffs, self._weights, self._bits)
             packed[start:start + step] = p
             ids[start:start + step] = chunk_ids
