@@ -54,6 +54,26 @@ def test_sharded_search_equals_one_index(local_ray, tmp_path):
         assert np.array_equal(ids, want_ids) and np.array_equal(scores, want_scores)
 
 
+@pytest.mark.filterwarnings("ignore:Index\\(storage=")
+def test_sharded_residual_storage_shares_one_codec(local_ray, tmp_path):
+    """Every shard codes with one codec (trained on all the documents, or given), so that the merge stays exact."""
+    rng = np.random.default_rng(1)
+    docs = corpus(rng, 120)
+    with sharded_index(tmp_path / "trained", docs, storage="residual2") as sharded:
+        codecs = [tokenset.Index.load(d).codec for d in sharded.directories]
+        assert codecs[0] is not None and codecs[0] == codecs[1]
+        whole = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0), storage="residual2",
+                               codec=codecs[0])
+        whole.add(docs)
+        queries = [d[:4] for d in docs[:10]]
+        ids, scores = sharded.search(queries, k=7, candidates=120)
+        want_ids, want_scores = whole.exact_search(queries, k=7)
+        assert np.array_equal(ids, want_ids) and np.array_equal(scores, want_scores)
+    given = tokenset.ResidualCodec.train(docs, bits=2, centroids=4)
+    with sharded_index(tmp_path / "given", docs, storage="residual2", codec=given) as sharded:
+        assert all(tokenset.Index.load(d).codec == given for d in sharded.directories)
+
+
 def test_killed_worker_recovers_from_disk(local_ray, tmp_path):
     rng = np.random.default_rng(1)
     docs = corpus(rng, 60)

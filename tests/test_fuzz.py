@@ -328,9 +328,64 @@ for i in range(calls):
     q, d = batch(), batch()
     nq = max(len(getattr(q, "offsets", [])) - 1, 0) if getattr(q.offsets, "ndim", 0) == 1 else 1
     nd = max(len(getattr(d, "offsets", [])) - 1, 0) if getattr(d.offsets, "ndim", 0) == 1 else 1
-    op = rng.integers(0, 8)
+    op = rng.integers(0, 10)
     try:
-        if op == 7:  # attention scores: any q / k shapes, rows, lengths, reduce (valid or not), outputs
+        if op == 8:  # MaxSim on residual codes: packed rows, ids, norms, bits and centroids of any shape or value
+            rows = d.values.shape[0] if getattr(d.values, "ndim", 0) == 2 else 0
+            bits = int(rng.choice([1, 2, 4])) if rng.random() < 0.9 else int(rng.integers(-1, 9))
+            width = max(DIM * max(bits, 1) // 8 + (int(rng.integers(-1, 2)) if rng.random() < 0.2 else 0), 1)
+            packed = rng.integers(0, 256, (rows, width)).astype(np.uint8 if rng.random() < 0.9 else np.int8)
+            n_c = int(rng.integers(1, 6))
+            ids = rng.integers(-2 if rng.random() < 0.2 else 0, n_c + (2 if rng.random() < 0.2 else 0),
+                               max(0, rows + (int(rng.integers(-2, 2)) if rng.random() < 0.2 else 0)))
+            norms = rng.uniform(0, 2, max(0, rows + (int(rng.integers(-2, 2)) if rng.random() < 0.2 else 0)))
+            if rng.random() < 0.2 and norms.size:
+                norms[rng.integers(0, norms.size)] = rng.choice([np.nan, -1.0, np.inf])
+            args = type("R", (), {})()
+            args.bits = bits
+            args.centroids = rng.standard_normal((n_c, DIM if rng.random() < 0.9 else DIM + 1)).astype(np.float32)
+            args.bucket_weights = rng.standard_normal(1 << max(min(bits, 4), 0) if rng.random() < 0.9 else 3).astype(
+                np.float32)
+            args.centroid_ids = ids.astype(np.int32 if rng.random() < 0.9 else np.int64)
+            args.host_centroid_ids = args.host_inverse_norms = None
+            docs = Batch(packed, d.offsets, None, norms.astype(np.float32 if rng.random() < 0.9 else np.float64))
+            queries = Batch(q.values.astype(np.float32) if getattr(q.values, "ndim", 0) == 2 else q.values,
+                            q.offsets) if q.values is not None else q
+            kind = rng.integers(0, 3)
+            if kind == 0:
+                _core.maxsim(queries, docs, out((nq, nd)), None, residual=args)
+            elif kind == 1:
+                cand = rng.integers(-1, max(nd, 1) + 1, (nq, 3)).astype(np.int64)
+                _core.maxsim(queries, docs, out(cand.shape), None, cand, cand, residual=args)
+            else:
+                _core.maxsim_topk(queries, docs, 3, out((nq, 3)), np.empty((nq, 3), np.int64), residual=args)
+        elif op == 9:  # the residual codec: encode / decode with arrays of any shape, dtype or value
+            rows = int(rng.integers(0, 6))
+            bits = int(rng.choice([1, 2, 4])) if rng.random() < 0.9 else int(rng.integers(-1, 9))
+            dim = DIM if rng.random() < 0.8 else int(rng.integers(1, 12))
+            n_c = int(rng.integers(0, 4)) if rng.random() < 0.1 else 3
+            centroids = rng.standard_normal((n_c, dim)).astype(np.float32)
+            levels = 1 << max(min(bits, 4), 0)
+            cutoffs = np.sort(rng.standard_normal(max(levels - 1 + (int(rng.integers(-1, 2)) if rng.random() < 0.1
+                                                                     else 0), 0))).astype(np.float32)
+            if rng.random() < 0.1 and cutoffs.size > 1:
+                cutoffs = cutoffs[::-1].copy()
+            weights = rng.standard_normal(levels).astype(np.float32)
+            ids = rng.integers(-1 if rng.random() < 0.2 else 0, n_c + (1 if rng.random() < 0.2 else 0),
+                               rows).astype(np.int32 if rng.random() < 0.9 else np.int64)
+            width = max(dim * max(bits, 1) // 8 + (int(rng.integers(-1, 2)) if rng.random() < 0.2 else 0), 0)
+            packed = rng.integers(0, 256, (rows, width)).astype(np.uint8)
+            norms = rng.uniform(0, 2, rows).astype(np.float32)
+            tokens = rng.standard_normal((rows, dim)).astype(np.float32)
+            if rng.random() < 0.2 and rows:
+                tokens[rng.integers(0, rows), 0] = np.nan
+            if rng.random() < 0.5:
+                _core.residual_codec(True, bits, centroids, cutoffs, weights, ids, tokens=tokens, packed=packed,
+                                     inverse_norms=norms)
+            else:
+                _core.residual_codec(False, bits, centroids, cutoffs, weights, ids, packed=packed,
+                                     inverse_norms=norms, decoded=out((rows, dim)))
+        elif op == 7:  # attention scores: any q / k shapes, rows, lengths, reduce (valid or not), outputs
             b, h, n, dd = (int(rng.integers(0, 3)), int(rng.integers(1, 4)), int(rng.integers(0, 6)),
                            int(rng.integers(1, 5)))
             m = max(n + int(rng.integers(-1, 2)), 0)

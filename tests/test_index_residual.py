@@ -12,6 +12,8 @@ import tokenset
 
 DIM = 32
 STORAGES = ["residual4", "residual2", "residual1"]
+# These corpora are small: the first add's codec training warns so (test_a_small_first_add_warns checks the warning).
+pytestmark = pytest.mark.filterwarnings("ignore:Index\\(storage=")
 
 
 def corpus(n=150, seed=0):
@@ -90,6 +92,29 @@ def test_an_empty_residual_index_saves_and_trains_on_its_first_add(tmp_path):
     assert loaded.codec is not None and loaded.codec.bits == 2
 
 
+def test_token_less_documents_before_the_codec(tmp_path):
+    """Documents without tokens need no codec: they are stored with the untrained placeholder, and the first tokens
+    train the codec; merges, saves and loads keep the trained one."""
+    index = tokenset.Index(DIM, fde=encoder(), storage="residual2")
+    empty = [np.zeros((0, DIM), np.float32)] * 2
+    assert index.add(empty).tolist() == [0, 1] and index.codec is None
+    index.save(tmp_path / "empty")
+    assert tokenset.Index.load(tmp_path / "empty").codec is None
+    docs = corpus(40, seed=8)
+    index.add(docs[:10])
+    assert index.codec is not None and len(index._store.segments) == 1  # merged, with the trained codec
+    assert index._store.segments[0].codec is index.codec
+    index.add(docs[10:])
+    q = queries(docs)
+    want = index.exact_search(q, k=5)
+    index.save(tmp_path / "idx")
+    index.save(tmp_path / "idx")  # again: the previous generation's codec file is deleted with its other files
+    assert sum(n.endswith(".codec") for n in os.listdir(tmp_path / "idx")) == 1
+    loaded = tokenset.Index.load(tmp_path / "idx")
+    for got, w in zip(loaded.exact_search(q, k=5), want):
+        np.testing.assert_array_equal(got, w)
+
+
 def test_a_given_codec_is_used_and_checked():
     docs = corpus(60, seed=5)
     codec = tokenset.ResidualCodec.train(docs, bits=4, centroids=16)
@@ -159,9 +184,26 @@ def test_non_finite_tokens_are_named():
     index.add(docs)
     bad = [d.copy() for d in docs[:3]]
     bad[2][0, 5] = np.nan
-    with pytest.raises(ValueError, match="set 2, token 0 holds NaN"):
+    with pytest.raises(ValueError, match="document 2, token 0 holds NaN"):
         index.add(bad)
     assert len(index) == 10
+    fresh = tokenset.Index(DIM, fde=encoder(), storage="residual2")
+    with pytest.raises(ValueError, match="document 2, token 0 holds NaN"):  # named before a codec trains on them
+        fresh.add(bad)
+    assert fresh.codec is None
+
+
+def test_a_small_first_add_warns():
+    import warnings
+
+    index = tokenset.Index(DIM, fde=encoder(), storage="residual2")
+    with pytest.warns(UserWarning, match="trained on this first add's .* tokens"):
+        index.add(corpus(10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index.add(corpus(10, seed=1))  # the codec exists: no training, no warning
+        given = tokenset.Index(DIM, fde=encoder(), storage="residual2", codec=index.codec)
+        given.add(corpus(10))
 
 
 def test_residual_index_stays_on_the_cpu():

@@ -55,8 +55,11 @@ d = [rng.standard_normal((n, 64)).astype(np.float32) for n in rng.integers(1, 60
 fde = tokenset.FDE(64, reps=4, simhash_bits=3, proj_dim=16, final_dim=256)
 attn = rng.standard_normal((1, 2, 128, 64)).astype(np.float32)
 q8, d8 = tokenset.quantize(q), tokenset.quantize(d)
+codec = tokenset.ResidualCodec.train(d, bits=2, centroids=8)
+codes = codec.encode(d)
 def every_op():
-    return [tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1],
+    return [tokenset.maxsim(q, codes), *tokenset.maxsim_topk(q, codes, 4), codes.decode().values,
+            codec.encode(d[:30]).packed, tokenset.maxsim(q, d), tokenset.maxsim(q, d, return_argmax=True)[1],
             tokenset.maxsim_pairs(q, d, np.array([[0, 5, -1], [7, 399, 2]])), *tokenset.maxsim_topk(q, d, 10),
             fde.encode_documents(d), fde.encode_queries(q), fde.partitions(d),
             *tokenset.inner_product_topk(q[1], np.concatenate(d), 7), tokenset.kcenter(d, 5),
@@ -149,6 +152,23 @@ d = np.ones((3, 5, 4096), np.float32)
 tokenset.maxsim(q[:2], d)
 """, "s = tokenset.maxsim(q, d); t = tokenset.maxsim_topk(q, d, 2)", threads=2)
     assert added < 64 * MiB + 48 * MiB, added / MiB
+
+
+def test_residual_tables_are_bounded_by_their_group_budget():
+    """Against residual codes every query has a centroid table (centroids x 32 lanes x 4 bytes: 2 MiB here); queries
+    are packed in groups of 4 MiB of tables (or one query), not the driver's 64 MiB, so 64 queries (128 MiB of tables)
+    add a few MiB."""
+    added = peak_added("""
+rng = np.random.default_rng(0)
+codec = tokenset.ResidualCodec(rng.standard_normal((16384, 64)).astype(np.float16), [0.0], [-0.1, 0.1], 1)
+tokens = 4000
+codes = tokenset.ResidualCodes(rng.integers(0, 256, (tokens, 8), dtype=np.uint8),
+                               rng.integers(0, 16384, tokens).astype(np.int32), np.ones(tokens, np.float32),
+                               np.arange(0, tokens + 1, 40), codec)
+q = rng.standard_normal((64, 32, 64)).astype(np.float32)
+tokenset.maxsim(q[:1], codes)
+""", "s = tokenset.maxsim(q, codes); t = tokenset.maxsim_topk(q, codes, 3)", threads=2)
+    assert added < 4 * MiB + 2 * MiB + 12 * MiB, added / MiB
 
 
 def test_kcenter_scratch_is_bounded_by_chunks_not_by_n_squared():
@@ -358,8 +378,12 @@ def every_op():
             tokenset.attention_scores(attn[:1, :2], attn[:1, :1], rows="mean", reduce="none"),  # two passes
             tokenset.attention_scores(attn, attn, rows=[0, 150, -1], reduce="none"),
             tokenset.maxsim(q8, d8), *tokenset.maxsim_topk(q8, d8, 10), tokenset.maxsim_pairs(q, d8, cand),
-            *tokenset.inner_product_topk(q[2], d8.values, 7, scales=d8.scales)]
+            *tokenset.inner_product_topk(q[2], d8.values, 7, scales=d8.scales), tokenset.maxsim(q, codes),
+            *tokenset.maxsim_topk(q, codes, 10), tokenset.maxsim_pairs(q, codes, cand), codes.decode().values,
+            codec.encode(d).packed]
 q8, d8 = tokenset.quantize(q), tokenset.quantize(d)
+codec = tokenset.ResidualCodec.train(d, bits=4, centroids=32)
+codes = codec.encode(d)
 initial = tokenset.get_num_threads()
 expected = every_op()
 stop = False

@@ -207,7 +207,7 @@ def test_training_is_plaids_and_deterministic():
         b4.encode(sets, centroid_ids=codes2.centroid_ids[:5])
     bad = codes2.centroid_ids.copy()
     bad[7] = 10 ** 6
-    with pytest.raises(ValueError, match="centroid id 1000000 of token 7"):
+    with pytest.raises(ValueError, match=r"centroid_ids\[7\] = 1000000 is not in \[0, 256\)"):
         b4.encode(sets, centroid_ids=bad)
 
 
@@ -372,7 +372,7 @@ def test_native_checks_ids_norms_and_arrays():
     bad = tokenset.ResidualCodes(codes.packed, ids, codes.inverse_norms, codes.offsets, codec)
     with pytest.raises(ValueError, match="centroid id 8 is not in"):
         tokenset.maxsim(q, bad)
-    with pytest.raises(ValueError, match="centroid id 8 of token 40"):
+    with pytest.raises(ValueError, match=r"centroid ids\[40\] = 8 is not in \[0, 8\)"):
         bad.decode()
     # pairs mode checks its candidates' documents only
     cand = np.array([[0, 1]])
@@ -431,6 +431,24 @@ def test_torch_tensors_and_gradients():
         got = tokenset.maxsim(q, codes)
     assert isinstance(got, torch.Tensor)
     np.testing.assert_array_equal(got.numpy(), tokenset.maxsim(np.ones((3, 32), np.float32), want))
+
+
+def test_strided_codes_and_ids_of_another_library():
+    codec, docs = trained(4, 32)
+    codes = codec.encode(docs)
+    q = random_sets(np.random.default_rng(1), [5], 32)
+    rows = codes.packed.shape[0]
+    wide = np.zeros((rows, 2 * codes.packed.shape[1]), np.uint8)
+    wide[:, ::2] = codes.packed  # strided rows of codes; ids and norms strided too
+    ids2, norms2 = np.repeat(codes.centroid_ids, 2), np.repeat(codes.inverse_norms, 2)
+    strided = tokenset.ResidualCodes(wide[:, ::2], ids2[::2], norms2[::2], codes.offsets, codec)
+    np.testing.assert_array_equal(tokenset.maxsim(q, strided), tokenset.maxsim(q, codes))
+    np.testing.assert_array_equal(strided.decode().values, codes.decode().values)
+    pytest.importorskip("torch")
+    import torch
+
+    again = codec.encode([torch.from_numpy(d) for d in docs], centroid_ids=codes.centroid_ids)  # numpy ids
+    np.testing.assert_array_equal(again.packed.numpy(), codes.packed)
 
 
 def test_bytes_per_token():

@@ -28,6 +28,7 @@ from . import _array
 from .fde import FDE
 from .index import Index, top_k
 from .ragged import ragged
+from .residual import ResidualCodec
 
 
 class ShardUnavailableError(RuntimeError):
@@ -114,9 +115,12 @@ class ShardedIndex:
     @classmethod
     def build(cls, documents: Any, directory: Any, shards: int, dim: int, ids: Any = None,
               fde: Optional[FDE] = None, storage: Optional[str] = None, fde_storage: str = "float16",
-              dtype: Optional[str] = None, **kwargs) -> "ShardedIndex":
+              dtype: Optional[str] = None, codec: Optional[ResidualCodec] = None, **kwargs) -> "ShardedIndex":
         """Splits documents round-robin into `shards` indexes saved under ``directory/shard-<i>`` (token and FDE
-        storage as :class:`tokenset.Index`'s; ``dtype`` is the older name of ``storage``) and serves them."""
+        storage as :class:`tokenset.Index`'s; ``dtype`` is the older name of ``storage``) and serves them.
+
+        Residual storage: every shard codes its tokens with one codec (``codec``, or one trained on all the documents
+        here by PLAID's rules), so that scores from different shards compare and the merge stays exact."""
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
         batch = ragged(documents, name="documents")
@@ -125,10 +129,14 @@ class ShardedIndex:
         if all_ids.shape != (n,) or len(np.unique(all_ids)) != n:
             raise ValueError(f"ids must be {n} distinct integers")
         directory = os.fspath(directory)
+        Index(dim, fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage, codec=codec)  # the arguments
+        bits = {"residual4": 4, "residual2": 2, "residual1": 1}.get(storage or dtype)
+        if bits is not None and codec is None and int(batch.lengths.sum()):
+            codec = ResidualCodec.train(batch, bits=bits)
         paths = []
         for s in range(shards):
             rows = np.arange(s, n, shards)
-            index = Index(dim, fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage)
+            index = Index(dim, fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage, codec=codec)
             if rows.size:  # more shards than documents: the rest stay empty (valid, searchable indexes)
                 index.add([batch[int(r)] for r in rows], ids=all_ids[rows])
             path = os.path.join(directory, f"shard-{s}")

@@ -49,6 +49,25 @@ def centroid_count(tokens: int) -> int:
     return int(2 ** math.floor(math.log2(16 * math.sqrt(max(int(tokens), 1)))))
 
 
+_UNTRAINED: Dict[Tuple[int, int], "ResidualCodec"] = {}
+
+
+def untrained_codec(dim: int, bits: int) -> "ResidualCodec":
+    """The placeholder codec of a residual index that has stored no token yet (one centroid of zeros, zero buckets):
+    what its token-less documents are read with and what a save writes until the first tokens train the real one
+    (the manifest marks it untrained; :func:`is_untrained` tells it apart)."""
+    key = (int(dim), int(bits))
+    if key not in _UNTRAINED:
+        levels = 1 << bits
+        _UNTRAINED[key] = ResidualCodec(np.zeros((1, dim), np.float16), np.zeros(levels - 1, np.float32),
+                                        np.zeros(levels, np.float32), bits)
+    return _UNTRAINED[key]
+
+
+def is_untrained(codec: Any) -> bool:
+    return codec is not None and _UNTRAINED.get((codec.dim, codec.bits)) is codec
+
+
 def _check_bits(bits: Any) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or int(bits) not in BITS:
         raise ValueError(f"bits must be 1, 2 or 4 (bits per dimension of a residual code), got {bits!r}")
@@ -83,11 +102,11 @@ class ResidualCodec:
 
     def __init__(self, centroids: Any, bucket_cutoffs: Any, bucket_weights: Any, bits: int):
         bits = _check_bits(bits)
-        c = np.ascontiguousarray(_array.host_copy(centroids, "centroids"))
+        c = np.asarray(_array.host_copy(centroids, "centroids"))
         if c.ndim != 2 or not 1 <= c.shape[0] <= MAX_CENTROIDS or not 1 <= c.shape[1] <= _array.MAX_TOKEN_DIM:
             raise ValueError(f"centroids must be [C, dim] with 1 <= C <= {MAX_CENTROIDS} and 1 <= dim <= "
                              f"{_array.MAX_TOKEN_DIM}, got shape {c.shape}")
-        c = c.astype(np.float16)
+        c = np.ascontiguousarray(c, dtype=np.float16)
         if not np.isfinite(c).all():
             raise ValueError("centroids hold NaN or infinity (or values beyond float16's range)")
         _check_packing(int(c.shape[1]), bits)
@@ -230,6 +249,8 @@ class ResidualCodec:
             if not _array.is_array(centroid_ids, "centroid_ids") or tuple(centroid_ids.shape) != (rows,) or \
                     _dtype_str(centroid_ids) != "int32" or _array.device(centroid_ids) != dev:
                 raise ValueError(f"centroid_ids must be int32 [{rows}] (one per token) on the tokens' device")
+            self._check_ids(centroid_ids, "centroid_ids", "are not this codec's centroids")
+            centroid_ids = _in_library(centroid_ids, lib)
         step = max(1, _CHUNK_BYTES // (4 * self.dim))
         for start in range(0, rows, step):
             chunk = _array.inner_contiguous(_array.astype(values[start:start + step], "float32"))
@@ -258,16 +279,29 @@ class ResidualCodec:
         if codes.codec is not self and codes.codec != self:
             raise ValueError("these codes were made by another codec; decode them with codes.codec")
         c = codes.compact()
+        self._check_ids(c.centroid_ids, "the codes' centroid ids", "the codes do not belong to this codec")
         lib, dev = _array.library(c.packed), _array.device(c.packed)
         rows = int(c.packed.shape[0])
         out = _array.empty((rows, self.dim), "float32", lib, dev)
         centroids = self.centroids_on(lib, dev)
         step = max(1, _CHUNK_BYTES // (4 * self.dim))
         for start in range(0, rows, step):
-            out[start:start + step] = _ops.decode(c.packed[start:start + step], c.centroid_ids[start:start + step],
-                                                  c.inverse_norms[start:start + step], centroids, self._cutoffs,
-                                                  self._weights, self._bits)
+            out[start:start + step] = _ops.decode(_contiguous(c.packed[start:start + step]),
+                                                  _contiguous(c.centroid_ids[start:start + step]),
+                                                  _contiguous(c.inverse_norms[start:start + step]), centroids,
+                                                  self._cutoffs, self._weights, self._bits)
         return Ragged(out, c.offsets)
+
+    def _check_ids(self, ids: Any, what: str, why: str) -> None:
+        """Every id a centroid of this codec (checked here so that the message names the token in the batch; the
+        native layer checks again, per chunk)."""
+        host = np.asarray(_array.host_copy(ids, what))
+        if host.size == 0:
+            return
+        bad = (host < 0) | (host >= self.num_centroids)
+        if bad.any():
+            t = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{what}[{t}] = {int(host[t])} is not in [0, {self.num_centroids}): {why}")
 
     # ---- files ----------------------------------------------------------------------------------------------------
     def _arrays(self) -> Dict[str, np.ndarray]:
@@ -417,6 +451,26 @@ def _dtype_str(x: Any) -> str:
         return str(x.dtype).replace("torch.", "")
     dt = np.dtype(x.dtype)
     return dt.name if dt.isnative or dt.itemsize == 1 else dt.str
+
+
+def _contiguous(x: Any) -> Any:
+    """`x` itself when C-contiguous, else one contiguous copy (the native codec reads whole rows)."""
+    if _array.is_torch(x):
+        return x.contiguous()
+    xp = _array._cupy() if _array.is_cupy(x) else np
+    return xp.ascontiguousarray(x)
+
+
+def _in_library(x: Any, lib: str) -> Any:
+    """A CPU array in library `lib` (numpy <-> torch views); device arrays must already be in it."""
+    if _array.library(x) == lib:
+        return x
+    if _array.device(x)[0] != "cpu":
+        raise ValueError(f"centroid_ids are a {_array.library(x)} array but the tokens are {lib}: give both in one "
+                         f"library")
+    if lib == "torch":
+        return _array._torch().from_numpy(np.ascontiguousarray(x))
+    return np.asarray(x.detach().numpy() if _array.is_torch(x) else x)
 
 
 def _finite_rows(x: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -24,7 +25,7 @@ from ..fde import FDE
 from ..maxsim import maxsim, maxsim_pairs
 from ..quantize import Quantized, dequantized, quantize
 from ..ragged import Ragged, ragged
-from ..residual import ResidualCodec, ResidualCodes
+from ..residual import ResidualCodec, ResidualCodes, untrained_codec
 from . import device as _device
 from . import evaluation, files
 from .ann import AnnGraph, check_options, usearch_index_class
@@ -40,6 +41,7 @@ _ENCODE_BYTES = 64 << 20  # float32 FDEs encoded at once by add()
 _EXACT_SCORE_BYTES = 64 << 20  # exact_search's scratch per block of documents: scores and the ranking's temporaries
 _EXACT_BYTES_PER_SCORE = 48  # a score (4), its id (8), and what ranking a row of them costs (sort keys, order)
 _FLOAT16_MAX = 65504.0
+_SMALL_TRAINING_TOKENS = 10000  # a first add of residual storage with fewer tokens trains its codec with a warning
 
 
 def default_fde(dim: int) -> FDE:
@@ -196,8 +198,10 @@ class Index:
                 if taken.size:
                     raise ValueError(f"ids already in the index: {taken[:5].tolist()}; remove them first")
             if n:
+                codec = None if self._bits is None else \
+                    self.codec if self.codec is not None else untrained_codec(self.dim, self._bits)
                 self._store.append(Segment(tokens, offsets, fdes, new_ids, token_scales, fde_scales, centroid_ids,
-                                           self.codec))
+                                           codec))
                 if self._ann is not None:
                     self._ann.on_add(new_ids, fdes if fde_scales is None else dequantized(fdes, fde_scales))
                 self._next_id = max(self._next_id, int(new_ids.max()) + 1)
@@ -262,13 +266,28 @@ class Index:
         on this batch when the index has none yet (once: a concurrent first add waits for it and uses it)."""
         if int(offsets[-1]) == 0:
             return np.zeros((0, self.dim * self._bits // 8), np.uint8), np.zeros(0, np.float32), np.zeros(0, np.int32)
-        if self.codec is None:
-            with self._codec_lock:
-                if self.codec is None:
-                    self.codec = ResidualCodec.train(batch, bits=self._bits)
         host = ragged([np.asarray(_array.host_copy(s, "documents")) for s in batch.sets], name="documents") \
             if batch.sets is not None else \
             Ragged(np.asarray(_array.host_copy(batch.values, "documents")), offsets, name="documents")
+        values = host.compact().values
+        step = max(1, _ENCODE_BYTES // (4 * self.dim))
+        for t0 in range(0, values.shape[0], step):  # named by document and token, before the codec trains on them
+            bad = ~np.isfinite(np.asarray(values[t0:t0 + step], np.float32)).all(axis=1)
+            if bad.any():
+                row = t0 + int(np.flatnonzero(bad)[0])
+                doc = int(np.searchsorted(offsets, row, side="right")) - 1
+                raise ValueError(f"documents: document {doc}, token {row - int(offsets[doc])} holds NaN or "
+                                 f"infinity; residual storage needs finite values (clean or drop the token first)")
+        if self.codec is None:
+            with self._codec_lock:
+                if self.codec is None:
+                    tokens = int(offsets[-1])
+                    if tokens < _SMALL_TRAINING_TOKENS:
+                        warnings.warn(f"Index(storage={self.storage!r}): the residual codec is trained on this first "
+                                      f"add's {tokens} tokens and kept for every later add; pass codec="
+                                      f"tokenset.ResidualCodec.train(<a representative sample>, bits={self._bits}) "
+                                      f"when the corpus is larger", stacklevel=4)
+                    self.codec = ResidualCodec.train(host, bits=self._bits)
         codes = self.codec.encode(host, name="documents")
         return np.asarray(codes.packed), np.asarray(codes.inverse_norms), np.asarray(codes.centroid_ids)
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import _storage
 from ..fde import FDE
-from ..residual import ResidualCodec
+from ..residual import ResidualCodec, untrained_codec
 from .store import MAX_ID, Segment, Snapshot
 
 FORMAT = "tokenset.Index"
@@ -133,7 +133,7 @@ def _write_generation(index: Any, snapshot: Snapshot, next_id: int, directory: s
                 "encoder": {"file": encoder_name, "sha256": hashlib.sha256(encoder_bytes).hexdigest(),
                             "bytes": len(encoder_bytes)}}
     if index.storage in RESIDUAL_STORAGES:
-        codec = index.codec if index.codec is not None else _untrained_codec(index)
+        codec = index.codec if index.codec is not None else untrained_codec(index.dim, RESIDUAL_STORAGES[index.storage])
         codec_bytes = codec.to_bytes()
         codec_name = f"residual-{generation}.codec"
         _storage.atomic_write(os.path.join(directory, codec_name), lambda f: f.write(codec_bytes))
@@ -143,15 +143,6 @@ def _write_generation(index: Any, snapshot: Snapshot, next_id: int, directory: s
     _storage.atomic_write(os.path.join(directory, MANIFEST),
                           lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
     return manifest
-
-
-def _untrained_codec(index: Any) -> ResidualCodec:
-    """A placeholder codec for an index that has stored no tokens yet (the first add trains the real one): written so
-    that every residual index has a codec file; loaded back as "not trained" (the manifest says so)."""
-    bits = RESIDUAL_STORAGES[index.storage]
-    levels = 1 << bits
-    return ResidualCodec(np.zeros((1, index.dim), np.float16), np.zeros(levels - 1, np.float32),
-                         np.zeros(levels, np.float32), bits)
 
 
 def _check_folder(directory: str) -> Set[str]:
@@ -188,6 +179,8 @@ def _check_folder(directory: str) -> Set[str]:
     named = [meta.get("file") for meta in arrays.values() if isinstance(meta, dict)] if isinstance(arrays, dict) \
         else []
     named.append(encoder.get("file") if isinstance(encoder, dict) else None)
+    codec = manifest.get("codec")
+    named.append(codec.get("file") if isinstance(codec, dict) else None)
     return {name for name in named if isinstance(name, str) and _GENERATION_FILE.match(name)}
 
 
@@ -426,7 +419,7 @@ def _load_generation(cls: Any, directory: str, mmap: bool) -> Any:
                          f"range ({_FLOAT16_MAX:g}), which the usearch backend's float16 graph cannot hold; re-add "
                          f"the documents scaled down (e.g. normalised), or use the exact backend")
     segment = Segment(tokens, offsets, fdes, ids, scales.get("token_scales"), fde_scales, centroid_ids,
-                      codec) if n else None
+                      codec if codec is not None or not bits else untrained_codec(dim, bits)) if n else None
     if segment is not None and not segment.has_distinct_ids():
         raise corrupt("ids are not distinct")
     index._open_saved(segment, max(next_id, int(ids.max()) + 1 if n else 0), (directory, manifest))

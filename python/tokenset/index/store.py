@@ -22,7 +22,7 @@ import numpy as np
 
 from ..quantize import Quantized, dequantized
 from ..ragged import Ragged
-from ..residual import ResidualCodes
+from ..residual import ResidualCodes, is_untrained
 
 MAX_ID = 2**63 - 2  # 2**63 - 1 stays free, so "one more than the largest id" always fits in int64
 
@@ -209,8 +209,12 @@ class SegmentStore:
 
     def _merge(self, i: int) -> None:
         """Segments i and i + 1 become one holding their live documents, in order."""
-        merged = Segment(*concat_parts([self.segments[i].live_parts(), self.segments[i + 1].live_parts()]),
-                         codec=self.segments[i].codec)
+        pair = self.segments[i:i + 2]
+        # Residual storage: the index's codec (a segment of token-less documents added before it was trained holds
+        # the untrained placeholder).
+        codec = next((seg.codec for seg in pair if seg.codec is not None and not is_untrained(seg.codec)),
+                     pair[0].codec)
+        merged = Segment(*concat_parts([pair[0].live_parts(), pair[1].live_parts()]), codec=codec)
         self.segments[i:i + 2] = [merged]
 
     def remove(self, ids: np.ndarray) -> None:
