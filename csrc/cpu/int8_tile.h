@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "simd.h"
 
@@ -199,6 +200,14 @@ static inline void tile(const int32_t* panel, int64_t runtime_steps, const int32
         running_max[v] = V::max(sim, running_max[v]);
       }
     }
+  }
+}
+
+// A panel's running maxima before its first document row: -inf, argmax 0.
+static inline void start_running(V::type* running_max, V::itype* running_arg) {
+  for (int v = 0; v < QV; ++v) {
+    running_max[v] = V::set1(-std::numeric_limits<float>::infinity());
+    running_arg[v] = V::iset1(0);
   }
 }
 

@@ -68,10 +68,7 @@ static void score_impl(const float* packed_floats_in, int64_t query_length, cons
     const int32_t* panel = packed + c * per_panel;
     V::type running_max[QV];
     V::itype running_arg[QV];
-    for (int v = 0; v < QV; ++v) {
-      running_max[v] = V::set1(-std::numeric_limits<float>::infinity());
-      running_arg[v] = V::iset1(0);
-    }
+    start_running(running_max, running_arg);
     for (int64_t j0 = 0; j0 < length; j0 += R) {
       const int rows_left = static_cast<int>(length - j0 < R ? length - j0 : R);
       const int8_t* src = first + j0 * row_stride;

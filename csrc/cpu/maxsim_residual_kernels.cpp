@@ -290,10 +290,7 @@ static void score_impl(const float* packed, int64_t query_length, const MaxsimPa
     const float* table = panel_floats_at + words_per_panel;
     V::type running_max[QV];
     V::itype running_arg[QV];
-    for (int v = 0; v < QV; ++v) {
-      running_max[v] = V::set1(-std::numeric_limits<float>::infinity());
-      running_arg[v] = V::iset1(0);
-    }
+    start_running(running_max, running_arg);
     for (int64_t j0 = 0; j0 < length; j0 += R) {
       const int rows_left = static_cast<int>(length - j0 < R ? length - j0 : R);
       for (int r = 0; r < rows_left; ++r) {
@@ -344,10 +341,10 @@ static void score_impl(const float* packed, int64_t query_length, const MaxsimPa
 
 static void score(const float* packed, int64_t query_length, const MaxsimParams& p, int64_t doc, float* scratch,
                   float* out, int32_t* /*argmax: refused against codes (maxsim.h)*/) {
+  // ColBERT's width as a constant (the row words' offsets off one base register); other widths take the run-time
+  // loop. (Every width of the float kernel's list cost ~0.3 MB of module for a few percent at those widths.)
   if constexpr (W > 1)
-    return TOKENSET_DIM_SWITCH(p.queries.dim(), kDim, [&] {
-      score_impl<kDim>(packed, query_length, p, doc, scratch, out);
-    });
+    if (p.queries.dim() == 128) return score_impl<128>(packed, query_length, p, doc, scratch, out);
   score_impl(packed, query_length, p, doc, scratch, out);
 }
 

@@ -48,6 +48,35 @@ __device__ __forceinline__ void stage(T* dst, const T* src, int64_t stride, int 
                                                                                           valid_rows, k0, dim);
 }
 
+// Where block item `pair` reads and writes: query, output column, document (-1: no candidate), the output slot, and
+// the document's rows (none for -1 or an index outside the batch, which validate() has refused: bad_doc, never read).
+struct PairPosition {
+  int64_t q, col, doc, out, q_begin, q_len, d_begin, d_len;
+  bool bad_doc;
+};
+
+__device__ __forceinline__ PairPosition pair_position(const MaxsimParams& p, int64_t pair) {
+  PairPosition at;
+  const int64_t nq = p.queries.count, columns = p.columns();
+  if (p.candidates) {
+    at.q = pair / columns;
+    at.col = pair % columns;
+    at.doc = p.candidates[pair];
+  } else {  // document-major: the blocks of one document run close together and share it in L2
+    at.doc = pair / nq;
+    at.q = pair % nq;
+    at.col = at.doc;
+  }
+  at.out = at.q * columns + at.col;
+  at.q_begin = p.queries.offsets[at.q];
+  at.q_len = p.queries.offsets[at.q + 1] - at.q_begin;
+  at.bad_doc = at.doc < -1 || at.doc >= p.documents.count;
+  const bool rows = at.doc >= 0 && !at.bad_doc;
+  at.d_begin = rows ? p.documents.offsets[at.doc] : 0;
+  at.d_len = rows ? p.documents.offsets[at.doc + 1] - at.d_begin : 0;
+  return at;
+}
+
 template <typename T, bool kVec, bool kArgmax>
 __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_t pairs) {
   constexpr int kPitch = Staged<T>::kPitch;
@@ -57,31 +86,18 @@ __global__ void __launch_bounds__(kThreads) maxsim_kernel(MaxsimParams p, int64_
   __shared__ float s_maxima[kQueryTile];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t nq = p.queries.count, columns = p.columns();
   const int64_t dim = p.queries.dim();
   const int64_t q_stride = p.queries.row_stride(), d_stride = p.documents.row_stride();
   const T* q_values = p.queries.values.ptr<const T>();
   const T* d_values = p.documents.values.ptr<const T>();
 
   for (int64_t pair = blockIdx.x; pair < pairs; pair += gridDim.x) {
-    int64_t q, col, doc;
-    if (p.candidates) {
-      q = pair / columns;
-      col = pair % columns;
-      doc = p.candidates[pair];
-    } else {  // document-major: the blocks of one document run close together and share it in L2
-      doc = pair / nq;
-      q = pair % nq;
-      col = doc;
-    }
-    const int64_t out = q * columns + col;
-    const int64_t q_begin = p.queries.offsets[q], q_len = p.queries.offsets[q + 1] - q_begin;
+    const PairPosition at = pair_position(p, pair);
+    const int64_t out = at.out, q_begin = at.q_begin, q_len = at.q_len, d_begin = at.d_begin, d_len = at.d_len;
+    const bool bad_doc = at.bad_doc;
     int32_t* argmax = kArgmax ? p.argmax + out * p.queries.max_length : nullptr;
     if (kArgmax)
       for (int64_t i = q_len + threadIdx.x; i < p.queries.max_length; i += kThreads) argmax[i] = -1;
-    const bool bad_doc = doc < -1 || doc >= p.documents.count;  // validated on the host; never read past the end
-    const int64_t d_begin = (doc >= 0 && !bad_doc) ? p.documents.offsets[doc] : 0;
-    const int64_t d_len = (doc >= 0 && !bad_doc) ? p.documents.offsets[doc + 1] - d_begin : 0;
     if (d_len == 0) {
       if (threadIdx.x == 0) p.scores[out] = bad_doc ? NAN : -INFINITY;
       if (kArgmax)
@@ -212,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) residual_maxsim_kernel(MaxsimParams 
   __shared__ float s_maxima[kQueryTile];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t nq = p.queries.count, columns = p.columns(), dim = p.queries.dim();
+  const int64_t dim = p.queries.dim();
   const int64_t q_stride = p.queries.row_stride(), d_stride = p.documents.row_stride();
   const int bits = p.residual.bits;
   const uint32_t centroids = static_cast<uint32_t>(p.residual.num_centroids);
@@ -221,21 +237,9 @@ __global__ void __launch_bounds__(kThreads) residual_maxsim_kernel(MaxsimParams 
   const float weight_scale = weights.scale;
 
   for (int64_t pair = blockIdx.x; pair < pairs; pair += gridDim.x) {
-    int64_t q, col, doc;
-    if (p.candidates) {
-      q = pair / columns;
-      col = pair % columns;
-      doc = p.candidates[pair];
-    } else {
-      doc = pair / nq;
-      q = pair % nq;
-      col = doc;
-    }
-    const int64_t out = q * columns + col;
-    const int64_t q_begin = p.queries.offsets[q], q_len = p.queries.offsets[q + 1] - q_begin;
-    const bool bad_doc = doc < -1 || doc >= p.documents.count;
-    const int64_t d_begin = (doc >= 0 && !bad_doc) ? p.documents.offsets[doc] : 0;
-    const int64_t d_len = (doc >= 0 && !bad_doc) ? p.documents.offsets[doc + 1] - d_begin : 0;
+    const PairPosition at = pair_position(p, pair);
+    const int64_t out = at.out, q_begin = at.q_begin, q_len = at.q_len, d_begin = at.d_begin, d_len = at.d_len;
+    const bool bad_doc = at.bad_doc;
     if (d_len == 0) {
       if (threadIdx.x == 0) p.scores[out] = bad_doc ? NAN : -INFINITY;
       continue;

@@ -257,6 +257,15 @@ def parse_config(data: bytes, corrupt: Callable[[str], Exception], name: str = "
     return config
 
 
+def check_format(config: Dict[str, Any], name: str, version: int, corrupt: Callable[[str], Exception]) -> None:
+    """A config's format name (e.g. tokenset.FDE) and the one version this tokenset reads, else `corrupt`."""
+    if config.get("format") != name:
+        raise corrupt(f"config.json does not describe a {name}")
+    found = config.get("version")
+    if isinstance(found, bool) or not isinstance(found, int) or found != version:
+        raise corrupt(f"format version {found!r}, this tokenset reads {version}")
+
+
 def config_int(config: Dict[str, Any], key: str, low: int, high: int, corrupt, allow_none: bool = False):
     """An exact JSON integer (not a bool, not a float) in [low, high], or None when allowed."""
     value = config.get(key)

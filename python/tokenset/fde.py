@@ -408,11 +408,7 @@ class FDE:
         with reader as z:
             corrupt = z.corrupt
             config = z.config()
-            if config.get("format") != _FORMAT:
-                raise corrupt("config.json does not describe a tokenset.FDE")
-            version = config.get("version")
-            if isinstance(version, bool) or not isinstance(version, int) or version != _FORMAT_VERSION:
-                raise corrupt(f"format version {version!r}, this tokenset reads {_FORMAT_VERSION}")
+            _storage.check_format(config, _FORMAT, _FORMAT_VERSION, corrupt)
             dim = _storage.config_int(config, "dim", 1, MAX_DIM, corrupt)
             reps = _storage.config_int(config, "reps", 1, MAX_REPS, corrupt)
             bits = _storage.config_int(config, "simhash_bits", 0, 30, corrupt)

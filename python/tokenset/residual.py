@@ -334,11 +334,7 @@ class ResidualCodec:
         with reader as z:
             corrupt = z.corrupt
             config = z.config()
-            if config.get("format") != _FORMAT:
-                raise corrupt("config.json does not describe a tokenset.ResidualCodec")
-            version = config.get("version")
-            if isinstance(version, bool) or not isinstance(version, int) or version != _FORMAT_VERSION:
-                raise corrupt(f"format version {version!r}, this tokenset reads {_FORMAT_VERSION}")
+            _storage.check_format(config, _FORMAT, _FORMAT_VERSION, corrupt)
             bits = _storage.config_int(config, "bits", 1, 4, corrupt)
             if bits not in BITS:
                 raise corrupt(f"bits {bits} is not 1, 2 or 4")
