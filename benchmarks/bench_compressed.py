@@ -11,6 +11,8 @@ tokenset methods:
   * float32 / float16: MaxSim's float kernels (float32 queries, the documents' dtype);
   * int8 docs, float queries: Quantized documents against float32 queries (exact against the dequantised tokens);
   * int8 docs, int8 queries: both quantised, exact int32 dot products (AVX-512 VNNI where the CPU has it);
+  * bfloat16: bfloat16 queries and documents, AVX-512 BF16 dot products (vdpbf16ps) where the CPU has them (the
+    level avx512bf16; otherwise the float kernel converts the rows);
   * residual 4 / 2 / 1 bits: PLAID residual codes (tokenset.ResidualCodec with PLAID's centroid count for the
     corpus: 16,384 at 10,000 documents, 65,536 at 100,000; k-means on a 2^17-token sample, shared by the three widths)
     scored in place from the codes. At 10,000 documents the corpus is encoded (one nearest-centroid search for the
@@ -23,6 +25,7 @@ torch (10,000 documents): the documents padded to the longest (300) in chunks of
 
     python benchmarks/bench_compressed.py            # writes benchmarks/results/compressed-<machine>-<date>.*
     python benchmarks/bench_compressed.py --quick    # 10,000 documents only
+    python benchmarks/bench_compressed.py --quick --tokenset-only   # ... and no torch GEMMs (minutes, not tens)
 """
 from __future__ import annotations
 
@@ -143,6 +146,7 @@ def residual_codes(d16, rng, encode):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tokenset-only", action="store_true", help="skip torch's padded GEMMs")
     args = parser.parse_args()
     threads = tokenset.get_num_threads()
     torch.set_num_threads(threads)
@@ -157,8 +161,9 @@ def main() -> None:
         d32 = tokenset.Ragged(values.astype(np.float32), offsets) if n <= 10000 else None
         codes = residual_codes(d16, rng, encode=n <= 10000)
         print(f"  {n:,} documents: {codes[4].codec.num_centroids} centroids", flush=True)
+        d_bf16 = tokenset.Ragged(torch.from_numpy(values).to(torch.bfloat16), offsets)
         torch_methods = {}
-        if n <= 10000:
+        if n <= 10000 and not args.tokenset_only:
             torch_methods = {"torch float32 GEMM + max (padded)": TorchPadded(values, offsets, torch.float32),
                              "torch bfloat16 GEMM + max (padded)": TorchPadded(values, offsets, torch.bfloat16),
                              "torch int8 _int_mm + max (padded)": TorchPadded(d8.values, offsets, torch.int8,
@@ -169,7 +174,9 @@ def main() -> None:
             queries = tokenset.Ragged(q, np.arange(nq + 1, dtype=np.int64) * QUERY_TOKENS)
             q8 = tokenset.quantize(queries)
             exact = tokenset.maxsim(queries, d32 if d32 is not None else d16)  # the float scores to agree with
+            q_bf16 = tokenset.Ragged(torch.from_numpy(q).to(torch.bfloat16), queries.offsets)
             fns = {"tokenset float16": lambda: tokenset.maxsim_topk(queries, d16, K),
+                   f"tokenset bfloat16 ({tokenset.simd_level()})": lambda: tokenset.maxsim_topk(q_bf16, d_bf16, K),
                    "tokenset int8 docs, float queries": lambda: tokenset.maxsim_topk(queries, d8, K),
                    "tokenset int8 docs, int8 queries": lambda: tokenset.maxsim_topk(q8, d8, K)}
             for bits, c in codes.items():
@@ -203,7 +210,7 @@ def main() -> None:
             for name, t in times.items():
                 print(f"  {name:40s} {t * 1e3:9.1f} ms  {row['ns_per_document_token_per_core'][name]:6.1f} ns/token/core"
                       f"  x{base / t:.2f} vs {base_name}", flush=True)
-        del values, d16, d8, d32, torch_methods, codes
+        del values, d16, d8, d32, torch_methods, codes, d_bf16
     names = []
     for r in results:
         names += [k for k in r["times_s"] if k not in names]
@@ -218,7 +225,8 @@ def main() -> None:
     table.append(f"\nQueries {QUERY_TOKENS} x {DIM}, documents of 40..300 tokens, top-{K}, {threads} threads, SIMD "
                  f"level {tokenset.simd_level()}; ns / doc token / core = time x threads / (queries x document tokens).")
     print("\n".join(table))
-    path = write_results("compressed-quick" if args.quick else "compressed", "cpu",
+    path = write_results(("compressed-quick" if args.quick else "compressed") + ("-tokenset" if args.tokenset_only else ""),
+                         "cpu",
                          {"results": results, "build": tokenset.build_info()}, "\n".join(table))
     print(f"wrote {path}.json / .md")
 

@@ -389,30 +389,35 @@ def test_torch_non_contiguous():
     assert got_t.shape == (1, 1)
 
 
-# ---- AMX-BF16 tiles (bfloat16 queries and documents, dim a multiple of 32) -------------------------------------------
-requires_amx = pytest.mark.skipif("amx" not in SIMD_LEVELS, reason="this CPU, OS or build has no AMX-BF16 tiles")
+# ---- bfloat16 dot-product levels: AVX-512 BF16 (vdpbf16ps, any dim) and AMX-BF16 tiles (dim a multiple of 32) ----------
+# Neither rounds as an FMA chain does: their scores are tested within the float kernel's error bound, not bit for bit.
+BF16_LEVELS = [pytest.param(level, marks=pytest.mark.skipif(level not in SIMD_LEVELS,
+                                                             reason=f"this CPU, OS or build has no {level} level"))
+               for level in ("avx512bf16", "amx")]
 
 
-def amx_then_avx512(fn):
-    """fn() at the 'amx' level and at 'avx512', which runs the same bfloat16 inputs through FMAs."""
+def level_then_avx512(level, fn):
+    """fn() at `level` and at 'avx512', which runs the same bfloat16 inputs through FMAs."""
     try:
-        tokenset.set_simd_level("amx")
-        on_tiles = fn()
+        tokenset.set_simd_level(level)
+        on_dots = fn()
         tokenset.set_simd_level("avx512")
         on_vectors = fn()
     finally:
         tokenset.set_simd_level(tokenset.build_info()["simd_best"])
-    return on_tiles, on_vectors
+    return on_dots, on_vectors
 
 
-@requires_amx
-@pytest.mark.parametrize("dim", [32, 64, 96, 128, 384, 1024])
-def test_amx_matches_reference_and_vector_kernel(dim):
+@pytest.mark.parametrize("level", BF16_LEVELS)
+@pytest.mark.parametrize("dim", [32, 64, 96, 128, 384, 1024, 1, 33, 130])
+def test_bf16_levels_match_reference_and_vector_kernel(level, dim):
+    if level == "amx" and dim % 32:
+        pytest.skip("AMX tiles take dims that are multiples of 32 (others run the vector kernel)")
     rng = np.random.default_rng(100 + dim)
     queries, q64 = cast(random_sets(rng, [1, 16, 17, 32, 33, 70], dim), "bfloat16")
     # 32-token steps: partial first and last steps, exact multiples, empty, long
     documents, d64 = cast(random_sets(rng, [1, 15, 16, 17, 31, 32, 33, 0, 64, 300], dim), "bfloat16")
-    got, vectors = amx_then_avx512(lambda: tokenset.maxsim(queries, documents))
+    got, vectors = level_then_avx512(level, lambda: tokenset.maxsim(queries, documents))
     want = ref.maxsim(q64, d64)
     bound = maxsim_error_bound(q64, d64)
     empty = np.isneginf(want)
@@ -421,8 +426,8 @@ def test_amx_matches_reference_and_vector_kernel(dim):
     np.testing.assert_array_less(np.abs(got[~empty] - vectors[~empty]), 2 * bound[~empty])
 
 
-@requires_amx
-def test_amx_strided_rows_nan_inf_and_all_negative():
+@pytest.mark.parametrize("level", BF16_LEVELS)
+def test_bf16_levels_strided_rows_nan_inf_and_all_negative(level):
     rng = np.random.default_rng(17)
     dim, lengths = 64, [40, 33, 7, 32]
     offsets = np.r_[0, np.cumsum(lengths)]
@@ -434,7 +439,7 @@ def test_amx_strided_rows_nan_inf_and_all_negative():
     wide[:, :dim] = rows
     docs = tokenset.Ragged(wide[:, :dim], offsets)
     q = np.abs(rng.standard_normal((20, dim))).astype(BF16)
-    got, vectors = amx_then_avx512(lambda: tokenset.maxsim(q, docs))
+    got, vectors = level_then_avx512(level, lambda: tokenset.maxsim(q, docs))
     want = ref.maxsim([q.astype(np.float64)], [rows[a:b].astype(np.float64) for a, b in zip(offsets, offsets[1:])])
     assert np.isnan(got[0, 1]) and np.isnan(vectors[0, 1])
     assert got[0, 2] == np.inf and vectors[0, 2] == np.inf
@@ -443,8 +448,8 @@ def test_amx_strided_rows_nan_inf_and_all_negative():
         assert abs(got[0, col] - want[0, col]) < maxsim_error_bound([q], [rows[offsets[col]:offsets[col + 1]]])[0, 0]
 
 
-@requires_amx
-def test_amx_pairs_topk_threads_and_argmax_fallback():
+@pytest.mark.parametrize("level", BF16_LEVELS)
+def test_bf16_levels_pairs_topk_threads_and_argmax_fallback(level):
     rng = np.random.default_rng(23)
     queries, _ = cast(random_sets(rng, [32, 9], 128), "bfloat16")
     documents, _ = cast(random_sets(rng, rng.integers(0, 120, 50), 128), "bfloat16")
@@ -463,12 +468,14 @@ def test_amx_pairs_topk_threads_and_argmax_fallback():
             tokenset.set_num_threads(threads)
         return full, pairs, top, scores, argmax
 
-    (full, pairs, (top_s, top_i), scores, argmax), vec = amx_then_avx512(run)
+    (full, pairs, (top_s, top_i), scores, argmax), vec = level_then_avx512(level, run)
+    again = level_then_avx512(level, run)[0]  # the same bits on every run and thread count
+    np.testing.assert_array_equal(again[0], full)
     want_pairs = np.where(candidates >= 0, np.take_along_axis(full, np.maximum(candidates, 0), 1), -np.inf)
     np.testing.assert_array_equal(pairs, want_pairs)
     order = np.lexsort((np.arange(full.shape[1])[None].repeat(2, 0), -np.nan_to_num(full, neginf=-3e38)), axis=1)
     np.testing.assert_array_equal(top_i, order[:, :5])
-    np.testing.assert_array_equal(scores, vec[3])  # return_argmax runs the AVX-512 kernel at the amx level too
+    np.testing.assert_array_equal(scores, vec[3])  # return_argmax runs the AVX-512 kernel at these levels too
     np.testing.assert_array_equal(argmax, vec[4])
 
 

@@ -1,6 +1,7 @@
 // The int8 register tile shared by the int8 MaxSim kernels (maxsim_int8_kernels.cpp: int8 documents;
-// maxsim_residual_kernels.cpp: residual codes expanded to int8 bucket weights), included once per SIMD level inside
-// the level's namespace (TOKENSET_SIMD_NS). Integer dot products are exact; what a similarity is (the float steps
+// maxsim_residual_kernels.cpp: residual codes expanded to int8 bucket weights) and, with bfloat16 pairs for words, by
+// the AVX-512 BF16 kernel (maxsim_bf16_kernels.cpp), included once per SIMD level inside the level's namespace
+// (TOKENSET_SIMD_NS). Integer dot products are exact; what a similarity is (the float steps
 // after the dot product) is the Epilogue: sim = epilogue(row, query vector, float(dot)).
 //
 // Query tokens are packed once as panels P[g][lane] of 32-bit step words, document rows are converted R at a time
@@ -23,7 +24,21 @@ namespace cpu {
 namespace TOKENSET_SIMD_NS {
 
 // ---- integer vector traits: one step word per int32 lane --------------------------------------------------------------
-#if defined(TOKENSET_SIMD_VNNI)
+#if defined(TOKENSET_SIMD_BF16)
+// bfloat16 MaxSim (maxsim_bf16_kernels.cpp): a word is 2 bfloat16, vdpbf16ps adds both products to a float32 lane, so
+// the "integer" accumulators hold float32 bits.
+constexpr int kStep = 2;
+struct I {
+  using type = __m512i;
+  static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static type set1(int32_t x) { return _mm512_set1_epi32(x); }
+  static type dot(type acc, type document_word, type query_words) {
+    asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(document_word), "v"(query_words));  // as VNNI's: no spills
+    return acc;
+  }
+  static V::type to_float(type x) { return _mm512_castsi512_ps(x); }
+};
+#elif defined(TOKENSET_SIMD_VNNI)
 constexpr int kStep = 4;  // int8 elements per word
 struct I {
   using type = __m512i;

@@ -38,6 +38,13 @@ const MaxsimKernel& active_kernel(const MaxsimParams& p) {
 #if defined(TOKENSET_HAS_AMX)
   if (active_simd_level() == SimdLevel::AMX && amx_applies(p)) return amx::maxsim_kernel;
 #endif
+#if defined(TOKENSET_HAS_AVX512BF16)
+  // vdpbf16ps: both sides bfloat16 (the Python layer converts queries to the documents' dtype); argmax stays on the
+  // vector kernels, as with AMX.
+  if (static_cast<int>(active_simd_level()) >= static_cast<int>(SimdLevel::AVX512BF16) &&
+      p.documents.dtype() == DType::BFloat16 && p.queries.dtype() == DType::BFloat16 && p.argmax == nullptr)
+    return avx512bf16::maxsim_bf16_kernel;
+#endif
   (void)p;
   return TOKENSET_SIMD_KERNEL(maxsim_kernel);
 }

@@ -44,6 +44,12 @@ extern const MaxsimKernel maxsim_int8_kernel;
 extern const MaxsimKernel maxsim_residual_kernel;
 }
 #endif
+#if defined(TOKENSET_HAS_AVX512BF16)
+namespace avx512bf16 {
+// AVX-512 BF16 dot products: bfloat16 queries and documents, no argmax (maxsim_bf16_kernels.cpp).
+extern const MaxsimKernel maxsim_bf16_kernel;
+}
+#endif
 #if defined(TOKENSET_HAS_AMX)
 namespace amx {
 // AMX-BF16 tiles: bfloat16 queries and documents, dim a multiple of 32, no argmax (see the driver's amx_applies).

@@ -27,6 +27,7 @@ const char* simd_level_name(SimdLevel level) {
     case SimdLevel::AVX2: return "avx2";
     case SimdLevel::AVX512: return "avx512";
     case SimdLevel::AVX512VNNI: return "avx512vnni";
+    case SimdLevel::AVX512BF16: return "avx512bf16";
     case SimdLevel::AMX: return "amx";
   }
   return "unknown";
@@ -65,10 +66,13 @@ static bool cpu_supports(SimdLevel level) {
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case SimdLevel::AVX512VNNI:
       return cpu_supports(SimdLevel::AVX512) && __builtin_cpu_supports("avx512vnni");
+    case SimdLevel::AVX512BF16:
+      return cpu_supports(SimdLevel::AVX512VNNI) && __builtin_cpu_supports("avx512bf16");
     case SimdLevel::AMX:
 #if defined(TOKENSET_HAS_AMX)
-      // Every AMX CPU has VNNI; requiring it keeps the levels ordered (each includes the ones below).
-      return cpu_supports(SimdLevel::AVX512VNNI) && __builtin_cpu_supports("amx-tile") &&
+      // Every AMX CPU has VNNI and AVX-512 BF16; requiring them keeps the levels ordered (each includes the ones
+      // below).
+      return cpu_supports(SimdLevel::AVX512BF16) && __builtin_cpu_supports("amx-tile") &&
              __builtin_cpu_supports("amx-bf16") && os_grants_amx_tiles();
 #else
       return false;
@@ -81,16 +85,18 @@ static bool cpu_supports(SimdLevel level) {
 }
 
 SimdLevel best_simd_level() {
-  for (SimdLevel level : {SimdLevel::AMX, SimdLevel::AVX512VNNI, SimdLevel::AVX512, SimdLevel::AVX2})
+  for (SimdLevel level :
+       {SimdLevel::AMX, SimdLevel::AVX512BF16, SimdLevel::AVX512VNNI, SimdLevel::AVX512, SimdLevel::AVX2})
     if (level_compiled(level) && cpu_supports(level)) return level;
   return SimdLevel::Scalar;
 }
 
 static SimdLevel initial_simd_level() {
   SimdLevel level = best_simd_level();
-  // TOKENSET_SIMD=scalar|avx2|avx512|avx512vnni|amx caps the level (for testing and for comparing paths).
+  // TOKENSET_SIMD=scalar|avx2|avx512|avx512vnni|avx512bf16|amx caps the level (for testing and comparing paths).
   if (const char* env = std::getenv("TOKENSET_SIMD")) {
-    for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512VNNI, SimdLevel::AMX})
+    for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512VNNI,
+                        SimdLevel::AVX512BF16, SimdLevel::AMX})
       if (std::strcmp(env, simd_level_name(l)) == 0 && static_cast<int>(l) < static_cast<int>(level)) level = l;
   }
   return level;

@@ -31,14 +31,16 @@ def build_info() -> Dict[str, Any]:
 
 
 def simd_level() -> str:
-    """The SIMD level the CPU kernels use now: 'amx', 'avx512vnni', 'avx512', 'avx2' or 'scalar'. 'avx512vnni' is
-    AVX-512 plus VNNI, which int8 x int8 MaxSim uses; 'amx' adds AMX-BF16 tiles, which bfloat16 MaxSim uses when dim
-    is a multiple of 32 (every other kernel runs its AVX-512 code at both)."""
+    """The SIMD level the CPU kernels use now: 'amx', 'avx512bf16', 'avx512vnni', 'avx512', 'avx2' or 'scalar'.
+    'avx512vnni' is AVX-512 plus VNNI, which int8 x int8 and residual-code MaxSim use; 'avx512bf16' adds AVX-512 BF16
+    dot products, which bfloat16 MaxSim uses; 'amx' adds AMX-BF16 tiles, which bfloat16 MaxSim uses when dim is a
+    multiple of 32 (every other kernel runs its AVX-512 code at all three)."""
     return _backend._core.simd_level()
 
 
 def set_simd_level(level: str) -> None:
-    """Use a SIMD level ('scalar', 'avx2', 'avx512', 'avx512vnni', 'amx') for all CPU kernels; raises ValueError if
+    """Use a SIMD level ('scalar', 'avx2', 'avx512', 'avx512vnni', 'avx512bf16', 'amx') for all CPU kernels; raises
+    ValueError if
     this CPU or build
     lacks it. The environment variable ``TOKENSET_SIMD`` caps the level at import."""
     _backend._core.set_simd_level(level)

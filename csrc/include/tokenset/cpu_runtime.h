@@ -6,9 +6,10 @@
 namespace tokenset {
 namespace cpu {
 
-// AVX512VNNI = AVX-512 plus VNNI int8 dot products, which only int8 MaxSim uses; AMX = that plus AMX-BF16 tiles, which
-// only bfloat16 MaxSim uses. Every other kernel runs its AVX-512 code at both.
-enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2, AVX512VNNI = 3, AMX = 4 };
+// AVX512VNNI = AVX-512 plus VNNI int8 dot products, which only int8 (and residual-code) MaxSim uses; AVX512BF16 = that
+// plus AVX-512 BF16 dot products (vdpbf16ps), which only bfloat16 MaxSim uses; AMX = that plus AMX-BF16 tiles, which
+// only bfloat16 MaxSim uses. Every other kernel runs its AVX-512 code at all three.
+enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2, AVX512VNNI = 3, AVX512BF16 = 4, AMX = 5 };
 
 const char* simd_level_name(SimdLevel level);
 // Comma-separated levels compiled into this build.
@@ -43,6 +44,7 @@ template <typename Table>
 const Table& select_simd_kernel(const Table* scalar, const Table* avx2, const Table* avx512) {
   switch (active_simd_level()) {
     case SimdLevel::AMX:
+    case SimdLevel::AVX512BF16:
     case SimdLevel::AVX512VNNI:
     case SimdLevel::AVX512:
       if (avx512) return *avx512;
