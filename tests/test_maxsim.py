@@ -448,6 +448,23 @@ def test_bf16_levels_strided_rows_nan_inf_and_all_negative(level):
         assert abs(got[0, col] - want[0, col]) < maxsim_error_bound([q], [rows[offsets[col]:offsets[col + 1]]])[0, 0]
 
 
+@pytest.mark.skipif("avx512bf16" not in SIMD_LEVELS, reason="this CPU or build has no avx512bf16 level")
+def test_avx512bf16_scores_pairs_with_denormals_as_the_vector_kernel():
+    """vdpbf16ps reads denormals as zero (a denormal times inf would be NaN, 1e38 times 1e-38 would vanish): a pair
+    with a denormal on either side is scored with the float kernel's FMA chains, the avx512 level's bits."""
+    tiny = np.float32(1e-39)  # a bfloat16 denormal
+    q = np.array([[tiny, 1.0], [1e38, 1.0]], np.float32).astype(BF16)
+    docs = [np.array([[np.inf, 1.0]], np.float32).astype(BF16), np.array([[1e-38, 0.0]], np.float32).astype(BF16),
+            np.array([[2.0, 1.0], [-1e-38, 0.25]], np.float32).astype(BF16)]
+    plain_q = np.array([[0.5, 1.0]], np.float32).astype(BF16)
+    got, vectors = level_then_avx512("avx512bf16", lambda: (tokenset.maxsim([q[:1], q[1:], plain_q], docs),
+                                                            tokenset.maxsim_topk([q[:1]], docs, 3)))
+    np.testing.assert_array_equal(got[0], vectors[0])
+    assert got[0][0, 0] == np.inf  # tiny * inf + 1: not NaN
+    assert got[0][1, 1] > 0.9  # 1e38 * 1e-38 kept
+    np.testing.assert_array_equal(got[1][1], vectors[1][1])
+
+
 @pytest.mark.parametrize("level", BF16_LEVELS)
 def test_bf16_levels_pairs_topk_threads_and_argmax_fallback(level):
     rng = np.random.default_rng(23)

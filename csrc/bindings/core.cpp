@@ -18,7 +18,8 @@ cpu::SimdLevel simd_level_from_name(const std::string& name) {
        {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVX512, cpu::SimdLevel::AVX512VNNI,
         cpu::SimdLevel::AVX512BF16, cpu::SimdLevel::AMX})
     if (name == cpu::simd_level_name(level)) return level;
-  throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avx512', 'avx512vnni', 'amx'");
+  throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avx512', 'avx512vnni', "
+                   "'avx512bf16', 'amx'");
 }
 
 }  // namespace

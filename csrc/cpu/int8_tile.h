@@ -28,6 +28,7 @@ namespace TOKENSET_SIMD_NS {
 // bfloat16 MaxSim (maxsim_bf16_kernels.cpp): a word is 2 bfloat16, vdpbf16ps adds both products to a float32 lane, so
 // the "integer" accumulators hold float32 bits.
 constexpr int kStep = 2;
+constexpr int kElementBytes = 2;  // of a document row's elements (the prefetch walks rows in bytes)
 struct I {
   using type = __m512i;
   static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
@@ -40,6 +41,7 @@ struct I {
 };
 #elif defined(TOKENSET_SIMD_VNNI)
 constexpr int kStep = 4;  // int8 elements per word
+constexpr int kElementBytes = 1;
 struct I {
   using type = __m512i;
   static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
@@ -55,6 +57,7 @@ struct I {
 };
 #elif defined(TOKENSET_SIMD_AVX512)
 constexpr int kStep = 2;
+constexpr int kElementBytes = 1;
 struct I {
   using type = __m512i;
   static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
@@ -66,6 +69,7 @@ struct I {
 };
 #elif defined(TOKENSET_SIMD_AVX2)
 constexpr int kStep = 2;
+constexpr int kElementBytes = 1;
 struct I {
   using type = __m256i;
   static type load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
@@ -77,6 +81,7 @@ struct I {
 };
 #else
 constexpr int kStep = 1;
+constexpr int kElementBytes = 1;
 struct I {
   using type = int32_t;
   static type load(const int32_t* p) { return *p; }
@@ -192,7 +197,8 @@ static inline void tile(const int32_t* panel, int64_t runtime_steps, const int32
   }
   for (int64_t g0 = 0; g0 < steps; g0 += 16) {
     // The next tile's rows, one line per row per 16 words (as the float kernel: into L2, the panel owns L1).
-    for (int r = 0; r < ROWS; ++r) __builtin_prefetch(prefetch + r * prefetch_stride + g0 * kStep, 0, 2);
+    for (int r = 0; r < ROWS; ++r)
+      __builtin_prefetch(prefetch + r * prefetch_stride + g0 * kStep * kElementBytes, 0, 2);
     const int64_t g1 = g0 + 16 < steps ? g0 + 16 : steps;
 #pragma GCC unroll 4
     for (int64_t g = g0; g < g1; ++g) {
