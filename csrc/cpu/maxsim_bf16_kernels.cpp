@@ -83,7 +83,7 @@ static void pack_query(const MaxsimParams& params, int64_t set, float* packed_ou
 // maxima (NaN kept) summed in query-token order. The query's elements are read back from its packed words.
 static float score_exact(const int32_t* packed, int64_t query_length, const uint16_t* first, int64_t row_stride,
                          int64_t length, int64_t dim) {
-  const int64_t steps = steps_of(dim), words = panel_words(dim);
+  const int64_t words = panel_words(dim);
   float total = 0.0f;
   for (int64_t i = 0; i < query_length; ++i) {
     const int32_t* panel = packed + (i / QB) * words;
@@ -103,7 +103,6 @@ static float score_exact(const int32_t* packed, int64_t query_length, const uint
     }
     total += nan ? std::numeric_limits<float>::quiet_NaN() : best;
   }
-  (void)steps;
   return total;
 }
 
