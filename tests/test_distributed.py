@@ -54,6 +54,30 @@ def test_sharded_search_equals_one_index(local_ray, tmp_path):
         assert np.array_equal(ids, want_ids) and np.array_equal(scores, want_scores)
 
 
+def test_sharded_usearch_backend_is_saved_with_each_shard(local_ray, tmp_path):
+    pytest.importorskip("usearch", reason='pip install "tokenset[ann]"')
+    rng = np.random.default_rng(2)
+    docs = corpus(rng, 120)
+    with sharded_index(tmp_path, docs, backend="usearch", backend_options={"connectivity": 8}) as sharded:
+        for d in sharded.directories:
+            shard = tokenset.Index.load(d)
+            assert shard.backend == "usearch" and shard.backend_options["connectivity"] == 8
+        whole = tokenset.Index(DIM, fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0))
+        whole.add(docs)
+        queries = [d[:4] for d in docs[:10]]
+        ids, scores = sharded.search(queries, k=7, candidates=120)
+        want_ids, _ = whole.exact_search(queries, k=7)
+        # The graph's candidates are approximate; the scores of what it found are exact MaxSim (of the stored
+        # float16 tokens).
+        exact = tokenset.maxsim(queries, [d.astype(np.float16) for d in docs])
+        assert np.array_equal(scores, np.take_along_axis(exact, ids, 1))
+        recall = np.mean([len(set(a) & set(b)) / 7 for a, b in zip(ids.tolist(), want_ids.tolist())])
+        assert recall >= 0.8, recall
+    with pytest.raises(ValueError, match="backend"):
+        distributed.ShardedIndex.build(docs, tmp_path / "bad", shards=2, dim=DIM, backend="faiss")
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
 @pytest.mark.filterwarnings("ignore:Index\\(storage=")
 def test_sharded_residual_storage_shares_one_codec(local_ray, tmp_path):
     """Every shard codes with one codec (trained on all the documents, or given), so that the merge stays exact."""

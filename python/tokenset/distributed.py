@@ -20,7 +20,7 @@ presented as complete.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -115,9 +115,11 @@ class ShardedIndex:
     @classmethod
     def build(cls, documents: Any, directory: Any, shards: int, dim: int, ids: Any = None,
               fde: Optional[FDE] = None, storage: Optional[str] = None, fde_storage: str = "float16",
-              dtype: Optional[str] = None, codec: Optional[ResidualCodec] = None, **kwargs) -> "ShardedIndex":
+              dtype: Optional[str] = None, codec: Optional[ResidualCodec] = None, backend: str = "exact",
+              backend_options: Optional[Dict[str, int]] = None, **kwargs) -> "ShardedIndex":
         """Splits documents round-robin into `shards` indexes saved under ``directory/shard-<i>`` (token and FDE
-        storage as :class:`tokenset.Index`'s; ``dtype`` is the older name of ``storage``) and serves them.
+        storage, ``backend`` and ``backend_options`` as :class:`tokenset.Index`'s, saved with each shard; ``dtype``
+        is the older name of ``storage``) and serves them; other keyword arguments go to :class:`ShardedIndex`.
 
         Residual storage: every shard codes its tokens with one codec (``codec``, or one trained on all the documents
         here by PLAID's rules), so that scores from different shards compare and the merge stays exact."""
@@ -129,14 +131,16 @@ class ShardedIndex:
         if all_ids.shape != (n,) or len(np.unique(all_ids)) != n:
             raise ValueError(f"ids must be {n} distinct integers")
         directory = os.fspath(directory)
-        Index(dim, fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage, codec=codec)  # the arguments
+        settings = dict(fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage, backend=backend,
+                        backend_options=backend_options)
+        Index(dim, codec=codec, **settings)  # checks the arguments before any training or writing
         bits = {"residual4": 4, "residual2": 2, "residual1": 1}.get(storage or dtype)
         if bits is not None and codec is None and int(batch.lengths.sum()):
             codec = ResidualCodec.train(batch, bits=bits)
         paths = []
         for s in range(shards):
             rows = np.arange(s, n, shards)
-            index = Index(dim, fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage, codec=codec)
+            index = Index(dim, codec=codec, **settings)
             if rows.size:  # more shards than documents: the rest stay empty (valid, searchable indexes)
                 index.add([batch[int(r)] for r in rows], ids=all_ids[rows])
             path = os.path.join(directory, f"shard-{s}")
