@@ -26,6 +26,8 @@ torch (10,000 documents): the documents padded to the longest (300) in chunks of
     python benchmarks/bench_compressed.py            # writes benchmarks/results/compressed-<machine>-<date>.*
     python benchmarks/bench_compressed.py --quick    # 10,000 documents only
     python benchmarks/bench_compressed.py --quick --tokenset-only   # ... and no torch GEMMs (minutes, not tens)
+    python benchmarks/bench_compressed.py --quick --tokenset-only --levels avx2,avxvnni,avx512,avx512vnni
+        # ... plus int8 x int8 and residual 4 bits at each SIMD level named (the levels this CPU runs)
 """
 from __future__ import annotations
 
@@ -147,7 +149,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tokenset-only", action="store_true", help="skip torch's padded GEMMs")
+    parser.add_argument("--levels", default="", help="comma-separated SIMD levels: int8 x int8 and residual 4 bits "
+                                                     "timed at each too (those this CPU runs)")
     args = parser.parse_args()
+    best = tokenset.build_info()["simd_best"]
+    levels = []
+    for level in filter(None, args.levels.split(",")):
+        try:
+            tokenset.set_simd_level(level)
+            levels.append(level)
+        except ValueError as err:
+            print(f"skipping level {level}: {err}", flush=True)
+    tokenset.set_simd_level(best)
+
+    def at_level(level, fn):
+        def run():
+            tokenset.set_simd_level(level)
+            try:
+                return fn()
+            finally:
+                tokenset.set_simd_level(best)
+        return run
+
     threads = tokenset.get_num_threads()
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -181,6 +204,11 @@ def main() -> None:
                    "tokenset int8 docs, int8 queries": lambda: tokenset.maxsim_topk(q8, d8, K)}
             for bits, c in codes.items():
                 fns[f"tokenset residual {bits} bits"] = lambda c=c: tokenset.maxsim_topk(queries, c, K)
+            for level in levels:
+                fns[f"tokenset int8 docs, int8 queries [{level}]"] = at_level(
+                    level, lambda: tokenset.maxsim_topk(q8, d8, K))
+                fns[f"tokenset residual 4 bits [{level}]"] = at_level(
+                    level, lambda: tokenset.maxsim_topk(queries, codes[4], K))
             if d32 is not None:
                 fns = {"tokenset float32": lambda: tokenset.maxsim_topk(queries, d32, K), **fns}
             tq, tq8, tq8_scales = torch.from_numpy(q), torch.from_numpy(q8.values), torch.from_numpy(q8.scales)
@@ -195,9 +223,13 @@ def main() -> None:
                 if "residual" in name:
                     errors[name] = agree_codes(name, out, [q[a * QUERY_TOKENS:(a + 1) * QUERY_TOKENS]
                                                            for a in range(nq)], codes[int(name.split()[2])])
+                    if "[" in name:  # the kernels give the same bits at every level
+                        assert np.array_equal(out[0], fns["tokenset residual 4 bits"]()[0]), name
                     continue
                 ids = out[1].numpy() if isinstance(out[1], torch.Tensor) else out[1]
                 errors[name] = agree(name, ids, exact, 0.5 if ("int8" in name or "bfloat16" in name) else 0.05)
+                if "[" in name:  # the int8 kernels give the same bits at every level
+                    assert np.array_equal(out[0], fns["tokenset int8 docs, int8 queries"]()[0]), name
             times = time_interleaved(fns, 5 if n <= 10000 else 3, budget_s=60.0)
             base_name = "tokenset float32" if "tokenset float32" in times else "tokenset float16"
             base = times[base_name]
@@ -225,7 +257,8 @@ def main() -> None:
     table.append(f"\nQueries {QUERY_TOKENS} x {DIM}, documents of 40..300 tokens, top-{K}, {threads} threads, SIMD "
                  f"level {tokenset.simd_level()}; ns / doc token / core = time x threads / (queries x document tokens).")
     print("\n".join(table))
-    path = write_results(("compressed-quick" if args.quick else "compressed") + ("-tokenset" if args.tokenset_only else ""),
+    path = write_results(("compressed-quick" if args.quick else "compressed") + ("-tokenset" if args.tokenset_only else "")
+                         + ("-levels" if levels else ""),
                          "cpu",
                          {"results": results, "build": tokenset.build_info()}, "\n".join(table))
     print(f"wrote {path}.json / .md")

@@ -15,11 +15,11 @@ namespace {
 
 cpu::SimdLevel simd_level_from_name(const std::string& name) {
   for (cpu::SimdLevel level :
-       {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVX512, cpu::SimdLevel::AVX512VNNI,
-        cpu::SimdLevel::AVX512BF16, cpu::SimdLevel::AMX})
+       {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVXVNNI, cpu::SimdLevel::AVX512,
+        cpu::SimdLevel::AVX512VNNI, cpu::SimdLevel::AVX512BF16, cpu::SimdLevel::AMX})
     if (name == cpu::simd_level_name(level)) return level;
-  throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avx512', 'avx512vnni', "
-                   "'avx512bf16', 'amx'");
+  throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avxvnni', 'avx512', "
+                   "'avx512vnni', 'avx512bf16', 'amx'");
 }
 
 }  // namespace
@@ -45,6 +45,12 @@ PYBIND11_MODULE(_core, m) {
     const cpu::SimdLevel level = simd_level_from_name(name);
     py::gil_scoped_release release;
     cpu::set_simd_level(level);
+  });
+  // "vex" / "evex": which build of the avxvnni level's kernels this CPU runs; "" when it runs neither.
+  // "vex" / "evex": which build of the avxvnni level's kernels this CPU runs; "" when it runs neither.
+  m.def("avx_vnni_encoding", [] {
+    if (!cpu::simd_level_available(cpu::SimdLevel::AVXVNNI)) return std::string();
+    return std::string(cpu::cpu_has_avx_vnni() ? "vex" : "evex");
   });
   m.def("compiled_simd_levels", [] { return std::string(cpu::compiled_simd_levels()); });
   m.def("num_threads", &cpu::num_threads);

@@ -6,8 +6,8 @@
 //
 // Query tokens are packed once as panels P[g][lane] of 32-bit step words, document rows are converted R at a time
 // into words, and each (row, step) word is broadcast and multiplied into QV vectors of query lanes:
-//  * avx512vnni: a word is 4 bytes; vpdpbusd multiplies unsigned by signed bytes, so document bytes go in as
-//    d + 128 (unsigned) and the query's -128 * sum_k q_k is the accumulators' starting value;
+//  * avx512vnni, avxvnni: a word is 4 bytes; vpdpbusd multiplies unsigned by signed bytes, so document bytes go in
+//    as d + 128 (unsigned) and the query's -128 * sum_k q_k is the accumulators' starting value;
 //  * avx512, avx2: a word is 2 int16 (vpmaddwd), exact for any int8;
 //  * scalar: a word is one int32.
 // A panel: steps x QB query words, then QB int32 starting values, then QB float32 factors (one per query token).
@@ -39,7 +39,7 @@ struct I {
   }
   static V::type to_float(type x) { return _mm512_castsi512_ps(x); }
 };
-#elif defined(TOKENSET_SIMD_VNNI)
+#elif defined(TOKENSET_SIMD_VNNI) && defined(TOKENSET_SIMD_AVX512)
 constexpr int kStep = 4;  // int8 elements per word
 constexpr int kElementBytes = 1;
 struct I {
@@ -54,6 +54,28 @@ struct I {
     return acc;
   }
   static V::type to_float(type x) { return _mm512_cvtepi32_ps(x); }
+};
+#elif defined(TOKENSET_SIMD_VNNI)
+// avxvnni: the AVX2 tile with 256-bit vpdpbusd. Built twice (CMakeLists.txt): with the VEX encoding (AVX-VNNI CPUs)
+// and with the EVEX one (AVX-512 VNNI + VL CPUs without AVX-VNNI, e.g. Zen 4, where the level is tested); the same
+// instruction on the same registers (ymm0-15: "x"), so both builds compute the same bits.
+// ("%{" is a literal brace in an asm template; a bare one opens an assembler-dialect alternative.)
+#if defined(TOKENSET_VNNI256_EVEX)
+#define TOKENSET_VNNI256_ENCODING "%{evex%} "
+#else
+#define TOKENSET_VNNI256_ENCODING "%{vex%} "
+#endif
+constexpr int kStep = 4;
+constexpr int kElementBytes = 1;
+struct I {
+  using type = __m256i;
+  static type load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static type set1(int32_t x) { return _mm256_set1_epi32(x); }
+  static type dot(type acc, type document_word, type query_words) {
+    asm(TOKENSET_VNNI256_ENCODING "vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(document_word), "x"(query_words));
+    return acc;
+  }
+  static V::type to_float(type x) { return _mm256_cvtepi32_ps(x); }
 };
 #elif defined(TOKENSET_SIMD_AVX512)
 constexpr int kStep = 2;
@@ -149,7 +171,7 @@ static void pack_query_row(const int8_t* row, int64_t dim, int lane, float facto
 template <int kDim = 0>
 static inline void document_words(const int8_t* src, int64_t runtime_dim, int32_t* dst) {
   const int64_t dim = kDim > 0 ? kDim : runtime_dim;
-#if defined(TOKENSET_SIMD_VNNI)
+#if defined(TOKENSET_SIMD_VNNI) && defined(TOKENSET_SIMD_AVX512)
   uint8_t* out = reinterpret_cast<uint8_t*>(dst);
   const int64_t padded = steps_of(dim) * 4;
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -159,6 +181,16 @@ static inline void document_words(const int8_t* src, int64_t runtime_dim, int32_
     const __mmask64 store = room == 64 ? ~__mmask64(0) : (__mmask64(1) << room) - 1;
     _mm512_mask_storeu_epi8(out + k0, store, _mm512_xor_si512(_mm512_maskz_loadu_epi8(load, src + k0), bias));
   }
+#elif defined(TOKENSET_SIMD_VNNI)
+  uint8_t* out = reinterpret_cast<uint8_t*>(dst);
+  const int64_t padded = steps_of(dim) * 4;
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  int64_t k = 0;
+  for (; k + 32 <= dim; k += 32)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k),
+                        _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k)), bias));
+  for (; k < dim; ++k) out[k] = static_cast<uint8_t>(static_cast<uint8_t>(src[k]) ^ 0x80u);
+  for (; k < padded; ++k) out[k] = 0x80;
 #elif defined(TOKENSET_SIMD_AVX512)
   int16_t* out = reinterpret_cast<int16_t*>(dst);
   const int64_t padded = steps_of(dim) * 2;

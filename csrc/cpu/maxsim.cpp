@@ -26,12 +26,20 @@ const MaxsimKernel& active_kernel(const MaxsimParams& p) {
     if (static_cast<int>(active_simd_level()) >= static_cast<int>(SimdLevel::AVX512VNNI))
       return avx512vnni::maxsim_residual_kernel;
 #endif
+#if defined(TOKENSET_HAS_AVXVNNI)
+    if (active_simd_level() == SimdLevel::AVXVNNI)
+      return cpu_has_avx_vnni() ? avxvnni::maxsim_residual_kernel : avxvnni_evex::maxsim_residual_kernel;
+#endif
     return TOKENSET_SIMD_KERNEL(maxsim_residual_kernel);
   }
   if (p.queries.dtype() == DType::Int8) {
 #if defined(TOKENSET_HAS_VNNI)
     if (static_cast<int>(active_simd_level()) >= static_cast<int>(SimdLevel::AVX512VNNI))
       return avx512vnni::maxsim_int8_kernel;
+#endif
+#if defined(TOKENSET_HAS_AVXVNNI)
+    if (active_simd_level() == SimdLevel::AVXVNNI)
+      return cpu_has_avx_vnni() ? avxvnni::maxsim_int8_kernel : avxvnni_evex::maxsim_int8_kernel;
 #endif
     return TOKENSET_SIMD_KERNEL(maxsim_int8_kernel);
   }

@@ -38,6 +38,17 @@ TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_int8_kernel)
 // float32 queries against residual codes (maxsim_residual_kernels.cpp): the same int8 tile, with the codes expanded
 // to int8 bucket weights and the centroid table in the epilogue; built for avx512vnni too.
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_residual_kernel)
+#if defined(TOKENSET_HAS_AVXVNNI)
+// 256-bit VNNI (level avxvnni): the AVX-VNNI (VEX) build and the AVX-512 VNNI (EVEX) build of the same kernels.
+namespace avxvnni {
+extern const MaxsimKernel maxsim_int8_kernel;
+extern const MaxsimKernel maxsim_residual_kernel;
+}
+namespace avxvnni_evex {
+extern const MaxsimKernel maxsim_int8_kernel;
+extern const MaxsimKernel maxsim_residual_kernel;
+}
+#endif
 #if defined(TOKENSET_HAS_VNNI)
 namespace avx512vnni {
 extern const MaxsimKernel maxsim_int8_kernel;

@@ -25,6 +25,7 @@ const char* simd_level_name(SimdLevel level) {
   switch (level) {
     case SimdLevel::Scalar: return "scalar";
     case SimdLevel::AVX2: return "avx2";
+    case SimdLevel::AVXVNNI: return "avxvnni";
     case SimdLevel::AVX512: return "avx512";
     case SimdLevel::AVX512VNNI: return "avx512vnni";
     case SimdLevel::AVX512BF16: return "avx512bf16";
@@ -52,6 +53,18 @@ static bool os_grants_amx_tiles() {
 }
 #endif
 
+bool cpu_has_avx_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avxvnni") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 static bool cpu_supports(SimdLevel level) {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
@@ -60,6 +73,12 @@ static bool cpu_supports(SimdLevel level) {
     // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
     case SimdLevel::AVX2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case SimdLevel::AVXVNNI:
+      // AVX-VNNI (Alder Lake, Sapphire Rapids, Zen 5 and later), or AVX-512 VNNI with AVX-512 VL, whose EVEX encoding
+      // of vpdpbusd on ymm registers computes the same (Ice Lake, Zen 4): the level's kernels are built both ways.
+      return cpu_supports(SimdLevel::AVX2) &&
+             (__builtin_cpu_supports("avxvnni") ||
+              (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")));
     case SimdLevel::AVX512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -84,20 +103,31 @@ static bool cpu_supports(SimdLevel level) {
 #endif
 }
 
+bool simd_level_available(SimdLevel level) { return level_compiled(level) && cpu_supports(level); }
+
 SimdLevel best_simd_level() {
   for (SimdLevel level :
-       {SimdLevel::AMX, SimdLevel::AVX512BF16, SimdLevel::AVX512VNNI, SimdLevel::AVX512, SimdLevel::AVX2})
+       {SimdLevel::AMX, SimdLevel::AVX512BF16, SimdLevel::AVX512VNNI, SimdLevel::AVX512, SimdLevel::AVXVNNI,
+        SimdLevel::AVX2})
     if (level_compiled(level) && cpu_supports(level)) return level;
   return SimdLevel::Scalar;
 }
 
+static constexpr SimdLevel kAllLevels[] = {SimdLevel::Scalar,     SimdLevel::AVX2,       SimdLevel::AVXVNNI,
+                                           SimdLevel::AVX512,     SimdLevel::AVX512VNNI, SimdLevel::AVX512BF16,
+                                           SimdLevel::AMX};
+
 static SimdLevel initial_simd_level() {
   SimdLevel level = best_simd_level();
-  // TOKENSET_SIMD=scalar|avx2|avx512|avx512vnni|avx512bf16|amx caps the level (for testing and comparing paths).
+  // TOKENSET_SIMD=scalar|avx2|avxvnni|avx512|avx512vnni|avx512bf16|amx caps the level (for testing and comparing
+  // paths): the best level compiled and supported at or below the named one (a CPU may have AVX-512 but no VNNI).
   if (const char* env = std::getenv("TOKENSET_SIMD")) {
-    for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512VNNI,
-                        SimdLevel::AVX512BF16, SimdLevel::AMX})
-      if (std::strcmp(env, simd_level_name(l)) == 0 && static_cast<int>(l) < static_cast<int>(level)) level = l;
+    for (SimdLevel cap : kAllLevels) {
+      if (std::strcmp(env, simd_level_name(cap)) != 0 || static_cast<int>(cap) >= static_cast<int>(level)) continue;
+      level = SimdLevel::Scalar;
+      for (SimdLevel l : kAllLevels)
+        if (static_cast<int>(l) <= static_cast<int>(cap) && level_compiled(l) && cpu_supports(l)) level = l;
+    }
   }
   return level;
 }

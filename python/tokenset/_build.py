@@ -11,7 +11,8 @@ def build_info() -> Dict[str, Any]:
     """What this build contains and what it uses now.
 
     Keys: ``version``, ``compiler``, ``build_type``, ``simd_compiled`` (levels built), ``simd_best`` (best level this
-    CPU runs), ``simd_active`` (level in use), ``num_threads``, ``cuda`` (whether the CUDA module was built),
+    CPU runs), ``simd_active`` (level in use), ``avx_vnni`` (how the 'avxvnni' level's kernels are encoded on this CPU:
+    'vex' (AVX-VNNI), 'evex' (AVX-512 VNNI's form of the same instructions) or None (the CPU has neither), ``num_threads``, ``cuda`` (whether the CUDA module was built),
     ``cuda_archs``, ``cuda_version``, ``cuda_devices`` (visible GPUs, 0 without a driver), ``cuda_error``.
     """
     core = _backend._core
@@ -19,6 +20,7 @@ def build_info() -> Dict[str, Any]:
     info["simd_compiled"] = core.compiled_simd_levels().split(",")
     info["simd_best"] = core.best_simd_level()
     info["simd_active"] = core.simd_level()
+    info["avx_vnni"] = core.avx_vnni_encoding() or None
     info["num_threads"] = core.num_threads()
     cuda = _backend._cuda
     info["cuda"] = cuda is not None
@@ -31,18 +33,18 @@ def build_info() -> Dict[str, Any]:
 
 
 def simd_level() -> str:
-    """The SIMD level the CPU kernels use now: 'amx', 'avx512bf16', 'avx512vnni', 'avx512', 'avx2' or 'scalar'.
-    'avx512vnni' is AVX-512 plus VNNI, which int8 x int8 and residual-code MaxSim use; 'avx512bf16' adds AVX-512 BF16
+    """The SIMD level the CPU kernels use now: 'amx', 'avx512bf16', 'avx512vnni', 'avx512', 'avxvnni', 'avx2' or
+    'scalar'. 'avxvnni' is AVX2 plus 256-bit VNNI (AVX-VNNI, or AVX-512 VNNI's encoding of it), which int8 x int8 and
+    residual-code MaxSim use (every other kernel runs its AVX2 code there). 'avx512vnni' is AVX-512 plus VNNI, which int8 x int8 and residual-code MaxSim use; 'avx512bf16' adds AVX-512 BF16
     dot products, which bfloat16 MaxSim uses; 'amx' adds AMX-BF16 tiles, which bfloat16 MaxSim uses when dim is a
     multiple of 32 (every other kernel runs its AVX-512 code at all three)."""
     return _backend._core.simd_level()
 
 
 def set_simd_level(level: str) -> None:
-    """Use a SIMD level ('scalar', 'avx2', 'avx512', 'avx512vnni', 'avx512bf16', 'amx') for all CPU kernels; raises
-    ValueError if
-    this CPU or build
-    lacks it. The environment variable ``TOKENSET_SIMD`` caps the level at import."""
+    """Use a SIMD level ('scalar', 'avx2', 'avxvnni', 'avx512', 'avx512vnni', 'avx512bf16', 'amx') for all CPU
+    kernels; raises ValueError if this CPU or build lacks it. The environment variable ``TOKENSET_SIMD`` caps the level
+    at import (the best level this CPU runs at or below the one named)."""
     _backend._core.set_simd_level(level)
 
 

@@ -6,20 +6,29 @@
 namespace tokenset {
 namespace cpu {
 
+// AVXVNNI = AVX2 plus 256-bit VNNI int8 dot products (vpdpbusd on ymm: AVX-VNNI, or AVX-512 VNNI's EVEX form on
+// CPUs without AVX-VNNI), which only int8 (and residual-code) MaxSim uses; every other kernel runs its AVX2 code there.
 // AVX512VNNI = AVX-512 plus VNNI int8 dot products, which only int8 (and residual-code) MaxSim uses; AVX512BF16 = that
 // plus AVX-512 BF16 dot products (vdpbf16ps), which only bfloat16 MaxSim uses; AMX = that plus AMX-BF16 tiles, which
 // only bfloat16 MaxSim uses. Every other kernel runs its AVX-512 code at all three.
-enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2, AVX512VNNI = 3, AVX512BF16 = 4, AMX = 5 };
+// Levels are ordered by what they use; a CPU may support a level without one below it (AVX-512 without any VNNI), so
+// capping the level picks the best supported level at or below the cap.
+enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVXVNNI = 2, AVX512 = 3, AVX512VNNI = 4, AVX512BF16 = 5, AMX = 6 };
 
 const char* simd_level_name(SimdLevel level);
 // Comma-separated levels compiled into this build.
 const char* compiled_simd_levels();
+// Whether the level is compiled into this build and this CPU supports it.
+bool simd_level_available(SimdLevel level);
 // Best level both compiled and supported by this CPU.
 SimdLevel best_simd_level();
 // Level used by kernels now: best_simd_level(), or a lower one chosen with set_simd_level / TOKENSET_SIMD.
 SimdLevel active_simd_level();
 // Throws ValueError if the level is not compiled or the CPU lacks it.
 void set_simd_level(SimdLevel level);
+// At the AVXVNNI level: true when the CPU has AVX-VNNI (the VEX encoding), false when the level runs on AVX-512 VNNI's
+// EVEX encoding of the same instructions.
+bool cpu_has_avx_vnni();
 
 int num_threads();
 void set_num_threads(int threads);
@@ -49,6 +58,7 @@ const Table& select_simd_kernel(const Table* scalar, const Table* avx2, const Ta
     case SimdLevel::AVX512:
       if (avx512) return *avx512;
       [[fallthrough]];
+    case SimdLevel::AVXVNNI:
     case SimdLevel::AVX2:
       if (avx2) return *avx2;
       [[fallthrough]];
