@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_BUDGET = 2 << 20      # a CPU-only wheel, compressed (measured: 1.0 MiB: the module 0.8, the README 0.05)
-CORE_BUDGET = 3 << 20       # its _core module (measured: 2.0 MiB with the int8 and residual-code kernels of 5 levels)
+CORE_BUDGET = 3 << 20       # its _core module (measured: 2.2 MiB with the int8 and residual-code kernels of 6 levels)
 SDIST_BUDGET = 1 << 20      # the sdist (measured: 0.36 MiB)
 REFERENCES = sorted(p.stem for p in (ROOT / "python" / "tokenset" / "reference").glob("*.py") if p.stem != "__init__")
 
