@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--levels", default="", help="comma-separated SIMD levels: int8 x int8 and residual 4 bits "
                                                      "timed at each too (those this CPU runs)")
     args = parser.parse_args()
-    best = tokenset.build_info()["simd_best"]
+    active = tokenset.simd_level()  # the best level, or the one TOKENSET_SIMD capped it to
     levels = []
     for level in filter(None, args.levels.split(",")):
         try:
@@ -160,7 +160,7 @@ def main() -> None:
             levels.append(level)
         except ValueError as err:
             print(f"skipping level {level}: {err}", flush=True)
-    tokenset.set_simd_level(best)
+    tokenset.set_simd_level(active)
 
     def at_level(level, fn):
         def run():
@@ -168,7 +168,7 @@ def main() -> None:
             try:
                 return fn()
             finally:
-                tokenset.set_simd_level(best)
+                tokenset.set_simd_level(active)
         return run
 
     threads = tokenset.get_num_threads()

@@ -107,7 +107,7 @@ EDGE_LENGTHS = {
 
 def supported_simd_levels():
     levels = []
-    for level in ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "avx512bf16", "amx"):
+    for level in tokenset._build.SIMD_LEVELS:
         if level in tokenset.build_info()["simd_compiled"]:
             try:
                 tokenset.set_simd_level(level)

@@ -71,11 +71,25 @@ def test_sharded_usearch_backend_is_saved_with_each_shard(local_ray, tmp_path):
         # float16 tokens).
         exact = tokenset.maxsim(queries, [d.astype(np.float16) for d in docs])
         assert np.array_equal(scores, np.take_along_axis(exact, ids, 1))
+        # Candidates beyond a shard's size: the graph returns (nearly) all its documents, so (nearly) the exact top-k.
         recall = np.mean([len(set(a) & set(b)) / 7 for a, b in zip(ids.tolist(), want_ids.tolist())])
         assert recall >= 0.8, recall
-    with pytest.raises(ValueError, match="backend"):
-        distributed.ShardedIndex.build(docs, tmp_path / "bad", shards=2, dim=DIM, backend="faiss")
-    assert not (tmp_path / "bad").exists()  # refused before anything was written
+        # Few candidates: approximate, and still exact scores for what was found.
+        ids, scores = sharded.search(queries, k=7, candidates=10)
+        assert all(len(set(row)) == 7 for row in ids.tolist())
+        assert np.array_equal(scores, np.take_along_axis(exact, ids, 1))
+
+
+@pytest.mark.parametrize("bad, exc", [
+    (dict(backend="faiss"), ValueError),
+    (dict(start_timout=10), TypeError),       # misspelt: a ShardedIndex argument
+    (dict(max_restarts=-2), ValueError),
+])
+def test_build_checks_every_argument_before_writing(local_ray, tmp_path, bad, exc):
+    docs = corpus(np.random.default_rng(3), 10)
+    with pytest.raises(exc):
+        distributed.ShardedIndex.build(docs, tmp_path / "out", shards=2, dim=DIM, **bad)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.filterwarnings("ignore:Index\\(storage=")
@@ -177,5 +191,6 @@ def test_more_workers_than_the_cluster_can_start_is_refused_at_once(local_ray, t
     """2 shards x 2 CPUs on a 2-CPU Ray used to wait forever for workers that could never start."""
     docs = corpus(np.random.default_rng(5), 6)
     with pytest.raises(ValueError, match="need more CPUs than this Ray cluster has"):
-        distributed.ShardedIndex.build(docs, tmp_path, shards=2, dim=DIM, num_cpus=2,
+        distributed.ShardedIndex.build(docs, tmp_path / "out", shards=2, dim=DIM, num_cpus=2,
                                        fde=tokenset.FDE(DIM, reps=4, simhash_bits=3, seed=0))
+    assert not (tmp_path / "out").exists()  # refused before any shard was written

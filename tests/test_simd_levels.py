@@ -17,7 +17,7 @@ import pytest
 import tokenset
 from conftest import SIMD_LEVELS
 
-ORDER = ["scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "avx512bf16", "amx"]
+ORDER = list(tokenset._build.SIMD_LEVELS)
 
 
 def cpu_flags():
@@ -63,6 +63,16 @@ def test_environment_cap_takes_the_best_supported_level_at_or_below_it(cap):
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["simd_active"] == expected
     assert info["simd_best"] == SIMD_LEVELS[-1]  # the cap limits the active level only
+
+
+@pytest.mark.parametrize("name", ["bogus", "AVX2", " avx2", "avxvnni_evex"])
+def test_an_unknown_environment_level_is_ignored_with_a_warning(name):
+    env = dict(os.environ, TOKENSET_SIMD=name)
+    out = subprocess.run([sys.executable, "-c", "import tokenset; print(tokenset.simd_level())"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == SIMD_LEVELS[-1]
+    assert "is not a SIMD level and was ignored" in out.stderr and "avxvnni" in out.stderr
 
 
 @pytest.mark.skipif("avxvnni" not in SIMD_LEVELS, reason="this CPU runs neither AVX-VNNI nor AVX-512 VNNI")

@@ -46,8 +46,8 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release release;
     cpu::set_simd_level(level);
   });
-  // "vex" / "evex": which build of the avxvnni level's kernels this CPU runs; "" when it runs neither.
-  // "vex" / "evex": which build of the avxvnni level's kernels this CPU runs; "" when it runs neither.
+  // "vex" / "evex": which build of the avxvnni level's kernels this CPU runs; "" when it runs neither (or the
+  // build lacks the level).
   m.def("avx_vnni_encoding", [] {
     if (!cpu::simd_level_available(cpu::SimdLevel::AVXVNNI)) return std::string();
     return std::string(cpu::cpu_has_avx_vnni() ? "vex" : "evex");

@@ -3,8 +3,8 @@
 //   m_i = max_j float(<q_i, d_j>) * s_j        (the int8 dot product exact in int32)
 //   score = sum_i t_i * m_i                     (t_i the query token's scale, summed in query-token order)
 //
-// Compiled once per SIMD level (scalar | avx2 | avx512) and once more with AVX-512 VNNI (level avx512vnni, its own
-// object in CMakeLists.txt). Integer dot products are exact and the float steps are one multiply and one max per
+// Compiled once per SIMD level (scalar | avx2 | avx512), once more with AVX-512 VNNI (level avx512vnni) and twice as
+// the level avxvnni (AVX2 + 256-bit VNNI, VEX and EVEX builds), each its own object in CMakeLists.txt. Integer dot products are exact and the float steps are one multiply and one max per
 // (query token, document token) in a fixed order, so every level gives the same bits.
 //
 // The register tile (query panels of step words, rows converted R at a time) is int8_tile.h, shared with the

@@ -32,11 +32,11 @@ struct MaxsimKernel {
 };
 
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_kernel)
-// int8 queries against int8 documents (maxsim_int8_kernels.cpp): exact int32 dot products; the level `avx512vnni`
-// (AVX-512 VNNI) has its own build of that file.
+// int8 queries against int8 documents (maxsim_int8_kernels.cpp): exact int32 dot products; the levels `avxvnni`
+// (two builds) and `avx512vnni` have their own builds of that file.
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_int8_kernel)
 // float32 queries against residual codes (maxsim_residual_kernels.cpp): the same int8 tile, with the codes expanded
-// to int8 bucket weights and the centroid table in the epilogue; built for avx512vnni too.
+// to int8 bucket weights and the centroid table in the epilogue; built for avxvnni (both builds) and avx512vnni too.
 TOKENSET_DECLARE_SIMD_KERNELS(MaxsimKernel, maxsim_residual_kernel)
 #if defined(TOKENSET_HAS_AVXVNNI)
 // 256-bit VNNI (level avxvnni): the AVX-VNNI (VEX) build and the AVX-512 VNNI (EVEX) build of the same kernels.

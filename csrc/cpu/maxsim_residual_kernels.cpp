@@ -11,7 +11,8 @@
 // register tile; the integer dot products are exact and the float steps come in one order, so every SIMD level (and
 // the CUDA twin) gives the same bits.
 //
-// Compiled once per SIMD level and once more with AVX-512 VNNI (level avx512vnni, CMakeLists.txt).
+// Compiled once per SIMD level, once more with AVX-512 VNNI (level avx512vnni) and twice as the level avxvnni (VEX
+// and EVEX builds of AVX2 + 256-bit VNNI), CMakeLists.txt.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -89,8 +89,8 @@ static bool cpu_supports(SimdLevel level) {
       return cpu_supports(SimdLevel::AVX512VNNI) && __builtin_cpu_supports("avx512bf16");
     case SimdLevel::AMX:
 #if defined(TOKENSET_HAS_AMX)
-      // Every AMX CPU has VNNI and AVX-512 BF16; requiring them keeps the levels ordered (each includes the ones
-      // below).
+      // Every AMX CPU has VNNI and AVX-512 BF16; requiring them keeps the AVX-512 levels nested (each includes the
+      // ones below it from avx512 up).
       return cpu_supports(SimdLevel::AVX512BF16) && __builtin_cpu_supports("amx-tile") &&
              __builtin_cpu_supports("amx-bf16") && os_grants_amx_tiles();
 #else

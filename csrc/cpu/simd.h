@@ -1,6 +1,7 @@
 // SIMD vector traits and element conversion shared by the CPU kernels.
 //
-// Included only by kernel files that CMake compiles once per SIMD level (TOKENSET_SIMD_NS = scalar | avx2 | avx512).
+// Included only by kernel files that CMake compiles once per SIMD level (TOKENSET_SIMD_NS = scalar | avx2 | avx512,
+// and the extra levels' namespaces: avxvnni, avxvnni_evex, avx512vnni, avx512bf16).
 // Everything lands in the level's namespace or is `static`, so copies built with different -m flags never merge at
 // link time (an inline function shared between levels would let the linker pick the AVX-512 copy for the scalar path).
 #pragma once

@@ -2,18 +2,29 @@
 from __future__ import annotations
 
 import numbers
+import os
+import warnings
 from typing import Any, Dict
 
 from . import _backend
+
+SIMD_LEVELS = ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "avx512bf16", "amx")
+
+# The native runtime reads TOKENSET_SIMD once, at import, and ignores a name it does not know: say so.
+if os.environ.get("TOKENSET_SIMD", "") not in ("",) + SIMD_LEVELS:
+    warnings.warn(f"TOKENSET_SIMD={os.environ['TOKENSET_SIMD']!r} is not a SIMD level and was ignored (the level is "
+                  f"{_backend._core.simd_level()!r}); use one of {', '.join(SIMD_LEVELS)}", RuntimeWarning,
+                  stacklevel=2)
 
 
 def build_info() -> Dict[str, Any]:
     """What this build contains and what it uses now.
 
     Keys: ``version``, ``compiler``, ``build_type``, ``simd_compiled`` (levels built), ``simd_best`` (best level this
-    CPU runs), ``simd_active`` (level in use), ``avx_vnni`` (how the 'avxvnni' level's kernels are encoded on this CPU:
-    'vex' (AVX-VNNI), 'evex' (AVX-512 VNNI's form of the same instructions) or None (the CPU has neither), ``num_threads``, ``cuda`` (whether the CUDA module was built),
-    ``cuda_archs``, ``cuda_version``, ``cuda_devices`` (visible GPUs, 0 without a driver), ``cuda_error``.
+    CPU runs), ``simd_active`` (level in use), ``avx_vnni`` (which build of the 'avxvnni' level's kernels this CPU
+    runs: 'vex' (AVX-VNNI), 'evex' (AVX-512 VNNI's encoding of the same instructions), or None: the CPU has neither,
+    or the build lacks the level), ``num_threads``, ``cuda`` (whether the CUDA module was built), ``cuda_archs``,
+    ``cuda_version``, ``cuda_devices`` (visible GPUs, 0 without a driver), ``cuda_error``.
     """
     core = _backend._core
     info = dict(core.build_info())
@@ -35,9 +46,10 @@ def build_info() -> Dict[str, Any]:
 def simd_level() -> str:
     """The SIMD level the CPU kernels use now: 'amx', 'avx512bf16', 'avx512vnni', 'avx512', 'avxvnni', 'avx2' or
     'scalar'. 'avxvnni' is AVX2 plus 256-bit VNNI (AVX-VNNI, or AVX-512 VNNI's encoding of it), which int8 x int8 and
-    residual-code MaxSim use (every other kernel runs its AVX2 code there). 'avx512vnni' is AVX-512 plus VNNI, which int8 x int8 and residual-code MaxSim use; 'avx512bf16' adds AVX-512 BF16
-    dot products, which bfloat16 MaxSim uses; 'amx' adds AMX-BF16 tiles, which bfloat16 MaxSim uses when dim is a
-    multiple of 32 (every other kernel runs its AVX-512 code at all three)."""
+    residual-code MaxSim use (every other kernel runs its AVX2 code there). 'avx512vnni' is AVX-512 plus VNNI, which
+    int8 x int8 and residual-code MaxSim use; 'avx512bf16' adds AVX-512 BF16 dot products, which bfloat16 MaxSim uses;
+    'amx' adds AMX-BF16 tiles, which bfloat16 MaxSim uses when dim is a multiple of 32 (every other kernel runs its
+    AVX-512 code at those three)."""
     return _backend._core.simd_level()
 
 

@@ -83,21 +83,9 @@ class ShardedIndex:
     def __init__(self, directories: Sequence[Any], *, max_restarts: int = 1, num_cpus: float = 1,
                  timeout: Optional[float] = 300.0, start_timeout: Optional[float] = 3600.0):
         ray = _ray()
-        if not ray.is_initialized():
-            raise RuntimeError("call ray.init(...) first (e.g. ray.init(num_cpus=2) on one machine)")
         self.directories = [os.fspath(d) for d in directories]
-        if not self.directories:
-            raise ValueError("a sharded index needs at least one shard directory")
-        for name, value in (("timeout", timeout), ("start_timeout", start_timeout)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
-                                      not value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        self._check_serving(len(self.directories), num_cpus=num_cpus, timeout=timeout, start_timeout=start_timeout)
         self.timeout = timeout
-        total = float(ray.cluster_resources().get("CPU", 0))
-        if len(self.directories) * num_cpus > total:
-            raise ValueError(f"{len(self.directories)} shards x num_cpus={num_cpus} need more CPUs than this Ray "
-                             f"cluster has ({total:g}): the workers could never all start. Pass a smaller num_cpus "
-                             f"(e.g. {total / len(self.directories):g}) or fewer shards")
         actor = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts,
                            max_task_retries=max_restarts)(_Shard)
         self._actors = [actor.remote(d) for d in self.directories]
@@ -111,6 +99,27 @@ class ShardedIndex:
             self.close()
             raise ValueError(f"id {int(repeated[0])} is stored in more than one shard ({holders}); ids must be "
                              f"distinct across shards, or a search could return one document twice")
+
+    @staticmethod
+    def _check_serving(shards: int, *, max_restarts: int = 1, num_cpus: float = 1, timeout: Optional[float] = 300.0,
+                       start_timeout: Optional[float] = 3600.0) -> None:
+        """The serving arguments against the running Ray cluster (build checks them before writing any shard)."""
+        ray = _ray()
+        if not ray.is_initialized():
+            raise RuntimeError("call ray.init(...) first (e.g. ray.init(num_cpus=2) on one machine)")
+        if not shards:
+            raise ValueError("a sharded index needs at least one shard directory")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
+            raise ValueError(f"max_restarts must be an integer >= 0 (or -1: no limit), got {max_restarts!r}")
+        for name, value in (("timeout", timeout), ("start_timeout", start_timeout)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
+                                      not value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        total = float(ray.cluster_resources().get("CPU", 0))
+        if shards * num_cpus > total:
+            raise ValueError(f"{shards} shards x num_cpus={num_cpus} need more CPUs than this Ray "
+                             f"cluster has ({total:g}): the workers could never all start. Pass a smaller num_cpus "
+                             f"(e.g. {total / shards:g}) or fewer shards")
 
     @classmethod
     def build(cls, documents: Any, directory: Any, shards: int, dim: int, ids: Any = None,
@@ -133,7 +142,10 @@ class ShardedIndex:
         directory = os.fspath(directory)
         settings = dict(fde=fde, storage=storage, dtype=dtype, fde_storage=fde_storage, backend=backend,
                         backend_options=backend_options)
-        Index(dim, codec=codec, **settings)  # checks the arguments before any training or writing
+        # Every argument is checked before any training or writing: the shards' and the serving ones (a misspelt
+        # keyword raises TypeError here).
+        Index(dim, codec=codec, **settings)
+        cls._check_serving(shards, **kwargs)
         bits = {"residual4": 4, "residual2": 2, "residual1": 1}.get(storage or dtype)
         if bits is not None and codec is None and int(batch.lengths.sum()):
             codec = ResidualCodec.train(batch, bits=bits)
