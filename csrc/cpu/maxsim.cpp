@@ -89,7 +89,9 @@ std::vector<int32_t> used_centroids(const MaxsimParams& p) {
   const ResidualDocuments& r = p.residual;
   std::vector<uint8_t> used(static_cast<size_t>(r.num_centroids), 0);
   for_each_scored_document(p, [&](int64_t d) {
-    for (int64_t t = p.documents.host_offsets[d]; t < p.documents.host_offsets[d + 1]; ++t) {
+    // The bounds in locals: the byte stores below may alias the offsets, which were re-read on every token.
+    const int64_t begin = p.documents.host_offsets[d], end = p.documents.host_offsets[d + 1];
+    for (int64_t t = begin; t < end; ++t) {
       const int32_t id = r.host_centroid_ids[t];
       if (id >= 0 && id < r.num_centroids) used[static_cast<size_t>(id)] = 1;
     }

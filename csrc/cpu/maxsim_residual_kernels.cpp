@@ -221,8 +221,11 @@ static void fill_table(const MaxsimParams& p, int64_t set, float* packed_out, co
           for (int v = 0; v < QV; ++v) acc[r][v] = V::fmadd(q[v], b, acc[r][v]);
         }
       }
-      for (int r = 0; r < rows; ++r)
-        for (int v = 0; v < QV; ++v) V::store(table + static_cast<int64_t>(list[i0 + r]) * QB + v * W, acc[r][v]);
+      // A constant trip count: with `r < rows` as the bound GCC indexed acc in memory and stored all 16
+      // accumulators to the stack on every k (1.5 ms of a 1-query call against 16,384 centroids, now 0.4).
+      for (int r = 0; r < kCentroidBlock; ++r)
+        if (r < rows)
+          for (int v = 0; v < QV; ++v) V::store(table + static_cast<int64_t>(list[i0 + r]) * QB + v * W, acc[r][v]);
     }
   }
 }

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "tokenset/common.h"
@@ -108,7 +109,21 @@ inline void validate_residual(const MaxsimParams& p) {
 inline void check_residual_documents(const MaxsimParams& p) {
   const ResidualDocuments& r = p.residual;
   for_each_scored_document(p, [&](int64_t d) {
-    for (int64_t t = p.documents.host_offsets[d]; t < p.documents.host_offsets[d + 1]; ++t) {
+    const int64_t begin = p.documents.host_offsets[d], end = p.documents.host_offsets[d + 1];
+    // A branch-free pass the compiler vectorises (checked token by token with early exits, this took ~5% of a
+    // one-query call); the token at fault is looked for only when there is one.
+    const int32_t* ids = r.host_centroid_ids;
+    const float* norms = r.host_inverse_norms;
+    const uint32_t limit = r.num_centroids > INT32_MAX ? 0x80000000u : static_cast<uint32_t>(r.num_centroids);
+    uint32_t bad = 0;  // 32-bit lanes throughout: GCC vectorises this form, not one mixing int64 and bool
+    for (int64_t t = begin; t < end; ++t) {
+      const float norm = norms[t];
+      bad |= static_cast<uint32_t>(static_cast<uint32_t>(ids[t]) >= limit);
+      bad |= static_cast<uint32_t>(!(norm >= 0.0f)) |
+             static_cast<uint32_t>(!(norm <= std::numeric_limits<float>::max()));
+    }
+    if (bad == 0) return;
+    for (int64_t t = begin; t < end; ++t) {
       TOKENSET_CHECK(r.host_centroid_ids[t] >= 0 && r.host_centroid_ids[t] < r.num_centroids, ValueError,
                      "document ", d, ", token ", t - p.documents.host_offsets[d], ": centroid id ",
                      r.host_centroid_ids[t], " is not in [0, ", r.num_centroids,
