@@ -219,7 +219,13 @@ void score_topk(const MaxsimParams& p) {
 // (in pairs mode, the candidates): a scale per token scored, a small fraction of the scan.
 void check_set_scales(const SetBatch& batch, int64_t i, const char* name) {
   const float* scales = batch.set_scales(i);
-  for (int64_t t = 0; t < batch.length(i); ++t)
+  const int64_t length = batch.length(i);
+  uint32_t bad = 0;  // one vectorised pass (as check_residual_documents); the failing token is looked for after
+  for (int64_t t = 0; t < length; ++t)
+    bad |= static_cast<uint32_t>(!(scales[t] >= 0.0f)) |
+           static_cast<uint32_t>(!(scales[t] <= std::numeric_limits<float>::max()));
+  if (bad == 0) return;
+  for (int64_t t = 0; t < length; ++t)
     TOKENSET_CHECK(std::isfinite(scales[t]) && scales[t] >= 0.0f, ValueError, name, " set ", i, ", token ", t,
                    ": scale ", scales[t], " is not a finite number >= 0 (scales come from tokenset.quantize)");
 }
