@@ -24,28 +24,39 @@ namespace cpu {
 namespace TOKENSET_SIMD_NS {
 
 // ---- integer vector traits: one step word per int32 lane --------------------------------------------------------------
+// What every tile of a vector width shares (loads, broadcasts, int32 -> float32); each level adds its dot product.
+#if defined(TOKENSET_SIMD_AVX512)
+struct IntVector {
+  using type = __m512i;
+  static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static type set1(int32_t x) { return _mm512_set1_epi32(x); }
+  static V::type to_float(type x) { return _mm512_cvtepi32_ps(x); }
+};
+#elif defined(TOKENSET_SIMD_AVX2)
+struct IntVector {
+  using type = __m256i;
+  static type load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static type set1(int32_t x) { return _mm256_set1_epi32(x); }
+  static V::type to_float(type x) { return _mm256_cvtepi32_ps(x); }
+};
+#endif
+
 #if defined(TOKENSET_SIMD_BF16)
 // bfloat16 MaxSim (maxsim_bf16_kernels.cpp): a word is 2 bfloat16, vdpbf16ps adds both products to a float32 lane, so
 // the "integer" accumulators hold float32 bits.
 constexpr int kStep = 2;
 constexpr int kElementBytes = 2;  // of a document row's elements (the prefetch walks rows in bytes)
-struct I {
-  using type = __m512i;
-  static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static type set1(int32_t x) { return _mm512_set1_epi32(x); }
+struct I : IntVector {
   static type dot(type acc, type document_word, type query_words) {
     asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(document_word), "v"(query_words));  // as VNNI's: no spills
     return acc;
   }
-  static V::type to_float(type x) { return _mm512_castsi512_ps(x); }
+  static V::type to_float(type x) { return _mm512_castsi512_ps(x); }  // the bits are float32 already
 };
 #elif defined(TOKENSET_SIMD_VNNI) && defined(TOKENSET_SIMD_AVX512)
 constexpr int kStep = 4;  // int8 elements per word
 constexpr int kElementBytes = 1;
-struct I {
-  using type = __m512i;
-  static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static type set1(int32_t x) { return _mm512_set1_epi32(x); }
+struct I : IntVector {
   // acc += sum of 4 (unsigned document byte x signed query byte) products per lane.
   static type dot(type acc, type document_word, type query_words) {
     // The instruction itself: with the intrinsic, GCC 12 spills 20 of the 24 accumulators to the stack in every
@@ -53,7 +64,6 @@ struct I {
     asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(document_word), "v"(query_words));
     return acc;
   }
-  static V::type to_float(type x) { return _mm512_cvtepi32_ps(x); }
 };
 #elif defined(TOKENSET_SIMD_VNNI)
 // avxvnni: the AVX2 tile with 256-bit vpdpbusd. Built twice (CMakeLists.txt): with the VEX encoding (AVX-VNNI CPUs)
@@ -67,39 +77,27 @@ struct I {
 #endif
 constexpr int kStep = 4;
 constexpr int kElementBytes = 1;
-struct I {
-  using type = __m256i;
-  static type load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static type set1(int32_t x) { return _mm256_set1_epi32(x); }
+struct I : IntVector {
   static type dot(type acc, type document_word, type query_words) {
     asm(TOKENSET_VNNI256_ENCODING "vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(document_word), "x"(query_words));
     return acc;
   }
-  static V::type to_float(type x) { return _mm256_cvtepi32_ps(x); }
 };
 #elif defined(TOKENSET_SIMD_AVX512)
 constexpr int kStep = 2;
 constexpr int kElementBytes = 1;
-struct I {
-  using type = __m512i;
-  static type load(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static type set1(int32_t x) { return _mm512_set1_epi32(x); }
+struct I : IntVector {
   static type dot(type acc, type document_word, type query_words) {
     return _mm512_add_epi32(acc, _mm512_madd_epi16(document_word, query_words));
   }
-  static V::type to_float(type x) { return _mm512_cvtepi32_ps(x); }
 };
 #elif defined(TOKENSET_SIMD_AVX2)
 constexpr int kStep = 2;
 constexpr int kElementBytes = 1;
-struct I {
-  using type = __m256i;
-  static type load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static type set1(int32_t x) { return _mm256_set1_epi32(x); }
+struct I : IntVector {
   static type dot(type acc, type document_word, type query_words) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(document_word, query_words));
   }
-  static V::type to_float(type x) { return _mm256_cvtepi32_ps(x); }
 };
 #else
 constexpr int kStep = 1;
