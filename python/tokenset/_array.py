@@ -173,6 +173,13 @@ def inner_contiguous(x: Any) -> Any:
     return _cupy().ascontiguousarray(x) if is_cupy(x) else np.ascontiguousarray(x)
 
 
+def contiguous(x: Any) -> Any:
+    """`x` itself when C-contiguous, else one contiguous copy (for native code that reads whole arrays)."""
+    if is_torch(x):
+        return x.contiguous()
+    return _cupy().ascontiguousarray(x) if is_cupy(x) else np.ascontiguousarray(x)
+
+
 def last_axis_contiguous(x: Any) -> Any:
     """`x` (any rank) itself when its elements are contiguous along the last axis, else one contiguous copy."""
     if x.ndim == 0 or x.shape[-1] <= 1 or int(np.prod(x.shape)) == 0:

@@ -286,9 +286,9 @@ class ResidualCodec:
         centroids = self.centroids_on(lib, dev)
         step = max(1, _CHUNK_BYTES // (4 * self.dim))
         for start in range(0, rows, step):
-            out[start:start + step] = _ops.decode(_contiguous(c.packed[start:start + step]),
-                                                  _contiguous(c.centroid_ids[start:start + step]),
-                                                  _contiguous(c.inverse_norms[start:start + step]), centroids,
+            out[start:start + step] = _ops.decode(_array.contiguous(c.packed[start:start + step]),
+                                                  _array.contiguous(c.centroid_ids[start:start + step]),
+                                                  _array.contiguous(c.inverse_norms[start:start + step]), centroids,
                                                   self._cutoffs, self._weights, self._bits)
         return Ragged(out, c.offsets)
 
@@ -447,14 +447,6 @@ def _dtype_str(x: Any) -> str:
         return str(x.dtype).replace("torch.", "")
     dt = np.dtype(x.dtype)
     return dt.name if dt.isnative or dt.itemsize == 1 else dt.str
-
-
-def _contiguous(x: Any) -> Any:
-    """`x` itself when C-contiguous, else one contiguous copy (the native codec reads whole rows)."""
-    if _array.is_torch(x):
-        return x.contiguous()
-    xp = _array._cupy() if _array.is_cupy(x) else np
-    return xp.ascontiguousarray(x)
 
 
 def _in_library(x: Any, lib: str) -> Any:

@@ -34,13 +34,6 @@ class _ResidualArgs:
             self.host_inverse_norms = np.ascontiguousarray(_array.host_copy(codes.inverse_norms), dtype=np.float32)
 
 
-def _contiguous_1d(x: Any) -> Any:
-    if _array.is_torch(x):
-        return x.contiguous()
-    xp = _array._cupy() if _array.is_cupy(x) else np
-    return x if x.flags.c_contiguous else xp.ascontiguousarray(x)
-
-
 def _residual_batches(queries, documents: ResidualCodes, lib: str, dev, stream: int):
     """float32 queries (converted) against residual codes read in place."""
     if isinstance(queries, (Quantized, ResidualCodes)):
@@ -55,7 +48,7 @@ def _residual_batches(queries, documents: ResidualCodes, lib: str, dev, stream: 
     if _array.is_torch(packed) and dev[0] == "cpu":
         packed, ids, norms = packed.detach().numpy(), ids.detach().numpy(), norms.detach().numpy()
     # Strided arrays are copied once (whole-row reads): the ids and norms compact, the codes' rows contiguous.
-    packed, ids, norms = _array.inner_contiguous(packed), _contiguous_1d(ids), _contiguous_1d(norms)
+    packed, ids, norms = _array.inner_contiguous(packed), _array.contiguous(ids), _array.contiguous(norms)
     if packed is not codes.packed or ids is not codes.centroid_ids or norms is not codes.inverse_norms:
         codes = ResidualCodes(packed, ids, norms, codes.offsets, codes.codec)
     d = _dispatch.KernelBatch(packed, None, codes.offsets,
