@@ -14,10 +14,8 @@ using namespace tokenset;
 namespace {
 
 cpu::SimdLevel simd_level_from_name(const std::string& name) {
-  for (cpu::SimdLevel level :
-       {cpu::SimdLevel::Scalar, cpu::SimdLevel::AVX2, cpu::SimdLevel::AVXVNNI, cpu::SimdLevel::AVX512,
-        cpu::SimdLevel::AVX512VNNI, cpu::SimdLevel::AVX512BF16, cpu::SimdLevel::AMX})
-    if (name == cpu::simd_level_name(level)) return level;
+  cpu::SimdLevel level;
+  if (name.find('\0') == std::string::npos && cpu::simd_level_from_name(name.c_str(), &level)) return level;
   throw ValueError("unknown SIMD level '" + name + "'; use one of 'scalar', 'avx2', 'avxvnni', 'avx512', "
                    "'avx512vnni', 'avx512bf16', 'amx'");
 }

@@ -220,10 +220,8 @@ void score_topk(const MaxsimParams& p) {
 void check_set_scales(const SetBatch& batch, int64_t i, const char* name) {
   const float* scales = batch.set_scales(i);
   const int64_t length = batch.length(i);
-  uint32_t bad = 0;  // one vectorised pass (as check_residual_documents); the failing token is looked for after
-  for (int64_t t = 0; t < length; ++t)
-    bad |= static_cast<uint32_t>(!(scales[t] >= 0.0f)) |
-           static_cast<uint32_t>(!(scales[t] <= std::numeric_limits<float>::max()));
+  uint32_t bad = 0;  // one vectorised pass; the failing token is looked for after
+  for (int64_t t = 0; t < length; ++t) bad |= not_finite_nonnegative(scales[t]);
   if (bad == 0) return;
   for (int64_t t = 0; t < length; ++t)
     TOKENSET_CHECK(std::isfinite(scales[t]) && scales[t] >= 0.0f, ValueError, name, " set ", i, ", token ", t,

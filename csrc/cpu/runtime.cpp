@@ -105,31 +105,36 @@ static bool cpu_supports(SimdLevel level) {
 
 bool simd_level_available(SimdLevel level) { return level_compiled(level) && cpu_supports(level); }
 
-SimdLevel best_simd_level() {
-  for (SimdLevel level :
-       {SimdLevel::AMX, SimdLevel::AVX512BF16, SimdLevel::AVX512VNNI, SimdLevel::AVX512, SimdLevel::AVXVNNI,
-        SimdLevel::AVX2})
-    if (level_compiled(level) && cpu_supports(level)) return level;
-  return SimdLevel::Scalar;
-}
-
+// Every level, in order (the enum's values).
 static constexpr SimdLevel kAllLevels[] = {SimdLevel::Scalar,     SimdLevel::AVX2,       SimdLevel::AVXVNNI,
                                            SimdLevel::AVX512,     SimdLevel::AVX512VNNI, SimdLevel::AVX512BF16,
                                            SimdLevel::AMX};
 
-static SimdLevel initial_simd_level() {
-  SimdLevel level = best_simd_level();
-  // TOKENSET_SIMD=scalar|avx2|avxvnni|avx512|avx512vnni|avx512bf16|amx caps the level (for testing and comparing
-  // paths): the best level compiled and supported at or below the named one (a CPU may have AVX-512 but no VNNI).
-  if (const char* env = std::getenv("TOKENSET_SIMD")) {
-    for (SimdLevel cap : kAllLevels) {
-      if (std::strcmp(env, simd_level_name(cap)) != 0 || static_cast<int>(cap) >= static_cast<int>(level)) continue;
-      level = SimdLevel::Scalar;
-      for (SimdLevel l : kAllLevels)
-        if (static_cast<int>(l) <= static_cast<int>(cap) && level_compiled(l) && cpu_supports(l)) level = l;
+bool simd_level_from_name(const char* name, SimdLevel* level) {
+  for (SimdLevel l : kAllLevels)
+    if (std::strcmp(name, simd_level_name(l)) == 0) {
+      *level = l;
+      return true;
     }
-  }
-  return level;
+  return false;
+}
+
+// The best level compiled and supported at or below `cap` (a CPU may have AVX-512 but no VNNI).
+static SimdLevel best_simd_level_up_to(SimdLevel cap) {
+  SimdLevel best = SimdLevel::Scalar;
+  for (SimdLevel l : kAllLevels)
+    if (static_cast<int>(l) <= static_cast<int>(cap) && simd_level_available(l)) best = l;
+  return best;
+}
+
+SimdLevel best_simd_level() { return best_simd_level_up_to(SimdLevel::AMX); }
+
+static SimdLevel initial_simd_level() {
+  // TOKENSET_SIMD=scalar|avx2|avxvnni|avx512|avx512vnni|avx512bf16|amx caps the level (for testing and comparing
+  // paths); an unknown name is ignored (the Python package warns).
+  SimdLevel cap = SimdLevel::AMX;
+  if (const char* env = std::getenv("TOKENSET_SIMD")) simd_level_from_name(env, &cap);
+  return best_simd_level_up_to(cap);
 }
 
 static std::atomic<int> g_simd_level{static_cast<int>(initial_simd_level())};

@@ -16,6 +16,8 @@ namespace cpu {
 enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVXVNNI = 2, AVX512 = 3, AVX512VNNI = 4, AVX512BF16 = 5, AMX = 6 };
 
 const char* simd_level_name(SimdLevel level);
+// The level named `name` ("avx2", ...) into *level; false (and *level untouched) for an unknown name.
+bool simd_level_from_name(const char* name, SimdLevel* level);
 // Comma-separated levels compiled into this build.
 const char* compiled_simd_levels();
 // Whether the level is compiled into this build and this CPU supports it.

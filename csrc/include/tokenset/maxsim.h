@@ -106,6 +106,12 @@ inline void validate_residual(const MaxsimParams& p) {
     TOKENSET_CHECK(std::isfinite(r.bucket_weights[j]), ValueError, "bucket weight ", j, " is not finite");
 }
 
+// 1 when x is NaN, infinite or negative (-0.0 passes), else 0: branch-free, so that a loop OR-ing it over an array
+// vectorises (the per-token scales and inverse norms are checked this way, then searched for the culprit on failure).
+inline uint32_t not_finite_nonnegative(float x) {
+  return static_cast<uint32_t>(!(x >= 0.0f)) | static_cast<uint32_t>(!(x <= std::numeric_limits<float>::max()));
+}
+
 inline void check_residual_documents(const MaxsimParams& p) {
   const ResidualDocuments& r = p.residual;
   for_each_scored_document(p, [&](int64_t d) {
@@ -116,12 +122,8 @@ inline void check_residual_documents(const MaxsimParams& p) {
     const float* norms = r.host_inverse_norms;
     const uint32_t limit = r.num_centroids > INT32_MAX ? 0x80000000u : static_cast<uint32_t>(r.num_centroids);
     uint32_t bad = 0;  // 32-bit lanes throughout: GCC vectorises this form, not one mixing int64 and bool
-    for (int64_t t = begin; t < end; ++t) {
-      const float norm = norms[t];
-      bad |= static_cast<uint32_t>(static_cast<uint32_t>(ids[t]) >= limit);
-      bad |= static_cast<uint32_t>(!(norm >= 0.0f)) |
-             static_cast<uint32_t>(!(norm <= std::numeric_limits<float>::max()));
-    }
+    for (int64_t t = begin; t < end; ++t)
+      bad |= static_cast<uint32_t>(static_cast<uint32_t>(ids[t]) >= limit) | not_finite_nonnegative(norms[t]);
     if (bad == 0) return;
     for (int64_t t = begin; t < end; ++t) {
       TOKENSET_CHECK(r.host_centroid_ids[t] >= 0 && r.host_centroid_ids[t] < r.num_centroids, ValueError,
